@@ -1,0 +1,113 @@
+// Reference pack / unpack / dequantise of the portable layout (layout.h).
+#include "layout.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fp16.h"
+
+namespace edgelut {
+
+void validate_shape(const PackedShape& s) {
+  if (s.n <= 0 || s.k <= 0)
+    throw std::invalid_argument("packed matrix: shape must be positive, got " + std::to_string(s.n) +
+                                " x " + std::to_string(s.k));
+  if (s.group != 32 && s.group != 64 && s.group != 128)
+    throw std::invalid_argument("packed matrix: group size must be 32, 64 or 128, got " +
+                                std::to_string(s.group));
+  const int q = static_cast<int>(s.qtype);
+  if (q < 0 || q >= static_cast<int>(QType::kCount))
+    throw std::invalid_argument("packed matrix: unknown quant type id " + std::to_string(q));
+  // Tiles and offsets are computed in size_t; keep them far from overflow.
+  if (s.n > (int64_t{1} << 31) || s.k > (int64_t{1} << 31))
+    throw std::invalid_argument("packed matrix: dimension too large");
+}
+
+namespace {
+// Address of the 32-byte run for (tile, group, chunk-in-group, plane).
+inline size_t run_offset(const PackedShape& s, int64_t t, int64_t g, int64_t c, int p) {
+  const int64_t cpg = s.group / kChunk;
+  return ((static_cast<size_t>(t * s.groups() + g) * cpg + c) * s.planes() + p) * 32;
+}
+inline size_t scale_index(const PackedShape& s, int64_t row, int64_t g) {
+  return (static_cast<size_t>(row / kTileRows) * s.groups() + g) * kTileRows + row % kTileRows;
+}
+}  // namespace
+
+void pack_codes(const PackedShape& s, const int8_t* codes, const float* scales, const float* mins,
+                uint8_t* out) {
+  validate_shape(s);
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  std::memset(out, 0, s.total_bytes());
+  const int64_t ng = s.groups();
+  const int planes = tr.planes;
+  for (int64_t r = 0; r < s.n; ++r) {
+    const int64_t t = r / kTileRows, j = r % kTileRows;
+    const int shift = j < 32 ? 0 : 4;
+    const int64_t lane = j % 32;
+    for (int64_t col = 0; col < s.k; ++col) {
+      const int32_t code = codes[r * s.k + col];
+      if (code < tr.code_min || code > tr.code_max)
+        throw std::invalid_argument("pack: code " + std::to_string(code) + " at (" + std::to_string(r) +
+                                    ", " + std::to_string(col) + ") is outside [" +
+                                    std::to_string(tr.code_min) + ", " + std::to_string(tr.code_max) +
+                                    "] for type " + tr.name);
+      const uint32_t bits = code_to_bits(s.qtype, code);
+      const int64_t g = col / s.group, c = (col % s.group) / kChunk, bit = col % kChunk;
+      for (int p = 0; p < planes; ++p) {
+        if ((bits >> p) & 1u) out[run_offset(s, t, g, c, p) + lane] |= static_cast<uint8_t>(1u << (bit + shift));
+      }
+    }
+    uint16_t* sc = reinterpret_cast<uint16_t*>(out + s.scales_offset());
+    uint16_t* mn = reinterpret_cast<uint16_t*>(out + s.mins_offset());
+    for (int64_t g = 0; g < ng; ++g) {
+      sc[scale_index(s, r, g)] = fp32_to_fp16(scales[r * ng + g]);
+      if (s.asym) mn[scale_index(s, r, g)] = fp32_to_fp16(mins[r * ng + g]);
+    }
+  }
+  // Padded columns of real rows must decode to level 0 so the packed bytes are
+  // a pure function of the logical matrix (bits 0 is level 0 for every type
+  // except ternary, whose 0 is also bits 00).
+}
+
+void unpack_codes(const PackedView& v, int8_t* codes, float* scales, float* mins) {
+  const PackedShape& s = v.shape;
+  const int64_t ng = s.groups();
+  const int planes = s.planes();
+  for (int64_t r = 0; r < s.n; ++r) {
+    const int64_t t = r / kTileRows, j = r % kTileRows;
+    const int shift = j < 32 ? 0 : 4;
+    const int64_t lane = j % 32;
+    for (int64_t col = 0; col < s.k; ++col) {
+      const int64_t g = col / s.group, c = (col % s.group) / kChunk, bit = col % kChunk;
+      uint32_t bits = 0;
+      for (int p = 0; p < planes; ++p)
+        bits |= ((v.codes[run_offset(s, t, g, c, p) + lane] >> (bit + shift)) & 1u) << p;
+      codes[r * s.k + col] = static_cast<int8_t>(bits_to_code(s.qtype, bits));
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      scales[r * ng + g] = fp16_to_fp32(v.scales[scale_index(s, r, g)]);
+      if (mins) mins[r * ng + g] = v.mins ? fp16_to_fp32(v.mins[scale_index(s, r, g)]) : 0.0f;
+    }
+  }
+}
+
+void dequantize(const PackedView& v, float* out) {
+  const PackedShape& s = v.shape;
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  const int64_t ng = s.groups();
+  std::vector<int8_t> codes(static_cast<size_t>(s.n * s.k));
+  std::vector<float> sc(static_cast<size_t>(s.n * ng)), mn(static_cast<size_t>(s.n * ng));
+  unpack_codes(v, codes.data(), sc.data(), mn.data());
+  for (int64_t r = 0; r < s.n; ++r)
+    for (int64_t col = 0; col < s.k; ++col) {
+      const int64_t g = col / s.group;
+      const float level = static_cast<float>(codes[r * s.k + col]);
+      const float scale = sc[r * ng + g];
+      out[r * s.k + col] = s.asym ? scale * level + mn[r * ng + g] : scale * (level - tr.center);
+    }
+}
+
+}  // namespace edgelut

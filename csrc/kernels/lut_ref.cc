@@ -1,0 +1,100 @@
+// Scalar reference of the LUT kernel (lut.h): the oracle every SIMD kernel is
+// tested against, and the portable fallback.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "fp16.h"
+#include "lut.h"
+
+namespace edgelut {
+
+void build_tables(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
+  const int64_t ng = s.groups();
+  const int64_t cpg = s.group / kChunk;
+  float t[kTableSize];
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t base = g * s.group;
+    float maxabs = 0.0f, sum = 0.0f;
+    for (int64_t c = 0; c < cpg; ++c) {
+      float l1 = 0.0f;
+      for (int j = 0; j < kChunk; ++j) {
+        const int64_t col = base + c * kChunk + j;
+        const float a = col < s.k ? x[col] : 0.0f;
+        l1 += std::fabs(a);
+        sum += a;
+      }
+      maxabs = std::max(maxabs, l1);
+    }
+    asum[g] = sum;
+    tscale[g] = maxabs / 127.0f;
+    const float inv = maxabs > 0.0f ? 127.0f / maxabs : 0.0f;
+    for (int64_t c = 0; c < cpg; ++c) {
+      float a[kChunk];
+      for (int j = 0; j < kChunk; ++j) {
+        const int64_t col = base + c * kChunk + j;
+        a[j] = col < s.k ? x[col] : 0.0f;
+      }
+      // Mirror symmetry: build the 8 entries with bit 3 set, negate for the rest.
+      for (int idx = 0; idx < 8; ++idx) {
+        const float p = ((idx & 1 ? a[0] : -a[0]) + (idx & 2 ? a[1] : -a[1])) + (idx & 4 ? a[2] : -a[2]);
+        t[idx | 8] = p + a[3];
+      }
+      int8_t* out = tab + (g * cpg + c) * kTableSize;
+      for (int idx = 0; idx < 8; ++idx) {
+        const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(t[idx | 8] * inv)));
+        out[idx | 8] = static_cast<int8_t>(q);
+        out[7 - idx] = static_cast<int8_t>(-q);
+      }
+    }
+  }
+}
+
+void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                  int64_t t1) {
+  const PackedShape& s = w.shape;
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  const int planes = tr.planes;
+  const int64_t ng = s.groups();
+  const int64_t cpg = s.group / kChunk;
+  const size_t gbytes = s.group_code_bytes();
+  for (int64_t tok = 0; tok < m; ++tok) {
+    const ActTables& a = acts[tok];
+    for (int64_t t = t0; t < t1; ++t) {
+      float out[kTileRows] = {0};
+      for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
+        const int8_t* tab = a.tab + g * cpg * kTableSize;
+        int32_t comb[kTileRows] = {0};
+        for (int p = 0; p < planes; ++p) {
+          for (int r = 0; r < kTileRows; ++r) {
+            int32_t acc = 0;
+            for (int64_t c = 0; c < cpg; ++c) {
+              const uint8_t byte = codes[(c * planes + p) * 32 + (r % 32)];
+              const int idx = r < 32 ? (byte & 0x0f) : (byte >> 4);
+              acc += tab[c * kTableSize + idx];
+            }
+            comb[r] += tr.icoef[p] * acc;
+          }
+        }
+        const float half_ts = 0.5f * a.tscale[g];
+        const float as = a.asum[g];
+        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+        for (int r = 0; r < kTileRows; ++r) {
+          const float v = static_cast<float>(comb[r]) * half_ts;
+          const float sc = fp16_to_fp32(w.scales[si + r]);
+          if (w.mins) {
+            out[r] = std::fma(sc, std::fma(tr.center, as, v), out[r]);
+            out[r] = std::fma(fp16_to_fp32(w.mins[si + r]), as, out[r]);
+          } else {
+            out[r] = std::fma(sc, v, out[r]);
+          }
+        }
+      }
+      const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+      std::memcpy(y + tok * ldy + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
+    }
+  }
+}
+
+}  // namespace edgelut

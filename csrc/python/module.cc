@@ -1,0 +1,13 @@
+// edgelut._core: thin bindings; each register_* lives in its own file.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace edgelut::python {
+void register_kernels(py::module_& m);
+}
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "edgelut C++ core (private; use the edgelut package)";
+  edgelut::python::register_kernels(m);
+}

@@ -1,0 +1,145 @@
+// Bindings for the packed layout and the LUT matmul. No logic here: checks
+// and behaviour live in csrc/kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <vector>
+
+#include "../engine/thread_pool.h"
+#include "../kernels/cpu_isa.h"
+#include "../kernels/lut.h"
+#include "../kernels/lut_ops.h"
+#include "../kernels/packed_matrix.h"
+
+namespace py = pybind11;
+
+namespace edgelut::python {
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I8 = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
+using U8 = py::array_t<uint8_t, py::array::c_style>;
+
+PackedShape make_shape(int64_t n, int64_t k, const std::string& qtype, int group, bool asym) {
+  PackedShape s;
+  s.n = n;
+  s.k = k;
+  s.qtype = qtype_from_name(qtype);
+  s.group = group;
+  s.asym = asym;
+  validate_shape(s);
+  return s;
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(msg);
+}
+
+PackedMatrix pack(I8 codes, F32 scales, std::optional<F32> mins, const std::string& qtype, int group) {
+  require(codes.ndim() == 2, "pack: codes must be 2-D (rows, cols)");
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  PackedShape s = make_shape(n, k, qtype, group, mins.has_value());
+  require(scales.ndim() == 2 && scales.shape(0) == n && scales.shape(1) == s.groups(),
+          "pack: scales must have shape (" + std::to_string(n) + ", " + std::to_string(s.groups()) + ")");
+  if (mins)
+    require(mins->ndim() == 2 && mins->shape(0) == n && mins->shape(1) == s.groups(),
+            "pack: mins must have the shape of scales");
+  const float* mp = mins ? mins->data() : nullptr;
+  py::gil_scoped_release release;
+  return PackedMatrix::pack(s, codes.data(), scales.data(), mp);
+}
+
+PackedMatrix from_buffer(py::buffer buf, int64_t n, int64_t k, const std::string& qtype, int group, bool asym) {
+  PackedShape s = make_shape(n, k, qtype, group, asym);
+  py::buffer_info info = buf.request();
+  require(info.itemsize == 1 && info.ndim == 1, "from_buffer: expected a 1-D byte buffer");
+  // The Python object keeps the bytes alive (an mmap or a numpy array).
+  auto keep = std::make_shared<py::object>(py::reinterpret_borrow<py::object>(buf));
+  std::shared_ptr<void> owner(keep, keep.get());
+  return PackedMatrix::borrow(s, static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size),
+                              std::move(owner));
+}
+
+py::tuple unpack(const PackedMatrix& pm) {
+  const PackedShape& s = pm.shape();
+  I8 codes({s.n, s.k});
+  F32 scales({s.n, s.groups()});
+  F32 mins({s.n, s.groups()});
+  unpack_codes(pm.view(), codes.mutable_data(), scales.mutable_data(), mins.mutable_data());
+  if (!s.asym) return py::make_tuple(codes, scales, py::none());
+  return py::make_tuple(codes, scales, mins);
+}
+
+F32 dequantize_matrix(const PackedMatrix& pm) {
+  F32 out({pm.shape().n, pm.shape().k});
+  float* p = out.mutable_data();
+  py::gil_scoped_release release;
+  dequantize(pm.view(), p);
+  return out;
+}
+
+CpuIsa isa_or_default(const std::string& isa) { return isa.empty() ? cpu_isa() : isa_from_name(isa); }
+
+F32 matmul(const PackedMatrix& pm, F32 x, const std::string& isa, int n_threads) {
+  require(x.ndim() == 2, "matmul: x must be 2-D (tokens, features)");
+  require(x.shape(1) == pm.shape().k, "matmul: x has " + std::to_string(x.shape(1)) +
+                                          " features but the matrix expects " + std::to_string(pm.shape().k));
+  const int64_t m = x.shape(0);
+  require(m > 0, "matmul: x has no rows");
+  F32 y({m, pm.shape().n});
+  const float* xp = x.data();
+  float* yp = y.mutable_data();
+  const CpuIsa which = isa_or_default(isa);
+  py::gil_scoped_release release;
+  lut_matmul(pm.view(), xp, m, pm.shape().k, yp, pm.shape().n, which, default_pool(n_threads));
+  return y;
+}
+
+py::tuple tables(const PackedMatrix& pm, F32 x) {
+  const PackedShape& s = pm.shape();
+  require(x.ndim() == 1 && x.shape(0) == s.k, "tables: x must be a vector of length K");
+  py::array_t<int8_t> tab({static_cast<int64_t>(s.k_padded() / kChunk), static_cast<int64_t>(kTableSize)});
+  F32 tscale({s.groups()});
+  F32 asum({s.groups()});
+  build_tables(s, x.data(), tab.mutable_data(), tscale.mutable_data(), asum.mutable_data());
+  return py::make_tuple(tab, tscale, asum);
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+  py::class_<PackedMatrix>(m, "PackedMatrix")
+      .def_property_readonly("n", [](const PackedMatrix& p) { return p.shape().n; })
+      .def_property_readonly("k", [](const PackedMatrix& p) { return p.shape().k; })
+      .def_property_readonly("qtype", [](const PackedMatrix& p) { return qtype_traits(p.shape().qtype).name; })
+      .def_property_readonly("group_size", [](const PackedMatrix& p) { return p.shape().group; })
+      .def_property_readonly("asym", [](const PackedMatrix& p) { return p.shape().asym; })
+      .def_property_readonly("nbytes", &PackedMatrix::nbytes)
+      .def_property_readonly("bits_per_weight", &PackedMatrix::bits_per_weight)
+      .def_property_readonly(
+          "data",
+          [](py::object self) {
+            const PackedMatrix& p = self.cast<const PackedMatrix&>();
+            return U8({static_cast<py::ssize_t>(p.nbytes())}, {1}, p.data(), self);
+          },
+          "The packed bytes (read-only view).")
+      .def("unpack", &unpack, "Codes (n, k) int8, scales (n, groups), mins or None.")
+      .def("dequantize", &dequantize_matrix, "The float matrix these bytes encode.");
+
+  m.def("pack", &pack, py::arg("codes"), py::arg("scales"), py::arg("mins"), py::arg("qtype"), py::arg("group_size"));
+  m.def("from_buffer", &from_buffer, py::arg("buffer"), py::arg("n"), py::arg("k"), py::arg("qtype"),
+        py::arg("group_size"), py::arg("asym"));
+  m.def("matmul", &matmul, py::arg("w"), py::arg("x"), py::arg("isa") = "", py::arg("n_threads") = 0);
+  m.def("tables", &tables, py::arg("w"), py::arg("x"));
+  m.def("cpu_isa", [] { return std::string(isa_name(cpu_isa())); });
+  m.def("supported_isas", [] {
+    std::vector<std::string> out;
+    for (CpuIsa i : supported_isas()) out.emplace_back(isa_name(i));
+    return out;
+  });
+  m.def("hardware_threads", &hardware_threads);
+}
+
+}  // namespace edgelut::python

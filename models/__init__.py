@@ -1,0 +1,1 @@
+"""Architectures, importers (GGUF, Hugging Face, ONNX) and the model file."""

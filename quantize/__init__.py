@@ -1,0 +1,1 @@
+"""The offline quantizer: RTN with clipping search, GPTQ, ternary; packing."""

@@ -1,0 +1,147 @@
+"""Packed low-bit matrices and the LUT matmul (numpy in, numpy out).
+
+A :class:`PackedMatrix` holds an N x K weight matrix in edgelut's portable
+bit-plane layout (docs/FORMAT.md). :func:`gemv` and :func:`gemm` multiply it
+by float32 activations with the best kernel for this CPU; ``isa=`` forces one
+(also ``EDGELUT_ISA``), ``n_threads=`` sets the thread count (0 = all cores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgelut import _core
+
+PackedMatrix = _core.PackedMatrix
+
+QTYPES = ("q1", "q2", "q3", "q4", "tq")
+GROUP_SIZES = (32, 64, 128)
+# Code range (inclusive) per type; ternary codes are -1, 0, +1.
+CODE_RANGE = {"q1": (0, 1), "q2": (0, 3), "q3": (0, 7), "q4": (0, 15), "tq": (-1, 1)}
+# Level that maps to zero in the symmetric form.
+CENTER = {"q1": 0.5, "q2": 1.5, "q3": 3.5, "q4": 7.5, "tq": 0.0}
+PLANES = {"q1": 1, "q2": 2, "q3": 3, "q4": 4, "tq": 2}
+# 2 * the weight of each bit plane.
+PLANE_ICOEF = {"q1": (1,), "q2": (1, 2), "q3": (1, 2, 4), "q4": (1, 2, 4, 8), "tq": (-1, 1)}
+
+__all__ = [
+    "CENTER",
+    "CODE_RANGE",
+    "GROUP_SIZES",
+    "PLANES",
+    "PLANE_ICOEF",
+    "QTYPES",
+    "PackedMatrix",
+    "cpu_isa",
+    "dequantize_reference",
+    "from_buffer",
+    "gemm",
+    "gemv",
+    "pack",
+    "supported_isas",
+    "table_error_bound",
+    "tables",
+]
+
+
+def _check_qtype(qtype: str, group_size: int) -> None:
+    if qtype not in QTYPES:
+        raise ValueError(f"unknown weight type {qtype!r}; expected one of {', '.join(QTYPES)}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be 32, 64 or 128, got {group_size}")
+
+
+def pack(
+    codes: np.ndarray,
+    scales: np.ndarray,
+    mins: np.ndarray | None,
+    qtype: str,
+    group_size: int,
+) -> PackedMatrix:
+    """Pack integer codes (N, K) with per-group scales (N, K/G) into the layout.
+
+    Symmetric (``mins is None``): ``w = scale * (code - CENTER[qtype])``.
+    Asymmetric: ``w = scale * code + min``. Scales and mins are stored as fp16.
+    """
+    _check_qtype(qtype, group_size)
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be 2-D (rows, cols), got shape {codes.shape}")
+    lo, hi = CODE_RANGE[qtype]
+    if codes.size and (codes.min() < lo or codes.max() > hi):
+        raise ValueError(f"codes for {qtype} must lie in [{lo}, {hi}], got [{codes.min()}, {codes.max()}]")
+    return _core.pack(
+        codes.astype(np.int8, copy=False),
+        np.asarray(scales, dtype=np.float32),
+        None if mins is None else np.asarray(mins, dtype=np.float32),
+        qtype,
+        group_size,
+    )
+
+
+def from_buffer(buffer, n: int, k: int, qtype: str, group_size: int, asym: bool) -> PackedMatrix:
+    """Wrap packed bytes (e.g. a slice of a memory-mapped model file) without copying."""
+    _check_qtype(qtype, group_size)
+    return _core.from_buffer(buffer, n, k, qtype, group_size, asym)
+
+
+def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return np.ascontiguousarray(x)
+
+
+def gemv(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0) -> np.ndarray:
+    """y = W @ x for one token: x (K,) float32 -> y (N,) float32."""
+    x = _as_f32(x, "x")
+    if x.ndim != 1:
+        raise ValueError(f"gemv takes a vector x of shape ({w.k},), got shape {x.shape}")
+    return _core.matmul(w, x[None, :], isa, n_threads)[0]
+
+
+def gemm(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0) -> np.ndarray:
+    """Y = X @ W.T for many tokens: X (M, K) float32 -> Y (M, N) float32."""
+    x = _as_f32(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"gemm takes x of shape (tokens, {w.k}), got shape {x.shape}")
+    return _core.matmul(w, x, isa, n_threads)
+
+
+def tables(w: PackedMatrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 lookup tables the kernels build for x: (tables, table scales, group sums)."""
+    return _core.tables(w, _as_f32(x, "x"))
+
+
+def cpu_isa() -> str:
+    """The kernel ISA used by default (EDGELUT_ISA overrides it)."""
+    return _core.cpu_isa()
+
+
+def supported_isas() -> list[str]:
+    """Every kernel ISA this CPU and build can run."""
+    return list(_core.supported_isas())
+
+
+def dequantize_reference(
+    codes: np.ndarray, scales: np.ndarray, mins: np.ndarray | None, qtype: str, group_size: int
+) -> np.ndarray:
+    """Float weights from codes and group scales: the numpy oracle for the layout."""
+    codes = np.asarray(codes, dtype=np.float32)
+    rep = np.repeat(np.asarray(scales, dtype=np.float32), group_size, axis=1)[:, : codes.shape[1]]
+    if mins is None:
+        return rep * (codes - CENTER[qtype])
+    mrep = np.repeat(np.asarray(mins, dtype=np.float32), group_size, axis=1)[:, : codes.shape[1]]
+    return rep * codes + mrep
+
+
+def table_error_bound(w: PackedMatrix, x: np.ndarray) -> np.ndarray:
+    """Per-row bound on |gemv(w, x) - exact| from int8 table rounding (see csrc/kernels/lut.h)."""
+    _, tscale, _ = tables(w, x)
+    _, scales, _ = w.unpack()
+    per_group = 0.25 * tscale[None, :] * sum(abs(c) for c in PLANE_ICOEF[w.qtype]) * (w.group_size // 4)
+    return (np.abs(scales) * per_group).sum(axis=1)
