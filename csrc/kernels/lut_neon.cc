@@ -35,13 +35,19 @@ inline RunIdx split_run(const uint8_t* run) {
   return {{vandq_u8(lo, mask), vandq_u8(hi, mask), vshrq_n_u8(lo, 4), vshrq_n_u8(hi, 4)}};
 }
 
-// acc[k] holds rows 8k..8k+7 of one plane.
+// acc[k] holds rows 8k..8k+7 of one plane. Written out rather than looped so
+// the accumulators stay in registers at -O2 (a loop here spills them).
 inline void lookup_add(int8x16_t tbl, const RunIdx& ix, int16x8_t acc[8]) {
-  for (int i = 0; i < 4; ++i) {
-    const int8x16_t v = vqtbl1q_s8(tbl, ix.q[i]);
-    acc[2 * i] = vaddw_s8(acc[2 * i], vget_low_s8(v));
-    acc[2 * i + 1] = vaddw_high_s8(acc[2 * i + 1], v);
-  }
+  const int8x16_t v0 = vqtbl1q_s8(tbl, ix.q[0]), v1 = vqtbl1q_s8(tbl, ix.q[1]);
+  const int8x16_t v2 = vqtbl1q_s8(tbl, ix.q[2]), v3 = vqtbl1q_s8(tbl, ix.q[3]);
+  acc[0] = vaddw_s8(acc[0], vget_low_s8(v0));
+  acc[1] = vaddw_high_s8(acc[1], v0);
+  acc[2] = vaddw_s8(acc[2], vget_low_s8(v1));
+  acc[3] = vaddw_high_s8(acc[3], v1);
+  acc[4] = vaddw_s8(acc[4], vget_low_s8(v2));
+  acc[5] = vaddw_high_s8(acc[5], v2);
+  acc[6] = vaddw_s8(acc[6], vget_low_s8(v3));
+  acc[7] = vaddw_high_s8(acc[7], v3);
 }
 
 // comb[j] holds rows 4j..4j+3: comb += coef * acc.
@@ -81,7 +87,8 @@ inline void apply_group(const int32x4_t comb[16], const GroupEpilogue& e, float 
 }
 
 inline void zero(int16x8_t acc[8]) {
-  for (int i = 0; i < 8; ++i) acc[i] = vdupq_n_s16(0);
+  const int16x8_t z = vdupq_n_s16(0);
+  acc[0] = acc[1] = acc[2] = acc[3] = acc[4] = acc[5] = acc[6] = acc[7] = z;
 }
 inline void zero(int32x4_t comb[16]) {
   for (int i = 0; i < 16; ++i) comb[i] = vdupq_n_s32(0);
