@@ -7,6 +7,7 @@
 //      weights.
 // Usage: kernel_check [--quick] [--verbose]
 // Prints "kernel_check: N passed, M failed" and exits 1 on any failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -40,6 +41,7 @@ struct Case {
 struct Counts {
   int passed = 0;
   int failed = 0;
+  double worst_ratio = 0.0;  // largest |y - y_exact| / bound seen, to show the bound is not vacuous
 };
 
 std::string describe(const Case& c, const char* isa) {
@@ -169,6 +171,7 @@ void run_case(const Case& c, std::mt19937& rng, ThreadPool& pool, bool verbose, 
           why = buf;
         } else if (r < s.n) {
           const double err = std::abs(static_cast<double>(got) - exact[tok * s.n + r]);
+          counts.worst_ratio = std::max(counts.worst_ratio, err / bound[tok * s.n + r]);
           if (!(err <= bound[tok * s.n + r])) {
             std::snprintf(buf, sizeof buf, "token %lld row %lld: |%.9g - %.9g| = %.3g exceeds the bound %.3g",
                           static_cast<long long>(tok), static_cast<long long>(r), got, exact[tok * s.n + r],
@@ -239,6 +242,7 @@ int main(int argc, char** argv) {
               std::printf("FAIL %s: %s\n", describe(c, "setup").c_str(), e.what());
             }
           }
+  std::printf("kernel_check: largest error / bound = %.3f\n", counts.worst_ratio);
   std::printf("kernel_check: %d passed, %d failed\n", counts.passed, counts.failed);
   return counts.failed == 0 ? 0 : 1;
 }
