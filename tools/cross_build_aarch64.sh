@@ -4,11 +4,12 @@
 #
 #   tools/cross_build_aarch64.sh [--native] [--run] [BUILD_DIR] [-- ARGS...]
 #
-# Default: cross-compile for aarch64 with aarch64-linux-gnu-g++ as one static
-# binary into BUILD_DIR (default build/aarch64); --run executes it under
-# qemu-aarch64 (QEMU_CPU defaults to max, so every optional feature is on).
-# --native builds for this machine with g++ instead (default build/native), so
-# the same check runs on x86-64. ARGS after -- go to kernel_check (--quick).
+# Default: cross-compile for aarch64 with aarch64-linux-gnu-g++ into one static
+# binary in BUILD_DIR (default build/aarch64 in the repository; a relative
+# BUILD_DIR is taken from the current directory). --run executes it under
+# qemu-aarch64 with QEMU_CPU=max unless QEMU_CPU is set. --native builds for
+# this machine with g++ (default build/native), so the check runs on x86-64
+# too. ARGS after -- go to kernel_check (e.g. --quick, --verbose).
 # Needs the Debian packages g++-aarch64-linux-gnu and qemu-user.
 set -euo pipefail
 
@@ -36,12 +37,12 @@ if [[ $native == 1 ]]; then
     aarch64|arm64) targets="core neon" ;;
     *) targets="core" ;;
   esac
-  build_dir="${build_dir:-build/native}"
+  build_dir="${build_dir:-$ROOT/build/native}"
   link_flags=(-pthread)
 else
   cxx="${CXX_AARCH64:-aarch64-linux-gnu-g++}"
   targets="core neon"
-  build_dir="${build_dir:-build/aarch64}"
+  build_dir="${build_dir:-$ROOT/build/aarch64}"
   link_flags=(-static -pthread)
   for tool in "$cxx" qemu-aarch64; do
     if [[ $tool == qemu-aarch64 && $run == 0 ]]; then continue; fi
