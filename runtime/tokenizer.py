@@ -110,9 +110,8 @@ def tokenizer_json_from_gguf_vocab(
     types = list(token_types) if token_types is not None else [TOKEN_NORMAL] * len(tokens)
     vocab = {t: i for i, t in enumerate(tokens)}
     if model == "gpt2":
-        if merges is None:
-            raise ValueError("BPE vocabulary has no tokenizer.ggml.merges")
-        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        # A vocabulary without merges is legal (every token a byte); None means the key is absent.
+        pairs = [tuple(m.split(" ", 1)) for m in merges or []]
         pre_tok, ignore_merges = _byte_level_pre_tokenizer(pre)
         tk = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=ignore_merges))
         tk.pre_tokenizer = pre_tok

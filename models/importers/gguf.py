@@ -81,6 +81,11 @@ def q4_codes(
     return codes.reshape(n, k), d.reshape(n, groups), m.reshape(n, groups)
 
 
+def f32(value: Any) -> float:
+    """A GGUF float32 as the shortest decimal that rounds to it (9.9999997e-06 -> 1e-05)."""
+    return float(str(np.float32(value)))
+
+
 def _rope_scaling(reader: Any, arch: str) -> dict | None:
     kind = field_value(reader, f"{arch}.rope.scaling.type")
     factor = field_value(reader, f"{arch}.rope.scaling.factor")
@@ -88,7 +93,7 @@ def _rope_scaling(reader: Any, arch: str) -> dict | None:
         return None
     if kind != "linear":
         raise ValueError(f"rope scaling type {kind!r} is not supported (only linear)")
-    return {"type": "linear", "factor": float(factor)}
+    return {"type": "linear", "factor": f32(factor)}
 
 
 def config_from_metadata(reader: Any, path: Path, n_vocab_tensor: int, tied: bool, bias: bool) -> ModelConfig:
@@ -121,8 +126,8 @@ def config_from_metadata(reader: Any, path: Path, n_vocab_tensor: int, tied: boo
         n_heads=n_heads,
         n_kv_heads=int(field_value(reader, f"{arch}.attention.head_count_kv", n_heads)),
         head_dim=head_dim,
-        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(field_value(reader, f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=f32(field_value(reader, f"{arch}.rope.freq_base", 10000.0)),
         rope_style="neox",  # after un-permuting, every supported GGUF is in HF (NeoX) order
         rope_scaling=_rope_scaling(reader, arch),
         context_length=int(field_value(reader, f"{arch}.context_length", 2048)),
