@@ -57,7 +57,9 @@ BYTE_ALPHABET = sorted(__import__("tokenizers").pre_tokenizers.ByteLevel.alphabe
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 TINY_TOKENS = SPECIALS + BYTE_ALPHABET  # 260 tokens, byte-level BPE without merges
 CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 

@@ -178,7 +178,7 @@ def test_hf_bf16_and_tied(tmp_path: Path) -> None:
 
 
 def test_hf_real_weights_round_trip(tmp_path: Path) -> None:
-    """A HF directory built from (a slice of) the real SmolLM2 weights and tokenizer reads back identically."""
+    """A HF directory made of the real SmolLM2 weights (2 layers) and tokenizer reads back identically."""
     real = smollm2_model()
     cfg = real.config.__class__(**{**real.config.__dict__, "n_layers": 2})
     keep = {k: v for k, v in real.tensors.items() if not k.startswith("blk.") or int(k.split(".")[1]) < 2}
