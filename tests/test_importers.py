@@ -110,7 +110,9 @@ def test_gguf_errors(tmp_path: Path) -> None:
     cfg = tiny_config("llama")
     good = write_gguf(tmp_path / "good.gguf", cfg, tiny_weights(cfg))
 
-    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+    with pytest.raises(RuntimeError, match="missing.gguf: no such file"):
+        load_model(tmp_path / "missing.gguf")
+    with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.gguf")
 
     foreign = tmp_path / "foreign.gguf"
@@ -261,6 +263,14 @@ def write_onnx(directory: Path, cfg, w: dict[str, np.ndarray], module_names: boo
     (directory / "config.json").write_text(json.dumps(hf_config_json(cfg)))
     write_tokenizer_files(directory)
     return path
+
+
+def test_onnx_tied_head_copy_is_recognised(tmp_path: Path) -> None:
+    cfg = tiny_config("llama", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=4)
+    w["output.weight"] = w["token_embd.weight"].copy()  # torch.onnx writes the tied head as a MatMul copy
+    m = load_model(write_onnx(tmp_path / "tied", cfg, w))
+    assert m.config.tie_embeddings and "output.weight" not in m.tensors
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -17,6 +17,10 @@ from pathlib import Path
 from edgelut.models.config import ImportedModel
 
 
+class ModelNotFoundError(FileNotFoundError, RuntimeError):
+    """A model path that does not exist (catchable as FileNotFoundError or RuntimeError)."""
+
+
 class Importer(abc.ABC):
     """Turns one source format into an :class:`ImportedModel`."""
 
@@ -89,10 +93,18 @@ def load_model(source: str | os.PathLike[str], fmt: str | None = None) -> Import
     else:
         path = Path(text).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
+            raise ModelNotFoundError(f"{path}: no such file or directory")
     model = find_importer(path, fmt).load(path)
     model.source = text
     return model
 
 
-__all__ = ["IMPORTERS", "Importer", "find_importer", "load_model", "register_importer", "resolve_hub"]
+__all__ = [
+    "IMPORTERS",
+    "Importer",
+    "ModelNotFoundError",
+    "find_importer",
+    "load_model",
+    "register_importer",
+    "resolve_hub",
+]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
-from edgelut.models.importers import Importer, register_importer
+from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 GGUF_MAGIC = b"GGUF"
 Q4_GROUP = 32
@@ -179,7 +179,7 @@ def open_reader(path: Path) -> Any:
     """GGUFReader on ``path`` with one-line errors for missing, foreign and truncated files."""
     gguf = _require_gguf()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file")
+        raise ModelNotFoundError(f"{path}: no such GGUF file")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:

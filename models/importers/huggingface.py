@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
-from edgelut.models.importers import Importer, register_importer
+from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 # HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -69,7 +69,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise ModelNotFoundError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
@@ -259,7 +259,7 @@ class HuggingFaceImporter(Importer):
     def load(self, path: Path) -> ImportedModel:
         directory = path.parent if path.is_file() else path
         if not directory.is_dir():
-            raise FileNotFoundError(f"{path}: no such model directory")
+            raise ModelNotFoundError(f"{path}: no such model directory")
         files = sorted(directory.glob("*.safetensors"))
         if not files:
             raise ValueError(f"{directory}: no *.safetensors files")

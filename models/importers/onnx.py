@@ -123,6 +123,10 @@ class ONNXImporter(Importer):
             raise ValueError(
                 f"{onnx_path}: no model.embed_tokens.weight initializer; export with parameter names"
             )
+        # A tied lm_head is often exported as its own (transposed) copy of the embedding.
+        head, emb = tensors.get("output.weight"), tensors["token_embd.weight"]
+        if head is not None and (np.array_equal(head, emb) or np.array_equal(head.T, emb)):
+            del tensors["output.weight"]
         config = config_from_hf(
             read_json(cfg_path),
             onnx_path,
