@@ -10,6 +10,7 @@ import pytest
 from model_fixtures import smollm2_model, tiny_config, tiny_weights
 
 from edgelut.models.config import ModelConfig
+from edgelut.models.importers import load_model
 from edgelut.models.importers.gguf import permute_rows
 from edgelut.models.reference import (
     apply_rope,
@@ -192,3 +193,49 @@ def test_real_chat_answers_paris() -> None:
     )
     out = greedy_generate(m, tok.encode(prompt), 10, stop=m.config.eos_token_ids)
     assert "Paris" in tok.decode(out, skip_special=True)
+
+
+# --- tools/perplexity.py and the corpus fetcher --------------------------------------------------
+
+
+def _perplexity_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "perplexity.py"
+    spec = importlib.util.spec_from_file_location("edgelut_tools_perplexity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_perplexity_tool_on_tiny_gguf(tmp_path, capsys) -> None:
+    from model_fixtures import write_gguf
+
+    cfg = tiny_config()
+    w = tiny_weights(cfg, seed=9)
+    model = write_gguf(tmp_path / "tiny.gguf", cfg, w)
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 4, encoding="utf-8")
+    tool = _perplexity_tool()
+    assert tool.main([str(model), "--text", str(text), "--ctx", "32", "--chunks", "2"]) == 0
+    out = capsys.readouterr().out
+    ids = Tokenizer(load_model(model).tokenizer).encode(text.read_text())
+    want = perplexity(model_of(cfg, w), ids, ctx=32, n_chunks=2)
+    assert f"perplexity {want.perplexity:.4f}" in out and "over 2 chunks of 32" in out
+    assert tool.main([str(tmp_path / "nope.gguf"), "--text", str(text)]) == 2
+    assert "nope.gguf: no such file" in capsys.readouterr().err
+
+
+def test_extract_member(tmp_path) -> None:
+    import zipfile
+
+    from edgelut.models.datasets import LEE_MEMBER, extract_member
+
+    wheel = tmp_path / "gensim-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(LEE_MEMBER, "Hello corpus.\n")
+    dest = extract_member(wheel, LEE_MEMBER, tmp_path / "out" / "lee.cor")
+    assert dest.read_text() == "Hello corpus.\n"
+    with pytest.raises(RuntimeError, match="cannot read gensim/missing"):
+        extract_member(wheel, "gensim/missing", tmp_path / "x")

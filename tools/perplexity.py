@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgelut.models.datasets import lee_corpus
 from edgelut.models.importers import load_model
 from edgelut.models.reference import perplexity
@@ -44,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         bos = tok.bos_id if model.tokenizer.add_bos else None
         print(f"{text_path}: {len(ids)} tokens; ctx {args.ctx}", file=sys.stderr)
         start = time.perf_counter()
-        import numpy as np
-
         res = perplexity(
             model,
             ids,
