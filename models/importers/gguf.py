@@ -35,7 +35,16 @@ def field_value(reader: Any, key: str, default: Any = None) -> Any:
     f = reader.fields.get(key)
     if f is None:
         return default
-    return f.contents()
+    if hasattr(f, "contents"):  # gguf >= 0.14
+        return f.contents()
+    # Older gguf: data indexes the parts that hold the value(s).
+    gguf = _require_gguf()
+    vtype = f.types[-1]
+    values = [
+        bytes(f.parts[i]).decode("utf-8") if vtype == gguf.GGUFValueType.STRING else f.parts[i].tolist()[0]
+        for i in f.data
+    ]
+    return values if f.types[0] == gguf.GGUFValueType.ARRAY else values[0]
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
