@@ -45,7 +45,6 @@ def test_real_smollm2_config_and_tensors() -> None:
 
 
 def test_real_q4_1_codes_dequantise_exactly() -> None:
-    import gguf
 
     m = smollm2_model()
     assert len(m.source_codes) == 210  # every linear weight of the 30 layers is Q4_1
@@ -55,7 +54,14 @@ def test_real_q4_1_codes_dequantise_exactly() -> None:
         assert scales.shape == mins.shape == (n, k // 32)
         w = np.repeat(scales, 32, axis=1) * codes.astype(np.float32) + np.repeat(mins, 32, axis=1)
         np.testing.assert_array_equal(w, m.tensors[name], err_msg=name)
-    # And the importer's q/k really is the un-permuted llama.cpp tensor.
+
+
+@pytest.mark.slow
+def test_real_q_is_unpermuted_gguf_tensor() -> None:
+    """The importer's q/k is gguf's own dequantisation of the file's tensor, rows un-permuted."""
+    import gguf
+
+    m = smollm2_model()
     reader = gguf.GGUFReader(str(smollm2_gguf()))
     t = next(t for t in reader.tensors if t.name == "blk.3.attn_q.weight")
     raw = gguf.quants.dequantize(t.data, t.tensor_type).reshape(576, 576)
@@ -136,7 +142,7 @@ def test_real_truncated_gguf_error(tmp_path: Path) -> None:
     src = smollm2_gguf()
     cut = tmp_path / "smol-cut.gguf"
     with open(src, "rb") as fh:
-        cut.write_bytes(fh.read(5_000_000))  # header + vocabulary, tensors cut off
+        cut.write_bytes(fh.read(1_000_000))  # inside the vocabulary
     with pytest.raises(RuntimeError, match="smol-cut.gguf: truncated"):
         load_model(cut)
 
