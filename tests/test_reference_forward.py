@@ -239,3 +239,30 @@ def test_extract_member(tmp_path) -> None:
     assert dest.read_text() == "Hello corpus.\n"
     with pytest.raises(RuntimeError, match="cannot read gensim/missing"):
         extract_member(wheel, "gensim/missing", tmp_path / "x")
+
+
+# llama.cpp's perplexity for the same GGUF (SmolLM2-135M-Instruct Q4_1), the Lee corpus, ctx 512,
+# first 2 chunks. How it was measured (2026-11-22): llama.cpp at commit 0ce8cd11 (the prebuilt
+# libllama of the llama-cpp-py-sync 0.11739 wheel, CPU backend, 2 threads, f16 KV cache), called
+# through its CFFI bindings because no llama-perplexity binary was built in time, following
+# llama-perplexity exactly: llama_tokenize(text, add_special=True, parse_special=False) gave 75678
+# ids, identical to edgelut's; each 512-token window decoded with logits for every position;
+# NLL of tokens 257..511 from logits 256..510 (255 per chunk). llama.cpp multiplies Q4_1 weights
+# with Q8_1-quantised activations, so a small gap to this float32 reference is expected; the
+# reference gives 28.7263 (gap 0.15 %).
+LLAMA_CPP_PPL_2x512 = 28.7703
+LLAMA_CPP_HOW = "llama.cpp 0ce8cd11 via libllama, Lee corpus, ctx 512, chunks 2"
+
+
+@pytest.mark.slow
+def test_real_perplexity_matches_llama_cpp() -> None:
+    from edgelut.models.datasets import lee_text
+
+    m = smollm2_model()
+    tok = Tokenizer(m.tokenizer)
+    ids = tok.encode(lee_text())
+    assert len(ids) > 70_000
+    res = perplexity(m, ids, ctx=512, n_chunks=2)
+    assert res.nll.size == 2 * 255
+    assert res.perplexity == pytest.approx(LLAMA_CPP_PPL_2x512, rel=0.02), LLAMA_CPP_HOW
+    assert res.perplexity == pytest.approx(28.7263, abs=2e-3)  # this reference's own value
