@@ -213,6 +213,31 @@ def test_hf_errors(tmp_path: Path) -> None:
         load_model(d2)
 
 
+def test_hub_prefix_uses_snapshot_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    huggingface_hub = pytest.importorskip(
+        "huggingface_hub", reason="huggingface_hub (the optional `hub` extra) is not installed"
+    )
+    cfg = tiny_config("qwen2")
+    local = write_hf_dir(tmp_path / "snap", cfg, tiny_weights(cfg))
+    calls = []
+
+    def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
+        calls.append(repo_id)
+        assert "*.safetensors" in allow_patterns and "*.json" in allow_patterns
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    m = load_model("hf:Qwen/Tiny")
+    assert calls == ["Qwen/Tiny"] and m.source == "hf:Qwen/Tiny" and m.config.architecture == "qwen2"
+
+    def offline(repo_id: str, allow_patterns: list[str]) -> str:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(RuntimeError, match="could not download hf:Qwen/Tiny: network is unreachable"):
+        load_model("hf:Qwen/Tiny")
+
+
 def test_hub_needs_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import now raises ImportError
     with pytest.raises(RuntimeError, match=r"hf:org/name needs huggingface_hub"):
