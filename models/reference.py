@@ -36,9 +36,12 @@ def rope_angles(positions: np.ndarray, config: ModelConfig, dtype: Any) -> tuple
     scaling = config.rope_scaling
     if scaling:
         kind = scaling.get("type", scaling.get("rope_type"))
-        if kind != "linear":
-            raise ValueError(f"rope scaling {kind!r} is not supported by the reference (only linear)")
-        pos = pos / float(scaling["factor"])
+        if kind == "linear":
+            pos = pos / float(scaling["factor"])
+        elif kind == "freq_factors":  # Llama 3 style: each frequency divided by its own factor
+            inv_freq = inv_freq / np.asarray(scaling["factors"], dtype=np.float64)
+        else:
+            raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors)")
     angles = np.outer(pos, inv_freq)
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 

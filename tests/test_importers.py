@@ -175,6 +175,37 @@ def test_hf_directory_round_trip_and_matches_gguf(tmp_path: Path, arch: str) -> 
     )
 
 
+def test_llama3_rope_scaling_from_hf_and_gguf(tmp_path: Path) -> None:
+    """HF's rope_scaling {rope_type: llama3} and llama.cpp's rope_freqs.weight give one config."""
+    import json
+
+    from edgelut.models.importers.huggingface import llama3_freq_factors
+
+    cfg = tiny_config("llama", rope_theta=500000.0)
+    w = tiny_weights(cfg)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    d = write_hf_dir(tmp_path / "hf", cfg, w)
+    doc = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**doc, "rope_scaling": scaling}))
+    hf = load_model(d)
+    factors = hf.config.rope_scaling["factors"]
+    assert hf.config.rope_scaling["type"] == "freq_factors" and len(factors) == cfg.head_dim // 2
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and any(1.0 < f < 8.0 for f in factors)
+    assert factors == llama3_freq_factors(scaling, 500000.0, cfg.head_dim)
+
+    gw = dict(w, **{"rope_freqs.weight": np.asarray(factors, dtype=np.float32)})
+    gg = load_model(write_gguf(tmp_path / "l3.gguf", cfg, gw))
+    assert "rope_freqs.weight" not in gg.tensors
+    assert gg.config.rope_scaling["type"] == "freq_factors"
+    np.testing.assert_allclose(gg.config.rope_scaling["factors"], factors, rtol=1e-7)
+
+
 def test_hf_bf16_and_tied(tmp_path: Path) -> None:
     cfg = tiny_config("llama", tie_embeddings=True)
     w = tiny_weights(cfg, seed=3)

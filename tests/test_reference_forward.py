@@ -33,6 +33,7 @@ def incremental_logits(config: ModelConfig, w: dict[str, np.ndarray], ids: list[
     c = config
     d, group = c.head_dim, c.n_heads // c.n_kv_heads
     factor = (c.rope_scaling or {}).get("factor", 1.0)
+    per_freq = (c.rope_scaling or {}).get("factors", [1.0] * (d // 2))
     f64 = {k: v.astype(np.float64) for k, v in w.items()}
 
     def norm(x: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -41,7 +42,7 @@ def incremental_logits(config: ModelConfig, w: dict[str, np.ndarray], ids: list[
     def rotate(vec: np.ndarray, pos: int) -> np.ndarray:
         out = vec.copy()
         for i in range(d // 2):
-            theta = (pos / factor) * c.rope_theta ** (-2 * i / d)
+            theta = (pos / factor) * c.rope_theta ** (-2 * i / d) / per_freq[i]
             a, b = vec[i], vec[i + d // 2]
             out[i] = a * np.cos(theta) - b * np.sin(theta)
             out[i + d // 2] = a * np.sin(theta) + b * np.cos(theta)
@@ -90,6 +91,7 @@ IDS = [5, 17, 200, 3, 99, 42, 42, 7, 250, 1, 64, 128]
         {"architecture": "llama", "tie_embeddings": True},
         {"architecture": "llama", "n_kv_heads": 4},
         {"architecture": "llama", "n_kv_heads": 1, "rope_scaling": {"type": "linear", "factor": 4.0}},
+        {"architecture": "llama", "rope_scaling": {"type": "freq_factors", "factors": [1.0] * 4 + [3.0] * 4}},
     ],
 )
 def test_matches_token_by_token_implementation(kw: dict) -> None:

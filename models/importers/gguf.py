@@ -252,6 +252,12 @@ class GGUFImporter(Importer):
                 if n_head is not None:
                     c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
                 codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
+        freqs = tensors.pop("rope_freqs.weight", None)
+        if freqs is not None:
+            # Llama 3.1-style scaling: llama.cpp stores the per-frequency divisors as a tensor.
+            if config.rope_scaling is not None:
+                raise ValueError(f"{path}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
+            config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in freqs.reshape(-1)]}
         return ImportedModel(
             config=config,
             tensors=tensors,

@@ -7,6 +7,7 @@ that the ONNX importer reuses (optimum exports keep HF names and files).
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -74,6 +75,29 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int) -> list[float]:
+    """Per-frequency divisors of Llama 3.1 RoPE scaling (what llama.cpp stores as rope_freqs.weight).
+
+    Wavelengths shorter than original_context/high_freq_factor are kept, longer than
+    original_context/low_freq_factor are divided by ``factor``, and the band between
+    is interpolated smoothly.
+    """
+    factor = float(scaling["factor"])
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return out
+
+
 def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
     """ModelConfig from a transformers config.json dictionary."""
     model_type = cfg.get("model_type")
@@ -90,10 +114,14 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind == "default":
                 scaling = None
-            elif kind != "linear":
-                raise ValueError(f"{path}: rope_scaling type {kind!r} is not supported (only linear)")
-            else:
+            elif kind == "linear":
                 scaling = {"type": "linear", "factor": float(scaling["factor"])}
+            elif kind == "llama3":
+                head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+                factors = llama3_freq_factors(scaling, float(cfg.get("rope_theta", 10000.0)), head_dim)
+                scaling = {"type": "freq_factors", "factors": factors}
+            else:
+                raise ValueError(f"{path}: rope_scaling type {kind!r} is not supported (linear, llama3)")
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
         bos = cfg.get("bos_token_id")
