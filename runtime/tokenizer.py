@@ -235,9 +235,21 @@ class Tokenizer:
         """The text of one token as it would print (may be partial UTF-8, shown as U+FFFD)."""
         return self._tk.decode([token_id], skip_special_tokens=False)
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """Token ids; ``add_special`` adds what the model's post-processor adds (e.g. BOS)."""
-        return self._tk.encode(text, add_special_tokens=add_special).ids
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids.
+
+        ``add_special`` adds what the model's post-processor adds (e.g. BOS).
+        ``parse_special=False`` treats special-token text such as ``<|im_end|>`` as plain text
+        (for untrusted input and for llama.cpp-compatible perplexity).
+        """
+        if parse_special:
+            return self._tk.encode(text, add_special_tokens=add_special).ids
+        # A flag on the shared tokenizers object: one Tokenizer must not encode from two threads here.
+        self._tk.encode_special_tokens = True
+        try:
+            return self._tk.encode(text, add_special_tokens=add_special).ids
+        finally:
+            self._tk.encode_special_tokens = False
 
     def encode_batch(self, texts: Iterable[str], add_special: bool = True) -> list[list[int]]:
         return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=add_special)]

@@ -74,6 +74,9 @@ def test_real_specials(smol: Tokenizer) -> None:
     assert smol.encode("Hi", add_special=True) == smol.encode("Hi", add_special=False)  # SmolLM2 adds no BOS
     assert smol.token_to_piece(905) == " world" and smol.id_to_token(905) == "Ġworld"
     assert smol.decode([1, 19556, 2], skip_special=True) == "Hello"
+    plain = smol.encode("<|im_end|>", parse_special=False)
+    assert 2 not in plain and len(plain) > 1 and smol.decode(plain) == "<|im_end|>"
+    assert smol.encode("<|im_end|>") == [2]  # the flag does not stick
 
 
 @pytest.mark.parametrize("text", ROUND_TRIPS)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         text = Path(text_path).read_text(encoding="utf-8", errors="replace")
         model = load_model(args.model)
         tok = Tokenizer(model.tokenizer)
-        ids = tok.encode(text, add_special=True)
+        ids = tok.encode(text, add_special=True, parse_special=False)  # as llama-perplexity does
         bos = tok.bos_id if model.tokenizer.add_bos else None
         print(f"{text_path}: {len(ids)} tokens; ctx {args.ctx}", file=sys.stderr)
         start = time.perf_counter()
