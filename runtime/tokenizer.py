@@ -207,6 +207,20 @@ class Tokenizer:
         self.eos_id = self._id_or_none(data.eos_token)
 
     @classmethod
+    def from_source(cls, source: str | Path) -> Tokenizer:
+        """The tokenizer of a model source (.gguf file, HF or ONNX export directory) without its weights."""
+        from edgelut.models.importers import ModelNotFoundError
+        from edgelut.models.importers.gguf import GGUFImporter, open_reader, tokenizer_from_metadata
+        from edgelut.models.importers.huggingface import tokenizer_from_dir
+
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(f"{path}: no such file or directory")
+        if GGUFImporter.can_load(path):
+            return cls(tokenizer_from_metadata(open_reader(path), path))
+        return cls(tokenizer_from_dir(path if path.is_dir() else path.parent))
+
+    @classmethod
     def from_file(cls, path: str | Path, chat_template: str | None = None) -> Tokenizer:
         """From a tokenizer.json file."""
         text = Path(path).read_text(encoding="utf-8")

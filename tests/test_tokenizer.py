@@ -84,6 +84,21 @@ def test_real_round_trip(smol: Tokenizer, text: str) -> None:
     assert smol.decode(smol.encode(text)) == text
 
 
+def test_from_source(tmp_path) -> None:
+    from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir
+
+    cfg = tiny_config()
+    w = tiny_weights(cfg)
+    a = Tokenizer.from_source(write_gguf(tmp_path / "t.gguf", cfg, w))
+    b = Tokenizer.from_source(write_hf_dir(tmp_path / "hf", cfg, w))
+    text = "héllo <|im_end|>"
+    assert a.encode(text) == b.encode(text) and a.decode(a.encode(text)) == text
+    assert len(a.encode(text)) == len("héllo ".encode()) + 1  # byte tokens + one special
+    assert a.encode("x<|im_end|>")[-1] == 2 and b.eos_id == 2 and a.data.chat_template == b.data.chat_template
+    with pytest.raises(FileNotFoundError, match="nope: no such file"):
+        Tokenizer.from_source(tmp_path / "nope")
+
+
 def test_json_document_is_self_contained(smol: Tokenizer, tmp_path) -> None:
     path = tmp_path / "tokenizer.json"
     path.write_text(smol.data.tokenizer_json, encoding="utf-8")
