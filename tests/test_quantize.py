@@ -266,3 +266,22 @@ def test_float_override_keeps_float(tmp_path):
     tensors = quantize_model(model, recipe, progress=False)
     assert isinstance(tensors["token_embd.weight"], np.ndarray)
     assert tensors["output.weight"].qtype == "q4"  # default override at 3 bits
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_calibration_pass_matches_the_reference_forward(arch):
+    """With an identity head the logits are the final normed hidden states, whose Hessian
+    the calibration runner hands to the output layer: both passes must agree."""
+    from edgelut.models.reference import forward
+
+    model = tiny_model(arch=arch, hidden=64, inter=96, heads=4, kv_heads=2, vocab=64, layers=2)
+    model.tensors["output.weight"] = np.eye(64, dtype=np.float32)
+    ids = np.random.default_rng(8).integers(0, 64, (1, 24))
+    seen: dict[str, np.ndarray] = {}
+    for _ in run_calibrated(model, ids, lambda name, w, h: _keep(seen, name, w, h)):
+        pass
+    assert sorted(seen) == sorted(
+        n for n, t in model.tensors.items() if t.ndim == 2 and n != "token_embd.weight"
+    )
+    want = hessian(forward(model, ids[0]))
+    assert np.allclose(seen["output.weight"], want, rtol=1e-4, atol=1e-5)
