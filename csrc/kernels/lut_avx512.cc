@@ -1,10 +1,130 @@
-// AVX-512 LUT kernel (placeholder delegating to the reference until the SIMD
-// kernel lands in this same session; see lut_ref.cc for the contract).
+// AVX-512 (F/BW) LUT kernel: the contract of lut.h on the layout of layout.h,
+// bit-identical to lut_gemm_ref for the same tables.
+//
+// One zmm covers a whole 64-row tile: the 32-byte run is broadcast to both
+// halves, the upper half shifted right by 4, and masked, so byte r of the
+// index vector is row r's 4-bit index. One vpshufb against the chunk's table
+// (broadcast to the four 128-bit lanes) looks up all 64 rows. The int16
+// accumulation scheme is described in lut_x86_driver.h. Tokens are processed
+// in blocks of kTokBlock so one index vector serves several lookups.
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own
+// _mm512_undefined_* placeholders (GCC bug 105593, fixed in 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
 #include "dispatch.h"
+#include "lut_x86_driver.h"
 
 namespace edgelut {
+namespace {
+
+// vpermt2w indices that interleave E (even rows, words 0..31 of the first
+// operand) and O (odd rows, 32..63) back into row order: lo = rows 0..31,
+// hi = rows 32..63.
+struct RowPerm {
+  alignas(64) int16_t lo[32];
+  alignas(64) int16_t hi[32];
+};
+constexpr RowPerm make_row_perm() {
+  RowPerm r{};
+  for (int j = 0; j < 32; ++j) {
+    r.lo[j] = static_cast<int16_t>((j & 1 ? 32 : 0) + j / 2);
+    r.hi[j] = static_cast<int16_t>((j & 1 ? 32 : 0) + 16 + j / 2);
+  }
+  return r;
+}
+constexpr RowPerm kRowPerm = make_row_perm();
+
+struct Avx512 {
+  static constexpr int kTokBlock = 4;
+
+  static void bias_tables(const int8_t* src, int8_t* dst, size_t bytes) {
+    const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (size_t i = 0; i < bytes; i += 64)
+      _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), bias));
+  }
+
+  template <int P, int TB>
+  static void step(const GroupCtx& cx, const StepArgs& a) {
+    // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
+    const __m512i nib_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i perm_lo = _mm512_load_si512(kRowPerm.lo);
+    const __m512i perm_hi = _mm512_load_si512(kRowPerm.hi);
+
+    __m512i comb[TB][4];  // int32 rows 16q..16q+15
+    for (int i = 0; i < TB; ++i)
+      for (int q = 0; q < 4; ++q) comb[i][q] = _mm512_setzero_si512();
+
+    for (int64_t c0 = 0; c0 < cx.cpg; c0 += cx.block) {
+      const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
+      __m512i cs[TB], ch[TB];
+      for (int i = 0; i < TB; ++i) cs[i] = ch[i] = _mm512_setzero_si512();
+      for (int p = 0; p < P; ++p) {
+        __m512i s[TB], h[TB];
+        for (int i = 0; i < TB; ++i) s[i] = h[i] = _mm512_setzero_si512();
+        const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p) * 32;
+        for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
+          const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
+          const __m512i idx = _mm512_and_si512(_mm512_srlv_epi16(v, nib_shift), low4);
+          for (int i = 0; i < TB; ++i) {
+            const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
+            const __m512i r = _mm512_shuffle_epi8(tab, idx);
+            s[i] = _mm512_add_epi16(s[i], r);
+            h[i] = _mm512_add_epi16(h[i], _mm512_srli_epi16(r, 8));
+          }
+        }
+        const __m512i k = _mm512_set1_epi16(static_cast<int16_t>(cx.icoef[p]));
+        for (int i = 0; i < TB; ++i) {
+          cs[i] = _mm512_add_epi16(cs[i], _mm512_mullo_epi16(s[i], k));
+          ch[i] = _mm512_add_epi16(ch[i], _mm512_mullo_epi16(h[i], k));
+        }
+      }
+      const __m512i bias = _mm512_set1_epi16(block_bias(cx, nc));
+      for (int i = 0; i < TB; ++i) {
+        const __m512i even = _mm512_sub_epi16(_mm512_sub_epi16(cs[i], _mm512_slli_epi16(ch[i], 8)), bias);
+        const __m512i odd = _mm512_sub_epi16(ch[i], bias);
+        const __m512i lo = _mm512_permutex2var_epi16(even, perm_lo, odd);  // rows 0..31
+        const __m512i hi = _mm512_permutex2var_epi16(even, perm_hi, odd);  // rows 32..63
+        comb[i][0] = _mm512_add_epi32(comb[i][0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(lo)));
+        comb[i][1] = _mm512_add_epi32(comb[i][1], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(lo, 1)));
+        comb[i][2] = _mm512_add_epi32(comb[i][2], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(hi)));
+        comb[i][3] = _mm512_add_epi32(comb[i][3], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(hi, 1)));
+      }
+    }
+
+    // Float epilogue in the reference's exact op order.
+    const __m512 center = _mm512_set1_ps(cx.center);
+    for (int q = 0; q < 4; ++q) {
+      const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scales + 16 * q)));
+      if (a.mins) {
+        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.mins + 16 * q)));
+        for (int i = 0; i < TB; ++i) {
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(comb[i][q]), _mm512_set1_ps(a.half_ts[i]));
+          const __m512 as = _mm512_set1_ps(a.asum[i]);
+          __m512 o = _mm512_loadu_ps(a.out[i] + 16 * q);
+          o = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(center, as, v), o);
+          o = _mm512_fmadd_ps(mn, as, o);
+          _mm512_storeu_ps(a.out[i] + 16 * q, o);
+        }
+      } else {
+        for (int i = 0; i < TB; ++i) {
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(comb[i][q]), _mm512_set1_ps(a.half_ts[i]));
+          float* o = a.out[i] + 16 * q;
+          _mm512_storeu_ps(o, _mm512_fmadd_ps(sc, v, _mm512_loadu_ps(o)));
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
 const KernelSet& kernels_avx512() {
-  static const KernelSet k{lut_gemm_ref, lut_gemm_ref};
+  static const KernelSet k{lut_gemm_x86<Avx512>, lut_gemm_x86<Avx512>};
   return k;
 }
+
 }  // namespace edgelut
