@@ -2,9 +2,10 @@
 // bit-identical to lut_gemm_ref for the same tables.
 //
 // One zmm covers a whole 64-row tile: the 32-byte run is broadcast to both
-// halves, the upper half shifted right by 4, and masked, so byte r of the
-// index vector is row r's 4-bit index. One vpshufb against the chunk's table
-// (broadcast to the four 128-bit lanes) looks up all 64 rows. The int16
+// halves and the upper half shifted right by 4, so the low 4 bits of byte r
+// are row r's index. One VBMI vpermb against the chunk's table broadcast to
+// the four 128-bit lanes looks up all 64 rows: vpermb reads 6 index bits and
+// the table repeats every 16 bytes, so the 2 stray bits need no mask. The int16
 // accumulation scheme is described in lut_x86_driver.h. Tokens are processed
 // in blocks of kTokBlock so one index vector serves several lookups.
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own
@@ -50,7 +51,6 @@ struct Avx512 {
   static void step(const GroupCtx& cx, const StepArgs& a) {
     // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
     const __m512i nib_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
     const __m512i perm_lo = _mm512_load_si512(kRowPerm.lo);
     const __m512i perm_hi = _mm512_load_si512(kRowPerm.hi);
 
@@ -68,10 +68,10 @@ struct Avx512 {
         const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p) * 32;
         for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
           const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
-          const __m512i idx = _mm512_and_si512(_mm512_srlv_epi16(v, nib_shift), low4);
+          const __m512i idx = _mm512_srlv_epi16(v, nib_shift);
           for (int i = 0; i < TB; ++i) {
             const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
-            const __m512i r = _mm512_shuffle_epi8(tab, idx);
+            const __m512i r = _mm512_permutexvar_epi8(idx, tab);
             s[i] = _mm512_add_epi16(s[i], r);
             h[i] = _mm512_add_epi16(h[i], _mm512_srli_epi16(r, 8));
           }
