@@ -104,7 +104,9 @@ def gemv(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0) -
     return _core.matmul(w, x[None, :], isa, n_threads)[0]
 
 
-def gemm(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0, int8: bool = False) -> np.ndarray:
+def gemm(
+    w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0, int8: bool = False
+) -> np.ndarray:
     """Y = X @ W.T for many tokens: X (M, K) float32 -> Y (M, N) float32.
 
     ``int8=True`` takes the int8 prefill path (activations quantised to int8
