@@ -48,6 +48,64 @@ struct Avx512 {
       _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), bias));
   }
 
+  // One token (decode): chunk-outer, so one table load serves every plane.
+  // Runs p and p+1 of a chunk are adjacent, so a plane pair is one 64-byte
+  // load: its low nibbles are rows 0..31 of both planes, its high nibbles rows
+  // 32..63. An odd last plane takes the broadcast-and-shift path. Produces cs
+  // and ch in the same word order as the token-block path (word i: rows 2i,
+  // 2i+1 of 0..31; word 16 + i: rows 32 + 2i, 33 + 2i).
+  template <int P>
+  static void one_token_block(const StepArgs& a, const GroupCtx& cx, int64_t c0, int64_t nc, __m512i nib_shift,
+                              __m512i& cs, __m512i& ch) {
+    constexpr int kPairs = P / 2;
+    __m512i sl[kPairs + 1], hl[kPairs + 1], sh[kPairs + 1], hh[kPairs + 1];
+    for (int q = 0; q <= kPairs; ++q) sl[q] = hl[q] = sh[q] = hh[q] = _mm512_setzero_si512();
+    __m512i s1 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+    const uint8_t* run = a.codes + static_cast<size_t>(c0 * P) * 32;
+    const int8_t* tp = a.tab[0] + c0 * kTableSize;
+    for (int64_t c = 0; c < nc; ++c, run += P * 32, tp += kTableSize) {
+      const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp)));
+      for (int q = 0; q < kPairs; ++q) {
+        const __m512i v = _mm512_loadu_si512(run + 64 * q);
+        const __m512i rl = _mm512_permutexvar_epi8(v, tab);
+        const __m512i rh = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), tab);
+        sl[q] = _mm512_add_epi16(sl[q], rl);
+        hl[q] = _mm512_add_epi16(hl[q], _mm512_srli_epi16(rl, 8));
+        sh[q] = _mm512_add_epi16(sh[q], rh);
+        hh[q] = _mm512_add_epi16(hh[q], _mm512_srli_epi16(rh, 8));
+      }
+      if constexpr (P % 2 == 1) {
+        const __m512i v =
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + 64 * kPairs)));
+        const __m512i r = _mm512_permutexvar_epi8(_mm512_srlv_epi16(v, nib_shift), tab);
+        s1 = _mm512_add_epi16(s1, r);
+        h1 = _mm512_add_epi16(h1, _mm512_srli_epi16(r, 8));
+      }
+    }
+    __m512i xs = _mm512_setzero_si512(), xh = xs, ys = xs, yh = xs;  // x: rows 0..31, y: rows 32..63
+    for (int q = 0; q < kPairs; ++q) {
+      const __m512i k = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(cx.icoef[2 * q])),
+                                           _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[2 * q + 1])), 1);
+      xs = _mm512_add_epi16(xs, _mm512_mullo_epi16(sl[q], k));
+      xh = _mm512_add_epi16(xh, _mm512_mullo_epi16(hl[q], k));
+      ys = _mm512_add_epi16(ys, _mm512_mullo_epi16(sh[q], k));
+      yh = _mm512_add_epi16(yh, _mm512_mullo_epi16(hh[q], k));
+    }
+    // Fold the two planes of each half: 16 words per row range.
+    const auto fold = [](__m512i lo_rows, __m512i hi_rows) {
+      const __m256i l = _mm256_add_epi16(_mm512_castsi512_si256(lo_rows), _mm512_extracti64x4_epi64(lo_rows, 1));
+      const __m256i h = _mm256_add_epi16(_mm512_castsi512_si256(hi_rows), _mm512_extracti64x4_epi64(hi_rows, 1));
+      return _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
+    };
+    cs = fold(xs, ys);
+    ch = fold(xh, yh);
+    if constexpr (P % 2 == 1) {
+      const __m512i k = _mm512_set1_epi16(static_cast<int16_t>(cx.icoef[P - 1]));
+      cs = _mm512_add_epi16(cs, _mm512_mullo_epi16(s1, k));
+      ch = _mm512_add_epi16(ch, _mm512_mullo_epi16(h1, k));
+    }
+  }
+
   template <int P, int TB>
   static void step(const GroupCtx& cx, const StepArgs& a) {
     // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
@@ -63,6 +121,9 @@ struct Avx512 {
       const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
       __m512i cs[TB], ch[TB];
       for (int i = 0; i < TB; ++i) cs[i] = ch[i] = _mm512_setzero_si512();
+      if constexpr (TB == 1) {
+        one_token_block<P>(a, cx, c0, nc, nib_shift, cs[0], ch[0]);
+      } else {
       for (int p = 0; p < P; ++p) {
         __m512i s[TB], h[TB];
         for (int i = 0; i < TB; ++i) s[i] = h[i] = _mm512_setzero_si512();
@@ -82,6 +143,7 @@ struct Avx512 {
           cs[i] = _mm512_add_epi16(cs[i], _mm512_mullo_epi16(s[i], k));
           ch[i] = _mm512_add_epi16(ch[i], _mm512_mullo_epi16(h[i], k));
         }
+      }
       }
       const __m512i bias = _mm512_set1_epi16(block_bias(cx, nc));
       for (int i = 0; i < TB; ++i) {
