@@ -132,7 +132,8 @@ struct Avx512 {
           const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
           const __m512i idx = _mm512_srlv_epi16(v, nib_shift);
           for (int i = 0; i < TB; ++i) {
-            const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
+            const __m128i t16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize));
+            const __m512i tab = _mm512_broadcast_i32x4(t16);
             const __m512i r = _mm512_permutexvar_epi8(idx, tab);
             s[i] = _mm512_add_epi16(s[i], r);
             h[i] = _mm512_add_epi16(h[i], _mm512_srli_epi16(r, 8));
@@ -284,14 +285,16 @@ void int8_tile(const Int8Tile& a, int64_t g0, int64_t g1) {
       if (mp) {
         const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mp + 16 * q)));
         for (int i = 0; i < TB; ++i) {
-          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]));
+          const __m512 hx = _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]);
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), hx);
           const __m512 as = _mm512_set1_ps(a.acts[i]->asum[g]);
           out[i][q] = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(center, as, v), out[i][q]);
           out[i][q] = _mm512_fmadd_ps(mn, as, out[i][q]);
         }
       } else {
         for (int i = 0; i < TB; ++i) {
-          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]));
+          const __m512 hx = _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]);
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), hx);
           out[i][q] = _mm512_fmadd_ps(sc, v, out[i][q]);
         }
       }
@@ -323,7 +326,8 @@ void int8_gemm_planes(const PackedView& w, const Int8Acts* acts, int64_t m, floa
       __m512i bias[4];
       expand_group<P>(w.codes + tg * gbytes, cx, w8.data() + g * cx.cpg * 256, bias);
       for (int q = 0; q < 4; ++q)
-        _mm512_storeu_si512(negbias.data() + g * kTileRows + 16 * q, _mm512_sub_epi32(_mm512_setzero_si512(), bias[q]));
+        _mm512_storeu_si512(negbias.data() + g * kTileRows + 16 * q,
+                            _mm512_sub_epi32(_mm512_setzero_si512(), bias[q]));
     }
     Int8Tile a;
     a.w8 = w8.data();
