@@ -1,0 +1,146 @@
+// The loops shared by the x86 LUT kernels (lut_avx2.cc, lut_avx512.cc).
+//
+// Only ISA-neutral code lives here; each kernel file includes it and supplies
+// an `Isa` policy with the SIMD parts. Everything is in an anonymous namespace
+// so each file gets its own copy compiled with its own flags (a shared inline
+// function could otherwise be linked to the AVX-512 copy and run on an
+// AVX2-only CPU).
+//
+// How the kernels stay exact with int16 accumulators (see lut.h for the math):
+// - The tables are copied once per call with 0x80 xored into every byte, so a
+//   looked-up entry e becomes the unsigned byte u = e + 128.
+// - Adding the 64 looked-up bytes of a plane as 32 int16 words gives, per word,
+//   sum(u_odd) * 256 + sum(u_even) (mod 2^16); a logical shift by 8 gives the
+//   odd rows alone, exactly (<= 32 * 255). Two adds and a shift per 32 bytes.
+// - Planes are combined with icoef while still int16 (ring arithmetic mod
+//   2^16), the bias 128 * chunks * sum(icoef) is removed, and the result is
+//   exact because the true per-row value fits int16: a block holds at most
+//   32767 / (127 * sum|icoef|) chunks (all 32 chunks of a 128-group except
+//   for q4, which takes two blocks).
+// - Only then are rows put back in order and widened to int32, once per block.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "lut.h"
+
+namespace edgelut {
+namespace {
+
+// What a (tile, group, token block) step needs besides the codes.
+struct GroupCtx {
+  int64_t cpg = 0;       // chunks per group
+  int64_t block = 0;     // chunks per exact int16 block
+  int32_t icoef[4] = {};
+  int32_t csum = 0;      // sum of icoef (the bias multiplier)
+  float center = 0.0f;
+};
+
+inline GroupCtx make_ctx(const PackedShape& s) {
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  GroupCtx cx;
+  cx.cpg = s.group / kChunk;
+  int32_t sumabs = 0;
+  for (int p = 0; p < tr.planes; ++p) {
+    cx.icoef[p] = tr.icoef[p];
+    cx.csum += tr.icoef[p];
+    sumabs += std::abs(tr.icoef[p]);
+  }
+  cx.block = std::min<int64_t>(cx.cpg, 32767 / (127 * sumabs));
+  cx.center = tr.center;
+  return cx;
+}
+
+// The int16 bias to remove from a block of nc chunks, wrapped like the sums.
+inline int16_t block_bias(const GroupCtx& cx, int64_t nc) {
+  return static_cast<int16_t>(static_cast<uint16_t>(static_cast<uint32_t>(128 * nc * cx.csum) & 0xffffu));
+}
+
+// Per-thread scratch: the biased tables of every token and the float output of
+// one tile for every token.
+struct X86Scratch {
+  std::vector<int8_t> tab;
+  std::vector<float> out;
+};
+
+inline X86Scratch& x86_scratch() {
+  thread_local X86Scratch s;
+  return s;
+}
+
+// One step: rows of tile-group `codes` for TB tokens.
+struct StepArgs {
+  const uint8_t* codes;     // this (tile, group)
+  const uint16_t* scales;   // 64 fp16
+  const uint16_t* mins;     // 64 fp16 or nullptr
+  const int8_t* tab[8];     // biased tables of each token, at this group
+  float half_ts[8];         // 0.5f * tscale[g] per token
+  float asum[8];            // asum[g] per token
+  float* out[8];            // 64 floats per token
+};
+
+// Isa provides:
+//   static void bias_tables(const int8_t* src, int8_t* dst, size_t bytes);  (bytes % 64 == 0)
+//   template <int P, int TB> static void step(const GroupCtx&, const StepArgs&);
+//   static constexpr int kTokBlock;
+template <class Isa, int P>
+void lut_gemm_planes(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                     int64_t t1) {
+  const PackedShape& s = w.shape;
+  const GroupCtx cx = make_ctx(s);
+  const int64_t ng = s.groups();
+  const size_t tbytes = table_bytes(s);
+  const size_t gbytes = s.group_code_bytes();
+  X86Scratch& sc = x86_scratch();
+  sc.tab.resize(tbytes * static_cast<size_t>(m));
+  for (int64_t j = 0; j < m; ++j) Isa::bias_tables(acts[j].tab, sc.tab.data() + tbytes * j, tbytes);
+  sc.out.resize(static_cast<size_t>(m) * kTileRows);
+  float* out = sc.out.data();
+
+  for (int64_t t = t0; t < t1; ++t) {
+    std::fill(sc.out.begin(), sc.out.end(), 0.0f);
+    for (int64_t g = 0; g < ng; ++g) {
+      const size_t tg = static_cast<size_t>(t * ng + g);
+      StepArgs a;
+      a.codes = w.codes + tg * gbytes;
+      a.scales = w.scales + tg * kTileRows;
+      a.mins = w.mins ? w.mins + tg * kTileRows : nullptr;
+      for (int64_t j0 = 0; j0 < m; j0 += Isa::kTokBlock) {
+        const int nb = static_cast<int>(std::min<int64_t>(Isa::kTokBlock, m - j0));
+        for (int i = 0; i < nb; ++i) {
+          const int64_t j = j0 + i;
+          a.tab[i] = sc.tab.data() + tbytes * j + static_cast<size_t>(g * cx.cpg * kTableSize);
+          a.half_ts[i] = 0.5f * acts[j].tscale[g];
+          a.asum[i] = acts[j].asum[g];
+          a.out[i] = out + j * kTileRows;
+        }
+        switch (nb) {
+          case 1: Isa::template step<P, 1>(cx, a); break;
+          case 2: Isa::template step<P, 2>(cx, a); break;
+          case 3: Isa::template step<P, 3>(cx, a); break;
+          default: Isa::template step<P, 4>(cx, a); break;
+        }
+      }
+    }
+    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+    for (int64_t j = 0; j < m; ++j)
+      std::memcpy(y + j * ldy + t * kTileRows, out + j * kTileRows, static_cast<size_t>(rows) * sizeof(float));
+  }
+}
+
+template <class Isa>
+void lut_gemm_x86(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                  int64_t t1) {
+  switch (w.shape.planes()) {
+    case 1: lut_gemm_planes<Isa, 1>(w, acts, m, y, ldy, t0, t1); break;
+    case 2: lut_gemm_planes<Isa, 2>(w, acts, m, y, ldy, t0, t1); break;
+    case 3: lut_gemm_planes<Isa, 3>(w, acts, m, y, ldy, t0, t1); break;
+    default: lut_gemm_planes<Isa, 4>(w, acts, m, y, ldy, t0, t1); break;
+  }
+}
+
+}  // namespace
+}  // namespace edgelut
