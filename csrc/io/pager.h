@@ -136,4 +136,30 @@ class Pager {
   std::thread loader_;
 };
 
+// Holds one layer for a scope: acquire() in the constructor, release() in
+// the destructor, so an exception inside a layer's compute cannot leak a
+// slot. A null pager holds nothing (the fully-resident, unpaged engine).
+class LayerLease {
+ public:
+  LayerLease(Pager* pager, int layer) : pager_(pager), layer_(layer) {
+    if (pager_) data_ = pager_->acquire(layer_);
+  }
+  ~LayerLease() {
+    if (!pager_) return;
+    try {
+      pager_->release(layer_);
+    } catch (...) {
+      // Cannot happen for a lease that acquired; a destructor must not throw.
+    }
+  }
+  LayerLease(const LayerLease&) = delete;
+  LayerLease& operator=(const LayerLease&) = delete;
+  const uint8_t* data() const { return data_; }
+
+ private:
+  Pager* pager_;
+  int layer_;
+  const uint8_t* data_ = nullptr;
+};
+
 }  // namespace edgelut
