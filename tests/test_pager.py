@@ -239,6 +239,35 @@ def test_truncated_file_raises_without_hanging(disk_dir: Path, direct: bool) -> 
     assert "reading layer 4" in errors[6]
 
 
+SHUTDOWN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from edgelut._core import Pager
+    path, ranges = json.loads(sys.argv[1])
+    ranges = [tuple(r) for r in ranges]
+    for _ in range(20):
+        Pager(path, ranges, 2, drop_cache=True)  # destroyed while the loader reads
+    pager = Pager(path, ranges, 2)
+    pager.acquire(0)
+    pager.acquire(1)  # every slot held: the loader sleeps waiting for one
+    del pager  # the views are gone, so this destroys it
+    print("done")
+    """
+)
+
+
+def test_destruction_joins_the_loader(disk_dir: Path) -> None:
+    path = disk_dir / "layers.bin"
+    _, ranges = write_layers(path, SIZES)
+    proc = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_SCRIPT, json.dumps([str(path), ranges])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+
+
 def test_window_for_budget() -> None:
     mib = 1 << 20
     sizes = [10 * mib] * 8
