@@ -51,7 +51,7 @@ Pager::Pager(std::string path, std::vector<ByteRange> layers, int window, PagerO
   open_file();
   allocate_slots();
   stats_.layer_wait_ns.assign(layers_.size(), 0);
-  stats_.slot_bytes = slot_size_;
+  stats_.slot_bytes = slot_bytes_;
   if (resident()) {
     try {
       load_all_resident();
@@ -147,15 +147,17 @@ void Pager::allocate_slots() {
     slots_[i].buf = arena_.get() + at;
     at += slot_span[i];
   }
-  slot_size_ = total;
+  slot_bytes_ = total;
 }
 
-uint64_t Pager::layer_size(int layer) const {
+const ByteRange& Pager::layer_range(int layer) const {
   if (layer < 0 || layer >= n_layers())
     throw std::invalid_argument("pager: layer " + std::to_string(layer) + " out of range 0.." +
                                 std::to_string(n_layers() - 1));
-  return layers_[layer].size;
+  return layers_[layer];
 }
+
+uint64_t Pager::layer_size(int layer) const { return layer_range(layer).size; }
 
 std::string Pager::read_span(uint64_t offset, uint64_t want, uint64_t need, uint8_t* dst, uint64_t* got) {
   // pread may return fewer bytes than asked (signals, large requests): loop.

@@ -70,6 +70,7 @@ class Pager {
   bool resident() const { return window_ == n_layers(); }
   const std::string& path() const { return path_; }
   uint64_t layer_size(int layer) const;
+  const ByteRange& layer_range(int layer) const;
   // True if reads really use O_DIRECT (false after a fallback).
   bool direct_io() const { return direct_; }
   // Why direct I/O was not used, if it was asked for and refused; else "".
@@ -122,7 +123,7 @@ class Pager {
   int fd_ = -1;
   bool direct_ = false;
   std::string io_note_;
-  uint64_t slot_size_ = 0;
+  uint64_t slot_bytes_ = 0;
   std::vector<Slot> slots_;
   std::unique_ptr<uint8_t, void (*)(void*)> arena_{nullptr, nullptr};
 
