@@ -7,6 +7,7 @@ namespace edgelut::python {
 void register_kernels(py::module_& m);
 void register_pager(py::module_& m);
 void register_io(py::module_& m);
+void register_engine(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   edgelut::python::register_kernels(m);
   edgelut::python::register_pager(m);
   edgelut::python::register_io(m);
+  edgelut::python::register_engine(m);
 }
