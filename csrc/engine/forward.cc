@@ -80,6 +80,18 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
     inv_freq_[i] = static_cast<float>(std::pow(static_cast<double>(c_.rope_theta), -2.0 * i / hd));
 }
 
+void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases) {
+  require(pager != nullptr, "attach_pager: no pager given");
+  require(pager->n_layers() == c_.n_layers && static_cast<int64_t>(layer_bases.size()) == c_.n_layers,
+          "attach_pager: the pager has " + std::to_string(pager->n_layers()) + " layers and " +
+              std::to_string(layer_bases.size()) + " layer bases were given, the model has " +
+              std::to_string(c_.n_layers));
+  for (int64_t l = 0; l < c_.n_layers; ++l)
+    check_layer_within(w_.layers[l], l, layer_bases[l], pager->layer_size(static_cast<int>(l)));
+  pager_ = std::move(pager);
+  layer_base_ = std::move(layer_bases);
+}
+
 void Engine::embed(int32_t id, float* row) const {
   if (w_.embd_packed) {
     dequantize_row(w_.token_embd_packed, id, row);
@@ -113,7 +125,11 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   }
 
   for (int64_t l = 0; l < c_.n_layers; ++l) {
-    const LayerWeights& lw = w_.layers[l];
+    // Paged: layer l's bytes sit in a pager slot from here to the end of the
+    // iteration (the lease releases it, also when something throws).
+    LayerLease lease(pager_.get(), static_cast<int>(l));
+    const LayerWeights lw = pager_ ? rebase_layer(w_.layers[l], layer_base_[l], pager_->layer_size(l), lease.data())
+                                   : w_.layers[l];
 
     // Attention rmsnorm.
     for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps);

@@ -4,6 +4,8 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "model.h"
 
@@ -120,6 +122,50 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     w.layers.push_back(lw);
   }
   return w;
+}
+
+LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t size, const uint8_t* to) {
+  // Integer compares: the pointers may belong to different allocations.
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(from);
+  auto move = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p);
+    if (!p || b < lo || b - lo >= size) return p;
+    return reinterpret_cast<T*>(to + (b - lo));
+  };
+  auto move_view = [&](PackedView v) {
+    v.codes = move(v.codes);
+    v.scales = move(v.scales);
+    v.mins = move(v.mins);
+    return v;
+  };
+  LayerWeights out = lw;
+  out.attn_norm = move(lw.attn_norm);
+  out.wq = move_view(lw.wq);
+  out.wk = move_view(lw.wk);
+  out.wv = move_view(lw.wv);
+  out.bq = move(lw.bq);
+  out.bk = move(lw.bk);
+  out.bv = move(lw.bv);
+  out.wo = move_view(lw.wo);
+  out.ffn_norm = move(lw.ffn_norm);
+  out.w_gate = move_view(lw.w_gate);
+  out.w_up = move_view(lw.w_up);
+  out.w_down = move_view(lw.w_down);
+  return out;
+}
+
+void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* from, uint64_t size) {
+  const std::pair<const char*, const PackedView*> views[] = {
+      {"attn_q", &lw.wq},       {"attn_k", &lw.wk},   {"attn_v", &lw.wv},       {"attn_output", &lw.wo},
+      {"ffn_gate", &lw.w_gate}, {"ffn_up", &lw.w_up}, {"ffn_down", &lw.w_down},
+  };
+  for (const auto& [name, v] : views) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(v->codes), lo = reinterpret_cast<uintptr_t>(from);
+    require(b >= lo && b - lo + static_cast<uint64_t>(v->shape.total_bytes()) <= size,
+            "paging: tensor 'blk." + std::to_string(layer) + "." + name +
+                ".weight' lies outside the byte range of layer " + std::to_string(layer));
+  }
 }
 
 namespace {

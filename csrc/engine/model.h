@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../io/pager.h"
 #include "../kernels/cpu_isa.h"
 #include "../kernels/layout.h"
 #include "kv_cache.h"
@@ -107,6 +108,14 @@ struct Weights {
   PackedView lm_head;                 // (vocab, dim): output.weight or the packed token_embd
 };
 
+// The same layer with every pointer inside [from, from + size) moved to the
+// same place in [to, to + size); pointers elsewhere are kept. This is how a
+// layer bound against the model file's mapping is read from a pager slot.
+LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t size, const uint8_t* to);
+// Throws std::invalid_argument naming the tensor if a packed weight of lw
+// does not lie inside [from, from + size).
+void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* from, uint64_t size);
+
 // The ONE place weights are bound, by GGUF-style name ("blk.3.attn_q.weight").
 // Shapes are the shard-local ones. Throws std::invalid_argument naming the
 // tensor that is missing or mis-shaped.
@@ -168,6 +177,13 @@ class Engine {
   GenerateResult generate(const int32_t* ids, int64_t n, const GenerateOptions& o,
                           const std::function<bool(int32_t)>& on_token);
 
+  // Pages the layer weights through `pager` (window W of the file's layers):
+  // layer_bases[l] is where layer l's byte range starts in the memory the
+  // weights were bound against (the model file's mapping). The engine then
+  // reads layer l from the pager's slot between acquire(l) and release(l).
+  void attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases);
+  Pager* pager() const { return pager_.get(); }  // null when not paging
+
   const Profile& profile() const { return prof_; }
   void set_profiling(bool on) { profiling_ = on; }
   void reset_profile() { prof_ = Profile{}; }
@@ -185,6 +201,8 @@ class Engine {
   Weights w_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<void> keepalive_;
+  std::shared_ptr<Pager> pager_;             // null: every layer is resident
+  std::vector<const uint8_t*> layer_base_;  // (n_layers) start of layer l's bytes as bound
   ThreadPool pool_;
   KvCache kv_;
   int64_t n_past_ = 0;

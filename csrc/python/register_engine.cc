@@ -9,12 +9,15 @@
 #include <memory>
 #include <unordered_map>
 
+#include "../engine/from_file.h"
 #include "../engine/model.h"
 #include "../kernels/packed_matrix.h"
 
 namespace py = pybind11;
 
 namespace edgelut::python {
+
+py::dict pager_stats_dict(const PagerStats& s);  // register_pager.cc
 
 namespace {
 
@@ -71,6 +74,26 @@ Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int
   WeightLookup lookup = [st](const std::string& name, WeightRef* r) { return st->lookup(name, r); };
   py::gil_scoped_release release;
   return new Engine(c, lookup, o, shard.value_or(ShardSpec{}), std::move(comm), st);
+}
+
+std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx, int n_threads,
+                                         const std::string& kv_type, int64_t prefill_chunk, const std::string& isa,
+                                         int window, uint64_t budget_bytes, bool drop_cache, bool direct_io,
+                                         bool verify_crc) {
+  EngineOptions o;
+  o.n_ctx = n_ctx;
+  o.n_threads = n_threads;
+  o.kv_type = kv_type_from_name(kv_type);
+  o.prefill_chunk = prefill_chunk;
+  o.isa = isa;
+  PagingOptions p;
+  p.window = window;
+  p.budget_bytes = budget_bytes;
+  p.drop_cache = drop_cache;
+  p.direct_io = direct_io;
+  p.verify_crc = verify_crc;
+  py::gil_scoped_release release;
+  return engine_from_file(path, o, p);
 }
 
 py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) {
@@ -166,6 +189,22 @@ void register_engine(py::module_& m) {
       .def(py::init(&make_engine), py::arg("config"), py::arg("tensors"), py::kw_only(), py::arg("n_ctx") = 2048,
            py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64, py::arg("isa") = "",
            py::arg("shard") = py::none(), py::arg("communicator") = nullptr)
+      .def_static("from_file", &engine_from_path, py::arg("path"), py::kw_only(), py::arg("n_ctx") = 2048,
+                  py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
+                  py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,
+                  py::arg("drop_cache") = false, py::arg("direct_io") = false, py::arg("verify_crc") = true,
+                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers.")
+      .def_property_readonly("window",
+                             [](const Engine& e) { return e.pager() ? e.pager()->window() : 0; })
+      .def("pager_stats",
+           [](const Engine& e) -> py::object {
+             if (!e.pager()) return py::none();
+             return pager_stats_dict(e.pager()->stats());
+           })
+      .def("reset_pager_stats",
+           [](const Engine& e) {
+             if (e.pager()) e.pager()->reset_stats();
+           })
       .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false)
       .def("truncate", &Engine::truncate, py::arg("n"))
       .def("reset", &Engine::reset)

@@ -14,9 +14,8 @@ namespace py = pybind11;
 
 namespace edgelut::python {
 
-namespace {
-
-py::dict stats_dict(const PagerStats& s) {
+// Also used by register_engine.cc for a paged engine's stats.
+py::dict pager_stats_dict(const PagerStats& s) {
   py::dict d;
   d["acquires"] = s.acquires;
   d["waits"] = s.waits;
@@ -31,6 +30,8 @@ py::dict stats_dict(const PagerStats& s) {
   d["peak_resident_bytes"] = s.peak_resident_bytes;
   return d;
 }
+
+namespace {
 
 std::unique_ptr<Pager> make_pager(const std::string& path, const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
                                   int window, bool drop_cache, bool direct_io) {
@@ -72,7 +73,7 @@ void register_pager(py::module_& m) {
       .def_property_readonly("path", &Pager::path)
       .def_property_readonly("direct_io", &Pager::direct_io)
       .def_property_readonly("io_note", &Pager::io_note)
-      .def("stats", [](const Pager& p) { return stats_dict(p.stats()); })
+      .def("stats", [](const Pager& p) { return pager_stats_dict(p.stats()); })
       .def("reset_stats", &Pager::reset_stats)
       .def_static("window_for_budget", &Pager::window_for_budget, py::arg("layer_sizes"), py::arg("fixed_bytes"),
                   py::arg("budget_bytes"))
