@@ -461,6 +461,12 @@ def _open_gguf(path: Path) -> Any:
         raise ValueError(f"{path} is not an edgelut model file (no GGUF magic)")
     if size < 24:
         raise ValueError(f"{path} is truncated ({size} bytes)")
+    # Structural check first with the C++ parser: it is bounded (never allocates or loops
+    # on a corrupt count) and fast on foreign files with large vocabularies, where
+    # gguf.GGUFReader would parse every token string in Python before we could say no.
+    from edgelut import _core
+
+    _core.ModelFileReader(str(path), False)
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as e:  # the gguf reader raises many types on damaged input

@@ -7,9 +7,9 @@ weight and returns the weight to continue with (the dequantised one), so later
 layers are calibrated on the outputs of the quantised earlier ones (sequential
 GPTQ). Q, K and V share one input, as do gate and up.
 
-NOTE for the lead: this carries its own small llama forward (rmsnorm, RoPE,
-GQA attention, SwiGLU) because models/reference.py had not landed when it was
-written; fold it onto the reference's building blocks later.
+The building blocks (RMSNorm, RoPE, softmax) are the reference forward's
+(models/reference.py); only the layer loop is here, because it has to stop at
+every linear layer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from edgelut.models.config import ImportedModel, ModelConfig
+from edgelut.models.reference import apply_rope, rms_norm, rope_angles, softmax
 from edgelut.quantize.gptq import hessian
 
 __all__ = ["DEFAULT_CALIBRATION_TEXT", "QuantizeFn", "calibration_ids", "run_calibrated"]
@@ -71,41 +72,19 @@ def calibration_ids(
     return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
-def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return (x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w).astype(np.float32)
-
-
-def _rope(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """x (S, T, H, D) rotated by position; NeoX (halves) or adjacent-pair layout."""
-    t, d = x.shape[1], x.shape[3]
-    pos = np.arange(t, dtype=np.float64)
-    if cfg.rope_scaling and cfg.rope_scaling.get("type") == "linear":
-        pos = pos / float(cfg.rope_scaling.get("factor", 1.0))
-    inv = cfg.rope_theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
-    ang = pos[:, None] * inv[None, :]  # (T, D/2)
-    cos = np.cos(ang)[None, :, None, :].astype(np.float32)
-    sin = np.sin(ang)[None, :, None, :].astype(np.float32)
-    if cfg.rope_style == "neox":
-        a, b = x[..., : d // 2], x[..., d // 2 :]
-        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
-    a, b = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = a * cos - b * sin
-    out[..., 1::2] = a * sin + b * cos
-    return out
-
-
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """Causal GQA attention: q (S, T, H, D), k/v (S, T, KV, D) -> (S, T, H*D)."""
+    """Causal GQA attention with RoPE: q (S, T, H, D), k/v (S, T, KV, D) -> (S, T, H*D)."""
     s, t, h, d = q.shape
+    cos, sin = rope_angles(np.arange(t), cfg, np.float32)
+    q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)  # (S, H, T, D)
+    k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)
     rep = cfg.n_heads // cfg.n_kv_heads
-    k = np.repeat(k, rep, axis=2)
-    v = np.repeat(v, rep, axis=2)
-    scores = np.einsum("sthd,suhd->shtu", q, k) / np.sqrt(d)
-    scores = scores + np.triu(np.full((t, t), -np.inf, dtype=np.float32), 1)
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return np.einsum("shtu,suhd->sthd", scores, v).reshape(s, t, h * d).astype(np.float32)
+    k = np.repeat(k, rep, axis=1)
+    v = np.repeat(v.transpose(0, 2, 1, 3), rep, axis=1)
+    mask = np.triu(np.full((t, t), -np.inf, dtype=np.float32), 1)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(d)) + mask  # (S, H, T, T)
+    out = softmax(scores) @ v  # (S, H, T, D)
+    return out.transpose(0, 2, 1, 3).reshape(s, t, h * d).astype(np.float32)
 
 
 def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
@@ -122,17 +101,17 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
             return y + bias if bias is not None else y
 
         # Attention: Q, K, V share the normed input.
-        x = _rmsnorm(h, t[p + "attn_norm.weight"], cfg.rms_norm_eps)
+        x = rms_norm(h, t[p + "attn_norm.weight"], cfg.rms_norm_eps)
         hx = hessian(x)
         wq = {m: quantize(p + m, t[p + m], hx) for m in ("attn_q.weight", "attn_k.weight", "attn_v.weight")}
         q = lin(x, "attn_q.weight", wq["attn_q.weight"]).reshape(s, n, cfg.n_heads, hd)
         k = lin(x, "attn_k.weight", wq["attn_k.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
         v = lin(x, "attn_v.weight", wq["attn_v.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
-        a = _attention(_rope(q, cfg), _rope(k, cfg), v, cfg)
+        a = _attention(q, k, v, cfg)
         wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], hessian(a))
         h = h + a @ wo.T
         # SwiGLU FFN: gate and up share the normed input.
-        x = _rmsnorm(h, t[p + "ffn_norm.weight"], cfg.rms_norm_eps)
+        x = rms_norm(h, t[p + "ffn_norm.weight"], cfg.rms_norm_eps)
         hx = hessian(x)
         wg = quantize(p + "ffn_gate.weight", t[p + "ffn_gate.weight"], hx)
         wu = quantize(p + "ffn_up.weight", t[p + "ffn_up.weight"], hx)
@@ -142,7 +121,7 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         h = (h + act @ wd.T).astype(np.float32)
         yield i
     if "output.weight" in t:
-        x = _rmsnorm(h, t["output_norm.weight"], cfg.rms_norm_eps)
+        x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)
         quantize("output.weight", t["output.weight"], hessian(x))
 
 

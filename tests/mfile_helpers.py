@@ -98,9 +98,12 @@ def _q4_1_codes(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray
     return codes, d, m
 
 
-@functools.lru_cache(maxsize=1)
-def load_smollm2() -> ImportedModel:
-    """The real SmolLM2-135M-Instruct as float weights (+ the Q4_1 source codes)."""
+@functools.lru_cache(maxsize=2)
+def load_smollm2(layers: int | None = None) -> ImportedModel:
+    """The real SmolLM2-135M-Instruct as float weights (+ the Q4_1 source codes).
+
+    ``layers`` keeps only the first few blocks (a smaller, faster, still real model).
+    """
     import gguf
     from gguf.quants import dequantize
 
@@ -114,7 +117,7 @@ def load_smollm2() -> ImportedModel:
         vocab_size=int(get("llama.vocab_size")),
         hidden_size=int(get("llama.embedding_length")),
         intermediate_size=int(get("llama.feed_forward_length")),
-        n_layers=int(get("llama.block_count")),
+        n_layers=int(get("llama.block_count")) if layers is None else layers,
         n_heads=int(get("llama.attention.head_count")),
         n_kv_heads=int(get("llama.attention.head_count_kv")),
         head_dim=int(get("llama.embedding_length")) // int(get("llama.attention.head_count")),
@@ -130,6 +133,8 @@ def load_smollm2() -> ImportedModel:
     tensors: dict[str, np.ndarray] = {}
     source_codes = {}
     for t in r.tensors:
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= cfg.n_layers:
+            continue
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         w = dequantize(t.data, t.tensor_type).reshape(shape)
         tensors[t.name] = np.ascontiguousarray(w, dtype=np.float32)

@@ -194,7 +194,21 @@ ModelFile::~ModelFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void ModelFile::fail(const std::string& what) const { throw std::invalid_argument(path_ + ": " + what); }
+void ModelFile::fail(const std::string& what) const {
+  // Names and keys come from the file: escape bytes that are not printable ASCII so a
+  // corrupt name cannot produce an invalid UTF-8 message.
+  std::string clean;
+  for (unsigned char ch : what) {
+    if (ch >= 0x20 && ch < 0x7f) {
+      clean += static_cast<char>(ch);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", ch);
+      clean += buf;
+    }
+  }
+  throw std::invalid_argument(path_ + ": " + clean);
+}
 
 void ModelFile::parse() {
   Cursor c(map_, size_, path_);
