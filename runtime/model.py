@@ -531,20 +531,37 @@ def load(
     bits: int = 4,
     group_size: int = 32,
     kv_type: str = "f16",
+    window: int = 0,
+    memory_budget: int = 0,
+    drop_cache: bool = False,
+    direct_io: bool = False,
 ) -> Model:
     """Load a model.
 
-    For now ``source`` is an ImportedModel-like object (``.config`` and float
-    ``.tensors``; an importer's output), quantised on the fly with RTN at
-    ``bits``. Model files (.elut) will load through the C++ reader.
+    ``source`` is a model file path (.elut), or an ImportedModel-like object
+    (``.config`` and float ``.tensors``; an importer's output) quantised on
+    the fly with RTN at ``bits``.
+
+    For a model file, ``window`` (1..n_layers) pages the layer weights through
+    that many slots, a loader thread reading ahead while the engine computes.
+    ``memory_budget`` (bytes) picks the largest window that fits. 0 for both
+    reads the layers through the file mapping. ``drop_cache`` and
+    ``direct_io`` keep paged reads out of the page cache.
     """
     if isinstance(source, (str, os.PathLike)):
-        raise NotImplementedError(
-            f"cannot load {os.fspath(source)!r}: the model-file reader is not wired in yet; "
-            "import the model (edgelut.models) and pass the ImportedModel to edgelut.load"
+        return _load_file(
+            os.fspath(source),
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            window=window,
+            budget_bytes=memory_budget,
+            drop_cache=drop_cache,
+            direct_io=direct_io,
         )
     if not hasattr(source, "config") or not hasattr(source, "tensors"):
-        raise TypeError("load() takes an ImportedModel-like object with .config and .tensors")
+        raise TypeError("load() takes a model file path, or an ImportedModel-like object (.config, .tensors)")
     return Model.from_float(
         source.config,
         source.tensors,
@@ -555,3 +572,17 @@ def load(
         n_threads=n_threads,
         kv_type=kv_type,
     )
+
+
+def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
+    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.tokenizer import Tokenizer
+
+    # The config and tokenizer only; the engine checks the CRCs as it opens the file.
+    with read_model_file(path, verify_crc=False) as mf:
+        config, tok_data = mf.config, mf.tokenizer
+    engine = _core.Engine.from_file(path, **engine_kw)
+    if tokenizer is None and tok_data.tokenizer_json:
+        tokenizer = Tokenizer(tok_data)
+    return Model(engine, config, tokenizer)

@@ -84,6 +84,20 @@ def test_paged_logits_are_bit_identical(tiny_file, window: int, io: str) -> None
     assert np.array_equal(run(engine, PROMPT, DECODE), resident)
 
 
+def test_load_a_model_file_with_a_window(tiny_file) -> None:
+    import edgelut
+
+    path = tiny_file[0]
+    resident = edgelut.load(path, n_ctx=64, n_threads=1)
+    paged = edgelut.load(path, n_ctx=64, n_threads=1, window=2, drop_cache=True)
+    assert resident.engine.window == 0 and paged.engine.window == 2
+    assert np.array_equal(resident.eval(PROMPT), paged.eval(PROMPT))
+    # Greedy text through the file's own tokenizer is the same too.
+    text = [m.generate("the cat of a", max_tokens=6, temperature=0.0) for m in (resident, paged)]
+    assert text[0] == text[1]
+    assert edgelut.load(path, n_ctx=64, memory_budget=1 << 40).engine.window == N_LAYERS
+
+
 def test_paged_stats_count_one_read_per_layer_per_pass(tiny_file) -> None:
     path, _, _ = tiny_file
     sizes = [s for _, s in layer_ranges(path)]
