@@ -263,9 +263,39 @@ class Model:
         packed = pack_tensors(
             config, tensors, bits=bits, group_size=group_size, asym=asym, clip_search=clip_search
         )
+        return cls.from_packed(
+            config,
+            packed,
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            prefill_chunk=prefill_chunk,
+            shard=shard,
+            communicator=communicator,
+        )
+
+    @classmethod
+    def from_packed(
+        cls,
+        config: ModelConfig,
+        tensors: dict[str, Any],
+        tokenizer: TokenizerLike | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        kv_type: str = "f16",
+        prefill_chunk: int = 64,
+        shard: _core.ShardSpec | None = None,
+        communicator: _core.Communicator | None = None,
+    ) -> Model:
+        """Build the engine from ready tensors: PackedMatrix for linear layers, float32 for the rest.
+
+        With ``shard``, the tensors are that shard's slices (see :func:`shard_tensors`).
+        """
         engine = _core.Engine(
             engine_config(config),
-            packed,
+            tensors,
             n_ctx=n_ctx,
             n_threads=n_threads,
             kv_type=kv_type,
@@ -294,17 +324,23 @@ class Model:
             raise RuntimeError("this model has no tokenizer; pass token ids, or give Model a tokenizer")
         return self.tokenizer
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._need_tokenizer().encode(text))
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids; ``add_special`` adds what the tokenizer adds by itself (e.g. BOS)."""
+        tok = self._need_tokenizer()
+        try:
+            return list(tok.encode(text, add_special=add_special))
+        except TypeError:  # a tokenizer without the add_special switch
+            return list(tok.encode(text))
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._need_tokenizer().decode(list(ids))
 
     def _eos_ids(self) -> list[int]:
         eos = set(self.config.eos_token_ids)
-        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
-        if isinstance(tok_eos, int):
-            eos.add(tok_eos)
+        for attr in ("eos_id", "eos_token_id"):
+            tok_eos = getattr(self.tokenizer, attr, None)
+            if isinstance(tok_eos, int):
+                eos.add(tok_eos)
         return sorted(eos)
 
     # ---- evaluation ---------------------------------------------------------
@@ -377,7 +413,12 @@ class Model:
         Consecutive turns share a prefix, so only the new turn is evaluated.
         """
         rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True)
-        ids = self.tokenize(rendered) if isinstance(rendered, str) else [int(i) for i in rendered]
+        # The template writes any BOS itself.
+        ids = (
+            self.tokenize(rendered, add_special=False)
+            if isinstance(rendered, str)
+            else [int(i) for i in rendered]
+        )
         return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
 
     @staticmethod
@@ -538,9 +579,11 @@ def load(
 ) -> Model:
     """Load a model.
 
-    ``source`` is a model file path (.elut), or an ImportedModel-like object
-    (``.config`` and float ``.tensors``; an importer's output) quantised on
-    the fly with RTN at ``bits``.
+    ``source`` is an edgelut model file (.elut), an ImportedModel-like object
+    (``.config`` and float ``.tensors``), or a path / hub id the importers in
+    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which
+    is then quantised on the fly (RTN at ``bits``, groups of ``group_size``). The tokenizer comes
+    from the file or the import unless one is given.
 
     For a model file, ``window`` (1..n_layers) pages the layer weights through
     that many slots, a loader thread reading ahead while the engine computes.
@@ -548,7 +591,7 @@ def load(
     reads the layers through the file mapping. ``drop_cache`` and
     ``direct_io`` keep paged reads out of the page cache.
     """
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
         return _load_file(
             os.fspath(source),
             tokenizer,
@@ -560,8 +603,29 @@ def load(
             drop_cache=drop_cache,
             direct_io=direct_io,
         )
+    if window or memory_budget:
+        raise ValueError(
+            "window and memory_budget page the layers of an edgelut model file; "
+            "convert the model first (edgelut quantize)"
+        )
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            from edgelut.models.importers import load_model
+        except ImportError as e:
+            raise NotImplementedError(
+                f"cannot load {os.fspath(source)!r}: this build has no importers; "
+                "pass an ImportedModel-like object (config + float tensors)"
+            ) from e
+        source = load_model(source)
     if not hasattr(source, "config") or not hasattr(source, "tensors"):
-        raise TypeError("load() takes a model file path, or an ImportedModel-like object (.config, .tensors)")
+        raise TypeError("load() takes a path or an ImportedModel-like object with .config and .tensors")
+    if tokenizer is None and getattr(source, "tokenizer", None) is not None:
+        try:
+            from edgelut.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer(source.tokenizer)
+        except ImportError:
+            tokenizer = None  # token ids in, token ids out
     return Model.from_float(
         source.config,
         source.tensors,
@@ -572,6 +636,20 @@ def load(
         n_threads=n_threads,
         kv_type=kv_type,
     )
+
+
+def _is_model_file(path: str) -> bool:
+    """An edgelut model file: a GGUF container with the edgelut format version key."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return False
+    import gguf
+
+    from edgelut.models.modelfile import KEY_VERSION
+
+    return KEY_VERSION in gguf.GGUFReader(path).fields
 
 
 def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:

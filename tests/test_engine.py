@@ -512,9 +512,9 @@ def test_smollm2_greedy_tokens_match_numpy():
         "Ġis",
     ]
     ids = [vocab.index(w) for w in words]
-    m = Model.from_float(cfg, tensors, n_ctx=64, n_threads=2, clip_search=False)
-    W = {k: v for k, v in pack_tensors(cfg, tensors, clip_search=False).items()}
-    W = {k: (v if isinstance(v, np.ndarray) else v.dequantize()) for k, v in W.items()}
+    packed = pack_tensors(cfg, tensors, clip_search=False)
+    m = Model.from_packed(cfg, packed, n_ctx=64, n_threads=2)
+    W = {k: (v if isinstance(v, np.ndarray) else v.dequantize()) for k, v in packed.items()}
     W["output.weight"] = W["token_embd.weight"]
     ref = reference_logits(cfg, W, ids)
     got = m.eval(ids)
@@ -527,3 +527,20 @@ def test_smollm2_greedy_tokens_match_numpy():
     for tok in m.last_tokens:
         assert tok == int(reference_logits(cfg, W, seq)[-1].argmax())
         seq.append(tok)
+
+
+def test_load_from_imported_model():
+    from edgelut import load
+    from edgelut.models.config import ImportedModel, TokenizerData
+
+    cfg = tiny_config("qwen2")
+    t = random_tensors(cfg)
+    m = load(ImportedModel(cfg, t, TokenizerData("{}")), n_threads=1, n_ctx=16, tokenizer=CharTokenizer())
+    assert m.n_ctx == 16 and m.n_threads == 1
+    np.testing.assert_allclose(
+        m.eval(IDS[:5]), build(cfg, t, kv_type="f16").eval(IDS[:5]), rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(TypeError, match="ImportedModel-like"):
+        load(42)
+    with pytest.raises(RuntimeError, match="nonexistent"):  # no importer here, or no such file
+        load("/nonexistent/model.gguf")
