@@ -1,6 +1,7 @@
 """edgelut: low-bit LLM inference on edge CPUs with lookup-table kernels."""
 
 from edgelut import kernels
+from edgelut.model import GenerationStats, Model, load
 
-__all__ = ["kernels"]
+__all__ = ["GenerationStats", "Model", "kernels", "load"]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 // Reference pack / unpack / dequantise of the portable layout (layout.h).
 #include "layout.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -108,6 +109,27 @@ void dequantize(const PackedView& v, float* out) {
       const float scale = sc[r * ng + g];
       out[r * s.k + col] = s.asym ? scale * level + mn[r * ng + g] : scale * (level - tr.center);
     }
+}
+
+void dequantize_row(const PackedView& v, int64_t row, float* out) {
+  const PackedShape& s = v.shape;
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  const int64_t t = row / kTileRows, j = row % kTileRows;
+  const int shift = j < 32 ? 0 : 4;
+  const int64_t lane = j % 32;
+  const int planes = s.planes();
+  for (int64_t g = 0; g < s.groups(); ++g) {
+    const float scale = fp16_to_fp32(v.scales[scale_index(s, row, g)]);
+    const float mn = s.asym ? fp16_to_fp32(v.mins[scale_index(s, row, g)]) : 0.0f;
+    const int64_t end = std::min<int64_t>(s.k, (g + 1) * s.group);
+    for (int64_t col = g * s.group; col < end; ++col) {
+      const int64_t c = (col % s.group) / kChunk, bit = col % kChunk;
+      uint32_t bits = 0;
+      for (int p = 0; p < planes; ++p) bits |= ((v.codes[run_offset(s, t, g, c, p) + lane] >> (bit + shift)) & 1u) << p;
+      const float level = static_cast<float>(bits_to_code(s.qtype, bits));
+      out[col] = s.asym ? scale * level + mn : scale * (level - tr.center);
+    }
+  }
 }
 
 }  // namespace edgelut

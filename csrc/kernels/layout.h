@@ -82,4 +82,8 @@ void unpack_codes(const PackedView& v, int8_t* codes, float* scales, float* mins
 // Dequantise to float [N][K] with the formula in quant_types.h.
 void dequantize(const PackedView& v, float* out);
 
+// Dequantise one row (k floats): the embedding lookup of a packed token table.
+// The caller checks that row < n.
+void dequantize_row(const PackedView& v, int64_t row, float* out);
+
 }  // namespace edgelut

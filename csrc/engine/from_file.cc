@@ -1,0 +1,159 @@
+#include "from_file.h"
+
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+#include <vector>
+
+#include "../io/crc32.h"
+#include "../kernels/fp16.h"
+
+namespace edgelut {
+
+namespace {
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(msg);
+}
+
+// Owns the mapping and the float32 copies of f16 tensors, as long as the engine.
+struct FileStore {
+  std::shared_ptr<ModelFile> file;
+  std::unordered_map<std::string, std::vector<float>> converted;
+};
+
+const uint8_t* mapping_base(const ModelFile& mf) {
+  const FileTensor& t = mf.tensors().front();
+  return mf.bytes(t) - t.offset;
+}
+
+void drop_mapped(const uint8_t* base, uint64_t begin, uint64_t end) {
+  begin &= ~uint64_t{4095};
+  if (end > begin) ::madvise(const_cast<uint8_t*>(base + begin), end - begin, MADV_DONTNEED);
+}
+
+// ModelFile::verify_crcs reads the whole mapping, which would leave every
+// page counted in RSS and make the peak the file size. When paging, check
+// each tensor in chunks and unmap each chunk once read, so the peak stays at
+// the pinned tensors plus one chunk. The message matches ModelFile's.
+void verify_crcs_bounded(const ModelFile& mf) {
+  constexpr uint64_t kChunk = uint64_t{8} << 20;
+  const uint8_t* base = mapping_base(mf);
+  for (const FileTensor& t : mf.tensors()) {
+    uint32_t crc = 0;
+    for (uint64_t at = 0; at < t.nbytes; at += kChunk) {
+      const uint64_t n = std::min(kChunk, t.nbytes - at);
+      crc = crc32(crc, mf.bytes(t) + at, n);
+      drop_mapped(base, t.offset + at, t.offset + at + n);
+    }
+    if (crc != t.crc32) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", crc, t.crc32);
+      throw std::invalid_argument(mf.path() + " is corrupt: tensor " + t.name + " " + buf);
+    }
+  }
+}
+
+}  // namespace
+
+Config config_from_file(const ModelFile& mf) {
+  const ModelHParams& h = mf.hparams();
+  Config c;
+  c.architecture = h.architecture;
+  c.dim = h.hidden_size;
+  c.hidden_dim = h.intermediate_size;
+  c.n_layers = h.n_layers;
+  c.n_heads = h.n_heads;
+  c.n_kv_heads = h.n_kv_heads;
+  c.head_dim = h.head_dim;
+  c.vocab_size = h.vocab_size;
+  c.norm_eps = static_cast<float>(h.rms_norm_eps);
+  c.rope_theta = static_cast<float>(h.rope_theta);
+  c.rope_neox = h.rope_style == "neox";
+  c.attn_bias = h.attn_bias;
+  c.tie_embeddings = h.tie_embeddings;
+  const std::string scaling = h.architecture + ".rope.scaling.";
+  if (const GgufValue* type = mf.find(scaling + "type"); type && !type->s.empty()) {
+    require(type->s == "linear", mf.path() + ": rope scaling '" + type->s + "' is not supported (edgelut supports 'linear')");
+    c.rope_linear_factor = static_cast<float>(mf.get_float(scaling + "factor"));
+  }
+  if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
+    require(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
+                               "); open it with its shard spec, not as a whole model");
+  c.validate();
+  return c;
+}
+
+uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes) {
+  uint64_t pinned = 0;
+  for (const FileTensor& t : mf.tensors())
+    if (t.name.rfind("blk.", 0) != 0) pinned += t.nbytes;
+  const uint64_t C = static_cast<uint64_t>(o.prefill_chunk), D = c.dim, qd = c.n_heads * c.head_dim,
+                 kvd = c.n_kv_heads * c.head_dim, F = c.hidden_dim;
+  const uint64_t scratch =
+      4 * (C * (2 * D + 2 * qd + 2 * kvd + 2 * F + c.head_dim) + c.n_heads * o.n_ctx + c.vocab_size);
+  return pinned + kv_bytes + scratch;
+}
+
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p) {
+  auto store = std::make_shared<FileStore>();
+  const bool paging = p.window > 0 || p.budget_bytes > 0;
+  store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
+  const ModelFile& mf = *store->file;
+  require(!mf.tensors().empty(), path + ": the model file holds no tensors");
+  if (p.verify_crc && paging) verify_crcs_bounded(mf);
+  const Config c = config_from_file(mf);
+  require(mf.layers().size() == static_cast<size_t>(c.n_layers),
+          path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
+              std::to_string(c.n_layers) + " layers");
+
+  WeightLookup lookup = [store](const std::string& name, WeightRef* out) {
+    const FileTensor* t = store->file->tensor(name);
+    if (!t) return false;
+    out->packed = t->packed;
+    if (t->packed) {
+      out->view = store->file->packed_view(*t);
+      return true;
+    }
+    out->shape = t->shape;
+    if (t->qtype == "f32") {
+      out->data = reinterpret_cast<const float*>(store->file->bytes(*t));
+      return true;
+    }
+    require(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
+    // Norms and biases only: small, converted once and pinned.
+    std::vector<float>& f = store->converted[name];
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(store->file->bytes(*t));
+    f.resize(t->nbytes / 2);
+    for (size_t i = 0; i < f.size(); ++i) f[i] = fp16_to_fp32(h[i]);
+    out->data = f.data();
+    return true;
+  };
+  auto engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+
+  int window = p.window;
+  if (window == 0 && p.budget_bytes > 0) {
+    std::vector<uint64_t> sizes;
+    for (const LayerRange& r : mf.layers()) sizes.push_back(r.size);
+    window = Pager::window_for_budget(sizes, fixed_bytes_estimate(mf, c, o, engine->kv_bytes()), p.budget_bytes);
+  }
+  if (window == 0) return engine;
+
+  std::vector<ByteRange> ranges;
+  std::vector<const uint8_t*> bases;
+  const uint8_t* base = mapping_base(mf);
+  for (const LayerRange& r : mf.layers()) {
+    ranges.push_back({r.offset, r.size});
+    bases.push_back(base + r.offset);
+  }
+  PagerOptions po;
+  po.drop_cache = p.drop_cache;
+  po.direct_io = p.direct_io;
+  engine->attach_pager(std::make_shared<Pager>(path, std::move(ranges), window, po), std::move(bases));
+  return engine;
+}
+
+}  // namespace edgelut

@@ -1,0 +1,41 @@
+// An Engine over a model file (csrc/io/model_file.h), with optional paging.
+//
+// The file is memory-mapped and the weights are bound against the mapping
+// (no copy). The pinned tensors (token embeddings, final norm, lm_head) are
+// always read through the mapping. The layer weights are read through the
+// mapping too, unless paging is on. Then a Pager with window W reads them
+// into slots, and only W layers are resident at a time.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "../io/model_file.h"
+#include "model.h"
+
+namespace edgelut {
+
+struct PagingOptions {
+  // 0: no pager, every layer through the mapping. 1..n_layers: the window.
+  int window = 0;
+  // When window is 0 and this is > 0, the window is the largest that fits
+  // this budget next to the pinned tensors, the KV cache and scratch
+  // (Pager::window_for_budget). A budget that fits every layer still pages
+  // with W = n_layers, so the peak is bounded and reported.
+  uint64_t budget_bytes = 0;
+  bool drop_cache = false;
+  bool direct_io = false;
+  bool verify_crc = true;  // CRC32 of every tensor at open (reads the whole file once)
+};
+
+// The engine's Config from the file's hyper-parameters. Throws
+// std::invalid_argument naming the file for unsupported settings.
+Config config_from_file(const ModelFile& mf);
+
+// Bytes the engine holds besides the layer weights: the pinned tensors, the
+// KV cache and the activations (what window_for_budget calls fixed).
+uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes);
+
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p);
+
+}  // namespace edgelut

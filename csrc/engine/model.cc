@@ -1,0 +1,222 @@
+// Config and shard checks, weight binding and the in-process communicator.
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "model.h"
+
+namespace edgelut {
+
+namespace {
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(msg);
+}
+std::string shape_str(int64_t a, int64_t b = -1) {
+  return "(" + std::to_string(a) + (b >= 0 ? ", " + std::to_string(b) : std::string(",")) + ")";
+}
+}  // namespace
+
+void Config::validate() const {
+  require(architecture == "llama" || architecture == "qwen2",
+          "config: architecture must be 'llama' or 'qwen2', got '" + architecture + "'");
+  auto positive = [](int64_t v, const char* name) {
+    require(v > 0, std::string("config: ") + name + " must be positive, got " + std::to_string(v));
+  };
+  positive(dim, "dim");
+  positive(hidden_dim, "hidden_dim");
+  positive(n_layers, "n_layers");
+  positive(n_heads, "n_heads");
+  positive(n_kv_heads, "n_kv_heads");
+  positive(head_dim, "head_dim");
+  positive(vocab_size, "vocab_size");
+  require(n_heads % n_kv_heads == 0, "config: n_heads (" + std::to_string(n_heads) +
+                                         ") is not a multiple of n_kv_heads (" + std::to_string(n_kv_heads) + ")");
+  require(head_dim % 2 == 0, "config: head_dim must be even for RoPE, got " + std::to_string(head_dim));
+  require(norm_eps > 0, "config: norm_eps must be positive");
+  require(rope_theta > 0, "config: rope_theta must be positive");
+  require(rope_linear_factor > 0, "config: rope_linear_factor must be positive");
+}
+
+ShardSpec ShardSpec::resolved(const Config& c) const {
+  ShardSpec s = *this;
+  if (s.kv_head_end < 0) s.kv_head_end = c.n_kv_heads;
+  if (s.ffn_end < 0) s.ffn_end = c.hidden_dim;
+  require(0 <= s.kv_head_begin && s.kv_head_begin < s.kv_head_end && s.kv_head_end <= c.n_kv_heads,
+          "shard: kv heads [" + std::to_string(s.kv_head_begin) + ", " + std::to_string(s.kv_head_end) +
+              ") must be a non-empty range inside [0, " + std::to_string(c.n_kv_heads) + ")");
+  require(0 <= s.ffn_begin && s.ffn_begin < s.ffn_end && s.ffn_end <= c.hidden_dim,
+          "shard: FFN columns [" + std::to_string(s.ffn_begin) + ", " + std::to_string(s.ffn_end) +
+              ") must be a non-empty range inside [0, " + std::to_string(c.hidden_dim) + ")");
+  return s;
+}
+
+Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup& lookup) {
+  const int64_t n_q = shard.n_kv_heads() * (c.n_heads / c.n_kv_heads), n_kv = shard.n_kv_heads();
+  const int64_t qd = n_q * c.head_dim, kvd = n_kv * c.head_dim, F = shard.n_ffn(), D = c.dim;
+
+  auto packed = [&](const std::string& name, int64_t n, int64_t k) {
+    WeightRef r;
+    require(lookup(name, &r), "missing tensor '" + name + "'");
+    require(r.packed, "tensor '" + name + "' must be a packed matrix (linear layers run on the LUT kernels)");
+    require(r.view.shape.n == n && r.view.shape.k == k,
+            "tensor '" + name + "' has shape " + shape_str(r.view.shape.n, r.view.shape.k) + " but this shard needs " +
+                shape_str(n, k));
+    return r.view;
+  };
+  auto vec = [&](const std::string& name, int64_t n, bool required) -> const float* {
+    WeightRef r;
+    if (!lookup(name, &r)) {
+      require(!required, "missing tensor '" + name + "'");
+      return nullptr;
+    }
+    require(!r.packed, "tensor '" + name + "' must be float32, not packed");
+    require(r.shape.size() == 1 && r.shape[0] == n,
+            "tensor '" + name + "' must have shape " + shape_str(n) + " for this shard");
+    return r.data;
+  };
+
+  Weights w;
+  {
+    WeightRef r;
+    require(lookup("token_embd.weight", &r), "missing tensor 'token_embd.weight'");
+    w.embd_packed = r.packed;
+    if (r.packed) {
+      require(r.view.shape.n == c.vocab_size && r.view.shape.k == D,
+              "tensor 'token_embd.weight' must have shape " + shape_str(c.vocab_size, D));
+      w.token_embd_packed = r.view;
+    } else {
+      require(r.shape.size() == 2 && r.shape[0] == c.vocab_size && r.shape[1] == D,
+              "tensor 'token_embd.weight' must have shape " + shape_str(c.vocab_size, D));
+      w.token_embd = r.data;
+    }
+    WeightRef out;
+    if (lookup("output.weight", &out)) {
+      w.lm_head = packed("output.weight", c.vocab_size, D);
+    } else {
+      require(r.packed,
+              "missing tensor 'output.weight' and 'token_embd.weight' is not packed: the lm_head runs on the LUT "
+              "kernels, so pass a packed output.weight (or a packed token_embd.weight for tied embeddings)");
+      w.lm_head = w.token_embd_packed;
+    }
+  }
+  w.output_norm = vec("output_norm.weight", D, true);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LayerWeights lw;
+    lw.attn_norm = vec(p + "attn_norm.weight", D, true);
+    lw.wq = packed(p + "attn_q.weight", qd, D);
+    lw.wk = packed(p + "attn_k.weight", kvd, D);
+    lw.wv = packed(p + "attn_v.weight", kvd, D);
+    lw.bq = vec(p + "attn_q.bias", qd, c.attn_bias);
+    lw.bk = vec(p + "attn_k.bias", kvd, c.attn_bias);
+    lw.bv = vec(p + "attn_v.bias", kvd, c.attn_bias);
+    lw.wo = packed(p + "attn_output.weight", D, qd);
+    lw.ffn_norm = vec(p + "ffn_norm.weight", D, true);
+    lw.w_gate = packed(p + "ffn_gate.weight", F, D);
+    lw.w_up = packed(p + "ffn_up.weight", F, D);
+    lw.w_down = packed(p + "ffn_down.weight", D, F);
+    w.layers.push_back(lw);
+  }
+  return w;
+}
+
+LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t size, const uint8_t* to) {
+  // Integer compares: the pointers may belong to different allocations.
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(from);
+  auto move = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p);
+    if (!p || b < lo || b - lo >= size) return p;
+    return reinterpret_cast<T*>(to + (b - lo));
+  };
+  auto move_view = [&](PackedView v) {
+    v.codes = move(v.codes);
+    v.scales = move(v.scales);
+    v.mins = move(v.mins);
+    return v;
+  };
+  LayerWeights out = lw;
+  out.attn_norm = move(lw.attn_norm);
+  out.wq = move_view(lw.wq);
+  out.wk = move_view(lw.wk);
+  out.wv = move_view(lw.wv);
+  out.bq = move(lw.bq);
+  out.bk = move(lw.bk);
+  out.bv = move(lw.bv);
+  out.wo = move_view(lw.wo);
+  out.ffn_norm = move(lw.ffn_norm);
+  out.w_gate = move_view(lw.w_gate);
+  out.w_up = move_view(lw.w_up);
+  out.w_down = move_view(lw.w_down);
+  return out;
+}
+
+void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* from, uint64_t size) {
+  const std::pair<const char*, const PackedView*> views[] = {
+      {"attn_q", &lw.wq},       {"attn_k", &lw.wk},   {"attn_v", &lw.wv},       {"attn_output", &lw.wo},
+      {"ffn_gate", &lw.w_gate}, {"ffn_up", &lw.w_up}, {"ffn_down", &lw.w_down},
+  };
+  for (const auto& [name, v] : views) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(v->codes), lo = reinterpret_cast<uintptr_t>(from);
+    require(b >= lo && b - lo + static_cast<uint64_t>(v->shape.total_bytes()) <= size,
+            "paging: tensor 'blk." + std::to_string(layer) + "." + name +
+                ".weight' lies outside the byte range of layer " + std::to_string(layer));
+  }
+}
+
+namespace {
+// Ranks meet in all_reduce; the last to arrive sums every buffer (in rank
+// order, so the result is deterministic) into all of them and releases the rest.
+struct LocalGroupState {
+  explicit LocalGroupState(int n) : bufs(n, nullptr) {}
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<float*> bufs;
+  std::vector<float> sum;
+  int arrived = 0;
+  int64_t n = -1;
+  uint64_t generation = 0;
+};
+
+class LocalCommunicator : public Communicator {
+ public:
+  LocalCommunicator(std::shared_ptr<LocalGroupState> st, int rank) : st_(std::move(st)), rank_(rank) {}
+  void all_reduce(float* data, int64_t n) override {
+    LocalGroupState& s = *st_;
+    std::unique_lock<std::mutex> lock(s.mu);
+    if (s.arrived == 0) s.n = n;
+    if (s.n != n) throw std::runtime_error("local all_reduce: ranks passed different sizes");
+    s.bufs[rank_] = data;
+    if (++s.arrived < static_cast<int>(s.bufs.size())) {
+      const uint64_t gen = s.generation;
+      s.cv.wait(lock, [&] { return s.generation != gen; });
+      return;
+    }
+    s.sum.assign(static_cast<size_t>(n), 0.0f);
+    for (float* b : s.bufs)
+      for (int64_t i = 0; i < n; ++i) s.sum[i] += b[i];
+    for (float* b : s.bufs) std::copy(s.sum.begin(), s.sum.end(), b);
+    s.arrived = 0;
+    ++s.generation;
+    s.cv.notify_all();
+  }
+
+ private:
+  std::shared_ptr<LocalGroupState> st_;
+  int rank_;
+};
+}  // namespace
+
+std::vector<std::shared_ptr<Communicator>> make_local_group(int n_ranks) {
+  require(n_ranks >= 1, "local group: need at least one rank, got " + std::to_string(n_ranks));
+  auto st = std::make_shared<LocalGroupState>(n_ranks);
+  std::vector<std::shared_ptr<Communicator>> out;
+  for (int r = 0; r < n_ranks; ++r) out.push_back(std::make_shared<LocalCommunicator>(st, r));
+  return out;
+}
+
+}  // namespace edgelut

@@ -1,0 +1,228 @@
+// The llama-family decoder (Llama, SmolLM2, Mistral, Qwen2) on LUT kernels,
+// in the shape of llama2.c's run.c: Config, Weights and State with the shape
+// of every buffer, and one forward() that reads straight down.
+//
+// Tensor parallelism is built in rather than bolted on: an Engine holds one
+// *shard* (a contiguous range of kv heads with their q heads, and a range of
+// FFN columns) and a Communicator that sums partial results after the
+// attention output projection and after ffn_down. One device = the whole
+// model and a no-op communicator; the code path is the same.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../io/pager.h"
+#include "../kernels/cpu_isa.h"
+#include "../kernels/layout.h"
+#include "kv_cache.h"
+#include "sampler.h"
+#include "thread_pool.h"
+
+namespace edgelut {
+
+struct Config {
+  std::string architecture = "llama";  // "llama" or "qwen2"
+  int64_t dim = 0;                     // hidden size
+  int64_t hidden_dim = 0;              // FFN intermediate size
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;                 // query heads
+  int64_t n_kv_heads = 0;              // key/value heads (GQA: n_heads % n_kv_heads == 0)
+  int64_t head_dim = 0;
+  int64_t vocab_size = 0;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  bool rope_neox = true;               // false: adjacent pairs (GPT-J / Meta layout)
+  float rope_linear_factor = 1.0f;     // linear position scaling (positions / factor)
+  bool attn_bias = false;              // q/k/v biases (Qwen2)
+  bool tie_embeddings = false;         // lm_head = token_embd
+
+  // Throws std::invalid_argument naming the bad field.
+  void validate() const;
+};
+
+// Which part of every layer this process holds. Ranges are half-open; an
+// end of -1 means "to the end". q heads are those of the kv heads held.
+struct ShardSpec {
+  int64_t kv_head_begin = 0, kv_head_end = -1;
+  int64_t ffn_begin = 0, ffn_end = -1;
+
+  // Fills in -1 ends and checks the ranges against the config.
+  ShardSpec resolved(const Config& c) const;
+  int64_t n_kv_heads() const { return kv_head_end - kv_head_begin; }
+  int64_t n_ffn() const { return ffn_end - ffn_begin; }
+};
+
+// Sums partial results across shards. all_reduce must leave the same sum in
+// data on every shard. The default is one shard: nothing to do.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual void all_reduce(float* data, int64_t n) = 0;
+};
+
+class NullCommunicator : public Communicator {
+ public:
+  void all_reduce(float*, int64_t) override {}
+};
+
+// In-process all-reduce for n shards running on n threads (tests, and a
+// template for real transports): each call blocks until every rank arrived.
+std::vector<std::shared_ptr<Communicator>> make_local_group(int n_ranks);
+
+// One tensor as the weight source hands it over: packed (linear layers,
+// optionally the embedding) or float32 (norms, biases, optionally the
+// embedding). The memory must outlive the engine (see Engine's keepalive).
+struct WeightRef {
+  bool packed = false;
+  PackedView view;                // when packed
+  const float* data = nullptr;    // when float
+  std::vector<int64_t> shape;     // when float
+};
+// Returns false when the tensor is absent.
+using WeightLookup = std::function<bool(const std::string& name, WeightRef* out)>;
+
+struct LayerWeights {
+  const float* attn_norm;   // (dim)
+  PackedView wq;            // (n_q * head_dim, dim)      local q heads
+  PackedView wk;            // (n_kv * head_dim, dim)     local kv heads
+  PackedView wv;            // (n_kv * head_dim, dim)
+  const float* bq;          // (n_q * head_dim) or null
+  const float* bk;          // (n_kv * head_dim) or null
+  const float* bv;          // (n_kv * head_dim) or null
+  PackedView wo;            // (dim, n_q * head_dim)      local columns
+  const float* ffn_norm;    // (dim)
+  PackedView w_gate;        // (n_ffn, dim)               local rows
+  PackedView w_up;          // (n_ffn, dim)
+  PackedView w_down;        // (dim, n_ffn)               local columns
+};
+
+struct Weights {
+  bool embd_packed = false;
+  const float* token_embd = nullptr;  // (vocab, dim) when float
+  PackedView token_embd_packed;       // (vocab, dim) when packed
+  std::vector<LayerWeights> layers;   // (n_layers)
+  const float* output_norm = nullptr; // (dim)
+  PackedView lm_head;                 // (vocab, dim): output.weight or the packed token_embd
+};
+
+// The same layer with every pointer inside [from, from + size) moved to the
+// same place in [to, to + size); pointers elsewhere are kept. This is how a
+// layer bound against the model file's mapping is read from a pager slot.
+LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t size, const uint8_t* to);
+// Throws std::invalid_argument naming the tensor if a packed weight of lw
+// does not lie inside [from, from + size).
+void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* from, uint64_t size);
+
+// The ONE place weights are bound, by GGUF-style name ("blk.3.attn_q.weight").
+// Shapes are the shard-local ones. Throws std::invalid_argument naming the
+// tensor that is missing or mis-shaped.
+Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup& lookup);
+
+struct EngineOptions {
+  int64_t n_ctx = 2048;
+  int n_threads = 0;            // 0 = all cores
+  KvType kv_type = KvType::kF16;
+  int64_t prefill_chunk = 64;   // tokens per GEMM pass during prefill
+  std::string isa;              // "" = best for this CPU
+};
+
+// Time per part of the forward pass, accumulated (seconds).
+struct Profile {
+  double matmul_attn = 0, matmul_ffn = 0, lm_head = 0, attention = 0, other = 0;
+  int64_t tokens = 0, calls = 0;
+};
+
+struct GenerateOptions {
+  int64_t max_tokens = 128;
+  std::vector<int32_t> eos;      // stop after sampling one of these (it is returned)
+  SamplerParams sampler;
+  std::vector<int32_t> history;  // tokens before `ids` (for the repetition penalty)
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;   // sampled tokens, in order
+  std::string stop_reason;       // "eos", "length" (max_tokens), "context" (n_ctx full), "callback"
+  int64_t n_prefill = 0, n_decode = 0;
+  double prefill_s = 0, decode_s = 0;
+};
+
+class Engine {
+ public:
+  // keepalive owns whatever the WeightLookup's pointers point into.
+  Engine(const Config& c, const WeightLookup& lookup, const EngineOptions& o, const ShardSpec& shard = {},
+         std::shared_ptr<Communicator> comm = nullptr, std::shared_ptr<void> keepalive = nullptr);
+
+  const Config& config() const { return c_; }
+  const ShardSpec& shard() const { return shard_; }
+  int64_t n_ctx() const { return kv_.n_ctx(); }
+  int64_t n_past() const { return n_past_; }
+  int n_threads() const { return pool_.size(); }
+  size_t kv_bytes() const { return kv_.nbytes(); }
+
+  // Runs ids (n tokens) at positions start_pos.. and writes logits: of the
+  // last token (vocab floats) or of every token (n * vocab) when all_logits.
+  // start_pos may be at most n_past() (positions after it are overwritten and
+  // forgotten). Throws std::invalid_argument for bad ids or positions.
+  void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits);
+
+  // Forgets positions >= n (prompt-cache reuse keeps a common prefix).
+  void truncate(int64_t n);
+  void reset() { truncate(0); }
+
+  // Evaluates ids at n_past(), then samples and decodes until max_tokens, an
+  // EOS token, a full context or on_token returning false.
+  GenerateResult generate(const int32_t* ids, int64_t n, const GenerateOptions& o,
+                          const std::function<bool(int32_t)>& on_token);
+
+  // Pages the layer weights through `pager` (window W of the file's layers):
+  // layer_bases[l] is where layer l's byte range starts in the memory the
+  // weights were bound against (the model file's mapping). The engine then
+  // reads layer l from the pager's slot between acquire(l) and release(l).
+  void attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases);
+  Pager* pager() const { return pager_.get(); }  // null when not paging
+
+  const Profile& profile() const { return prof_; }
+  void set_profiling(bool on) { profiling_ = on; }
+  void reset_profile() { prof_ = Profile{}; }
+
+ private:
+  // One pass over T <= prefill_chunk tokens at positions pos.. ; the logits
+  // of rows [first_logit, T) go to out (row stride vocab).
+  void forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_logit, float* out);
+  void embed(int32_t id, float* row) const;
+
+  Config c_;
+  ShardSpec shard_;
+  EngineOptions opt_;
+  CpuIsa isa_;
+  Weights w_;
+  std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<void> keepalive_;
+  std::shared_ptr<Pager> pager_;             // null: every layer is resident
+  std::vector<const uint8_t*> layer_base_;  // (n_layers) start of layer l's bytes as bound
+  ThreadPool pool_;
+  KvCache kv_;
+  int64_t n_past_ = 0;
+  bool profiling_ = false;
+  Profile prof_;
+
+  // State: activations for a chunk of up to C = prefill_chunk tokens.
+  int64_t n_q_ = 0, n_kv_ = 0, n_ffn_ = 0;  // local q heads, kv heads, FFN columns
+  std::vector<float> x_;        // (C, dim) residual stream
+  std::vector<float> xb_;       // (C, dim) normed input / partial sums
+  std::vector<float> q_;        // (C, n_q * head_dim)
+  std::vector<float> k_;        // (C, n_kv * head_dim)
+  std::vector<float> v_;        // (C, n_kv * head_dim)
+  std::vector<float> att_out_;  // (C, n_q * head_dim)
+  std::vector<float> att_;      // (n_q, n_ctx) scores, one row per head
+  std::vector<float> hb_;       // (C, n_ffn) gate, then SwiGLU
+  std::vector<float> hb2_;      // (C, n_ffn) up
+  std::vector<float> inv_freq_; // (head_dim / 2) RoPE frequencies
+  std::vector<float> cos_sin_;  // (C, head_dim / 2, 2)
+  std::vector<float> logits_;   // (vocab) for generate
+};
+
+}  // namespace edgelut

@@ -1,0 +1,103 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../kernels/fp16.h"
+
+namespace edgelut {
+
+namespace {
+// fp16 -> fp32 for every bit pattern (256 KiB): a load instead of the
+// branchy portable conversion in the attention loops over the fp16 KV cache.
+const float* f16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = fp16_to_fp32(static_cast<uint16_t>(h));
+    return t;
+  }();
+  return table.data();
+}
+}  // namespace
+
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
+  double ss = 0.0;  // double: n is up to ~16k and the mean feeds every output
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
+void rope_angles(float* cos_sin, const float* inv_freq, int64_t half, double pos) {
+  for (int64_t i = 0; i < half; ++i) {
+    const double a = pos * inv_freq[i];
+    cos_sin[2 * i] = static_cast<float>(std::cos(a));
+    cos_sin[2 * i + 1] = static_cast<float>(std::sin(a));
+  }
+}
+
+void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin, bool neox) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+      // neox rotates (i, i + half); adjacent rotates (2i, 2i + 1).
+      const int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+void softmax_inplace(float* x, int64_t n) {
+  const float mx = *std::max_element(x, x + n);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void swiglu_inplace(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+// Eight independent partial sums: a single running sum is a chain of
+// dependent adds (latency-bound); eight lanes let the compiler vectorise.
+template <typename Load>
+float dot8(const float* a, int64_t n, Load load) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * load(i + j);
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * load(i);
+  return s;
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  return dot8(a, n, [b](int64_t i) { return b[i]; });
+}
+
+float dot_f16(const float* a, const uint16_t* b, int64_t n) {
+  const float* tab = f16_table();
+  return dot8(a, n, [b, tab](int64_t i) { return tab[b[i]]; });
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  const float* tab = f16_table();
+  for (int64_t i = 0; i < n; ++i) y[i] += a * tab[x[i]];
+}
+
+}  // namespace edgelut

@@ -1,0 +1,33 @@
+// The small float ops of the forward pass (everything that is not a LUT
+// matmul). Raw pointers, no checks: the engine validates shapes once at
+// construction and positions per call.
+#pragma once
+#include <cstdint>
+
+namespace edgelut {
+
+// out = x / rms(x) * w, over n elements.
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
+
+// Rotary position embedding for one token, applied in place to n_heads
+// vectors of head_dim. cos_sin holds head_dim/2 (cos, sin) pairs for this
+// position. neox: pairs (i, i + head_dim/2); adjacent: pairs (2i, 2i + 1).
+void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin, bool neox);
+
+// (cos, sin) of pos * inv_freq[i] for i < head_dim/2, with linear scaling
+// already folded into pos (pos / factor).
+void rope_angles(float* cos_sin, const float* inv_freq, int64_t half, double pos);
+
+// In-place softmax over n elements.
+void softmax_inplace(float* x, int64_t n);
+
+// gate = silu(gate) * up, over n elements (SwiGLU).
+void swiglu_inplace(float* gate, const float* up, int64_t n);
+
+// KV cache element access: fp32 or fp16 (portable conversion).
+float dot_f32(const float* a, const float* b, int64_t n);
+float dot_f16(const float* a, const uint16_t* b, int64_t n);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+
+}  // namespace edgelut

@@ -1,0 +1,233 @@
+// Bindings for the engine and the sampler. Only type conversion lives here:
+// keyword arguments become the C++ options structs, and the GIL is released
+// around every forward pass (re-acquired only for the per-token callback).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <unordered_map>
+
+#include "../engine/from_file.h"
+#include "../engine/model.h"
+#include "../kernels/packed_matrix.h"
+
+namespace py = pybind11;
+
+namespace edgelut::python {
+
+py::dict pager_stats_dict(const PagerStats& s);  // register_pager.cc
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// The tensors an Engine was built from, kept alive as long as the engine.
+struct TensorStore {
+  std::unordered_map<std::string, PackedMatrix> packed;
+  std::unordered_map<std::string, std::pair<std::vector<float>, std::vector<int64_t>>> floats;
+
+  bool lookup(const std::string& name, WeightRef* out) const {
+    if (auto it = packed.find(name); it != packed.end()) {
+      out->packed = true;
+      out->view = it->second.view();
+      return true;
+    }
+    if (auto it = floats.find(name); it != floats.end()) {
+      out->packed = false;
+      out->data = it->second.first.data();
+      out->shape = it->second.second;
+      return true;
+    }
+    return false;
+  }
+};
+
+std::shared_ptr<TensorStore> store_from_dict(const py::dict& tensors) {
+  auto st = std::make_shared<TensorStore>();
+  for (auto item : tensors) {
+    const std::string name = py::str(item.first);
+    if (py::isinstance<PackedMatrix>(item.second)) {
+      st->packed.emplace(name, item.second.cast<PackedMatrix>());
+    } else {
+      F32 a = F32::ensure(item.second);
+      if (!a) throw std::invalid_argument("tensor '" + name + "' is neither a PackedMatrix nor a float array");
+      std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+      st->floats.emplace(name, std::make_pair(std::vector<float>(a.data(), a.data() + a.size()), shape));
+    }
+  }
+  return st;
+}
+
+Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int n_threads, const std::string& kv_type,
+                    int64_t prefill_chunk, const std::string& isa, std::optional<ShardSpec> shard,
+                    std::shared_ptr<Communicator> comm) {
+  EngineOptions o;
+  o.n_ctx = n_ctx;
+  o.n_threads = n_threads;
+  o.kv_type = kv_type_from_name(kv_type);
+  o.prefill_chunk = prefill_chunk;
+  o.isa = isa;
+  auto st = store_from_dict(tensors);
+  WeightLookup lookup = [st](const std::string& name, WeightRef* r) { return st->lookup(name, r); };
+  py::gil_scoped_release release;
+  return new Engine(c, lookup, o, shard.value_or(ShardSpec{}), std::move(comm), st);
+}
+
+std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx, int n_threads,
+                                         const std::string& kv_type, int64_t prefill_chunk, const std::string& isa,
+                                         int window, uint64_t budget_bytes, bool drop_cache, bool direct_io,
+                                         bool verify_crc) {
+  EngineOptions o;
+  o.n_ctx = n_ctx;
+  o.n_threads = n_threads;
+  o.kv_type = kv_type_from_name(kv_type);
+  o.prefill_chunk = prefill_chunk;
+  o.isa = isa;
+  PagingOptions p;
+  p.window = window;
+  p.budget_bytes = budget_bytes;
+  p.drop_cache = drop_cache;
+  p.direct_io = direct_io;
+  p.verify_crc = verify_crc;
+  py::gil_scoped_release release;
+  return engine_from_file(path, o, p);
+}
+
+py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) {
+  if (ids.ndim() != 1) throw std::invalid_argument("eval: ids must be a 1-D sequence of token ids");
+  const int64_t n = ids.shape(0), V = e.config().vocab_size;
+  py::array_t<float> out = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>({V});
+  float* p = out.mutable_data();
+  const int32_t* ip = ids.data();
+  py::gil_scoped_release release;
+  e.eval(ip, n, start_pos, p, all_logits);
+  return out;
+}
+
+py::dict generate(Engine& e, I32 ids, int64_t max_tokens, std::vector<int32_t> eos, const SamplerParams& sampler,
+                  std::vector<int32_t> history, const std::function<bool(int32_t)>& on_token) {
+  GenerateOptions o;
+  o.max_tokens = max_tokens;
+  o.eos = std::move(eos);
+  o.sampler = sampler;
+  o.history = std::move(history);
+  // pybind11's std::function wrapper takes the GIL itself for each call.
+  GenerateResult r;
+  {
+    py::gil_scoped_release release;
+    r = e.generate(ids.data(), ids.shape(0), o, on_token);
+  }
+  py::dict d;
+  d["tokens"] = r.tokens;
+  d["stop_reason"] = r.stop_reason;
+  d["n_prefill"] = r.n_prefill;
+  d["n_decode"] = r.n_decode;
+  d["prefill_s"] = r.prefill_s;
+  d["decode_s"] = r.decode_s;
+  return d;
+}
+
+}  // namespace
+
+void register_engine(py::module_& m) {
+  py::class_<Config>(m, "EngineConfig")
+      .def(py::init<>())
+      .def_readwrite("architecture", &Config::architecture)
+      .def_readwrite("dim", &Config::dim)
+      .def_readwrite("hidden_dim", &Config::hidden_dim)
+      .def_readwrite("n_layers", &Config::n_layers)
+      .def_readwrite("n_heads", &Config::n_heads)
+      .def_readwrite("n_kv_heads", &Config::n_kv_heads)
+      .def_readwrite("head_dim", &Config::head_dim)
+      .def_readwrite("vocab_size", &Config::vocab_size)
+      .def_readwrite("norm_eps", &Config::norm_eps)
+      .def_readwrite("rope_theta", &Config::rope_theta)
+      .def_readwrite("rope_neox", &Config::rope_neox)
+      .def_readwrite("rope_linear_factor", &Config::rope_linear_factor)
+      .def_readwrite("attn_bias", &Config::attn_bias)
+      .def_readwrite("tie_embeddings", &Config::tie_embeddings)
+      .def("validate", &Config::validate);
+
+  py::class_<ShardSpec>(m, "ShardSpec")
+      .def(py::init([](int64_t kb, int64_t ke, int64_t fb, int64_t fe) { return ShardSpec{kb, ke, fb, fe}; }),
+           py::arg("kv_head_begin") = 0, py::arg("kv_head_end") = -1, py::arg("ffn_begin") = 0,
+           py::arg("ffn_end") = -1)
+      .def_readonly("kv_head_begin", &ShardSpec::kv_head_begin)
+      .def_readonly("kv_head_end", &ShardSpec::kv_head_end)
+      .def_readonly("ffn_begin", &ShardSpec::ffn_begin)
+      .def_readonly("ffn_end", &ShardSpec::ffn_end);
+
+  py::class_<SamplerParams>(m, "SamplerParams")
+      .def(py::init<>())
+      .def_readwrite("temperature", &SamplerParams::temperature)
+      .def_readwrite("top_k", &SamplerParams::top_k)
+      .def_readwrite("top_p", &SamplerParams::top_p)
+      .def_readwrite("min_p", &SamplerParams::min_p)
+      .def_readwrite("repeat_penalty", &SamplerParams::repeat_penalty)
+      .def_readwrite("repeat_last_n", &SamplerParams::repeat_last_n)
+      .def_readwrite("seed", &SamplerParams::seed)
+      .def("validate", &SamplerParams::validate);
+
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init<const SamplerParams&>(), py::arg("params"))
+      .def(
+          "sample",
+          [](Sampler& s, F32 logits, I32 recent) {
+            if (logits.ndim() != 1) throw std::invalid_argument("sample: logits must be 1-D (vocab,)");
+            return s.sample(logits.data(), logits.shape(0), recent.data(), recent.size());
+          },
+          py::arg("logits"), py::arg("recent"));
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator");
+  m.def("make_local_group", &make_local_group, py::arg("n_ranks"),
+        "Communicators for n shards running on n threads of this process.");
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init(&make_engine), py::arg("config"), py::arg("tensors"), py::kw_only(), py::arg("n_ctx") = 2048,
+           py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64, py::arg("isa") = "",
+           py::arg("shard") = py::none(), py::arg("communicator") = nullptr)
+      .def_static("from_file", &engine_from_path, py::arg("path"), py::kw_only(), py::arg("n_ctx") = 2048,
+                  py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
+                  py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,
+                  py::arg("drop_cache") = false, py::arg("direct_io") = false, py::arg("verify_crc") = true,
+                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers.")
+      .def_property_readonly("window",
+                             [](const Engine& e) { return e.pager() ? e.pager()->window() : 0; })
+      .def("pager_stats",
+           [](const Engine& e) -> py::object {
+             if (!e.pager()) return py::none();
+             return pager_stats_dict(e.pager()->stats());
+           })
+      .def("reset_pager_stats",
+           [](const Engine& e) {
+             if (e.pager()) e.pager()->reset_stats();
+           })
+      .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false)
+      .def("truncate", &Engine::truncate, py::arg("n"))
+      .def("reset", &Engine::reset)
+      .def("generate", &generate, py::arg("ids"), py::kw_only(), py::arg("max_tokens"), py::arg("eos"),
+           py::arg("sampler"), py::arg("history"), py::arg("on_token"))
+      .def_property_readonly("n_past", &Engine::n_past)
+      .def_property_readonly("n_ctx", &Engine::n_ctx)
+      .def_property_readonly("n_threads", &Engine::n_threads)
+      .def_property_readonly("kv_bytes", &Engine::kv_bytes)
+      .def("set_profiling", &Engine::set_profiling, py::arg("on"))
+      .def("reset_profile", &Engine::reset_profile)
+      .def("profile", [](const Engine& e) {
+        const Profile& p = e.profile();
+        py::dict d;
+        d["matmul_attn"] = p.matmul_attn;
+        d["matmul_ffn"] = p.matmul_ffn;
+        d["lm_head"] = p.lm_head;
+        d["attention"] = p.attention;
+        d["other"] = p.other;
+        d["tokens"] = p.tokens;
+        d["calls"] = p.calls;
+        return d;
+      });
+}
+
+}  // namespace edgelut::python

