@@ -3,7 +3,11 @@
 ``quantize_rtn`` maps float weights (N, K) to integer codes plus per-group
 scales (and mins when asymmetric) in the form the packer takes. The clipping
 search shrinks each group's range and keeps the scale with the smallest
-squared error, which is what makes low-bit RTN usable.
+squared error, which is what makes low-bit RTN usable. Given calibration
+statistics (``importance`` = the diagonal of X^T X, one value per input
+feature), the error is weighted by it, so the search minimises the expected
+*output* error ||X W^T - X W_q^T||^2 (up to the cross terms) instead of the
+weight error.
 """
 
 from __future__ import annotations
@@ -61,11 +65,13 @@ def quantize_rtn(
     *,
     asym: bool = False,
     clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
+    importance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Quantise w (N, K) -> codes int8 (N, K), scales (N, G), mins (N, G) or None.
 
     With ``clip_grid`` each group tries every clip factor and keeps the one with
-    the smallest squared reconstruction error (``None`` = plain min/max RTN).
+    the smallest squared reconstruction error (``None`` = plain min/max RTN),
+    weighted per input feature by ``importance`` (K,) when given.
     """
     if qtype not in QTYPES:
         raise ValueError(f"unknown weight type {qtype!r}")
@@ -76,6 +82,15 @@ def quantize_rtn(
         raise ValueError(f"weights must be 2-D, got shape {w.shape}")
     n, k = w.shape
     g, ng = _groups(w, group_size)
+    if importance is None:
+        weight = np.float32(1.0)
+    else:
+        imp = np.asarray(importance, dtype=np.float32).reshape(-1)
+        if imp.shape[0] != k:
+            raise ValueError(f"importance has {imp.shape[0]} values, the weights have {k} columns")
+        # A small floor so a group whose inputs are never active still gets a sane scale.
+        weight, _ = _groups(imp[None, :], group_size)
+        weight = weight + 1e-6 * weight.mean(axis=-1, keepdims=True) + 1e-12
     grid = [np.float32(1.0)] if clip_grid is None else list(clip_grid)
     best_err = np.full((n, ng), np.inf, dtype=np.float32)
     best_codes = np.zeros(g.shape, dtype=np.int8)
@@ -87,7 +102,7 @@ def quantize_rtn(
         # Scales are stored as fp16: judge the error with what will be stored.
         scale = scale.astype(np.float16).astype(np.float32)
         rec = scale * (codes - center) + (mn.astype(np.float16).astype(np.float32) if asym else 0.0)
-        err = ((rec - g) ** 2).sum(axis=-1)
+        err = (weight * (rec - g) ** 2).sum(axis=-1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_codes[better] = codes[better].astype(np.int8)

@@ -1,10 +1,183 @@
-// NEON LUT kernel (placeholder delegating to the reference until the SIMD
-// kernel lands in this same session; see lut_ref.cc for the contract).
+// NEON LUT kernel (AArch64 Advanced SIMD), bit-identical to lut_gemm_ref.
+//
+// The lookup is `tbl` (vqtbl1q_s8): the 16-entry int8 table of a chunk sits in
+// one register, and the chunk's 32-byte run gives four 16-lane index vectors:
+// low nibbles of bytes 0-15 / 16-31 are tile rows 0-15 / 16-31, high nibbles
+// are rows 32-47 / 48-63. Each plane accumulates its looked-up entries in int16
+// (at most 32 chunks of |127| per group, so no overflow), planes are combined
+// with icoef into int32, and the float epilogue follows lut.h's op order with
+// vfmaq_f32 exactly where the reference calls std::fma.
+#include <arm_neon.h>
+
+#include <algorithm>
+#include <cstring>
+
 #include "dispatch.h"
 
 namespace edgelut {
+
+namespace {
+
+// Tokens computed together by the GEMM so the nibble split of a group's codes
+// is done once per block instead of once per token.
+constexpr int kTokenBlock = 8;
+// Largest (chunks per group) * planes: group 128 / 4 * 4 planes.
+constexpr int kMaxRunsPerGroup = 128 / kChunk * 4;
+
+// The four index vectors of one 32-byte run: q[i] holds rows 16i..16i+15.
+struct RunIdx {
+  uint8x16_t q[4];
+};
+
+inline RunIdx split_run(const uint8_t* run) {
+  const uint8x16_t lo = vld1q_u8(run), hi = vld1q_u8(run + 16);
+  const uint8x16_t mask = vdupq_n_u8(0x0f);
+  return {{vandq_u8(lo, mask), vandq_u8(hi, mask), vshrq_n_u8(lo, 4), vshrq_n_u8(hi, 4)}};
+}
+
+// acc[k] holds rows 8k..8k+7 of one plane. Written out rather than looped so
+// the accumulators stay in registers at -O2 (a loop here spills them).
+inline void lookup_add(int8x16_t tbl, const RunIdx& ix, int16x8_t acc[8]) {
+  const int8x16_t v0 = vqtbl1q_s8(tbl, ix.q[0]), v1 = vqtbl1q_s8(tbl, ix.q[1]);
+  const int8x16_t v2 = vqtbl1q_s8(tbl, ix.q[2]), v3 = vqtbl1q_s8(tbl, ix.q[3]);
+  acc[0] = vaddw_s8(acc[0], vget_low_s8(v0));
+  acc[1] = vaddw_high_s8(acc[1], v0);
+  acc[2] = vaddw_s8(acc[2], vget_low_s8(v1));
+  acc[3] = vaddw_high_s8(acc[3], v1);
+  acc[4] = vaddw_s8(acc[4], vget_low_s8(v2));
+  acc[5] = vaddw_high_s8(acc[5], v2);
+  acc[6] = vaddw_s8(acc[6], vget_low_s8(v3));
+  acc[7] = vaddw_high_s8(acc[7], v3);
+}
+
+// comb[j] holds rows 4j..4j+3: comb += coef * acc.
+inline void combine_plane(const int16x8_t acc[8], int16_t coef, int32x4_t comb[16]) {
+  for (int i = 0; i < 8; ++i) {
+    comb[2 * i] = vmlal_n_s16(comb[2 * i], vget_low_s16(acc[i]), coef);
+    comb[2 * i + 1] = vmlal_high_n_s16(comb[2 * i + 1], acc[i], coef);
+  }
+}
+
+inline float32x4_t load_fp16x4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+// What the float epilogue of one (tile, group) needs besides comb.
+struct GroupEpilogue {
+  const uint16_t* scales;  // (64) fp16
+  const uint16_t* mins;    // (64) fp16, nullptr when symmetric
+  float center;
+};
+
+// out[r] += the group's contribution, in lut.h's exact op order.
+inline void apply_group(const int32x4_t comb[16], const GroupEpilogue& e, float tscale, float asum, float* out) {
+  const float32x4_t half_ts = vdupq_n_f32(0.5f * tscale);
+  const float32x4_t as = vdupq_n_f32(asum);
+  const float32x4_t center = vdupq_n_f32(e.center);
+  for (int j = 0; j < 16; ++j) {
+    const float32x4_t v = vmulq_f32(vcvtq_f32_s32(comb[j]), half_ts);
+    const float32x4_t sc = load_fp16x4(e.scales + 4 * j);
+    float32x4_t o = vld1q_f32(out + 4 * j);
+    if (e.mins) {
+      o = vfmaq_f32(o, sc, vfmaq_f32(v, center, as));
+      o = vfmaq_f32(o, load_fp16x4(e.mins + 4 * j), as);
+    } else {
+      o = vfmaq_f32(o, sc, v);
+    }
+    vst1q_f32(out + 4 * j, o);
+  }
+}
+
+inline void zero(int16x8_t acc[8]) {
+  const int16x8_t z = vdupq_n_s16(0);
+  acc[0] = acc[1] = acc[2] = acc[3] = acc[4] = acc[5] = acc[6] = acc[7] = z;
+}
+inline void zero(int32x4_t comb[16]) {
+  for (int i = 0; i < 16; ++i) comb[i] = vdupq_n_s32(0);
+}
+
+inline void store_rows(const PackedShape& s, int64_t t, const float* out, float* yrow) {
+  const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+  std::memcpy(yrow + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
+}
+
+// Decode: one token at a time, splitting nibbles straight from the codes.
+void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                   int64_t t1) {
+  const PackedShape& s = w.shape;
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  const int planes = tr.planes;
+  const int64_t ng = s.groups();
+  const int64_t cpg = s.group / kChunk;
+  const size_t gbytes = s.group_code_bytes();
+  for (int64_t tok = 0; tok < m; ++tok) {
+    const ActTables& a = acts[tok];
+    for (int64_t t = t0; t < t1; ++t) {
+      alignas(16) float out[kTileRows] = {0};
+      for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
+        const int8_t* tab = a.tab + g * cpg * kTableSize;
+        int32x4_t comb[16];
+        zero(comb);
+        for (int p = 0; p < planes; ++p) {
+          int16x8_t acc[8];
+          zero(acc);
+          for (int64_t c = 0; c < cpg; ++c)
+            lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * planes + p) * 32), acc);
+          combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
+        }
+        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+        const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
+        apply_group(comb, e, a.tscale[g], a.asum[g], out);
+      }
+      store_rows(s, t, out, y + tok * ldy);
+    }
+  }
+}
+
+// Prefill: per (tile, group) the codes are split into index vectors once and
+// reused by every token of a block of kTokenBlock tokens.
+void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                   int64_t t1) {
+  const PackedShape& s = w.shape;
+  const QTypeTraits& tr = qtype_traits(s.qtype);
+  const int planes = tr.planes;
+  const int64_t ng = s.groups();
+  const int64_t cpg = s.group / kChunk;
+  const size_t gbytes = s.group_code_bytes();
+  RunIdx idx[kMaxRunsPerGroup];  // (cpg, planes) split runs of the current group
+  alignas(16) float out[kTokenBlock][kTileRows];
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t b0 = 0; b0 < m; b0 += kTokenBlock) {
+      const int64_t nb = std::min<int64_t>(kTokenBlock, m - b0);
+      std::memset(out, 0, sizeof out);
+      for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
+        for (int64_t r = 0; r < cpg * planes; ++r) idx[r] = split_run(codes + r * 32);
+        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+        const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
+        for (int64_t b = 0; b < nb; ++b) {
+          const ActTables& a = acts[b0 + b];
+          const int8_t* tab = a.tab + g * cpg * kTableSize;
+          int32x4_t comb[16];
+          zero(comb);
+          for (int p = 0; p < planes; ++p) {
+            int16x8_t acc[8];
+            zero(acc);
+            for (int64_t c = 0; c < cpg; ++c) lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * planes + p], acc);
+            combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
+          }
+          apply_group(comb, e, a.tscale[g], a.asum[g], out[b]);
+        }
+      }
+      for (int64_t b = 0; b < nb; ++b) store_rows(s, t, out[b], y + (b0 + b) * ldy);
+    }
+  }
+}
+
+}  // namespace
+
 const KernelSet& kernels_neon() {
-  static const KernelSet k{lut_gemm_ref, lut_gemm_ref};
+  static const KernelSet k{lut_gemv_neon, lut_gemm_neon};
   return k;
 }
+
 }  // namespace edgelut

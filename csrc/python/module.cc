@@ -6,10 +6,12 @@ namespace py = pybind11;
 namespace edgelut::python {
 void register_kernels(py::module_& m);
 void register_engine(py::module_& m);
+void register_io(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "edgelut C++ core (private; use the edgelut package)";
   edgelut::python::register_kernels(m);
   edgelut::python::register_engine(m);
+  edgelut::python::register_io(m);
 }

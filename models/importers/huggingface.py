@@ -1,0 +1,298 @@
+"""Hugging Face directory importer: config.json + *.safetensors + tokenizer files.
+
+Also home of the HF -> GGUF tensor-name map and the config/tokenizer readers
+that the ONNX importer reuses (optimum exports keep HF names and files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
+from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
+
+# HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def hf_to_gguf_name(name: str) -> str | None:
+    """GGUF name for an HF parameter name, or None if it is not a model weight we use."""
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    m = _LAYER_RE.match(name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def gguf_to_hf_name(name: str) -> str:
+    """Inverse of :func:`hf_to_gguf_name` (for writers and tests)."""
+    for hf, gg in _GLOBAL_NAMES.items():
+        if gg == name:
+            return hf
+    m = re.match(r"^blk\.(\d+)\.(.+)$", name)
+    if m:
+        for hf, gg in _LAYER_NAMES.items():
+            if gg == m.group(2):
+                return f"model.layers.{m.group(1)}.{hf}"
+    raise ValueError(f"no Hugging Face name for tensor {name!r}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int) -> list[float]:
+    """Per-frequency divisors of Llama 3.1 RoPE scaling (what llama.cpp stores as rope_freqs.weight).
+
+    Wavelengths shorter than original_context/high_freq_factor are kept, longer than
+    original_context/low_freq_factor are divided by ``factor``, and the band between
+    is interpolated smoothly.
+    """
+    factor = float(scaling["factor"])
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return out
+
+
+def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
+    """ModelConfig from a transformers config.json dictionary."""
+    model_type = cfg.get("model_type")
+    arch = MODEL_TYPES.get(str(model_type))
+    if arch is None or arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
+        )
+    try:
+        hidden = int(cfg["hidden_size"])
+        n_heads = int(cfg["num_attention_heads"])
+        scaling = cfg.get("rope_scaling")
+        if scaling:
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind == "default":
+                scaling = None
+            elif kind == "linear":
+                scaling = {"type": "linear", "factor": float(scaling["factor"])}
+            elif kind == "llama3":
+                head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+                factors = llama3_freq_factors(scaling, float(cfg.get("rope_theta", 10000.0)), head_dim)
+                scaling = {"type": "freq_factors", "factors": factors}
+            else:
+                raise ValueError(f"{path}: rope_scaling type {kind!r} is not supported (linear, llama3)")
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+        bos = cfg.get("bos_token_id")
+        return ModelConfig(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            head_dim=int(cfg.get("head_dim") or hidden // n_heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_style="neox",
+            rope_scaling=scaling,
+            context_length=int(cfg.get("max_position_embeddings", 2048)),
+            tie_embeddings=tied,
+            attn_bias=(arch == "qwen2") if bias is None else bias,
+            bos_token_id=None if bos is None else int(bos),
+            eos_token_ids=eos_ids,
+            name=str(cfg.get("_name_or_path", path.name)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: config.json lacks {e.args[0]!r}") from e
+
+
+def _token_text(value: Any) -> str | None:
+    # tokenizer_config.json holds special tokens as strings or as AddedToken dicts.
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def tokenizer_from_dir(directory: Path) -> TokenizerData:
+    """TokenizerData from tokenizer.json (+ tokenizer_config.json, chat_template.jinja)."""
+    tj = directory / "tokenizer.json"
+    if not tj.is_file():
+        raise ValueError(f"{directory}: no tokenizer.json (edgelut needs a fast-tokenizer file)")
+    text = tj.read_text(encoding="utf-8")
+    tc_path = directory / "tokenizer_config.json"
+    tc = read_json(tc_path) if tc_path.is_file() else {}
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    jinja_file = directory / "chat_template.jinja"
+    if template is None and jinja_file.is_file():
+        template = jinja_file.read_text(encoding="utf-8")
+    bos, eos = _token_text(tc.get("bos_token")), _token_text(tc.get("eos_token"))
+    add_bos = tc.get("add_bos_token")
+    if add_bos is None:
+        # Ask the tokenizer itself whether its post-processor prepends BOS.
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tk = HFTokenizer.from_str(text)
+        bos_id = tk.token_to_id(bos) if bos else None
+        add_bos = bos_id is not None and tk.encode("a", add_special_tokens=True).ids[:1] == [bos_id]
+    return TokenizerData(
+        tokenizer_json=text, chat_template=template, bos_token=bos, eos_token=eos, add_bos=bool(add_bos)
+    )
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as numpy arrays; bfloat16 widened to float32."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        header.pop("__metadata__", None)
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    if not any(v.get("dtype") == "BF16" for v in header.values()):
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise RuntimeError(f"{path}: cannot read safetensors ({e})") from e
+    # numpy has no bfloat16: read the raw bytes and widen (bf16 is the top half of a float32).
+    out: dict[str, np.ndarray] = {}
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16, "I64": np.int64}
+    for name, info in header.items():
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        if end > data.size:
+            raise RuntimeError(f"{path}: truncated safetensors file (tensor {name})")
+        arr = np.frombuffer(data[begin:end].tobytes(), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr
+    return out
+
+
+def finish_import(
+    raw: dict[str, np.ndarray], cfg_json: dict[str, Any], path: Path, tokenizer: TokenizerData
+) -> ImportedModel:
+    """HF-named tensors -> ImportedModel (renamed, float32, shape-checked)."""
+    tensors = {}
+    for name, arr in raw.items():
+        gg = hf_to_gguf_name(name)
+        if gg is not None:
+            tensors[gg] = np.ascontiguousarray(arr, dtype=np.float32)
+    if "token_embd.weight" not in tensors:
+        raise ValueError(f"{path}: no model.embed_tokens.weight among the weights")
+    config = config_from_hf(
+        cfg_json, path, tied="output.weight" not in tensors, bias="blk.0.attn_q.bias" in tensors
+    )
+    check_tensors(tensors, config, path)
+    return ImportedModel(config=config, tensors=tensors, tokenizer=tokenizer, source=str(path))
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    c = config
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (c.vocab_size, c.hidden_size),
+        "output_norm.weight": (c.hidden_size,),
+    }
+    if not c.tie_embeddings:
+        shapes["output.weight"] = (c.vocab_size, c.hidden_size)
+    per_layer = {
+        "attn_norm.weight": (c.hidden_size,),
+        "attn_q.weight": (q, c.hidden_size),
+        "attn_k.weight": (kv, c.hidden_size),
+        "attn_v.weight": (kv, c.hidden_size),
+        "attn_output.weight": (c.hidden_size, q),
+        "ffn_norm.weight": (c.hidden_size,),
+        "ffn_gate.weight": (c.intermediate_size, c.hidden_size),
+        "ffn_up.weight": (c.intermediate_size, c.hidden_size),
+        "ffn_down.weight": (c.hidden_size, c.intermediate_size),
+    }
+    if c.attn_bias:
+        per_layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
+    for i in range(c.n_layers):
+        for name, shape in per_layer.items():
+            shapes[f"blk.{i}.{name}"] = shape
+    return shapes
+
+
+def check_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: Path) -> None:
+    for name, shape in expected_shapes(config).items():
+        if name not in tensors:
+            raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name)} ({name})")
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+
+
+@register_importer("huggingface")
+class HuggingFaceImporter(Importer):
+    @classmethod
+    def can_load(cls, path: Path) -> bool:
+        directory = path.parent if path.is_file() and path.suffix == ".safetensors" else path
+        return (
+            directory.is_dir()
+            and (directory / "config.json").is_file()
+            and any(directory.glob("*.safetensors"))
+        )
+
+    def load(self, path: Path) -> ImportedModel:
+        directory = path.parent if path.is_file() else path
+        if not directory.is_dir():
+            raise ModelNotFoundError(f"{path}: no such model directory")
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"{directory}: no *.safetensors files")
+        cfg = read_json(directory / "config.json")
+        raw: dict[str, np.ndarray] = {}
+        for f in files:
+            raw.update(read_safetensors(f))
+        return finish_import(raw, cfg, directory, tokenizer_from_dir(directory))

@@ -1,0 +1,201 @@
+"""An independent numpy forward pass for the llama family and Qwen2: the oracle.
+
+It reads the importer's float weights (GGUF names, HF orientation) and runs a
+whole sequence at once with a causal mask; nothing here is shared with the C++
+engine, so agreement between the two means something. ``model`` is anything
+with ``.config`` (ModelConfig) and ``.tensors`` (a mapping name -> array), so a
+loader that dequantises edgelut model files on access plugs in unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgelut.models.config import ModelConfig
+
+
+class WeightSource(Protocol):
+    config: ModelConfig
+    tensors: Mapping[str, np.ndarray]
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    # x: (T, hidden); normalise each row by its root mean square, then scale.
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def rope_angles(positions: np.ndarray, config: ModelConfig, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables (T, head_dim/2) for the given positions."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    pos = positions.astype(np.float64)
+    scaling = config.rope_scaling
+    if scaling:
+        kind = scaling.get("type", scaling.get("rope_type"))
+        if kind == "linear":
+            pos = pos / float(scaling["factor"])
+        elif kind == "freq_factors":  # Llama 3 style: each frequency divided by its own factor
+            inv_freq = inv_freq / np.asarray(scaling["factors"], dtype=np.float64)
+        else:
+            raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors)")
+    angles = np.outer(pos, inv_freq)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
+    """Rotate x: (heads, T, head_dim). NeoX pairs (i, i + d/2); adjacent pairs (2i, 2i + 1)."""
+    if style == "neox":
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = a * cos - b * sin
+    out[..., 1::2] = b * cos + a * sin
+    return out
+
+
+def _linear(x: np.ndarray, tensors: Mapping[str, np.ndarray], name: str, dtype: Any) -> np.ndarray:
+    # Weights are (N = out, K = in): y = x W^T (+ b).
+    y = x @ np.asarray(tensors[f"{name}.weight"], dtype=dtype).T
+    bias = tensors.get(f"{name}.bias")
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=dtype)
+    return y
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def forward(
+    model: WeightSource, ids: Sequence[int] | np.ndarray, dtype: Any = np.float32, logits_from: int = 0
+) -> np.ndarray:
+    """Logits (T - logits_from, vocab) for positions logits_from..T-1 of one sequence.
+
+    ``logits_from`` only skips the output projection of earlier positions (the
+    costliest matmul for small models); every position still runs every layer.
+    """
+    cfg = model.config
+    w = model.tensors
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise ValueError(f"token id out of range [0, {cfg.vocab_size})")
+    t, h, hk, d = ids.size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    eps = cfg.rms_norm_eps
+
+    cos, sin = rope_angles(np.arange(t), cfg, dtype)  # (T, d/2)
+    # Causal mask: position i attends to j <= i.
+    mask = np.triu(np.full((t, t), -np.inf, dtype=dtype), k=1)
+    x = np.asarray(w["token_embd.weight"], dtype=dtype)[ids]  # (T, hidden)
+
+    for layer in range(cfg.n_layers):
+        p = f"blk.{layer}"
+        # Attention block: RMSNorm, q/k/v projections, RoPE, GQA, output projection.
+        xn = rms_norm(x, np.asarray(w[f"{p}.attn_norm.weight"], dtype=dtype), eps)
+        q = _linear(xn, w, f"{p}.attn_q", dtype).reshape(t, h, d).transpose(1, 0, 2)  # (H, T, d)
+        k = _linear(xn, w, f"{p}.attn_k", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
+        v = _linear(xn, w, f"{p}.attn_v", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
+        q = apply_rope(q, cos, sin, cfg.rope_style)
+        k = apply_rope(k, cos, sin, cfg.rope_style)
+        # Query head i reads kv head i // (H / Hkv).
+        k = np.repeat(k, h // hk, axis=0)
+        v = np.repeat(v, h // hk, axis=0)
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(dtype(d)) + mask  # (H, T, T)
+        attn = softmax(scores) @ v  # (H, T, d)
+        x = x + _linear(attn.transpose(1, 0, 2).reshape(t, h * d), w, f"{p}.attn_output", dtype)
+
+        # Feed-forward block: RMSNorm, SwiGLU.
+        xn = rms_norm(x, np.asarray(w[f"{p}.ffn_norm.weight"], dtype=dtype), eps)
+        gate = _linear(xn, w, f"{p}.ffn_gate", dtype)
+        up = _linear(xn, w, f"{p}.ffn_up", dtype)
+        act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
+        x = x + _linear(act, w, f"{p}.ffn_down", dtype)
+
+    x = rms_norm(x[logits_from:], np.asarray(w["output_norm.weight"], dtype=dtype), eps)
+    head = w.get("output.weight")
+    if head is None:  # tied embeddings
+        head = w["token_embd.weight"]
+    return x @ np.asarray(head, dtype=dtype).T  # (T - logits_from, vocab)
+
+
+def greedy_generate(
+    model: WeightSource, ids: Sequence[int], n_tokens: int, stop: Sequence[int] = (), dtype: Any = np.float32
+) -> list[int]:
+    """Greedy continuation by repeated full forwards (slow; for tests on small models)."""
+    seq = list(ids)
+    out: list[int] = []
+    for _ in range(n_tokens):
+        nxt = int(np.argmax(forward(model, seq, dtype, logits_from=len(seq) - 1)[-1]))
+        out.append(nxt)
+        if nxt in stop:
+            break
+        seq.append(nxt)
+    return out
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll: np.ndarray  # negative log-likelihood of every scored token, in order
+    chunks: int
+    ctx: int
+
+    @property
+    def mean_nll(self) -> float:
+        return float(np.mean(self.nll))
+
+
+def perplexity(
+    model: WeightSource,
+    ids: Sequence[int] | np.ndarray,
+    ctx: int = 512,
+    n_chunks: int | None = None,
+    stride: int | None = None,
+    first: int | None = None,
+    bos_id: int | None = None,
+    dtype: Any = np.float32,
+) -> PerplexityResult:
+    """Perplexity the way llama.cpp's llama-perplexity measures it, by default.
+
+    Windows of ``ctx`` tokens start every ``stride`` (default ctx: disjoint
+    chunks); within a window only predictions of positions ``first+1 .. ctx-1``
+    are scored (default first = ctx/2, so every scored token has at least
+    ctx/2 tokens of context). With ``bos_id`` the first token of each window is
+    replaced by BOS, as llama.cpp does for models that add BOS.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    stride = ctx if stride is None else stride
+    first = ctx // 2 if first is None else first
+    if not 0 <= first < ctx - 1:
+        raise ValueError(f"first ({first}) must be in [0, ctx-1) with ctx={ctx}")
+    available = (ids.size - ctx) // stride + 1 if ids.size >= ctx else 0
+    if available < 1:
+        raise ValueError(f"need at least ctx={ctx} tokens, got {ids.size}")
+    chunks = available if n_chunks is None else min(n_chunks, available)
+    nll: list[np.ndarray] = []
+    for c in range(chunks):
+        window = ids[c * stride : c * stride + ctx].copy()
+        if bos_id is not None:
+            window[0] = bos_id
+        logits = forward(model, window, dtype, logits_from=first)[: ctx - 1 - first]
+        logp = log_softmax(logits.astype(np.float64))
+        targets = window[first + 1 : ctx]
+        nll.append(-logp[np.arange(targets.size), targets])
+    all_nll = np.concatenate(nll)
+    return PerplexityResult(float(np.exp(np.mean(all_nll))), all_nll, chunks, ctx)
+
+
+__all__ = ["PerplexityResult", "apply_rope", "forward", "greedy_generate", "perplexity", "rms_norm"]

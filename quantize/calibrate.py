@@ -1,0 +1,139 @@
+"""Calibration: the inputs of every linear layer, for GPTQ and output-weighted RTN.
+
+The model is run layer by layer in numpy on a few calibration sequences. At
+each linear layer the runner computes the Hessian H = 2 X^T X / tokens of its
+input X and hands (name, float weight, H) to a callback, which quantises the
+weight and returns the weight to continue with (the dequantised one), so later
+layers are calibrated on the outputs of the quantised earlier ones (sequential
+GPTQ). Q, K and V share one input, as do gate and up.
+
+The building blocks (RMSNorm, RoPE, softmax) are the reference forward's
+(models/reference.py); only the layer loop is here, because it has to stop at
+every linear layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from edgelut.models.config import ImportedModel, ModelConfig
+from edgelut.models.reference import apply_rope, rms_norm, rope_angles, softmax
+from edgelut.quantize.gptq import hessian
+
+__all__ = ["DEFAULT_CALIBRATION_TEXT", "QuantizeFn", "calibration_ids", "run_calibrated"]
+
+# Quantises (full tensor name, float weight, Hessian or None) -> weight to propagate.
+QuantizeFn = Callable[[str, np.ndarray, np.ndarray | None], np.ndarray]
+
+DEFAULT_CALIBRATION_TEXT = """\
+The river runs through the middle of the old town, and on summer evenings people walk along its banks \
+until the light fades. Most of the houses were built of stone more than two hundred years ago, when the \
+town was a busy market for wool and grain.
+Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make sugar, \
+releasing oxygen as a by-product. It takes place mainly in the leaves, inside small structures called \
+chloroplasts.
+To make a simple loaf of bread, mix flour, water, salt and yeast, knead the dough for ten minutes, and \
+let it rise in a warm place until it has doubled in size. Then shape it, let it rise again, and bake it \
+in a hot oven.
+In 1969 two astronauts walked on the Moon while a third orbited above them. The mission was watched on \
+television by hundreds of millions of people around the world.
+def fibonacci(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+User: Can you explain what a prime number is?
+Assistant: A prime number is a whole number greater than one that can only be divided evenly by one and \
+by itself. The first few primes are 2, 3, 5, 7, 11 and 13.
+The committee will meet again next Tuesday to discuss the budget, the new library and the plan to repair \
+the roads before winter. Anyone who wishes to speak should write to the secretary in advance.
+"""
+
+
+def calibration_ids(
+    tokenizer_json: str, text: str = DEFAULT_CALIBRATION_TEXT, *, seq_len: int = 128, n_seqs: int = 8
+) -> np.ndarray:
+    """Token ids (n, seq_len) cut from text (repeated if short) with the model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(tokenizer_json)
+    except Exception as e:  # tokenizers raises its own exception type
+        raise ValueError(f"cannot build the model's tokenizer for calibration: {e}") from e
+    ids = tok.encode(text).ids
+    if not ids:
+        raise ValueError("calibration text produced no tokens")
+    total = seq_len * n_seqs
+    reps = -(-total // len(ids))
+    ids = (ids * reps)[:total]
+    n = max(1, min(n_seqs, len(ids) // seq_len))
+    return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Causal GQA attention with RoPE: q (S, T, H, D), k/v (S, T, KV, D) -> (S, T, H*D)."""
+    s, t, h, d = q.shape
+    cos, sin = rope_angles(np.arange(t), cfg, np.float32)
+    q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)  # (S, H, T, D)
+    k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)
+    rep = cfg.n_heads // cfg.n_kv_heads
+    k = np.repeat(k, rep, axis=1)
+    v = np.repeat(v.transpose(0, 2, 1, 3), rep, axis=1)
+    mask = np.triu(np.full((t, t), -np.inf, dtype=np.float32), 1)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(d)) + mask  # (S, H, T, T)
+    out = softmax(scores) @ v  # (S, H, T, D)
+    return out.transpose(0, 2, 1, 3).reshape(s, t, h * d).astype(np.float32)
+
+
+def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
+    cfg, t = model.config, model.tensors
+    h = t["token_embd.weight"][ids].astype(np.float32)  # (S, T, hidden)
+    s, n = ids.shape
+    hd = cfg.head_dim
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+
+        def lin(x: np.ndarray, name: str, wq: np.ndarray, p: str = p) -> np.ndarray:
+            y = x @ wq.T
+            bias = t.get(p + name.replace(".weight", ".bias"))
+            return y + bias if bias is not None else y
+
+        # Attention: Q, K, V share the normed input.
+        x = rms_norm(h, t[p + "attn_norm.weight"], cfg.rms_norm_eps)
+        hx = hessian(x)
+        wq = {m: quantize(p + m, t[p + m], hx) for m in ("attn_q.weight", "attn_k.weight", "attn_v.weight")}
+        q = lin(x, "attn_q.weight", wq["attn_q.weight"]).reshape(s, n, cfg.n_heads, hd)
+        k = lin(x, "attn_k.weight", wq["attn_k.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
+        v = lin(x, "attn_v.weight", wq["attn_v.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
+        a = _attention(q, k, v, cfg)
+        wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], hessian(a))
+        h = h + a @ wo.T
+        # SwiGLU FFN: gate and up share the normed input.
+        x = rms_norm(h, t[p + "ffn_norm.weight"], cfg.rms_norm_eps)
+        hx = hessian(x)
+        wg = quantize(p + "ffn_gate.weight", t[p + "ffn_gate.weight"], hx)
+        wu = quantize(p + "ffn_up.weight", t[p + "ffn_up.weight"], hx)
+        g = x @ wg.T
+        act = (g / (1.0 + np.exp(-g)) * (x @ wu.T)).astype(np.float32)
+        wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], hessian(act))
+        h = (h + act @ wd.T).astype(np.float32)
+        yield i
+    if "output.weight" in t:
+        x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)
+        quantize("output.weight", t["output.weight"], hessian(x))
+
+
+def run_calibrated(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
+    """Runs the model on ids (S, T), calling quantize for every linear weight with its Hessian.
+
+    Yields each layer index once the layer is done (for progress bars); the
+    untied ``output.weight`` is handled after the last layer.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 2:
+        raise ValueError(f"calibration ids must be (sequences, tokens), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= model.config.vocab_size):
+        raise ValueError("calibration ids fall outside the vocabulary")
+    return _layers(model, ids, quantize)

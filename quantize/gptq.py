@@ -1,0 +1,131 @@
+"""GPTQ: quantise columns one by one and push each column's error onto the rest.
+
+With H = 2 X^T X from calibration inputs X (tokens, K), the output error of a
+layer is (w - w_q) H (w - w_q)^T per row. GPTQ quantises column j, then
+updates the not-yet-quantised columns by -err_j * Hinv[j, j+1:] / Hinv[j, j]
+using the upper Cholesky factor of H^-1 (damped by 1% of the mean diagonal).
+Updates to columns outside the current block of 128 are applied lazily, once
+per block, as one matrix product. All rows are processed at once (numpy).
+
+Group scales use the same form as :func:`quantize_rtn` (fp16 scales, optional
+fp16 mins) and its clip search weighted by diag(H). They are computed from the
+updated weights when a group's first column is reached, or, with act-order
+(columns in order of decreasing diag(H)), once up front from the original
+weights ("static groups") so that each group's scale is well defined whatever
+the order. Codes are always returned in the original column order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgelut.kernels import CENTER, CODE_RANGE, GROUP_SIZES, QTYPES
+from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
+
+__all__ = ["hessian", "quantize_gptq"]
+
+
+def hessian(x: np.ndarray) -> np.ndarray:
+    """H = 2 X^T X / tokens (float64) for inputs x (..., K)."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+    return 2.0 * (x.T @ x) / max(1, x.shape[0])
+
+
+def _fp16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(np.float64)
+
+
+def quantize_gptq(
+    w: np.ndarray,
+    h: np.ndarray,
+    qtype: str,
+    group_size: int,
+    *,
+    asym: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """w (N, K), Hessian h (K, K) -> codes int8 (N, K), scales (N, G), mins (N, G) or None."""
+    if qtype not in QTYPES:
+        raise ValueError(f"unknown weight type {qtype!r}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be 32, 64 or 128, got {group_size}")
+    w = np.asarray(w, dtype=np.float64)
+    n, k = w.shape
+    h = np.array(h, dtype=np.float64)
+    if h.shape != (k, k):
+        raise ValueError(f"Hessian has shape {h.shape}, expected ({k}, {k})")
+    ng = -(-k // group_size)
+    lo, hi = CODE_RANGE[qtype]
+    center = 0.0 if asym else CENTER[qtype]
+
+    W = w.copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    diag = np.diag(h).copy()
+
+    scales = np.zeros((n, ng))
+    mins = np.zeros((n, ng)) if asym else None
+
+    def fit_group(g: int, cols: np.ndarray) -> None:
+        _, s, m = quantize_rtn(
+            cols.astype(np.float32),
+            qtype,
+            group_size,
+            asym=asym,
+            clip_grid=clip_grid,
+            importance=diag[g * group_size : g * group_size + cols.shape[1]],
+        )
+        scales[:, g] = _fp16(s[:, 0])
+        if mins is not None:
+            mins[:, g] = _fp16(m[:, 0])
+
+    perm = np.arange(k)
+    if act_order:
+        for g in range(ng):  # static groups, from the original weights
+            fit_group(g, W[:, g * group_size : (g + 1) * group_size])
+        perm = np.argsort(-diag, kind="stable")
+        W = W[:, perm]
+        h = h[np.ix_(perm, perm)]
+
+    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
+    # Upper Cholesky factor of H^-1: row j holds the error-propagation weights of column j.
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
+
+    codes = np.zeros((n, k), dtype=np.int8)
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        W1 = W[:, i1:i2].copy()
+        Err1 = np.zeros_like(W1)
+        H1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = perm[i1 + i]
+            g = col // group_size
+            if not act_order and col % group_size == 0:
+                # The group's columns are still unquantised; blocks are group-aligned when
+                # block_size is a multiple of group_size, so they all sit in W1.
+                width = min(group_size, k - col)
+                src = (
+                    W1[:, i : i + width]
+                    if i + width <= i2 - i1
+                    else np.concatenate([W1[:, i:], W[:, i2 : i1 + i + width]], axis=1)
+                )
+                fit_group(g, src)
+            s = scales[:, g]
+            safe = np.where(s != 0, s, 1.0)
+            x = W1[:, i]
+            if asym:
+                q = np.clip(np.rint((x - mins[:, g]) / safe), lo, hi)
+                deq = s * q + mins[:, g]
+            else:
+                q = np.clip(np.rint(x / safe + center), lo, hi)
+                deq = s * (q - center)
+            codes[:, col] = q.astype(np.int8)
+            err = (x - deq) / H1[i, i]
+            W1[:, i:] -= np.outer(err, H1[i, i:])
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
+    return codes, scales.astype(np.float32), None if mins is None else mins.astype(np.float32)

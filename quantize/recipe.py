@@ -1,0 +1,191 @@
+"""Quantisation recipes: a default weight type plus per-tensor overrides.
+
+A recipe says how each weight matrix is stored. Overrides are written as
+``PATTERN=SPEC`` pairs separated by commas, or as a JSON object:
+
+    token_embd=q4,output=q4,ffn_down=+1,blk.0.*=q4:g32:asym,attn_q=f16
+
+PATTERN matches a tensor's short name (``ffn_down`` for ``blk.3.ffn_down.weight``),
+its full name with or without ``.weight``, or a shell glob over the full name.
+SPEC is a type (``q1``..``q4``, ``tq``, ``f16``, ``f32`` to keep it float), or
+``+N``/``-N`` bits relative to the recipe's type (q1..q4 ladder, clamped),
+optionally followed by ``:gNN`` (group size) and ``:asym``/``:sym``. Later
+overrides win over earlier ones, user overrides over the defaults.
+
+Default overrides per type (keep the most sensitive tensors wider; to be tuned
+by perplexity measurements):
+
+    q4: none
+    q3: token_embd, output at q4
+    q2: token_embd, output, attn_v at q4; ffn_down at q3
+    q1: token_embd, output at q4; attn_v, ffn_down at q3
+    tq: token_embd, output at q4
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgelut.kernels import GROUP_SIZES, QTYPES
+
+__all__ = ["DEFAULT_OVERRIDES", "METHODS", "Recipe", "TensorSpec", "parse_overrides", "qtype_for_bits"]
+
+METHODS = ("rtn", "gptq", "ternary")
+FLOAT_SPECS = ("f16", "f32")
+LADDER = ("q1", "q2", "q3", "q4")
+
+DEFAULT_OVERRIDES: dict[str, dict[str, str]] = {
+    "q4": {},
+    "q3": {"token_embd": "q4", "output": "q4"},
+    "q2": {"token_embd": "q4", "output": "q4", "attn_v": "q4", "ffn_down": "q3"},
+    "q1": {"token_embd": "q4", "output": "q4", "attn_v": "q3", "ffn_down": "q3"},
+    "tq": {"token_embd": "q4", "output": "q4"},
+}
+
+
+def qtype_for_bits(bits: str | int | float) -> str:
+    """'2' / 2 -> 'q2'; 'ternary', 'tq', '1.58' -> 'tq'."""
+    text = str(bits).strip().lower()
+    if text in ("tq", "ternary", "1.58", "1.6"):
+        return "tq"
+    if text.startswith("q"):
+        text = text[1:]
+    if text in ("1", "2", "3", "4"):
+        return f"q{text}"
+    raise ValueError(f"bits must be 1, 2, 3, 4 or ternary, got {bits!r}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one tensor is stored: a packed type with group and symmetry, or float."""
+
+    qtype: str  # q1..q4, tq, f16, f32
+    group_size: int = 64
+    asym: bool = False
+
+    @property
+    def is_float(self) -> bool:
+        return self.qtype in FLOAT_SPECS
+
+    def __str__(self) -> str:
+        if self.is_float:
+            return self.qtype
+        return f"{self.qtype}:g{self.group_size}:{'asym' if self.asym else 'sym'}"
+
+
+def parse_overrides(text: str | dict[str, str] | None) -> dict[str, str]:
+    """'a=q4,b=+1' or '{"a": "q4"}' or a dict -> {pattern: spec}; validates every spec."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        out = {str(k): str(v) for k, v in text.items()}
+    elif text.lstrip().startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"recipe is not valid JSON: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ValueError("a JSON recipe must be an object of pattern: spec")
+        out = {str(k): str(v) for k, v in loaded.items()}
+    else:
+        out = {}
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "=" not in item:
+                raise ValueError(f"recipe entry {item!r} is not PATTERN=SPEC")
+            pattern, spec = (s.strip() for s in item.split("=", 1))
+            out[pattern] = spec
+    for spec in out.values():
+        _apply_spec(spec, TensorSpec("q2"))  # raises on a bad spec
+    return out
+
+
+def _apply_spec(spec: str, base: TensorSpec) -> TensorSpec:
+    parts = [p.strip().lower() for p in spec.split(":")]
+    head, opts = parts[0], parts[1:]
+    qtype, group, asym = base.qtype, base.group_size, base.asym
+    if re.fullmatch(r"[+-]\d", head):
+        if base.qtype not in LADDER:
+            raise ValueError(f"relative spec {spec!r} needs a q1..q4 base type, got {base.qtype}")
+        i = max(0, min(len(LADDER) - 1, LADDER.index(base.qtype) + int(head)))
+        qtype = LADDER[i]
+    elif head in FLOAT_SPECS:
+        return TensorSpec(head, group, False)
+    elif head in QTYPES:
+        qtype = head
+    else:
+        raise ValueError(f"bad recipe spec {spec!r}: type must be q1..q4, tq, f16, f32 or +N/-N")
+    for opt in opts:
+        if opt in ("asym", "sym"):
+            asym = opt == "asym"
+        elif re.fullmatch(r"g\d+", opt) and int(opt[1:]) in GROUP_SIZES:
+            group = int(opt[1:])
+        else:
+            raise ValueError(f"bad recipe option {opt!r} in {spec!r}: use g32/g64/g128, asym or sym")
+    return TensorSpec(qtype, group, asym)
+
+
+def _short(name: str) -> str:
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) > 2:
+        parts = parts[2:]
+    if parts[-1] == "weight":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    base = name[: -len(".weight")] if name.endswith(".weight") else name
+    return pattern in (_short(name), name, base) or fnmatch.fnmatchcase(name, pattern)
+
+
+@dataclass
+class Recipe:
+    """method, default type/group/symmetry, and per-tensor overrides (defaults + user)."""
+
+    method: str = "rtn"
+    qtype: str = "q4"
+    group_size: int = 64
+    asym: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
+    use_defaults: bool = True
+    act_order: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.qtype not in QTYPES:
+            raise ValueError(f"unknown weight type {self.qtype!r}")
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"group size must be 32, 64 or 128, got {self.group_size}")
+        self.overrides = parse_overrides(self.overrides)
+
+    def all_overrides(self) -> dict[str, str]:
+        merged = dict(DEFAULT_OVERRIDES.get(self.qtype, {})) if self.use_defaults else {}
+        merged.update(self.overrides)
+        return merged
+
+    def spec_for(self, name: str) -> TensorSpec:
+        """The storage spec of a weight matrix (1-D tensors are always stored float)."""
+        spec = TensorSpec(self.qtype, self.group_size, self.asym)
+        base = spec
+        for pattern, value in self.all_overrides().items():
+            if _matches(pattern, name):
+                spec = _apply_spec(value, base)
+        return spec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "qtype": self.qtype,
+            "group_size": self.group_size,
+            "asym": self.asym,
+            "act_order": self.act_order,
+            "overrides": self.all_overrides(),
+        }

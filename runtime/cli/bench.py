@@ -1,0 +1,68 @@
+"""`edgelut bench MODEL`: prefill and decode speed and peak memory, like llama-bench.
+
+Prefill evaluates a prompt of -p tokens in one call; decode generates -n
+tokens one at a time after it. Each is repeated -r times; the median is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from edgelut.cli.common import add_model_args, load_model, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure prefill/decode tokens per second", description=__doc__)
+    add_model_args(p)
+    p.add_argument("-p", "--prompt-tokens", type=int, default=128)
+    p.add_argument("-n", "--gen-tokens", type=int, default=64)
+    p.add_argument("-r", "--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    positive_int("--prompt-tokens", args.prompt_tokens)
+    positive_int("--gen-tokens", args.gen_tokens)
+    positive_int("--repeats", args.repeats)
+    model = load_model(args)
+    if args.prompt_tokens + args.gen_tokens > model.n_ctx:
+        raise ValueError(
+            f"--prompt-tokens + --gen-tokens = {args.prompt_tokens + args.gen_tokens} exceeds "
+            f"the context of {model.n_ctx} tokens (raise --ctx)"
+        )
+    rng = np.random.default_rng(0)
+    # Random ids from the ordinary vocabulary: speed does not depend on the text.
+    ids = rng.integers(100, min(model.vocab_size, 30000), size=args.prompt_tokens).tolist()
+    prefill, decode = [], []
+    for _ in range(args.repeats):
+        model.reset()
+        t0 = time.perf_counter()
+        model.eval(ids)
+        prefill.append(args.prompt_tokens / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        n = model.decode_benchmark(args.gen_tokens)
+        decode.append(n / (time.perf_counter() - t0))
+    result = {
+        "model": model.name,
+        "threads": model.n_threads,
+        "isa": model.isa,
+        "prompt_tokens": args.prompt_tokens,
+        "prefill_tokens_per_s": statistics.median(prefill),
+        "gen_tokens": args.gen_tokens,
+        "decode_tokens_per_s": statistics.median(decode),
+        "peak_rss_mb": model.stats.get("peak_rss_mb"),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"model {result['model']} | threads {result['threads']} | isa {result['isa']}")
+        print(f"pp{args.prompt_tokens}: {result['prefill_tokens_per_s']:.1f} tokens/s")
+        print(f"tg{args.gen_tokens}: {result['decode_tokens_per_s']:.1f} tokens/s")
+        print(f"peak RSS: {result['peak_rss_mb']} MB")
+    return 0

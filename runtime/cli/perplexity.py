@@ -1,0 +1,57 @@
+"""`edgelut perplexity MODEL FILE`: perplexity of the engine on a text file.
+
+The text is split into windows of --ctx tokens; the first half of each window
+is context and the second half is scored (the llama.cpp convention), so the
+figures compare with llama-perplexity at the same context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgelut.cli import UserError
+from edgelut.cli.common import add_model_args, load_model, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perplexity", help="perplexity on a text file", description=__doc__)
+    add_model_args(p, optional=False)
+    p.add_argument("text", help="a UTF-8 text file")
+    p.add_argument("--chunks", type=int, default=0, help="score at most this many windows (0 = all)")
+    p.set_defaults(func=run)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+
+
+def run(args: argparse.Namespace) -> int:
+    positive_int("--chunks", args.chunks, allow_zero=True)
+    path = Path(args.text)
+    if not path.is_file():
+        raise UserError(f"text file {args.text!r} does not exist")
+    model = load_model(args)
+    ids = model.tokenize(path.read_text(encoding="utf-8"), add_bos=False)
+    ctx = args.ctx
+    n_windows = len(ids) // ctx
+    if args.chunks:
+        n_windows = min(n_windows, args.chunks)
+    if n_windows == 0:
+        raise UserError(f"{args.text} has {len(ids)} tokens, fewer than one window of --ctx {ctx}")
+    nll, count = 0.0, 0
+    for w in range(n_windows):
+        window = ids[w * ctx : (w + 1) * ctx]
+        model.reset()
+        logp = log_softmax(model.eval(window).astype(np.float64))
+        first = ctx // 2
+        targets = np.asarray(window[first + 1 :])
+        nll -= logp[np.arange(first, ctx - 1), targets].sum()
+        count += len(targets)
+        print(f"[{w + 1}/{n_windows}] ppl so far {math.exp(nll / count):.4f}", flush=True)
+    print(f"perplexity: {math.exp(nll / count):.4f} over {count} tokens ({n_windows} windows of {ctx})")
+    return 0

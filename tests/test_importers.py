@@ -1,0 +1,382 @@
+"""Importers: GGUF (real SmolLM2 + tiny written files), Hugging Face safetensors, ONNX, dispatch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import (
+    smollm2_gguf,
+    smollm2_model,
+    tiny_config,
+    tiny_weights,
+    write_gguf,
+    write_hf_dir,
+    write_tokenizer_files,
+)
+
+from edgelut.models.importers import IMPORTERS, Importer, find_importer, load_model
+from edgelut.models.importers.gguf import permute_rows, unpermute_rows
+from edgelut.models.importers.huggingface import gguf_to_hf_name, hf_to_gguf_name
+
+# --- the real model -----------------------------------------------------------------------------
+
+
+def test_real_smollm2_config_and_tensors() -> None:
+    m = smollm2_model()
+    c = m.config
+    assert (c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads) == ("llama", 30, 576, 9, 3)
+    assert (c.vocab_size, c.head_dim, c.intermediate_size) == (49152, 64, 1536)
+    assert c.tie_embeddings and "output.weight" not in m.tensors
+    assert c.rope_style == "neox" and c.rope_theta == 100000.0 and not c.attn_bias
+    assert c.bos_token_id == 1 and c.eos_token_ids == (2,)
+    assert m.tensors["token_embd.weight"].shape == (49152, 576)
+    assert m.tensors["blk.0.attn_k.weight"].shape == (192, 576)
+    assert m.tensors["blk.29.ffn_down.weight"].shape == (576, 1536)
+    assert all(t.dtype == np.float32 for t in m.tensors.values())
+    assert m.tokenizer.chat_template and "<|im_start|>" in m.tokenizer.chat_template
+    assert (m.tokenizer.bos_token, m.tokenizer.eos_token, m.tokenizer.add_bos) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        False,
+    )
+
+
+def test_real_q4_1_codes_dequantise_exactly() -> None:
+
+    m = smollm2_model()
+    assert len(m.source_codes) == 210  # every linear weight of the 30 layers is Q4_1
+    for name, (codes, scales, mins) in m.source_codes.items():
+        assert codes.dtype == np.int8 and codes.min() >= 0 and codes.max() <= 15
+        n, k = codes.shape
+        assert scales.shape == mins.shape == (n, k // 32)
+        w = np.repeat(scales, 32, axis=1) * codes.astype(np.float32) + np.repeat(mins, 32, axis=1)
+        np.testing.assert_array_equal(w, m.tensors[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_real_q_is_unpermuted_gguf_tensor() -> None:
+    """The importer's q/k is gguf's own dequantisation of the file's tensor, rows un-permuted."""
+    import gguf
+
+    m = smollm2_model()
+    reader = gguf.GGUFReader(str(smollm2_gguf()))
+    t = next(t for t in reader.tensors if t.name == "blk.3.attn_q.weight")
+    raw = gguf.quants.dequantize(t.data, t.tensor_type).reshape(576, 576)
+    np.testing.assert_array_equal(unpermute_rows(raw, 9), m.tensors["blk.3.attn_q.weight"])
+    np.testing.assert_array_equal(permute_rows(m.tensors["blk.3.attn_q.weight"], 9), raw)
+
+
+# --- GGUF on tiny written files -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_f32_round_trip_undoes_permutation(tmp_path: Path, arch: str) -> None:
+    cfg = tiny_config(arch)
+    w = tiny_weights(cfg)
+    m = load_model(write_gguf(tmp_path / "tiny.gguf", cfg, w))
+    assert m.config.architecture == arch and m.config.attn_bias == (arch == "qwen2")
+    assert not m.config.tie_embeddings and m.source_codes == {}
+    assert set(m.tensors) == set(w)
+    for name, arr in w.items():
+        np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+    assert m.tokenizer.chat_template is not None
+
+
+@pytest.mark.parametrize("quant", ["Q4_0", "Q4_1"])
+def test_gguf_q4_source_codes(tmp_path: Path, quant: str) -> None:
+    import gguf
+
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg, seed=1)
+    m = load_model(write_gguf(tmp_path / "q.gguf", cfg, w, quant=quant))
+    qtype = gguf.GGMLQuantizationType[quant]
+    for name in ("blk.0.attn_q.weight", "blk.1.attn_k.weight", "blk.1.ffn_down.weight", "output.weight"):
+        codes, scales, mins = m.source_codes[name]
+        deq = np.repeat(scales, 32, axis=1) * codes.astype(np.float32) + np.repeat(mins, 32, axis=1)
+        np.testing.assert_array_equal(deq, m.tensors[name], err_msg=name)
+        # Same numbers as gguf's own quantise->dequantise of the HF-orientation weight.
+        ref = gguf.quants.dequantize(gguf.quants.quantize(w[name], qtype), qtype)
+        np.testing.assert_array_equal(m.tensors[name], ref, err_msg=name)
+    if quant == "Q4_0":
+        codes, scales, mins = m.source_codes["blk.0.ffn_up.weight"]
+        np.testing.assert_array_equal(mins, -8 * scales)
+
+
+def test_gguf_tied_embeddings(tmp_path: Path) -> None:
+    cfg = tiny_config("llama", tie_embeddings=True)
+    w = tiny_weights(cfg)
+    m = load_model(write_gguf(tmp_path / "tied.gguf", cfg, w))
+    assert m.config.tie_embeddings and "output.weight" not in m.tensors
+
+
+def test_gguf_errors(tmp_path: Path) -> None:
+    cfg = tiny_config("llama")
+    good = write_gguf(tmp_path / "good.gguf", cfg, tiny_weights(cfg))
+
+    with pytest.raises(RuntimeError, match="missing.gguf: no such file"):
+        load_model(tmp_path / "missing.gguf")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.gguf")
+
+    foreign = tmp_path / "foreign.gguf"
+    foreign.write_bytes(b"PK\x03\x04" + bytes(200))
+    with pytest.raises(ValueError, match=r"foreign\.gguf: not a GGUF file"):
+        load_model(foreign)
+
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 40, len(data) - 16):
+        truncated = tmp_path / f"cut{cut}.gguf"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(RuntimeError, match=rf"cut{cut}\.gguf: truncated"):
+            load_model(truncated)
+
+    other = write_gguf(tmp_path / "phi.gguf", cfg, tiny_weights(cfg), arch="phi3")
+    with pytest.raises(ValueError, match=r"phi\.gguf: architecture 'phi3' is not supported"):
+        load_model(other)
+
+
+def test_real_truncated_gguf_error(tmp_path: Path) -> None:
+    src = smollm2_gguf()
+    cut = tmp_path / "smol-cut.gguf"
+    with open(src, "rb") as fh:
+        cut.write_bytes(fh.read(1_000_000))  # inside the vocabulary
+    with pytest.raises(RuntimeError, match="smol-cut.gguf: truncated"):
+        load_model(cut)
+
+
+# --- Hugging Face -------------------------------------------------------------------------------
+
+
+def test_hf_name_map_round_trips() -> None:
+    cfg = tiny_config("qwen2")
+    for name in tiny_weights(cfg):
+        assert hf_to_gguf_name(gguf_to_hf_name(name)) == name
+    assert hf_to_gguf_name("model.layers.3.self_attn.rotary_emb.inv_freq") is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_hf_directory_round_trip_and_matches_gguf(tmp_path: Path, arch: str) -> None:
+    cfg = tiny_config(arch)
+    w = tiny_weights(cfg, seed=2)
+    hf = load_model(write_hf_dir(tmp_path / "hf", cfg, w))
+    gg = load_model(write_gguf(tmp_path / "m.gguf", cfg, w))
+    assert hf.config == gg.config.__class__(**{**gg.config.__dict__, "name": hf.config.name})
+    for name, arr in w.items():
+        np.testing.assert_array_equal(hf.tensors[name], arr, err_msg=name)
+        np.testing.assert_array_equal(hf.tensors[name], gg.tensors[name], err_msg=name)
+    tok = hf.tokenizer
+    assert (tok.bos_token, tok.eos_token, tok.chat_template is not None) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        True,
+    )
+
+
+def test_llama3_rope_scaling_from_hf_and_gguf(tmp_path: Path) -> None:
+    """HF's rope_scaling {rope_type: llama3} and llama.cpp's rope_freqs.weight give one config."""
+    import json
+
+    from edgelut.models.importers.huggingface import llama3_freq_factors
+
+    cfg = tiny_config("llama", rope_theta=500000.0)
+    w = tiny_weights(cfg)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    d = write_hf_dir(tmp_path / "hf", cfg, w)
+    doc = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**doc, "rope_scaling": scaling}))
+    hf = load_model(d)
+    factors = hf.config.rope_scaling["factors"]
+    assert hf.config.rope_scaling["type"] == "freq_factors" and len(factors) == cfg.head_dim // 2
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and any(1.0 < f < 8.0 for f in factors)
+    assert factors == llama3_freq_factors(scaling, 500000.0, cfg.head_dim)
+
+    gw = dict(w, **{"rope_freqs.weight": np.asarray(factors, dtype=np.float32)})
+    gg = load_model(write_gguf(tmp_path / "l3.gguf", cfg, gw))
+    assert "rope_freqs.weight" not in gg.tensors
+    assert gg.config.rope_scaling["type"] == "freq_factors"
+    np.testing.assert_allclose(gg.config.rope_scaling["factors"], factors, rtol=1e-7)
+
+
+def test_hf_bf16_and_tied(tmp_path: Path) -> None:
+    cfg = tiny_config("llama", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=3)
+    m = load_model(write_hf_dir(tmp_path / "bf16", cfg, w, bf16=True))
+    assert m.config.tie_embeddings and "output.weight" not in m.tensors
+    for name, arr in w.items():
+        rounded = ((arr.view(np.uint32) >> 16) << 16).view(np.float32)  # bf16 truncation
+        np.testing.assert_array_equal(m.tensors[name], rounded, err_msg=name)
+
+
+def test_hf_real_weights_round_trip(tmp_path: Path) -> None:
+    """A HF directory made of the real SmolLM2 weights (2 layers) and tokenizer reads back identically."""
+    real = smollm2_model()
+    cfg = real.config.__class__(**{**real.config.__dict__, "n_layers": 2})
+    keep = {k: v for k, v in real.tensors.items() if not k.startswith("blk.") or int(k.split(".")[1]) < 2}
+    d = write_hf_dir(tmp_path / "smol", cfg, keep)
+    write_tokenizer_files(d, real.tokenizer.tokenizer_json)
+    m = load_model(d)
+    assert m.config.n_layers == 2 and m.config.tie_embeddings and m.config.vocab_size == 49152
+    for name, arr in keep.items():
+        np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+    assert m.tokenizer.tokenizer_json == real.tokenizer.tokenizer_json
+
+
+def test_hf_errors(tmp_path: Path) -> None:
+    cfg = tiny_config("llama")
+    d = write_hf_dir(tmp_path / "hf", cfg, tiny_weights(cfg))
+    shard = next(d.glob("model-00002*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises((ValueError, RuntimeError), match="model-00002-of-00002.safetensors"):
+        load_model(d)
+
+    d2 = write_hf_dir(tmp_path / "hf2", cfg, tiny_weights(cfg))
+    (d2 / "config.json").write_text('{"model_type": "gpt_neox", "hidden_size": 64}')
+    with pytest.raises(ValueError, match="model_type 'gpt_neox' is not supported"):
+        load_model(d2)
+
+
+def test_hub_prefix_uses_snapshot_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    huggingface_hub = pytest.importorskip(
+        "huggingface_hub", reason="huggingface_hub (the optional `hub` extra) is not installed"
+    )
+    cfg = tiny_config("qwen2")
+    local = write_hf_dir(tmp_path / "snap", cfg, tiny_weights(cfg))
+    calls = []
+
+    def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
+        calls.append(repo_id)
+        assert "*.safetensors" in allow_patterns and "*.json" in allow_patterns
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    m = load_model("hf:Qwen/Tiny")
+    assert calls == ["Qwen/Tiny"] and m.source == "hf:Qwen/Tiny" and m.config.architecture == "qwen2"
+
+    def offline(repo_id: str, allow_patterns: list[str]) -> str:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(RuntimeError, match="could not download hf:Qwen/Tiny: network is unreachable"):
+        load_model("hf:Qwen/Tiny")
+
+
+def test_hub_needs_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import now raises ImportError
+    with pytest.raises(RuntimeError, match=r"hf:org/name needs huggingface_hub"):
+        load_model("hf:org/name")
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def write_onnx(directory: Path, cfg, w: dict[str, np.ndarray], module_names: bool = True) -> Path:
+    """A float decoder graph in optimum/torch.onnx style.
+
+    Norm weights and the embedding are initializers with HF names; linear weights
+    are anonymous ``onnx::MatMul_N`` initializers holding W^T, read by MatMul nodes
+    named after their module. Only the weights matter to the importer, so the
+    graph is a plausible chain (embedding -> norms/matmuls), not a full decoder.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes = [], []
+    x = "x0"
+    nodes.append(
+        helper.make_node(
+            "Gather", ["model.embed_tokens.weight", "input_ids"], [x], name="/model/embed_tokens/Gather"
+        )
+    )
+    counter = 100
+    for name, arr in w.items():
+        hf = gguf_to_hf_name(name)
+        module = "/" + hf.rsplit(".", 1)[0].replace(".", "/")
+        if arr.ndim == 2 and name != "token_embd.weight":
+            counter += 1
+            init = f"onnx::MatMul_{counter}" if module_names else f"onnx::MatMul_{counter}"
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.T), init))
+            node_name = f"{module}/MatMul" if module_names else f"MatMul_{counter}"
+            nodes.append(helper.make_node("MatMul", [x, init], [f"y{counter}"], name=node_name))
+        else:
+            inits.append(numpy_helper.from_array(arr, hf))
+    graph = helper.make_graph(
+        nodes,
+        "decoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+        inits,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    import json
+
+    from model_fixtures import hf_config_json
+
+    (directory / "config.json").write_text(json.dumps(hf_config_json(cfg)))
+    write_tokenizer_files(directory)
+    return path
+
+
+def test_onnx_tied_head_copy_is_recognised(tmp_path: Path) -> None:
+    cfg = tiny_config("llama", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=4)
+    w["output.weight"] = w["token_embd.weight"].copy()  # torch.onnx writes the tied head as a MatMul copy
+    m = load_model(write_onnx(tmp_path / "tied", cfg, w))
+    assert m.config.tie_embeddings and "output.weight" not in m.tensors
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_onnx_round_trip(tmp_path: Path, arch: str) -> None:
+    cfg = tiny_config(arch)
+    w = tiny_weights(cfg, seed=4)
+    path = write_onnx(tmp_path / "onnx", cfg, w)
+    for source in (path, tmp_path / "onnx"):
+        m = load_model(source)
+        assert m.config.n_layers == cfg.n_layers and m.config.attn_bias == (arch == "qwen2")
+        assert set(m.tensors) == set(w)
+        for name, arr in w.items():
+            np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+
+
+def test_onnx_without_names_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tiny_config("llama")
+    path = write_onnx(tmp_path / "anon", cfg, tiny_weights(cfg), module_names=False)
+    with pytest.raises(ValueError, match="must keep parameter names"):
+        load_model(path)
+
+
+def test_onnx_not_onnx(tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"\xff\xfe garbage" * 10)
+    (d / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"model\.onnx: not a readable ONNX model"):
+        load_model(d / "model.onnx")
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def test_registry_and_dispatch(tmp_path: Path) -> None:
+    assert {"gguf", "huggingface", "onnx"} <= set(IMPORTERS)
+    assert all(issubclass(c, Importer) for c in IMPORTERS.values())
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    assert find_importer(write_gguf(tmp_path / "a.gguf", cfg, w)).format_name == "gguf"
+    assert find_importer(write_hf_dir(tmp_path / "hf", cfg, w)).format_name == "huggingface"
+    assert find_importer(write_onnx(tmp_path / "ox", cfg, w)).format_name == "onnx"
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: not a model edgelut can import"):
+        load_model(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="unknown source format"):
+        load_model(tmp_path / "a.gguf", fmt="tflite")
