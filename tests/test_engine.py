@@ -50,7 +50,7 @@ def tiny_config(kind: str = "llama") -> ModelConfig:
             **common,
         )
     if kind == "freq_factors":
-        factors = [1.0] * 4 + [2.0] * 2 + [8.0] * 2  # head_dim / 2 divisors, Llama 3.1 style
+        factors = [3.0, 0.5, 2.0, 1.0, 4.0, 1.0, 8.0, 1.0]  # head_dim / 2 divisors (Llama 3.1 style)
         return ModelConfig(
             architecture="llama",
             n_heads=4,
