@@ -41,13 +41,16 @@ class TokenizerLike(Protocol):
 
 
 def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
-    """The C++ engine's view of a ModelConfig (only linear RoPE scaling is supported)."""
-    factor = 1.0
+    """The C++ engine's view of a ModelConfig (RoPE scaling: linear or per-frequency factors)."""
+    factor, freq_factors = 1.0, []
     if cfg.rope_scaling:
         kind = cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type"))
-        if kind != "linear":
-            raise ValueError(f"rope_scaling type {kind!r} is not supported (edgelut supports 'linear')")
-        factor = float(cfg.rope_scaling["factor"])
+        if kind == "linear":
+            factor = float(cfg.rope_scaling["factor"])
+        elif kind == "freq_factors":  # Llama 3.1: each frequency divided by its own factor
+            freq_factors = [float(f) for f in cfg.rope_scaling["factors"]]
+        else:
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, freq_factors)")
     c = _core.EngineConfig()
     c.architecture = cfg.architecture
     c.dim = cfg.hidden_size
@@ -61,6 +64,7 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.rope_theta = cfg.rope_theta
     c.rope_neox = cfg.rope_style == "neox"
     c.rope_linear_factor = factor
+    c.rope_freq_factors = freq_factors
     c.attn_bias = cfg.attn_bias
     c.tie_embeddings = cfg.tie_embeddings
     c.validate()

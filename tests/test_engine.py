@@ -49,6 +49,15 @@ def tiny_config(kind: str = "llama") -> ModelConfig:
             rope_scaling={"type": "linear", "factor": 2.0},
             **common,
         )
+    if kind == "freq_factors":
+        factors = [3.0, 0.5, 2.0, 1.0, 4.0, 1.0, 8.0, 1.0]  # head_dim / 2 divisors (Llama 3.1 style)
+        return ModelConfig(
+            architecture="llama",
+            n_heads=4,
+            n_kv_heads=2,
+            rope_scaling={"type": "freq_factors", "factors": factors},
+            **common,
+        )
     raise AssertionError(kind)
 
 
@@ -121,8 +130,9 @@ def _rope(v: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.nda
 def reference_logits(cfg: ModelConfig, W: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     """Logits (T, vocab) of a llama/qwen2 decoder, in float64."""
     T, hd, H, KV = len(ids), cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-    factor = cfg.rope_scaling["factor"] if cfg.rope_scaling else 1.0
-    inv = cfg.rope_theta ** (-np.arange(0, hd, 2) / hd)
+    scaling = cfg.rope_scaling or {}
+    factor = scaling.get("factor", 1.0)
+    inv = cfg.rope_theta ** (-np.arange(0, hd, 2) / hd) / np.asarray(scaling.get("factors", 1.0))
     ang = (np.arange(T) / factor)[:, None] * inv[None, :]
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     neox = cfg.rope_style == "neox"
@@ -154,10 +164,12 @@ def assert_close_to_reference(got: np.ndarray, ref: np.ndarray) -> None:
 IDS = [3, 17, 42, 99, 0, 5, 5, 61, 23, 8, 77, 12, 30]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "adjacent"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "adjacent", "freq_factors"])
 def tiny(request):
     cfg = tiny_config(request.param)
-    tensors = random_tensors(cfg, seed={"llama": 0, "qwen2": 1, "adjacent": 2}[request.param])
+    tensors = random_tensors(
+        cfg, seed={"llama": 0, "qwen2": 1, "adjacent": 2, "freq_factors": 4}[request.param]
+    )
     return cfg, tensors, dequantised(cfg, tensors)
 
 

@@ -77,7 +77,8 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   logits_.resize(c_.vocab_size);
   inv_freq_.resize(hd / 2);
   for (int64_t i = 0; i < hd / 2; ++i)
-    inv_freq_[i] = static_cast<float>(std::pow(static_cast<double>(c_.rope_theta), -2.0 * i / hd));
+    inv_freq_[i] = static_cast<float>(std::pow(static_cast<double>(c_.rope_theta), -2.0 * i / hd) /
+                                      (c_.rope_freq_factors.empty() ? 1.0 : c_.rope_freq_factors[i]));
 }
 
 void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases) {

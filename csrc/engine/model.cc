@@ -39,6 +39,10 @@ void Config::validate() const {
   require(norm_eps > 0, "config: norm_eps must be positive");
   require(rope_theta > 0, "config: rope_theta must be positive");
   require(rope_linear_factor > 0, "config: rope_linear_factor must be positive");
+  require(rope_freq_factors.empty() || static_cast<int64_t>(rope_freq_factors.size()) == head_dim / 2,
+          "config: rope_freq_factors must have head_dim / 2 = " + std::to_string(head_dim / 2) + " entries, got " +
+              std::to_string(rope_freq_factors.size()));
+  for (float f : rope_freq_factors) require(f > 0, "config: rope_freq_factors must be positive");
 }
 
 ShardSpec ShardSpec::resolved(const Config& c) const {

@@ -36,6 +36,7 @@ struct Config {
   float rope_theta = 10000.0f;
   bool rope_neox = true;               // false: adjacent pairs (GPT-J / Meta layout)
   float rope_linear_factor = 1.0f;     // linear position scaling (positions / factor)
+  std::vector<float> rope_freq_factors; // (head_dim / 2) divisors of each frequency (Llama 3.1), or empty
   bool attn_bias = false;              // q/k/v biases (Qwen2)
   bool tie_embeddings = false;         // lm_head = token_embd
 

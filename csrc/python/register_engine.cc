@@ -147,6 +147,7 @@ void register_engine(py::module_& m) {
       .def_readwrite("rope_theta", &Config::rope_theta)
       .def_readwrite("rope_neox", &Config::rope_neox)
       .def_readwrite("rope_linear_factor", &Config::rope_linear_factor)
+      .def_readwrite("rope_freq_factors", &Config::rope_freq_factors)
       .def_readwrite("attn_bias", &Config::attn_bias)
       .def_readwrite("tie_embeddings", &Config::tie_embeddings)
       .def("validate", &Config::validate);
