@@ -246,16 +246,19 @@ def test_extract_member(tmp_path) -> None:
 
 
 # llama.cpp's perplexity for the same GGUF (SmolLM2-135M-Instruct Q4_1), the Lee corpus, ctx 512,
-# first 2 chunks. How it was measured (2026-11-22): llama.cpp at commit 0ce8cd11 (the prebuilt
-# libllama of the llama-cpp-py-sync 0.11739 wheel, CPU backend, 2 threads, f16 KV cache), called
-# through its CFFI bindings because no llama-perplexity binary was built in time, following
-# llama-perplexity exactly: llama_tokenize(text, add_special=True, parse_special=False) gave 75678
-# ids, identical to edgelut's; each 512-token window decoded with logits for every position;
-# NLL of tokens 257..511 from logits 256..510 (255 per chunk). llama.cpp multiplies Q4_1 weights
-# with Q8_1-quantised activations, so a small gap to this float32 reference is expected; the
-# reference gives 28.7263 (gap 0.15 %).
-LLAMA_CPP_PPL_2x512 = 28.7703
-LLAMA_CPP_HOW = "llama.cpp 0ce8cd11 via libllama, Lee corpus, ctx 512, chunks 2"
+# first 2 chunks, measured 2026-11-22 two ways:
+# 1. llama-perplexity (a peer's CPU build of llama.cpp, AVX-512, no git metadata in the tree):
+#      llama-perplexity -m SmolLM2-135M-Instruct.Q4_1.gguf -f lee_background.cor -c 512 --chunks 2 -t 2
+#    -> "[1]20.3071,[2]28.8627", Final estimate: PPL = 28.8627 +/- 3.81285 (n_seq=4, batch 2048).
+# 2. libllama at llama.cpp commit 0ce8cd11 (prebuilt in the llama-cpp-py-sync 0.11739 wheel, CPU,
+#    2 threads), called through CFFI and following llama-perplexity step by step:
+#    llama_tokenize(add_special=True, parse_special=False) gave 75678 ids, identical to edgelut's;
+#    each 512-token window decoded with all logits; NLL of tokens 257..511 from logits 256..510
+#    (255 per chunk) -> [1]20.2878 [2]28.7703.
+# llama.cpp multiplies Q4_1 weights with Q8_1-quantised activations, so a small gap to this float32
+# reference is expected: the reference gives 28.7263 (-0.47 % from 1, -0.15 % from 2).
+LLAMA_CPP_PPL_2x512 = 28.8627
+LLAMA_CPP_HOW = "llama-perplexity -c 512 --chunks 2 on the Lee corpus (28.8627); libllama 0ce8cd11: 28.7703"
 
 
 @pytest.mark.slow
