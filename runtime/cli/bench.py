@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 
+from edgelut import kernels
 from edgelut.cli.common import add_model_args, load_model, positive_int
+from edgelut.model import _peak_rss_mb as peak_rss_mb
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,27 +38,32 @@ def run(args: argparse.Namespace) -> int:
             f"--prompt-tokens + --gen-tokens = {args.prompt_tokens + args.gen_tokens} exceeds "
             f"the context of {model.n_ctx} tokens (raise --ctx)"
         )
+    engine = model.engine
     rng = np.random.default_rng(0)
     # Random ids from the ordinary vocabulary: speed does not depend on the text.
-    ids = rng.integers(100, min(model.vocab_size, 30000), size=args.prompt_tokens).tolist()
+    ids = rng.integers(100, min(model.config.vocab_size, 30000), size=args.prompt_tokens).tolist()
     prefill, decode = [], []
     for _ in range(args.repeats):
         model.reset()
         t0 = time.perf_counter()
-        model.eval(ids)
+        logits = engine.eval(np.asarray(ids, dtype=np.int32), 0, all_logits=False)
         prefill.append(args.prompt_tokens / (time.perf_counter() - t0))
+        # Decode one token at a time, greedily, as generation does.
+        tok, pos = int(np.argmax(logits)), args.prompt_tokens
         t0 = time.perf_counter()
-        n = model.decode_benchmark(args.gen_tokens)
-        decode.append(n / (time.perf_counter() - t0))
+        for _ in range(args.gen_tokens):
+            logits = engine.eval(np.asarray([tok], dtype=np.int32), pos, all_logits=False)
+            tok, pos = int(np.argmax(logits)), pos + 1
+        decode.append(args.gen_tokens / (time.perf_counter() - t0))
     result = {
-        "model": model.name,
+        "model": model.config.name or model.config.architecture,
         "threads": model.n_threads,
-        "isa": model.isa,
+        "isa": kernels.cpu_isa(),
         "prompt_tokens": args.prompt_tokens,
         "prefill_tokens_per_s": statistics.median(prefill),
         "gen_tokens": args.gen_tokens,
         "decode_tokens_per_s": statistics.median(decode),
-        "peak_rss_mb": model.stats.get("peak_rss_mb"),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if args.json:
         print(json.dumps(result))
@@ -64,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {result['model']} | threads {result['threads']} | isa {result['isa']}")
         print(f"pp{args.prompt_tokens}: {result['prefill_tokens_per_s']:.1f} tokens/s")
         print(f"tg{args.gen_tokens}: {result['decode_tokens_per_s']:.1f} tokens/s")
-        print(f"peak RSS: {result['peak_rss_mb']} MB")
+        print(f"peak RSS: {result['peak_rss_mb']} MiB")
     return 0

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     base = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(base)
     if interactive:
-        print(f"edgelut chat: {model.name}. {HELP}. Ctrl-C stops a reply, Ctrl-D leaves.", file=sys.stderr)
+        name = model.config.name or model.config.architecture
+        print(f"edgelut chat: {name}. {HELP}. Ctrl-C stops a reply, Ctrl-D leaves.", file=sys.stderr)
     while True:
         if interactive:
             print("> ", end="", flush=True, file=sys.stderr)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"text file {args.text!r} does not exist")
     model = load_model(args)
-    ids = model.tokenize(path.read_text(encoding="utf-8"), add_bos=False)
+    ids = model.tokenize(path.read_text(encoding="utf-8"), add_special=False)
     ctx = args.ctx
     n_windows = len(ids) // ctx
     if args.chunks:
