@@ -43,7 +43,7 @@ def test_parse_enum_explicit_and_sequential(bench) -> None:
         "GGML_OP_ADD": 2,
         "GGML_OP_COUNT": 3,
     }
-    text = "enum ggml_type {\n  GGML_TYPE_F32 = 0,\n  // GGML_TYPE_OLD = 4, removed\n  GGML_TYPE_Q5_0 = 6,\n};"
+    text = "enum ggml_type {\n  GGML_TYPE_F32 = 0,\n  // GGML_TYPE_X = 4, gone\n  GGML_TYPE_Q5_0 = 6,\n};"
     assert bench._parse_enum(text, "ggml_type") == {"GGML_TYPE_F32": 0, "GGML_TYPE_Q5_0": 6}
 
 
