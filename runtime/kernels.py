@@ -104,12 +104,19 @@ def gemv(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0) -
     return _core.matmul(w, x[None, :], isa, n_threads)[0]
 
 
-def gemm(w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0) -> np.ndarray:
-    """Y = X @ W.T for many tokens: X (M, K) float32 -> Y (M, N) float32."""
+def gemm(
+    w: PackedMatrix, x: np.ndarray, *, isa: str = "", n_threads: int = 0, int8: bool = False
+) -> np.ndarray:
+    """Y = X @ W.T for many tokens: X (M, K) float32 -> Y (M, N) float32.
+
+    ``int8=True`` takes the int8 prefill path (activations quantised to int8
+    per group, see csrc/kernels/lut.h for its error bound) where the ISA has
+    one (scalar reference, avx512); elsewhere it is the LUT path.
+    """
     x = _as_f32(x, "x")
     if x.ndim != 2:
         raise ValueError(f"gemm takes x of shape (tokens, {w.k}), got shape {x.shape}")
-    return _core.matmul(w, x, isa, n_threads)
+    return _core.matmul(w, x, isa, n_threads, int8)
 
 
 def tables(w: PackedMatrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,13 @@ Two oracles:
   with tscale[g] = max_c sum_j |x[4c + j]| / 127 over the chunks c of group g
   (``edgelut.kernels.table_error_bound``), plus float32 rounding, which the
   tests allow as a relative slack of 2e-5 on the sum of absolute terms.
+
+The int8 prefill path (``gemm(..., int8=True)``) rounds the activations instead
+(xscale[g] = max |x| over the group / 127), so its bound is
+
+      |y_int8 - y_exact| <= sum_g |s[row, g]| * 0.5 * xscale[g] * sum_{k in g} |level_k - center|
+
+and its SIMD kernel must match its own scalar reference bit for bit.
 """
 
 from __future__ import annotations
@@ -205,6 +212,60 @@ def test_property_any_shape(n: int, k: int, m: int, qtype: str, group: int, asym
     check_close_to_exact(w, w64, x, ref)
     for isa in SIMD_ISAS:
         assert np.array_equal(K.gemm(w, x, isa=isa), ref)
+
+
+def int8_error_bound(w: K.PackedMatrix, x: np.ndarray) -> np.ndarray:
+    """Per-row bound of the int8 prefill path for one token (see the module docstring)."""
+    codes, scales, _ = w.unpack()
+    g = w.group_size
+    ng = scales.shape[1]
+    xp = np.zeros(ng * g)
+    xp[: w.k] = x
+    xscale = np.abs(xp.reshape(ng, g)).max(axis=1) / 127.0
+    dev = np.zeros((w.n, ng * g))
+    dev[:, : w.k] = np.abs(codes - K.CENTER[w.qtype])
+    per_group = dev.reshape(w.n, ng, g).sum(axis=2) * 0.5 * xscale[None, :]
+    return (np.abs(scales) * per_group).sum(axis=1)
+
+
+INT8_ISAS = [i for i in ("avx512",) if i in ISAS]
+
+
+@pytest.mark.parametrize("qtype", K.QTYPES)
+@pytest.mark.parametrize("group", K.GROUP_SIZES)
+@pytest.mark.parametrize("asym", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4), (65, 33), (192, 576)])
+def test_int8_prefill_exact_to_its_reference_and_within_bound(
+    rng: np.random.Generator, qtype: str, group: int, asym: bool, shape: tuple[int, int]
+) -> None:
+    n, k = shape
+    w, w64 = make_matrix(rng, n, k, qtype, group, asym)
+    for m in (1, 3, 9):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        ref = K.gemm(w, x, isa="scalar", int8=True, n_threads=1)
+        for i in range(m):
+            exact = w64 @ x[i].astype(np.float64)
+            bound = int8_error_bound(w, x[i]) + FLOAT_SLACK * abs_terms(w, x[i]) + 1e-30
+            assert np.all(np.abs(ref[i] - exact) <= bound)
+        for isa in INT8_ISAS:
+            assert np.array_equal(K.gemm(w, x, isa=isa, int8=True, n_threads=2), ref), isa
+
+
+def test_int8_falls_back_to_lut_without_a_kernel(rng: np.random.Generator) -> None:
+    w, _ = make_matrix(rng, 70, 100, "q4", 32, False)
+    x = rng.standard_normal((4, 100)).astype(np.float32)
+    for isa in ISAS:
+        if isa not in INT8_ISAS and isa != "scalar":
+            assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), K.gemm(w, x, isa="scalar"))
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+@pytest.mark.parametrize("m", [2, 128])
+def test_int8_prefill_576x1536(rng: np.random.Generator, isa: str, m: int) -> None:
+    w, _ = make_matrix(rng, 576, 1536, "q4", 32, True)
+    x = rng.standard_normal((m, 1536)).astype(np.float32)
+    x[:, 5] = 1e4  # an outlier column coarsens the int8 steps but stays within the bound
+    assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), K.gemm(w, x, isa="scalar", int8=True))
 
 
 @pytest.mark.parametrize("qtype", K.QTYPES)

@@ -6,7 +6,7 @@
 namespace edgelut {
 
 const KernelSet& kernels_scalar() {
-  static const KernelSet k{lut_gemm_ref, lut_gemm_ref};
+  static const KernelSet k{lut_gemm_ref, lut_gemm_ref, int8_gemm_ref};
   return k;
 }
 

@@ -8,6 +8,8 @@ namespace edgelut {
 struct KernelSet {
   LutGemmFn gemv;  // m == 1 (decode)
   LutGemmFn gemm;  // m > 1 (prefill)
+  // Optional int8 prefill (lut.h, "Int8 prefill path"); nullptr where absent.
+  Int8GemmFn gemm_int8 = nullptr;
 };
 
 // Throws std::runtime_error when the CPU or this build lacks the ISA.

@@ -44,4 +44,40 @@ using LutGemmFn = void (*)(const PackedView& w, const ActTables* acts, int64_t m
 void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                   int64_t t1);
 
+
+// ---------------------------------------------------------------------------
+// Int8 prefill path (optional per ISA: KernelSet::gemm_int8; approximate in a
+// different way than the LUT path, so it never replaces it silently).
+//
+// Activations are quantised per token and weight group, symmetrically:
+//   xscale[g] = amax / 127 (amax = max |x| over the group),
+//   xq = clamp(nearbyint(x * (127 / amax)), -127, 127),
+// stored biased as xu = xq + 128 (uint8, for unsigned x signed dot products).
+// Weights are expanded to w8 = 2 * (level - center) (odd integers in [-15, 15]
+// for b-bit types, {-2, 0, 2} for ternary). Per (row, group), exactly in int32:
+//   dot = sum_k w8 * xq
+// then v = float(dot) * (0.5f * xscale[g]) and the same float epilogue as the
+// LUT path (asum[g] is the float sum of x over the group, as for the tables).
+//
+// Error bound (activation rounding is the only approximation, |x - xq * xscale|
+// <= xscale / 2 per element), per (row, group):
+//   |y_int8 - y_exact| <= |s| * 0.5 * xscale[g] * sum_k |level_k - center|
+//                      <= |s| * 0.5 * xscale[g] * G * max|level - center|.
+// For q4 that is the same worst case as the table bound (both are
+// 3.75 * |s| * amax/127 * G when every chunk's L1 norm equals 4 * amax).
+struct Int8Acts {
+  const uint8_t* xu = nullptr;      // (k_padded) biased int8 activations
+  const float* xscale = nullptr;    // (groups)
+  const float* asum = nullptr;      // (groups)
+};
+
+// x has s.k floats; the tail to k_padded is treated as zeros (xu = 128).
+void quantize_acts_int8(const PackedShape& s, const float* x, uint8_t* xu, float* xscale, float* asum);
+
+using Int8GemmFn = void (*)(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy,
+                            int64_t t0, int64_t t1);
+
+void int8_gemm_ref(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                   int64_t t1);
+
 }  // namespace edgelut

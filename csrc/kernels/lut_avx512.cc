@@ -12,6 +12,7 @@
 // _mm512_undefined_* placeholders (GCC bug 105593, fixed in 13).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -47,6 +48,64 @@ struct Avx512 {
       _mm512_storeu_si512(dst + i, _mm512_xor_si512(_mm512_loadu_si512(src + i), bias));
   }
 
+  // One token (decode): chunk-outer, so one table load serves every plane.
+  // Runs p and p+1 of a chunk are adjacent, so a plane pair is one 64-byte
+  // load: its low nibbles are rows 0..31 of both planes, its high nibbles rows
+  // 32..63. An odd last plane takes the broadcast-and-shift path. Produces cs
+  // and ch in the same word order as the token-block path (word i: rows 2i,
+  // 2i+1 of 0..31; word 16 + i: rows 32 + 2i, 33 + 2i).
+  template <int P>
+  static void one_token_block(const StepArgs& a, const GroupCtx& cx, int64_t c0, int64_t nc, __m512i nib_shift,
+                              __m512i& cs, __m512i& ch) {
+    constexpr int kPairs = P / 2;
+    __m512i sl[kPairs + 1], hl[kPairs + 1], sh[kPairs + 1], hh[kPairs + 1];
+    for (int q = 0; q <= kPairs; ++q) sl[q] = hl[q] = sh[q] = hh[q] = _mm512_setzero_si512();
+    __m512i s1 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+    const uint8_t* run = a.codes + static_cast<size_t>(c0 * P) * 32;
+    const int8_t* tp = a.tab[0] + c0 * kTableSize;
+    for (int64_t c = 0; c < nc; ++c, run += P * 32, tp += kTableSize) {
+      const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp)));
+      for (int q = 0; q < kPairs; ++q) {
+        const __m512i v = _mm512_loadu_si512(run + 64 * q);
+        const __m512i rl = _mm512_permutexvar_epi8(v, tab);
+        const __m512i rh = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), tab);
+        sl[q] = _mm512_add_epi16(sl[q], rl);
+        hl[q] = _mm512_add_epi16(hl[q], _mm512_srli_epi16(rl, 8));
+        sh[q] = _mm512_add_epi16(sh[q], rh);
+        hh[q] = _mm512_add_epi16(hh[q], _mm512_srli_epi16(rh, 8));
+      }
+      if constexpr (P % 2 == 1) {
+        const __m512i v =
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + 64 * kPairs)));
+        const __m512i r = _mm512_permutexvar_epi8(_mm512_srlv_epi16(v, nib_shift), tab);
+        s1 = _mm512_add_epi16(s1, r);
+        h1 = _mm512_add_epi16(h1, _mm512_srli_epi16(r, 8));
+      }
+    }
+    __m512i xs = _mm512_setzero_si512(), xh = xs, ys = xs, yh = xs;  // x: rows 0..31, y: rows 32..63
+    for (int q = 0; q < kPairs; ++q) {
+      const __m512i k = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(cx.icoef[2 * q])),
+                                           _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[2 * q + 1])), 1);
+      xs = _mm512_add_epi16(xs, _mm512_mullo_epi16(sl[q], k));
+      xh = _mm512_add_epi16(xh, _mm512_mullo_epi16(hl[q], k));
+      ys = _mm512_add_epi16(ys, _mm512_mullo_epi16(sh[q], k));
+      yh = _mm512_add_epi16(yh, _mm512_mullo_epi16(hh[q], k));
+    }
+    // Fold the two planes of each half: 16 words per row range.
+    const auto fold = [](__m512i lo_rows, __m512i hi_rows) {
+      const __m256i l = _mm256_add_epi16(_mm512_castsi512_si256(lo_rows), _mm512_extracti64x4_epi64(lo_rows, 1));
+      const __m256i h = _mm256_add_epi16(_mm512_castsi512_si256(hi_rows), _mm512_extracti64x4_epi64(hi_rows, 1));
+      return _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
+    };
+    cs = fold(xs, ys);
+    ch = fold(xh, yh);
+    if constexpr (P % 2 == 1) {
+      const __m512i k = _mm512_set1_epi16(static_cast<int16_t>(cx.icoef[P - 1]));
+      cs = _mm512_add_epi16(cs, _mm512_mullo_epi16(s1, k));
+      ch = _mm512_add_epi16(ch, _mm512_mullo_epi16(h1, k));
+    }
+  }
+
   template <int P, int TB>
   static void step(const GroupCtx& cx, const StepArgs& a) {
     // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
@@ -62,6 +121,9 @@ struct Avx512 {
       const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
       __m512i cs[TB], ch[TB];
       for (int i = 0; i < TB; ++i) cs[i] = ch[i] = _mm512_setzero_si512();
+      if constexpr (TB == 1) {
+        one_token_block<P>(a, cx, c0, nc, nib_shift, cs[0], ch[0]);
+      } else {
       for (int p = 0; p < P; ++p) {
         __m512i s[TB], h[TB];
         for (int i = 0; i < TB; ++i) s[i] = h[i] = _mm512_setzero_si512();
@@ -81,6 +143,7 @@ struct Avx512 {
           cs[i] = _mm512_add_epi16(cs[i], _mm512_mullo_epi16(s[i], k));
           ch[i] = _mm512_add_epi16(ch[i], _mm512_mullo_epi16(h[i], k));
         }
+      }
       }
       const __m512i bias = _mm512_set1_epi16(block_bias(cx, nc));
       for (int i = 0; i < TB; ++i) {
@@ -120,10 +183,169 @@ struct Avx512 {
   }
 };
 
+
+// ---------------------------------------------------------------------------
+// Int8 prefill (lut.h, "Int8 prefill path"): a tile-group's codes are expanded
+// once into w8 = 2 * (level - center), laid out for vpdpbusd as
+// [chunk][row block q][16 rows][4 bytes], then every token block multiplies
+// its biased int8 activations against them. The expansion replicates each
+// row's 4-bit index into the 4 bytes of its dword (one vpermb per 16 rows),
+// tests bit j of byte j (vptestmb) and adds 2 * icoef[p] where it is set.
+
+// vpermb controls: byte 4r + j of block q takes index byte 16q + r.
+struct ExpandCtl {
+  alignas(64) uint8_t ctl[4][64];
+};
+constexpr ExpandCtl make_expand_ctl() {
+  ExpandCtl e{};
+  for (int q = 0; q < 4; ++q)
+    for (int b = 0; b < 64; ++b) e.ctl[q][b] = static_cast<uint8_t>(16 * q + b / 4);
+  return e;
+}
+constexpr ExpandCtl kExpandCtl = make_expand_ctl();
+
+// Expands one (tile, group) into w8 (cpg * 256 bytes) and returns, per row,
+// 128 * sum_k w8 (what the +128 activation bias adds to the dot product).
+template <int P>
+void expand_group(const uint8_t* codes, const GroupCtx& cx, int8_t* w8, __m512i bias[4]) {
+  const __m512i nib_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  const __m512i bitsel = _mm512_set1_epi32(0x08040201);
+  const __m512i ones = _mm512_set1_epi8(1);
+  const __m512i start = _mm512_set1_epi8(static_cast<char>(-cx.csum));
+  __m512i ctl[4], rs[4];
+  for (int q = 0; q < 4; ++q) {
+    ctl[q] = _mm512_load_si512(kExpandCtl.ctl[q]);
+    rs[q] = _mm512_setzero_si512();
+  }
+  for (int64_t c = 0; c < cx.cpg; ++c) {
+    __m512i acc[4] = {start, start, start, start};
+    for (int p = 0; p < P; ++p) {
+      const uint8_t* run = codes + static_cast<size_t>(c * P + p) * 32;
+      const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
+      const __m512i idx = _mm512_srlv_epi16(v, nib_shift);  // low 4 bits of byte r: row r
+      const __m512i add = _mm512_set1_epi8(static_cast<char>(2 * cx.icoef[p]));
+      for (int q = 0; q < 4; ++q) {
+        const __mmask64 set = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(ctl[q], idx), bitsel);
+        acc[q] = _mm512_mask_add_epi8(acc[q], set, acc[q], add);
+      }
+    }
+    for (int q = 0; q < 4; ++q) {
+      _mm512_storeu_si512(w8 + c * 256 + 64 * q, acc[q]);
+      rs[q] = _mm512_dpbusd_epi32(rs[q], ones, acc[q]);
+    }
+  }
+  for (int q = 0; q < 4; ++q) bias[q] = _mm512_slli_epi32(rs[q], 7);
+}
+
+struct Int8Step {
+  const int8_t* w8;
+  const __m512i* bias;
+  const uint16_t* scales;
+  const uint16_t* mins;
+  float center;
+  const uint8_t* xu[4];
+  float half_xs[4];
+  float asum[4];
+  float* out[4];
+};
+
+template <int TB>
+void int8_step(int64_t cpg, const Int8Step& a) {
+  __m512i acc[TB][4];
+  for (int i = 0; i < TB; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_si512();
+  for (int64_t c = 0; c < cpg; ++c) {
+    __m512i wv[4];
+    for (int q = 0; q < 4; ++q) wv[q] = _mm512_loadu_si512(a.w8 + c * 256 + 64 * q);
+    for (int i = 0; i < TB; ++i) {
+      int32_t xq4;
+      std::memcpy(&xq4, a.xu[i] + c * kChunk, sizeof xq4);
+      const __m512i xb = _mm512_set1_epi32(xq4);
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_dpbusd_epi32(acc[i][q], xb, wv[q]);
+    }
+  }
+  // Float epilogue in the reference's exact op order.
+  const __m512 center = _mm512_set1_ps(a.center);
+  for (int q = 0; q < 4; ++q) {
+    const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scales + 16 * q)));
+    const __m512 mn = a.mins ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.mins + 16 * q)))
+                             : _mm512_setzero_ps();
+    for (int i = 0; i < TB; ++i) {
+      const __m512i dot = _mm512_sub_epi32(acc[i][q], a.bias[q]);
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.half_xs[i]));
+      float* o = a.out[i] + 16 * q;
+      if (a.mins) {
+        const __m512 as = _mm512_set1_ps(a.asum[i]);
+        __m512 r = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(center, as, v), _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(mn, as, r));
+      } else {
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(sc, v, _mm512_loadu_ps(o)));
+      }
+    }
+  }
+}
+
+template <int P>
+void int8_gemm_planes(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                      int64_t t1) {
+  constexpr int kTok = 4;
+  const PackedShape& s = w.shape;
+  const GroupCtx cx = make_ctx(s);
+  const int64_t ng = s.groups();
+  const size_t gbytes = s.group_code_bytes();
+  thread_local std::vector<int8_t> w8;
+  thread_local std::vector<float> out;
+  w8.resize(static_cast<size_t>(cx.cpg) * 256);
+  out.resize(static_cast<size_t>(m) * kTileRows);
+  for (int64_t t = t0; t < t1; ++t) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    for (int64_t g = 0; g < ng; ++g) {
+      const size_t tg = static_cast<size_t>(t * ng + g);
+      __m512i bias[4];
+      expand_group<P>(w.codes + tg * gbytes, cx, w8.data(), bias);
+      Int8Step a;
+      a.w8 = w8.data();
+      a.bias = bias;
+      a.scales = w.scales + tg * kTileRows;
+      a.mins = w.mins ? w.mins + tg * kTileRows : nullptr;
+      a.center = cx.center;
+      for (int64_t j0 = 0; j0 < m; j0 += kTok) {
+        const int nb = static_cast<int>(std::min<int64_t>(kTok, m - j0));
+        for (int i = 0; i < nb; ++i) {
+          const Int8Acts& x = acts[j0 + i];
+          a.xu[i] = x.xu + g * s.group;
+          a.half_xs[i] = 0.5f * x.xscale[g];
+          a.asum[i] = x.asum[g];
+          a.out[i] = out.data() + (j0 + i) * kTileRows;
+        }
+        switch (nb) {
+          case 1: int8_step<1>(cx.cpg, a); break;
+          case 2: int8_step<2>(cx.cpg, a); break;
+          case 3: int8_step<3>(cx.cpg, a); break;
+          default: int8_step<4>(cx.cpg, a); break;
+        }
+      }
+    }
+    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+    for (int64_t j = 0; j < m; ++j)
+      std::memcpy(y + j * ldy + t * kTileRows, out.data() + j * kTileRows, static_cast<size_t>(rows) * sizeof(float));
+  }
+}
+
+void int8_gemm_avx512(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                      int64_t t1) {
+  switch (w.shape.planes()) {
+    case 1: int8_gemm_planes<1>(w, acts, m, y, ldy, t0, t1); break;
+    case 2: int8_gemm_planes<2>(w, acts, m, y, ldy, t0, t1); break;
+    case 3: int8_gemm_planes<3>(w, acts, m, y, ldy, t0, t1); break;
+    default: int8_gemm_planes<4>(w, acts, m, y, ldy, t0, t1); break;
+  }
+}
+
 }  // namespace
 
 const KernelSet& kernels_avx512() {
-  static const KernelSet k{lut_gemm_x86<Avx512>, lut_gemm_x86<Avx512>};
+  static const KernelSet k{lut_gemm_x86<Avx512>, lut_gemm_x86<Avx512>, int8_gemm_avx512};
   return k;
 }
 

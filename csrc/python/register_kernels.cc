@@ -82,7 +82,7 @@ F32 dequantize_matrix(const PackedMatrix& pm) {
 
 CpuIsa isa_or_default(const std::string& isa) { return isa.empty() ? cpu_isa() : isa_from_name(isa); }
 
-F32 matmul(const PackedMatrix& pm, F32 x, const std::string& isa, int n_threads) {
+F32 matmul(const PackedMatrix& pm, F32 x, const std::string& isa, int n_threads, bool int8) {
   require(x.ndim() == 2, "matmul: x must be 2-D (tokens, features)");
   require(x.shape(1) == pm.shape().k, "matmul: x has " + std::to_string(x.shape(1)) +
                                           " features but the matrix expects " + std::to_string(pm.shape().k));
@@ -93,7 +93,7 @@ F32 matmul(const PackedMatrix& pm, F32 x, const std::string& isa, int n_threads)
   float* yp = y.mutable_data();
   const CpuIsa which = isa_or_default(isa);
   py::gil_scoped_release release;
-  lut_matmul(pm.view(), xp, m, pm.shape().k, yp, pm.shape().n, which, default_pool(n_threads));
+  lut_matmul(pm.view(), xp, m, pm.shape().k, yp, pm.shape().n, which, default_pool(n_threads), int8);
   return y;
 }
 
@@ -131,7 +131,8 @@ void register_kernels(py::module_& m) {
   m.def("pack", &pack, py::arg("codes"), py::arg("scales"), py::arg("mins"), py::arg("qtype"), py::arg("group_size"));
   m.def("from_buffer", &from_buffer, py::arg("buffer"), py::arg("n"), py::arg("k"), py::arg("qtype"),
         py::arg("group_size"), py::arg("asym"));
-  m.def("matmul", &matmul, py::arg("w"), py::arg("x"), py::arg("isa") = "", py::arg("n_threads") = 0);
+  m.def("matmul", &matmul, py::arg("w"), py::arg("x"), py::arg("isa") = "", py::arg("n_threads") = 0,
+        py::arg("int8") = false);
   m.def("tables", &tables, py::arg("w"), py::arg("x"));
   m.def("cpu_isa", [] { return std::string(isa_name(cpu_isa())); });
   m.def("supported_isas", [] {
