@@ -132,7 +132,8 @@ struct Avx512 {
           const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
           const __m512i idx = _mm512_srlv_epi16(v, nib_shift);
           for (int i = 0; i < TB; ++i) {
-            const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
+            const __m128i t16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize));
+            const __m512i tab = _mm512_broadcast_i32x4(t16);
             const __m512i r = _mm512_permutexvar_epi8(idx, tab);
             s[i] = _mm512_add_epi16(s[i], r);
             h[i] = _mm512_add_epi16(h[i], _mm512_srli_epi16(r, 8));
@@ -237,98 +238,126 @@ void expand_group(const uint8_t* codes, const GroupCtx& cx, int8_t* w8, __m512i 
   for (int q = 0; q < 4; ++q) bias[q] = _mm512_slli_epi32(rs[q], 7);
 }
 
-struct Int8Step {
-  const int8_t* w8;
-  const __m512i* bias;
-  const uint16_t* scales;
-  const uint16_t* mins;
-  float center;
-  const uint8_t* xu[4];
-  float half_xs[4];
-  float asum[4];
-  float* out[4];
+// One token block against one whole tile: the output rows stay in registers
+// across the groups, and each group starts its int32 sums at -bias.
+struct Int8Tile {
+  const int8_t* w8;        // (groups, cpg * 256) expanded weights of the tile
+  const int32_t* negbias;  // (groups, 64)
+  const uint16_t* scales;  // (groups, 64) fp16
+  const uint16_t* mins;    // (groups, 64) fp16 or nullptr
+  int64_t ng = 0, cpg = 0, group = 0;
+  float center = 0.0f;
+  const Int8Acts* acts[4];
+  float* out[4];  // 64 floats per token
 };
 
+// Groups [g0, g1); the outputs start at zero when g0 == 0, else from a.out.
 template <int TB>
-void int8_step(int64_t cpg, const Int8Step& a) {
-  __m512i acc[TB][4];
+void int8_tile(const Int8Tile& a, int64_t g0, int64_t g1) {
+  __m512 out[TB][4];
   for (int i = 0; i < TB; ++i)
-    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_si512();
-  for (int64_t c = 0; c < cpg; ++c) {
-    __m512i wv[4];
-    for (int q = 0; q < 4; ++q) wv[q] = _mm512_loadu_si512(a.w8 + c * 256 + 64 * q);
-    for (int i = 0; i < TB; ++i) {
-      int32_t xq4;
-      std::memcpy(&xq4, a.xu[i] + c * kChunk, sizeof xq4);
-      const __m512i xb = _mm512_set1_epi32(xq4);
-      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_dpbusd_epi32(acc[i][q], xb, wv[q]);
-    }
-  }
-  // Float epilogue in the reference's exact op order.
+    for (int q = 0; q < 4; ++q) out[i][q] = g0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(a.out[i] + 16 * q);
   const __m512 center = _mm512_set1_ps(a.center);
-  for (int q = 0; q < 4; ++q) {
-    const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scales + 16 * q)));
-    const __m512 mn = a.mins ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.mins + 16 * q)))
-                             : _mm512_setzero_ps();
-    for (int i = 0; i < TB; ++i) {
-      const __m512i dot = _mm512_sub_epi32(acc[i][q], a.bias[q]);
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.half_xs[i]));
-      float* o = a.out[i] + 16 * q;
-      if (a.mins) {
-        const __m512 as = _mm512_set1_ps(a.asum[i]);
-        __m512 r = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(center, as, v), _mm512_loadu_ps(o));
-        _mm512_storeu_ps(o, _mm512_fmadd_ps(mn, as, r));
+  for (int64_t g = g0; g < g1; ++g) {
+    const int8_t* w8 = a.w8 + g * a.cpg * 256;
+    __m512i acc[TB][4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512i nb = _mm512_loadu_si512(a.negbias + g * kTileRows + 16 * q);
+      for (int i = 0; i < TB; ++i) acc[i][q] = nb;
+    }
+    const uint8_t* xu[TB];
+    for (int i = 0; i < TB; ++i) xu[i] = a.acts[i]->xu + g * a.group;
+    for (int64_t c = 0; c < a.cpg; ++c) {
+      __m512i wv[4];
+      for (int q = 0; q < 4; ++q) wv[q] = _mm512_loadu_si512(w8 + c * 256 + 64 * q);
+      for (int i = 0; i < TB; ++i) {
+        int32_t xq4;
+        std::memcpy(&xq4, xu[i] + c * kChunk, sizeof xq4);
+        const __m512i xb = _mm512_set1_epi32(xq4);
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_dpbusd_epi32(acc[i][q], xb, wv[q]);
+      }
+    }
+    // Float epilogue in the reference's exact op order.
+    const uint16_t* sp = a.scales + g * kTileRows;
+    const uint16_t* mp = a.mins ? a.mins + g * kTileRows : nullptr;
+    for (int q = 0; q < 4; ++q) {
+      const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16 * q)));
+      if (mp) {
+        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mp + 16 * q)));
+        for (int i = 0; i < TB; ++i) {
+          const __m512 hx = _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]);
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), hx);
+          const __m512 as = _mm512_set1_ps(a.acts[i]->asum[g]);
+          out[i][q] = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(center, as, v), out[i][q]);
+          out[i][q] = _mm512_fmadd_ps(mn, as, out[i][q]);
+        }
       } else {
-        _mm512_storeu_ps(o, _mm512_fmadd_ps(sc, v, _mm512_loadu_ps(o)));
+        for (int i = 0; i < TB; ++i) {
+          const __m512 hx = _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]);
+          const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), hx);
+          out[i][q] = _mm512_fmadd_ps(sc, v, out[i][q]);
+        }
       }
     }
   }
+  for (int i = 0; i < TB; ++i)
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(a.out[i] + 16 * q, out[i][q]);
 }
+
+constexpr int64_t kInt8L1Bytes = 24 * 1024;  // expanded weights per group block
 
 template <int P>
 void int8_gemm_planes(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                       int64_t t1) {
-  constexpr int kTok = 4;
+  constexpr int kTok = 3;  // 3 tokens x 4 sums + 3 x 4 outputs + 4 weights fit the 32 zmm
   const PackedShape& s = w.shape;
   const GroupCtx cx = make_ctx(s);
   const int64_t ng = s.groups();
   const size_t gbytes = s.group_code_bytes();
   thread_local std::vector<int8_t> w8;
-  thread_local std::vector<float> out;
-  w8.resize(static_cast<size_t>(cx.cpg) * 256);
-  out.resize(static_cast<size_t>(m) * kTileRows);
+  thread_local std::vector<int32_t> negbias;
+  w8.resize(static_cast<size_t>(ng * cx.cpg) * 256);
+  negbias.resize(static_cast<size_t>(ng) * kTileRows);
+  alignas(64) float tail[kTok][kTileRows];
+  const int64_t gblock = std::max<int64_t>(1, kInt8L1Bytes / (cx.cpg * 256));
   for (int64_t t = t0; t < t1; ++t) {
-    std::fill(out.begin(), out.end(), 0.0f);
     for (int64_t g = 0; g < ng; ++g) {
       const size_t tg = static_cast<size_t>(t * ng + g);
       __m512i bias[4];
-      expand_group<P>(w.codes + tg * gbytes, cx, w8.data(), bias);
-      Int8Step a;
-      a.w8 = w8.data();
-      a.bias = bias;
-      a.scales = w.scales + tg * kTileRows;
-      a.mins = w.mins ? w.mins + tg * kTileRows : nullptr;
-      a.center = cx.center;
-      for (int64_t j0 = 0; j0 < m; j0 += kTok) {
-        const int nb = static_cast<int>(std::min<int64_t>(kTok, m - j0));
-        for (int i = 0; i < nb; ++i) {
-          const Int8Acts& x = acts[j0 + i];
-          a.xu[i] = x.xu + g * s.group;
-          a.half_xs[i] = 0.5f * x.xscale[g];
-          a.asum[i] = x.asum[g];
-          a.out[i] = out.data() + (j0 + i) * kTileRows;
-        }
+      expand_group<P>(w.codes + tg * gbytes, cx, w8.data() + g * cx.cpg * 256, bias);
+      for (int q = 0; q < 4; ++q)
+        _mm512_storeu_si512(negbias.data() + g * kTileRows + 16 * q,
+                            _mm512_sub_epi32(_mm512_setzero_si512(), bias[q]));
+    }
+    Int8Tile a;
+    a.w8 = w8.data();
+    a.negbias = negbias.data();
+    a.scales = w.scales + static_cast<size_t>(t * ng) * kTileRows;
+    a.mins = w.mins ? w.mins + static_cast<size_t>(t * ng) * kTileRows : nullptr;
+    a.ng = ng;
+    a.cpg = cx.cpg;
+    a.group = s.group;
+    a.center = cx.center;
+    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+    for (int64_t j0 = 0; j0 < m; j0 += kTok) {
+      const int nb = static_cast<int>(std::min<int64_t>(kTok, m - j0));
+      for (int i = 0; i < nb; ++i) {
+        a.acts[i] = acts + j0 + i;
+        a.out[i] = rows == kTileRows ? y + (j0 + i) * ldy + t * kTileRows : tail[i];
+      }
+      // Groups in blocks whose expanded weights stay in L1 across the tokens.
+      for (int64_t g0 = 0; g0 < ng; g0 += gblock) {
+        const int64_t g1 = std::min(ng, g0 + gblock);
         switch (nb) {
-          case 1: int8_step<1>(cx.cpg, a); break;
-          case 2: int8_step<2>(cx.cpg, a); break;
-          case 3: int8_step<3>(cx.cpg, a); break;
-          default: int8_step<4>(cx.cpg, a); break;
+          case 1: int8_tile<1>(a, g0, g1); break;
+          case 2: int8_tile<2>(a, g0, g1); break;
+          default: int8_tile<3>(a, g0, g1); break;
         }
       }
+      if (rows < kTileRows)
+        for (int i = 0; i < nb; ++i)
+          std::memcpy(y + (j0 + i) * ldy + t * kTileRows, tail[i], static_cast<size_t>(rows) * sizeof(float));
     }
-    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
-    for (int64_t j = 0; j < m; ++j)
-      std::memcpy(y + j * ldy + t * kTileRows, out.data() + j * kTileRows, static_cast<size_t>(rows) * sizeof(float));
   }
 }
 

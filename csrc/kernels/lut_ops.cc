@@ -44,7 +44,8 @@ void lut_matmul(const PackedView& w, const float* x, int64_t m, int64_t ldx, flo
       sc.iacts[i] = Int8Acts{sc.xu.data() + kp * i, sc.tscale.data() + ng * i, sc.asum.data() + ng * i};
     pool.parallel_for(m, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i)
-        quantize_acts_int8(s, x + i * ldx, sc.xu.data() + kp * i, sc.tscale.data() + ng * i, sc.asum.data() + ng * i);
+        quantize_acts_int8(s, x + i * ldx, sc.xu.data() + kp * i, sc.tscale.data() + ng * i,
+                           sc.asum.data() + ng * i);
     });
     const Int8GemmFn fn = ks.gemm_int8;
     const Int8Acts* acts = sc.iacts.data();
