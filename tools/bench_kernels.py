@@ -308,6 +308,7 @@ class Ggml:
             f.restype, f.argtypes = res, args
             setattr(self, name, f)
         self.backend = self.ggml_backend_cpu_init()
+        self._quantized: dict[tuple[int, int, int, int], np.ndarray] = {}
 
     def matmul(self, tname: str, w: np.ndarray, m: int, threads: int, rng: np.random.Generator):
         """A callable computing w (N, K, quantised to tname) times x (K, m); its weight bytes."""
@@ -315,15 +316,18 @@ class Ggml:
         n, k = w.shape
         if k % self.ggml_blck_size(t):
             return None, f"K={k} not a multiple of the {tname} block {self.ggml_blck_size(t)}"
-        row = self.ggml_row_size(t, k)
-        q = np.empty(row * n, dtype=np.uint8)
-        imat = None
-        if self.ggml_quantize_requires_imatrix(t):
-            imat = np.ones(k, dtype=np.float32)
-        self.ggml_quantize_init(t)
         wf = np.ascontiguousarray(w, dtype=np.float32)
-        imat_p = None if imat is None else imat.ctypes.data
-        self.ggml_quantize_chunk(t, wf.ctypes.data, q.ctypes.data, 0, n, k, imat_p)
+        key = (t, id(w), n, k)
+        if key not in self._quantized:  # quantising is slow; reuse across m and threads
+            if len(self._quantized) > 16:
+                self._quantized.clear()
+            q = np.empty(self.ggml_row_size(t, k) * n, dtype=np.uint8)
+            imat = np.ones(k, dtype=np.float32) if self.ggml_quantize_requires_imatrix(t) else None
+            self.ggml_quantize_init(t)
+            imat_p = None if imat is None else imat.ctypes.data
+            self.ggml_quantize_chunk(t, wf.ctypes.data, q.ctypes.data, 0, n, k, imat_p)
+            self._quantized[key] = q
+        q = self._quantized[key]
         params = _InitParams(8 * self.ggml_tensor_overhead() + self.ggml_graph_overhead() + 4096, None, True)
         ctx = self.ggml_init(params)
         a = self.ggml_new_tensor_2d(ctx, t, k, n)
@@ -511,7 +515,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                     add(Result(sname, m, thr, name, times[name][0], nbytes, note, times[name][1]))
                 for close in closers:
                     close()
-                if "np" in args.peers:
+                if "np" in args.peers and not args.no_deq:
                     # Dequantise + matmul per call is slow (numpy), so it gets only a few samples.
                     codes, scales, mins = packed[dq_type].unpack()
 
@@ -630,6 +634,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--markdown", action="store_true", help="print a markdown table for docs/BENCHMARKS.md")
     ap.add_argument("--stat", choices=["median", "min"], default="median", help="statistic the tables show")
     ap.add_argument("--no-stream", action="store_true", help="skip the memory bandwidth reference")
+    ap.add_argument("--no-deq", action="store_true", help="skip numpy dequantise+matmul (slow)")
     args = ap.parse_args(argv)
     if args.quick and args.shapes == list(SHAPES):
         args.shapes = list(QUICK_SHAPES)
