@@ -615,6 +615,36 @@ def markdown(results: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+_LINE = re.compile(
+    r"^\s*(?P<shape>\d+x\d+) m=(?P<m>\d+)\s+t=(?P<t>\d+) (?P<impl>\S+ \S+)\s+(?P<us>[\d.]+|nan) us"
+    r"(?:\s+(?P<gb>[\d.]+) GB/s)?\s*(?:\(min (?P<min>[\d.]+|nan) us\))?\s*(?P<note>.*)$"
+)
+
+
+def results_from_log(text: str, ggml: Ggml | None) -> list[Result]:
+    """Results parsed back from this tool's printed lines (to re-render tables, e.g. --stat min)."""
+    out = []
+    for line in text.splitlines():
+        g = _LINE.match(line)
+        if not g:
+            continue
+        n, k = SHAPES[g["shape"]]
+        kind, _, name = g["impl"].partition(" ")
+        sec = float(g["us"]) * 1e-6
+        nbytes = int(float(g["gb"] or 0) * 1e9 * sec) if sec == sec else 0
+        if kind == "edgelut":  # exact sizes where the log's rounded GB/s would lose them
+            nbytes = int(n * k * float(g["note"].split()[0]) / 8)
+        elif kind == "np" and name == "f32":
+            nbytes = 4 * n * k
+        elif kind == "llama" and ggml is not None:
+            nbytes = ggml.ggml_row_size(ggml.types[name.lower()], k) * n
+        best = float(g["min"]) * 1e-6 if g["min"] else float("nan")
+        out.append(
+            Result(g["shape"], int(g["m"]), int(g["t"]), g["impl"], sec, nbytes, g["note"].strip(), best)
+        )
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
@@ -635,6 +665,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stat", choices=["median", "min"], default="median", help="statistic the tables show")
     ap.add_argument("--no-stream", action="store_true", help="skip the memory bandwidth reference")
     ap.add_argument("--no-deq", action="store_true", help="skip numpy dequantise+matmul (slow)")
+    ap.add_argument("--from-log", default="", help="re-render the tables of a saved run's output; no timing")
     args = ap.parse_args(argv)
     if args.quick and args.shapes == list(SHAPES):
         args.shapes = list(QUICK_SHAPES)
@@ -646,6 +677,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_log:
+        ggml = Ggml(Path(args.llama_cpp_build)) if args.llama_cpp_build else None
+        results = results_from_log(Path(args.from_log).read_text(), ggml)
+        args.threads = sorted({r.threads for r in results})
+        print(markdown(results, args))
+        return 0
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"# {now:%Y-%m-%d %H:%M} UTC; command: {' '.join(sys.argv)}")
     if not args.no_stream:
