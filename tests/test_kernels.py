@@ -212,6 +212,9 @@ def test_property_any_shape(n: int, k: int, m: int, qtype: str, group: int, asym
     check_close_to_exact(w, w64, x, ref)
     for isa in SIMD_ISAS:
         assert np.array_equal(K.gemm(w, x, isa=isa), ref)
+    ref8 = K.gemm(w, x, isa="scalar", int8=True)
+    for isa in INT8_ISAS:
+        assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), ref8)
 
 
 def int8_error_bound(w: K.PackedMatrix, x: np.ndarray) -> np.ndarray:
@@ -249,6 +252,15 @@ def test_int8_prefill_exact_to_its_reference_and_within_bound(
             assert np.all(np.abs(ref[i] - exact) <= bound)
         for isa in INT8_ISAS:
             assert np.array_equal(K.gemm(w, x, isa=isa, int8=True, n_threads=2), ref), isa
+
+
+@pytest.mark.parametrize("qtype", ["q2", "q4", "tq"])
+def test_int8_error_bound_is_tight_on_average(rng: np.random.Generator, qtype: str) -> None:
+    w, w64 = make_matrix(rng, 256, 1024, qtype, 32, False)
+    x = rng.standard_normal(1024).astype(np.float32)
+    err = np.abs(K.gemm(w, x[None, :], int8=True, isa="scalar")[0] - w64 @ x.astype(np.float64))
+    ratio = err.mean() / int8_error_bound(w, x).mean()
+    assert 1e-3 < ratio < 0.2, ratio
 
 
 def test_int8_falls_back_to_lut_without_a_kernel(rng: np.random.Generator) -> None:

@@ -49,30 +49,41 @@ struct Avx2 {
       __m256i cs[TB][2], ch[TB][2];  // [half]: rows 0..31, 32..63
       for (int i = 0; i < TB; ++i)
         for (int u = 0; u < 2; ++u) cs[i][u] = ch[i][u] = _mm256_setzero_si256();
-      for (int p = 0; p < P; ++p) {
-        __m256i s[TB][2], h[TB][2];
+      // One token: two planes per pass share each table load and give the
+      // core two independent chains; token blocks already have that.
+      constexpr int kPG = TB == 1 && P > 1 ? 2 : 1;
+      for (int p0 = 0; p0 < P; p0 += kPG) {
+        const int np = std::min(kPG, P - p0);
+        __m256i s[TB][kPG][2], h[TB][kPG][2];
         for (int i = 0; i < TB; ++i)
-          for (int u = 0; u < 2; ++u) s[i][u] = h[i][u] = _mm256_setzero_si256();
-        const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p) * 32;
+          for (int pp = 0; pp < kPG; ++pp)
+            for (int u = 0; u < 2; ++u) s[i][pp][u] = h[i][pp][u] = _mm256_setzero_si256();
+        const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p0) * 32;
         for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run));
-          const __m256i idx[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
-          for (int i = 0; i < TB; ++i) {
-            const __m256i tab = _mm256_broadcastsi128_si256(
+          __m256i tab[TB];
+          for (int i = 0; i < TB; ++i)
+            tab[i] = _mm256_broadcastsi128_si256(
                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
-            for (int u = 0; u < 2; ++u) {
-              const __m256i r = _mm256_shuffle_epi8(tab, idx[u]);
-              s[i][u] = _mm256_add_epi16(s[i][u], r);
-              h[i][u] = _mm256_add_epi16(h[i][u], _mm256_srli_epi16(r, 8));
-            }
+          for (int pp = 0; pp < kPG; ++pp) {
+            if (pp >= np) break;
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + 32 * pp));
+            const __m256i idx[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
+            for (int i = 0; i < TB; ++i)
+              for (int u = 0; u < 2; ++u) {
+                const __m256i r = _mm256_shuffle_epi8(tab[i], idx[u]);
+                s[i][pp][u] = _mm256_add_epi16(s[i][pp][u], r);
+                h[i][pp][u] = _mm256_add_epi16(h[i][pp][u], _mm256_srli_epi16(r, 8));
+              }
           }
         }
-        const __m256i k = _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[p]));
-        for (int i = 0; i < TB; ++i)
-          for (int u = 0; u < 2; ++u) {
-            cs[i][u] = _mm256_add_epi16(cs[i][u], _mm256_mullo_epi16(s[i][u], k));
-            ch[i][u] = _mm256_add_epi16(ch[i][u], _mm256_mullo_epi16(h[i][u], k));
-          }
+        for (int pp = 0; pp < np; ++pp) {
+          const __m256i k = _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[p0 + pp]));
+          for (int i = 0; i < TB; ++i)
+            for (int u = 0; u < 2; ++u) {
+              cs[i][u] = _mm256_add_epi16(cs[i][u], _mm256_mullo_epi16(s[i][pp][u], k));
+              ch[i][u] = _mm256_add_epi16(ch[i][u], _mm256_mullo_epi16(h[i][pp][u], k));
+            }
+        }
       }
       const __m256i bias = _mm256_set1_epi16(block_bias(cx, nc));
       for (int i = 0; i < TB; ++i)
