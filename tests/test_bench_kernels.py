@@ -1,0 +1,63 @@
+"""tools/bench_kernels.py: argument handling, the C enum parser and the report tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "bench_kernels.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kernels"] = mod  # dataclasses look the module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_selects_two_shapes(bench) -> None:
+    args = bench.parse_args(["--quick"])
+    assert args.shapes == list(bench.QUICK_SHAPES)
+    assert args.threads == [1, 2] and args.m == [1, 128] and args.repeats is None
+
+
+def test_explicit_shapes_win_over_quick(bench) -> None:
+    assert bench.parse_args(["--quick", "--shapes", "896x896"]).shapes == ["896x896"]
+
+
+def test_missing_llama_build_is_a_usage_error(bench, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--llama-cpp-build", str(tmp_path / "nope")])
+
+
+def test_parse_enum_explicit_and_sequential(bench) -> None:
+    text = "enum ggml_op {\n  GGML_OP_NONE = 0,\n  GGML_OP_DUP, // copy\n  GGML_OP_ADD,\n  GGML_OP_COUNT,\n};"
+    assert bench._parse_enum(text, "ggml_op") == {
+        "GGML_OP_NONE": 0,
+        "GGML_OP_DUP": 1,
+        "GGML_OP_ADD": 2,
+        "GGML_OP_COUNT": 3,
+    }
+    text = "enum ggml_type {\n  GGML_TYPE_F32 = 0,\n  // GGML_TYPE_X = 4, gone\n  GGML_TYPE_Q5_0 = 6,\n};"
+    assert bench._parse_enum(text, "ggml_type") == {"GGML_TYPE_F32": 0, "GGML_TYPE_Q5_0": 6}
+
+
+def test_markdown_ratios_and_scaling(bench) -> None:
+    R = bench.Result
+    results = [
+        R("4096x4096", 1, 1, "edgelut q2", 100e-6, 4_000_000, "2.25 bpw"),
+        R("4096x4096", 1, 1, "llama q2_K", 300e-6, 5_000_000),
+        R("4096x4096", 1, 2, "edgelut q2", 50e-6, 4_000_000, "2.25 bpw"),
+        R("4096x4096", 1, 2, "llama q2_K", float("nan"), 0, "skipped"),
+    ]
+    args = bench.parse_args(["--threads", "1", "2"])
+    md = bench.markdown(results, args)
+    assert "| 4096x4096 | 1 | 1 | 100 (40) | 300 (17) |" in md
+    assert "| 4096x4096 | 1 | 2 | 50.0 (80) | - |" in md
+    assert "| q2 vs llama q2_K |" in md and "| 4096x4096 | 1 | 1 | 3.00 |" in md
+    assert "| 4096x4096 | 1 | 2.00 | - |" in md  # thread scaling: edgelut 2x, llama missing
