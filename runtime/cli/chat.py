@@ -25,12 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def format_stats(stats: dict) -> str:
-    keys = ("prompt_tokens", "prefill_tokens_per_s", "decode_tokens", "decode_tokens_per_s", "peak_rss_mb")
-    return ", ".join(
-        f"{k}={stats[k]:.1f}" if isinstance(stats.get(k), float) else f"{k}={stats.get(k)}"
-        for k in keys
-        if k in stats
+def format_stats(stats) -> str:
+    """One line from Model.stats (a GenerationStats) for /stats."""
+    return (
+        f"prompt {stats.prompt_tokens} tokens ({stats.cached_tokens} from cache), "
+        f"prefill {stats.prefill_tokens_per_s:.1f} tokens/s, "
+        f"reply {stats.completion_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s, "
+        f"peak RSS {stats.peak_rss_mb:.0f} MiB"
     )
 
 
