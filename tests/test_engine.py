@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import real_model
 
 from edgelut import Model, _core
 from edgelut.model import _TextStream, pack_tensors, shard_tensors
@@ -465,7 +466,7 @@ def test_text_stream_holds_back_partial_stop():
 
 
 # ---- the real model -------------------------------------------------------------------------------
-GGUF = Path.home() / ".cache/edgelut/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = real_model.smollm2_gguf()
 
 
 def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], list[str]]:
@@ -506,7 +507,6 @@ def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], list[str]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not GGUF.exists(), reason=f"the SmolLM2 GGUF is not unpacked at {GGUF} (see BRIEF)")
 def test_smollm2_greedy_tokens_match_numpy():
     cfg, tensors, vocab = load_gguf(GGUF)
     words = [

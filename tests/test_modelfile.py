@@ -280,7 +280,6 @@ def test_llama_cpp_gguf_is_recognised_as_foreign(tmp_path):
     _both_reject(p, "without edgelut metadata")
 
 
-@pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason="SmolLM2 GGUF not in ~/.cache/edgelut (see the brief)")
 def test_real_llama_cpp_file_is_recognised_as_foreign():
     _both_reject(SMOLLM2_GGUF, "is a llama.cpp GGUF")
 

