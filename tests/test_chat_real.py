@@ -83,3 +83,48 @@ def test_cli_chat_closed_stdin(model_path: Path) -> None:
     )
     assert r.returncode == 0
     assert r.stdout == ""
+
+
+def test_cli_memory_budget_too_small_names_the_minimum(model_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "edgelut.cli", "bench", str(model_path), "--memory-budget", "1M"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "too small; the minimum is" in lines[0]
+
+
+def test_cli_bench_paged_runs(model_path: Path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgelut.cli",
+            "bench",
+            str(model_path),
+            "--json",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--ctx",
+            "256",
+            "--window",
+            "2",
+            "--drop-cache",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    result = json.loads(r.stdout)
+    assert result["decode_tokens_per_s"] > 0 and result["prefill_tokens_per_s"] > 0

@@ -65,3 +65,9 @@ def test_run_needs_a_prompt() -> None:
     r = edgelut("run", "model.gguf")
     assert r.returncode == 2
     assert "-p/--prompt" in r.stderr
+
+
+def test_memory_budget_must_be_a_size() -> None:
+    r = edgelut("bench", "model.elut", "--memory-budget", "3X")
+    assert r.returncode == 2
+    assert "not a size: '3X'" in r.stderr

@@ -23,12 +23,38 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         p.add_argument("model", help="edgelut model file")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     p.add_argument("-c", "--ctx", type=int, default=2048, help="context length in tokens")
+    paging = p.add_argument_group("paging (models larger than memory)")
+    paging.add_argument(
+        "--memory-budget",
+        type=parse_size,
+        default=0,
+        metavar="SIZE",
+        help="page layer weights to stay within SIZE bytes (e.g. 300M, 1.5G); 0 = no paging",
+    )
+    paging.add_argument(
+        "--window", type=int, default=0, help="resident layer slots (0 = all, or from the budget)"
+    )
+    paging.add_argument(
+        "--drop-cache", action="store_true", help="drop paged layers from the page cache after reading them"
+    )
 
 
 def positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
+
+
+def parse_size(text: str) -> int:
+    """'300M' -> 314572800; plain numbers are bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 300M or 1.5G)") from None
 
 
 def resolve_model(model: str | None) -> Path:
@@ -49,5 +75,14 @@ def load_model(args: argparse.Namespace):
 
     positive_int("--threads", args.threads, allow_zero=True)
     positive_int("--ctx", args.ctx)
+    positive_int("--window", args.window, allow_zero=True)
+    positive_int("--memory-budget", args.memory_budget, allow_zero=True)
     path = resolve_model(args.model)
-    return edgelut.load(str(path), n_threads=args.threads, n_ctx=args.ctx)
+    return edgelut.load(
+        str(path),
+        n_threads=args.threads,
+        n_ctx=args.ctx,
+        window=args.window,
+        memory_budget=args.memory_budget,
+        drop_cache=args.drop_cache,
+    )
