@@ -470,40 +470,15 @@ GGUF = real_model.smollm2_gguf()
 
 
 def load_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], list[str]]:
-    """Float weights of a llama GGUF, Q/K un-permuted back to Hugging Face order (test helper)."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
+    """Float weights (Hugging Face order), config and vocabulary through edgelut's GGUF importer."""
+    import json
 
-    r = GGUFReader(str(path))
+    from edgelut.models.importers import load_model
 
-    def field(name):
-        return r.fields[name].contents()
-
-    cfg = ModelConfig(
-        architecture="llama",
-        vocab_size=int(field("llama.vocab_size")),
-        hidden_size=int(field("llama.embedding_length")),
-        intermediate_size=int(field("llama.feed_forward_length")),
-        n_layers=int(field("llama.block_count")),
-        n_heads=int(field("llama.attention.head_count")),
-        n_kv_heads=int(field("llama.attention.head_count_kv")),
-        head_dim=int(field("llama.rope.dimension_count")),
-        rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(field("llama.rope.freq_base")),
-        tie_embeddings=True,
-        eos_token_ids=(int(field("tokenizer.ggml.eos_token_id")),),
-    )
-    tensors = {}
-    for t in r.tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(
-            [int(d) for d in t.shape[::-1]]
-        )
-        heads = {"attn_q.weight": cfg.n_heads, "attn_k.weight": cfg.n_kv_heads}.get(t.name.split(".", 2)[-1])
-        if heads:  # llama.cpp permutes Q/K rows for adjacent-pair RoPE; undo it
-            n, k = w.shape
-            w = w.reshape(heads, cfg.head_dim // 2, 2, k).swapaxes(1, 2).reshape(n, k)
-        tensors[t.name] = np.ascontiguousarray(w)
-    return cfg, tensors, list(field("tokenizer.ggml.tokens"))
+    model = load_model(path)
+    vocab = json.loads(model.tokenizer.tokenizer_json)["model"]["vocab"]
+    by_id = sorted(vocab, key=vocab.get)
+    return model.config, dict(model.tensors), by_id
 
 
 @pytest.mark.slow
