@@ -12,6 +12,9 @@ SPEC is a type (``q1``..``q4``, ``tq``, ``f16``, ``f32`` to keep it float), or
 optionally followed by ``:gNN`` (group size) and ``:asym``/``:sym``. Later
 overrides win over earlier ones, user overrides over the defaults.
 
+Groups are asymmetric (scale and offset) by default for q1..q4 and symmetric
+for tq; see :func:`default_asym` for why.
+
 Default overrides per type (keep the most sensitive tensors wider; to be tuned
 by perplexity measurements):
 
