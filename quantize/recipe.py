@@ -12,6 +12,9 @@ SPEC is a type (``q1``..``q4``, ``tq``, ``f16``, ``f32`` to keep it float), or
 optionally followed by ``:gNN`` (group size) and ``:asym``/``:sym``. Later
 overrides win over earlier ones, user overrides over the defaults.
 
+Groups are asymmetric (scale and offset) by default for q1..q4 and symmetric
+for tq; see :func:`default_asym` for why.
+
 Default overrides per type (keep the most sensitive tensors wider; to be tuned
 by perplexity measurements):
 
@@ -32,7 +35,15 @@ from typing import Any
 
 from edgelut.kernels import GROUP_SIZES, QTYPES
 
-__all__ = ["DEFAULT_OVERRIDES", "METHODS", "Recipe", "TensorSpec", "parse_overrides", "qtype_for_bits"]
+__all__ = [
+    "DEFAULT_OVERRIDES",
+    "METHODS",
+    "Recipe",
+    "TensorSpec",
+    "default_asym",
+    "parse_overrides",
+    "qtype_for_bits",
+]
 
 METHODS = ("rtn", "gptq", "ternary")
 FLOAT_SPECS = ("f16", "f32")
@@ -45,6 +56,18 @@ DEFAULT_OVERRIDES: dict[str, dict[str, str]] = {
     "q1": {"token_embd": "q4", "output": "q4", "attn_v": "q3", "ffn_down": "q3"},
     "tq": {"token_embd": "q4", "output": "q4"},
 }
+
+
+def default_asym(qtype: str) -> bool:
+    """Asymmetric groups unless ternary.
+
+    The symmetric form w = scale * (code - CENTER) has no zero level for q1..q4
+    (CENTER is a half integer), so every small weight is pushed out to +-scale/2;
+    at 3 bits that costs SmolLM2-135M perplexity ~38k vs ~230 asymmetric
+    (RTN g64, Lee corpus, ctx 512). The asymmetric form's offset places the
+    levels on the group's actual range. Ternary keeps BitNet's symmetric absmean.
+    """
+    return qtype != "tq"
 
 
 def qtype_for_bits(bits: str | int | float) -> str:
@@ -121,6 +144,9 @@ def _apply_spec(spec: str, base: TensorSpec) -> TensorSpec:
         qtype = head
     else:
         raise ValueError(f"bad recipe spec {spec!r}: type must be q1..q4, tq, f16, f32 or +N/-N")
+    if (qtype == "tq") != (base.qtype == "tq"):
+        # Crossing between ternary and q1..q4 resets symmetry to the new type's default.
+        asym = default_asym(qtype)
     for opt in opts:
         if opt in ("asym", "sym"):
             asym = opt == "asym"
@@ -152,7 +178,8 @@ class Recipe:
     method: str = "rtn"
     qtype: str = "q4"
     group_size: int = 64
-    asym: bool = False
+    # None = the type's default: asymmetric for q1..q4, symmetric (absmean) for tq.
+    asym: bool | None = None
     overrides: dict[str, str] = field(default_factory=dict)
     use_defaults: bool = True
     act_order: bool = False
@@ -164,6 +191,8 @@ class Recipe:
             raise ValueError(f"unknown weight type {self.qtype!r}")
         if self.group_size not in GROUP_SIZES:
             raise ValueError(f"group size must be 32, 64 or 128, got {self.group_size}")
+        if self.asym is None:
+            self.asym = default_asym(self.qtype)
         self.overrides = parse_overrides(self.overrides)
 
     def all_overrides(self) -> dict[str, str]:
@@ -173,7 +202,7 @@ class Recipe:
 
     def spec_for(self, name: str) -> TensorSpec:
         """The storage spec of a weight matrix (1-D tensors are always stored float)."""
-        spec = TensorSpec(self.qtype, self.group_size, self.asym)
+        spec = TensorSpec(self.qtype, self.group_size, bool(self.asym))
         base = spec
         for pattern, value in self.all_overrides().items():
             if _matches(pattern, name):

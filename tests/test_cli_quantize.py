@@ -215,3 +215,14 @@ def test_hf_pull_offline_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     assert main(["pull", "hf:edgelut-test/definitely-not-there"]) == 2
     _one_error_line(capsys, "could not download hf:edgelut-test/definitely-not-there")
+
+
+def test_quantize_defaults_to_asym_and_sym_opts_out(tmp_path, tiny_source):
+    """q1..q4 default to asymmetric groups (symmetric has no zero level); --sym keeps the old form."""
+    for flag, asym in ((None, True), ("--sym", False)):
+        out = tmp_path / f"{flag}.elut"
+        args = ["quantize", "tiny", "-o", str(out), "--bits", "3", "-q"] + ([flag] if flag else [])
+        assert main(args) == 0
+        f = read_model_file(out)
+        assert f.entries["blk.0.ffn_gate.weight"].asym is asym
+        assert f.recipe["asym"] is asym

@@ -196,7 +196,7 @@ def test_source_codes_are_used_only_for_q4_g32_asym():
 
 def test_recipe_defaults_and_overrides():
     r = Recipe(qtype="q2", group_size=64)
-    assert str(r.spec_for("blk.3.attn_q.weight")) == "q2:g64:sym"
+    assert str(r.spec_for("blk.3.attn_q.weight")) == "q2:g64:asym"
     assert r.spec_for("token_embd.weight").qtype == "q4"
     assert r.spec_for("blk.3.attn_v.weight").qtype == "q4"
     assert r.spec_for("blk.3.ffn_down.weight").qtype == "q3"
@@ -280,3 +280,56 @@ def test_calibration_pass_matches_the_reference_forward(arch):
     )
     want = hessian(forward(model, ids[0]))
     assert np.allclose(seen["output.weight"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_default_symmetry_per_type():
+    """q1..q4 default to asymmetric groups (the symmetric form has no zero level); tq stays absmean."""
+    for qt in ("q1", "q2", "q3", "q4"):
+        assert Recipe(qtype=qt).spec_for("blk.0.attn_q.weight").asym
+        assert not Recipe(qtype=qt, asym=False).spec_for("blk.0.attn_q.weight").asym
+    tq = Recipe(qtype="tq")
+    assert not tq.spec_for("blk.0.attn_q.weight").asym
+    # Its q4 embeddings/output cross to the q family and take that default.
+    assert tq.spec_for("token_embd.weight") == TensorSpec("q4", 64, True)
+    sym_out = Recipe(qtype="tq", overrides="output=q4:sym")
+    assert sym_out.spec_for("output.weight") == TensorSpec("q4", 64, False)
+    tq_q = Recipe(qtype="q3", overrides="attn_q=tq")
+    assert tq_q.spec_for("blk.0.attn_q.weight") == TensorSpec("tq", 64, False)
+
+
+def _real_q3_perplexity(asym: bool | None) -> tuple[float, float]:
+    """(float, q3 RTN g64 per the default recipe) perplexity of SmolLM2-135M on one 256-token window."""
+    from model_fixtures import smollm2_model
+
+    from edgelut.models.reference import perplexity
+    from edgelut.tokenizer import Tokenizer
+
+    model = smollm2_model()
+    tok = Tokenizer(model.tokenizer)
+    ids = tok.encode(DEFAULT_CALIBRATION_TEXT, add_special=True, parse_special=False)
+    recipe = Recipe(qtype="q3", group_size=64, asym=asym)
+    orig = model.tensors
+    base = perplexity(model, ids, ctx=256, n_chunks=1, bos_id=tok.bos_id).perplexity
+    # The blocks only: the embedding's lookup rows do not change the finding and cost 10 s.
+    q = {
+        n: quantize_tensor(n, np.asarray(w, np.float32), recipe.spec_for(n), "rtn").dequantize()
+        for n, w in orig.items()
+        if np.ndim(w) == 2 and n.startswith("blk.")
+    }
+    try:
+        model.tensors = {**orig, **q}
+        got = perplexity(model, ids, ctx=256, n_chunks=1, bos_id=tok.bos_id).perplexity
+    finally:
+        model.tensors = orig
+    return base, got
+
+
+@pytest.mark.slow
+def test_real_model_q3_default_recipe_perplexity():
+    """Regression: q3 RTN with the old symmetric default took SmolLM2 from ppl ~32 to ~66k.
+
+    On this window (float ppl 6.6) symmetric q3 gave 14117 (2100x) and the asymmetric
+    default 197 (30x: q3 RTN at 135M is lossy, but not broken).
+    """
+    base, got = _real_q3_perplexity(None)
+    assert got < 60.0 * base, (base, got)

@@ -15,7 +15,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", default="4", help="1, 2, 3, 4 or ternary (default 4)")
     p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="weights per scale")
     p.add_argument("--method", default="rtn", choices=("rtn", "gptq", "ternary"))
-    p.add_argument("--asym", action="store_true", help="asymmetric groups (scale and offset)")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument(
+        "--asym",
+        dest="asym",
+        action="store_true",
+        default=None,
+        help="asymmetric groups, scale and offset (default for q1..q4)",
+    )
+    sym.add_argument(
+        "--sym",
+        dest="asym",
+        action="store_false",
+        help="symmetric groups, scale only (default for ternary; no zero level for q1..q4)",
+    )
     p.add_argument("--act-order", action="store_true", help="GPTQ: quantise columns by decreasing activation")
     p.add_argument("--calib", metavar="FILE", help="calibration text (default: a built-in English sample)")
     p.add_argument("--calib-tokens", type=int, default=1024, help="calibration tokens (default 1024)")
