@@ -1,4 +1,7 @@
-"""Builds the C++ core `edgelut._core` from csrc/ (see csrc/sources.txt).
+"""Builds the C++ core `edgelut._core` and the C ABI library from csrc/ (see csrc/sources.txt).
+
+The C ABI library is installed as edgelut/lib/libedgelut.so with its header
+edgelut/include/edgelut.h (edgelut.capi.library_path() / include_dir()).
 
 Kernel sources for one ISA are compiled with that ISA's flags only, so one
 wheel runs on any x86-64 or aarch64 CPU and picks its kernels at run time.
@@ -7,6 +10,8 @@ wheel runs on any x86-64 or aarch64 CPU and picks its kernels at run time.
 from __future__ import annotations
 
 import platform
+import shutil
+import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -34,15 +39,17 @@ def _arch() -> str:
 
 
 TARGETS_FOR_ARCH = {
-    "x86_64": {"core", "avx2", "avx512", "python"},
-    "aarch64": {"core", "neon", "python"},
+    "x86_64": {"core", "avx2", "avx512", "python", "capi"},
+    "aarch64": {"core", "neon", "python", "capi"},
 }
 SOURCES = [
     (path, target)
     for path, target in _read_table("sources.txt")
-    if target in TARGETS_FOR_ARCH.get(_arch(), {"core", "python"})
+    if target in TARGETS_FOR_ARCH.get(_arch(), {"core", "python", "capi"})
 ]
 ISA_FLAGS = {row[0]: row[1:] for row in _read_table("isa_flags.txt")}
+# The C ABI files, relative to the edgelut package directory.
+CAPI_FILES = ("lib/libedgelut.so", "include/edgelut.h")
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-Wall", "-Wextra"]
 
 
@@ -62,11 +69,59 @@ class BuildExt(build_ext):
             )
         ext.extra_objects = [*ext.extra_objects, *objects]
         super().build_extension(ext)
+        self._build_capi(ext, objects)
+
+    def _build_capi(self, ext: Pybind11Extension, isa_objects: list[str]) -> None:
+        """libedgelut.so: the core and ISA objects of the extension plus the C ABI sources."""
+        core = [p for p, t in SOURCES if t == "core"]
+        core_objects = self.compiler.object_filenames(core, output_dir=self.build_temp)
+        capi_objects = self.compiler.compile(
+            [p for p, t in SOURCES if t == "capi"],
+            output_dir=self.build_temp,
+            include_dirs=ext.include_dirs,
+            extra_postargs=[*ext.extra_compile_args, "-std=c++17", "-fPIC"],
+            depends=ext.depends,
+        )
+        package_dir = Path(self.build_lib) / "edgelut"
+        link_args = ["-pthread"]
+        if sys.platform.startswith("linux"):
+            # Export the C ABI only, so the engine's C++ symbols cannot clash with the app's.
+            link_args.append(f"-Wl,--version-script={ROOT / 'csrc' / 'capi' / 'exports.map'}")
+        self.compiler.link_shared_object(
+            [*capi_objects, *core_objects, *isa_objects],
+            str(package_dir / "lib" / "libedgelut.so"),
+            libraries=["dl"],
+            extra_postargs=link_args,
+            target_lang="c++",
+        )
+        (package_dir / "include").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / "csrc" / "include" / "edgelut.h", package_dir / "include" / "edgelut.h")
+
+    def _capi_mapping(self) -> dict[str, str]:
+        """Built C ABI file -> its place in the source tree (editable installs)."""
+        source_dir = Path(self.get_finalized_command("build_py").get_package_dir("edgelut"))
+        built = Path(self.build_lib) / "edgelut"
+        return {str(built / rel): str(source_dir / rel) for rel in CAPI_FILES}
+
+    def copy_extensions_to_source(self) -> None:
+        super().copy_extensions_to_source()
+        for built, source in self._capi_mapping().items():
+            Path(source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built, source)
+
+    def get_outputs(self) -> list[str]:
+        return [*super().get_outputs(), *self._capi_mapping()]
+
+    def get_output_mapping(self) -> dict[str, str]:
+        mapping = super().get_output_mapping()
+        if self.inplace:
+            mapping.update(self._capi_mapping())
+        return mapping
 
 
 ext = Pybind11Extension(
     "edgelut._core",
-    sources=[p for p, t in SOURCES if t not in ISA_FLAGS],
+    sources=[p for p, t in SOURCES if t not in ISA_FLAGS and t != "capi"],
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=BASE_FLAGS,

@@ -1,0 +1,184 @@
+/* Chat with an edgelut model from C, through the C ABI of edgelut.h.
+ *
+ *   chat MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N]
+ *
+ * Reads one user message per line from stdin (a terminal or a pipe) and
+ * streams the reply as it is generated. /reset starts a new conversation,
+ * /quit (or end of input) ends. Consecutive turns share a prefix, which the
+ * library keeps in its KV cache, so each turn only evaluates the new text.
+ *
+ * Build: see README.md in this directory.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <edgelut.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+  char* text; /* the reply so far (NUL-terminated) */
+  size_t length, capacity;
+} reply_buffer;
+
+static int on_token(int32_t token, const char* piece, size_t piece_length, void* user_data) {
+  reply_buffer* reply = (reply_buffer*)user_data;
+  (void)token;
+  if (piece_length == 0) return 0;
+  fwrite(piece, 1, piece_length, stdout);
+  fflush(stdout);
+  if (reply->length + piece_length + 1 > reply->capacity) {
+    size_t capacity = 2 * (reply->length + piece_length + 1);
+    char* grown = (char*)realloc(reply->text, capacity);
+    if (!grown) return 1; /* out of memory: stop generating */
+    reply->text = grown;
+    reply->capacity = capacity;
+  }
+  memcpy(reply->text + reply->length, piece, piece_length);
+  reply->length += piece_length;
+  reply->text[reply->length] = '\0';
+  return 0;
+}
+
+/* The conversation: roles are string literals, contents are owned copies. */
+typedef struct {
+  edgelut_chat_message* items;
+  size_t count, capacity;
+} conversation;
+
+static int add_message(conversation* c, const char* role, const char* content) {
+  char* copy;
+  if (c->count == c->capacity) {
+    size_t capacity = c->capacity ? 2 * c->capacity : 8;
+    edgelut_chat_message* grown = (edgelut_chat_message*)realloc(c->items, capacity * sizeof *grown);
+    if (!grown) return -1;
+    c->items = grown;
+    c->capacity = capacity;
+  }
+  copy = (char*)malloc(strlen(content) + 1);
+  if (!copy) return -1;
+  strcpy(copy, content);
+  c->items[c->count].role = role;
+  c->items[c->count].content = copy;
+  c->count++;
+  return 0;
+}
+
+/* Drops every message after the first `keep`. */
+static void truncate_conversation(conversation* c, size_t keep) {
+  while (c->count > keep) free((void*)c->items[--c->count].content);
+}
+
+static int usage(const char* argv0) {
+  fprintf(stderr, "usage: %s MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N]\n", argv0);
+  return 2;
+}
+
+int main(int argc, char** argv) {
+  const char* model_path = NULL;
+  const char* system_prompt = NULL;
+  edgelut_load_params load;
+  edgelut_generate_params gen;
+  edgelut_model* model = NULL;
+  conversation chat = {NULL, 0, 0};
+  reply_buffer reply = {NULL, 0, 0};
+  size_t n_fixed;
+  char* line = NULL;
+  size_t line_capacity = 0;
+  int interactive = isatty(STDIN_FILENO);
+  int status = 0;
+  int i;
+
+  edgelut_load_params_init(&load);
+  edgelut_generate_params_init(&gen);
+  gen.max_tokens = 256;
+  for (i = 1; i < argc; i++) {
+    const char* arg = argv[i];
+    const char* value = i + 1 < argc ? argv[i + 1] : NULL;
+    if (arg[0] != '-') {
+      if (model_path) return usage(argv[0]);
+      model_path = arg;
+      continue;
+    }
+    if (!value) return usage(argv[0]);
+    if (strcmp(arg, "-s") == 0) system_prompt = value;
+    else if (strcmp(arg, "-n") == 0) gen.max_tokens = atoi(value);
+    else if (strcmp(arg, "-t") == 0) gen.sampling.temperature = (float)atof(value);
+    else if (strcmp(arg, "-c") == 0) load.n_ctx = atoi(value);
+    else if (strcmp(arg, "--seed") == 0) gen.sampling.seed = strtoull(value, NULL, 10);
+    else return usage(argv[0]);
+    i++;
+  }
+  if (!model_path) return usage(argv[0]);
+
+  if (edgelut_model_load(model_path, &load, &model) != EDGELUT_OK) {
+    fprintf(stderr, "error: %s\n", edgelut_last_error());
+    return 1;
+  }
+  if (!edgelut_model_has_tokenizer(model)) {
+    fprintf(stderr, "error: %s\n", edgelut_last_error());
+    edgelut_model_free(model);
+    return 1;
+  }
+  if (system_prompt && add_message(&chat, "system", system_prompt) != 0) {
+    fprintf(stderr, "error: out of memory\n");
+    edgelut_model_free(model);
+    return 1;
+  }
+  n_fixed = chat.count;
+  gen.on_token = on_token;
+  gen.user_data = &reply;
+
+  for (;;) {
+    ssize_t n;
+    edgelut_status st;
+    if (interactive) {
+      fputs("> ", stdout);
+      fflush(stdout);
+    }
+    n = getline(&line, &line_capacity, stdin);
+    if (n < 0) break; /* end of input */
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    if (n == 0) continue;
+    if (strcmp(line, "/quit") == 0) break;
+    if (strcmp(line, "/reset") == 0) {
+      truncate_conversation(&chat, n_fixed);
+      edgelut_reset(model);
+      puts("(new conversation)");
+      continue;
+    }
+    if (add_message(&chat, "user", line) != 0) {
+      fprintf(stderr, "error: out of memory\n");
+      status = 1;
+      break;
+    }
+    reply.length = 0;
+    if (reply.text) reply.text[0] = '\0';
+    st = edgelut_chat(model, chat.items, chat.count, &gen, NULL);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (st == EDGELUT_ERR_CONTEXT_FULL) {
+      fprintf(stderr, "error: %s\n(conversation reset)\n", edgelut_last_error());
+      truncate_conversation(&chat, n_fixed);
+      edgelut_reset(model);
+      continue;
+    }
+    if (st != EDGELUT_OK) {
+      fprintf(stderr, "error: %s\n", edgelut_last_error());
+      status = 1;
+      break;
+    }
+    if (add_message(&chat, "assistant", reply.text ? reply.text : "") != 0) {
+      fprintf(stderr, "error: out of memory\n");
+      status = 1;
+      break;
+    }
+  }
+
+  truncate_conversation(&chat, 0);
+  free(chat.items);
+  free(reply.text);
+  free(line);
+  edgelut_model_free(model);
+  return status;
+}
