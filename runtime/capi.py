@@ -9,7 +9,8 @@ C++ engine as ``edgelut._core``) and its header. A C program builds with::
 Text in and out of the C ABI goes through a tokenizer backend that libedgelut
 loads at run time: onnxruntime-genai's C library (``pip install
 edgelut[capi]``). ``tokenizer_library()`` finds it; point libedgelut at it with
-``EDGELUT_TOKENIZER_LIB`` or the ``tokenizer_lib`` load parameter.
+``EDGELUT_TOKENIZER_LIB`` or the ``tokenizer_lib`` load parameter (and at
+ONNX Runtime with ``EDGELUT_ONNXRUNTIME_LIB`` when it is not installed beside it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def library_path() -> Path:
     """The path of libedgelut.so; FileNotFoundError when this build has none."""
     path = _PACKAGE / "lib" / "libedgelut.so"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: this edgelut build has no C ABI library (rebuild with pip)")
+        raise FileNotFoundError(f"{path} is missing: this build has no C ABI library (rebuild with pip)")
     return path
 
 
@@ -49,4 +50,20 @@ def tokenizer_library() -> Path | None:
     return None
 
 
-__all__ = ["include_dir", "library_path", "tokenizer_library"]
+def onnxruntime_library() -> Path | None:
+    """The ONNX Runtime library the tokenizer backend needs (from the onnxruntime wheel), or None.
+
+    libedgelut finds it by itself when the onnxruntime wheel sits beside
+    onnxruntime-genai; otherwise set EDGELUT_ONNXRUNTIME_LIB to this path.
+    """
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for d in spec.submodule_search_locations:
+        found = sorted((Path(d) / "capi").glob("libonnxruntime.so*"))
+        if found:
+            return found[0]
+    return None
+
+
+__all__ = ["include_dir", "library_path", "onnxruntime_library", "tokenizer_library"]

@@ -251,7 +251,7 @@ void edgelut_load_params_init(edgelut_load_params* p) {
 }
 
 edgelut_status edgelut_model_load(const char* path, const edgelut_load_params* params, edgelut_model** out) {
-  return guarded(EDGELUT_ERR_INVALID_MODEL, [&] {
+  return guarded(EDGELUT_ERR_INVALID_ARGUMENT, [&] {
     require_ptr(out, "out");
     *out = nullptr;
     require_ptr(path, "path");
@@ -279,7 +279,14 @@ edgelut_status edgelut_model_load(const char* path, const edgelut_load_params* p
     po.verify_crc = p.verify_crc != 0;
 
     auto m = std::make_unique<edgelut_model>();
-    m->engine = edgelut::engine_from_file(path, eo, po);
+    try {
+      m->engine = edgelut::engine_from_file(path, eo, po);
+    } catch (const std::invalid_argument& e) {
+      // The reader's messages about the file's content start with its path;
+      // the rest (a window or budget that cannot work) are about the parameters.
+      const bool about_file = std::string(e.what()).rfind(path, 0) == 0;
+      fail(about_file ? EDGELUT_ERR_INVALID_MODEL : EDGELUT_ERR_INVALID_ARGUMENT, e.what());
+    }
     // A second, unchecked mapping for the metadata (the engine keeps its own).
     edgelut::ModelFile mf(path, false);
     const edgelut::GgufValue* eos_list = mf.find("edgelut.eos_token_ids");
