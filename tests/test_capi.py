@@ -83,6 +83,8 @@ class C:
         self.ffi, self.lib = ffi, lib
         params = ffi.new("edgelut_load_params*")
         lib.edgelut_load_params_init(params)
+        # One thread: the tests share a small, busy machine, where a spinning pool of 2 crawls.
+        load.setdefault("n_threads", 1)
         keep = []
         for k, v in load.items():
             if isinstance(v, str):
@@ -171,7 +173,7 @@ class C:
 
 @pytest.fixture(scope="module")
 def cm(ffi: Any, lib: Any, model_path: Path) -> Iterator[C]:
-    m = C(ffi, lib, model_path, n_threads=2, n_ctx=1024)
+    m = C(ffi, lib, model_path, n_threads=1, n_ctx=1024)
     assert m.status == lib.EDGELUT_OK, m.error
     yield m
     m.close()
@@ -179,7 +181,7 @@ def cm(ffi: Any, lib: Any, model_path: Path) -> Iterator[C]:
 
 @pytest.fixture(scope="module")
 def pm(model_path: Path) -> edgelut.Model:
-    return edgelut.load(str(model_path), n_threads=2, n_ctx=1024)
+    return edgelut.load(str(model_path), n_threads=1, n_ctx=1024)
 
 
 def _one_line(ffi: Any, lib: Any) -> str:
@@ -285,8 +287,7 @@ def test_eval_continues_from_start_pos(cm: C, pm: edgelut.Model) -> None:
     np.testing.assert_array_equal(cm.eval(ids[5:], start_pos=5), whole[5:])
 
 
-# 32 tokens is the check; the default run does 8 (decode is slow on a loaded 2-core box).
-@pytest.mark.parametrize("n", [8, pytest.param(32, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n", [32])
 def test_greedy_tokens_equal_python(cm: C, pm: edgelut.Model, n: int) -> None:
     ids = pm.tokenize("The capital of France is")
     pm.reset()
@@ -302,15 +303,15 @@ def test_seeded_sampling_reproducible_and_equal_python(cm: C, pm: edgelut.Model)
     ids = pm.tokenize("Write a short poem about the sea.")
     kw = {"temperature": 0.9, "top_k": 50, "top_p": 0.9, "min_p": 0.02, "repeat_penalty": 1.1, "seed": 1234}
     cm.lib.edgelut_reset(cm.m)
-    a, _, _ = cm.generate(ids, max_tokens=10, **kw)
+    a, _, _ = cm.generate(ids, max_tokens=24, **kw)
     cm.lib.edgelut_reset(cm.m)
-    b, _, _ = cm.generate(ids, max_tokens=10, **kw)
+    b, _, _ = cm.generate(ids, max_tokens=24, **kw)
     assert a == b
     pm.reset()
-    pm.generate(ids, max_tokens=10, **kw)
+    pm.generate(ids, max_tokens=24, **kw)
     assert a == pm.last_tokens
     cm.lib.edgelut_reset(cm.m)
-    c, _, _ = cm.generate(ids, max_tokens=10, **{**kw, "seed": 99})
+    c, _, _ = cm.generate(ids, max_tokens=24, **{**kw, "seed": 99})
     assert c != a
 
 
@@ -363,7 +364,7 @@ def test_stop_reasons(ffi: Any, lib: Any, model_path: Path, cm: C) -> None:
 
 @pytest.mark.parametrize("load", [{"window": 2}, {"memory_budget": 72 << 20}, {"window": 3, "drop_cache": 1}])
 def test_paging_keeps_logits(ffi: Any, lib: Any, model_path: Path, pm: edgelut.Model, load: dict) -> None:
-    paged = C(ffi, lib, model_path, n_threads=2, n_ctx=1024, **load)
+    paged = C(ffi, lib, model_path, n_threads=1, n_ctx=1024, **load)
     try:
         assert paged.status == lib.EDGELUT_OK, paged.error
         window = lib.edgelut_model_window(paged.m)
@@ -546,7 +547,7 @@ def test_chat_example_program(tmp_path: Path, lib: Any, model_path: Path) -> Non
     env = {**os.environ, "EDGELUT_TOKENIZER_LIB": str(capi.tokenizer_library())}
     env["EDGELUT_ONNXRUNTIME_LIB"] = str(capi.onnxruntime_library())
     run = subprocess.run(
-        [str(exe), str(model_path), "-s", SYSTEM, "-t", "0", "-n", "12"],
+        [str(exe), str(model_path), "-s", SYSTEM, "-t", "0", "-n", "12", "--threads", "1"],
         input="What is the capital of France?\n",
         capture_output=True,
         text=True,

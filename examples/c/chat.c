@@ -1,6 +1,6 @@
 /* Chat with an edgelut model from C, through the C ABI of edgelut.h.
  *
- *   chat MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N]
+ *   chat MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N]
  *
  * Reads one user message per line from stdin (a terminal or a pipe) and
  * streams the reply as it is generated. /reset starts a new conversation,
@@ -70,7 +70,9 @@ static void truncate_conversation(conversation* c, size_t keep) {
 }
 
 static int usage(const char* argv0) {
-  fprintf(stderr, "usage: %s MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N]\n", argv0);
+  fprintf(stderr,
+          "usage: %s MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N]\n",
+          argv0);
   return 2;
 }
 
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
     else if (strcmp(arg, "-t") == 0) gen.sampling.temperature = (float)atof(value);
     else if (strcmp(arg, "-c") == 0) load.n_ctx = atoi(value);
     else if (strcmp(arg, "--seed") == 0) gen.sampling.seed = strtoull(value, NULL, 10);
+    else if (strcmp(arg, "--threads") == 0) load.n_threads = atoi(value);
     else return usage(argv[0]);
     i++;
   }
