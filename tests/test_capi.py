@@ -558,3 +558,34 @@ def test_chat_example_program(tmp_path: Path, lib: Any, model_path: Path) -> Non
     assert "Paris" in run.stdout
     bad = subprocess.run([str(exe), str(tmp_path / "none.elut")], capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "none.elut" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+# ---- a second tokenizer family --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qwen_tokenizer_and_template(ffi: Any, lib: Any) -> None:
+    """Qwen2.5's byte-level BPE (its own split regex, no digit rule) agrees on every Lee line."""
+    from edgelut.models.datasets import lee_text
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.tokenizer import Tokenizer
+
+    path = cache.cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-q4g32.elut"
+    if not path.is_file():
+        pytest.skip(f"{path} is not on this machine (edgelut quantize the Qwen2.5-Coder GGUF)")
+    with read_model_file(path, verify_crc=False) as mf:
+        tk = Tokenizer(mf.tokenizer)
+    qm = C(ffi, lib, path, n_ctx=256, verify_crc=0)
+    try:
+        assert qm.status == lib.EDGELUT_OK, qm.error
+        lines = [ln for ln in lee_text().splitlines() if ln.strip()] + TEXTS
+        assert [ln for ln in lines if qm.tokenize(ln) != tk.encode(ln)] == []
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write hello world in C."}]
+        arr, _keep = qm.messages(msgs)
+        n = ffi.new("size_t*")
+        lib.edgelut_chat_template(qm.m, arr, 2, 1, ffi.NULL, 0, n)
+        buf = ffi.new("char[]", n[0] + 1)
+        qm.ok(lib.edgelut_chat_template(qm.m, arr, 2, 1, buf, n[0] + 1, n))
+        assert ffi.string(buf).decode() == tk.apply_chat_template(msgs, add_generation_prompt=True)
+    finally:
+        qm.close()
