@@ -303,10 +303,12 @@ def test_seeded_sampling_reproducible_and_equal_python(cm: C, pm: edgelut.Model)
     ids = pm.tokenize("Write a short poem about the sea.")
     kw = {"temperature": 0.9, "top_k": 50, "top_p": 0.9, "min_p": 0.02, "repeat_penalty": 1.1, "seed": 1234}
     cm.lib.edgelut_reset(cm.m)
-    a, _, _ = cm.generate(ids, max_tokens=24, **kw)
+    a, text, _ = cm.generate(ids, max_tokens=24, **kw)
     cm.lib.edgelut_reset(cm.m)
     b, _, _ = cm.generate(ids, max_tokens=24, **kw)
     assert a == b
+    # The streamed pieces add up to the whole text (characters split across tokens included).
+    assert text == pm.detokenize([t for t in a if t not in pm._eos_ids()])
     pm.reset()
     pm.generate(ids, max_tokens=24, **kw)
     assert a == pm.last_tokens
