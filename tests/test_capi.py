@@ -534,6 +534,17 @@ def test_without_tokenizer_backend(ffi: Any, lib: Any, model_path: Path, tokeniz
 # ---- the C example ------------------------------------------------------------------------------
 
 
+def test_header_compiles_as_c99_and_cxx(tmp_path: Path) -> None:
+    for compiler, lang, std in (("cc", "c", "-std=c99"), ("c++", "c++", "-std=c++11")):
+        exe = shutil.which(compiler)
+        if exe is None:
+            pytest.skip(f"no {compiler} on this machine")
+        src = tmp_path / f"use.{'c' if lang == 'c' else 'cc'}"
+        src.write_text("#include <edgelut.h>\nint main(void) { return edgelut_abi_version() != 1; }\n")
+        flags = [std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", f"-I{capi.include_dir()}"]
+        subprocess.run([exe, *flags, str(src)], check=True)
+
+
 def test_chat_example_program(tmp_path: Path, lib: Any, model_path: Path) -> None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
