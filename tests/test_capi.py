@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -602,3 +603,26 @@ def test_qwen_tokenizer_and_template(ffi: Any, lib: Any) -> None:
         assert ffi.string(buf).decode() == tk.apply_chat_template(msgs, add_generation_prompt=True)
     finally:
         qm.close()
+
+
+def test_backend_without_onnxruntime_does_not_abort(lib: Any, model_path: Path, tmp_path: Path) -> None:
+    """The backend terminates the process when it cannot find ONNX Runtime; libedgelut checks first."""
+    backend = tmp_path / "libonnxruntime-genai.so"  # a copy with no onnxruntime wheel beside it
+    shutil.copyfile(str(capi.tokenizer_library()), backend)
+    script = f"""
+import cffi, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_capi as T
+from edgelut import capi
+ffi = cffi.FFI(); ffi.cdef(T._cdef()); lib = ffi.dlopen(str(capi.library_path()))
+m = T.C(ffi, lib, {str(model_path)!r}, tokenizer_lib={str(backend)!r})
+assert m.status == lib.EDGELUT_OK, m.error
+has = lib.edgelut_model_has_tokenizer(m.m)
+print(has, ffi.string(lib.edgelut_last_error()).decode())
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_LIB_PATH", "EDGELUT_ONNXRUNTIME_LIB")}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    has, _, msg = run.stdout.strip().partition(" ")
+    # Unless the dynamic linker itself can find libonnxruntime, the backend is reported missing.
+    assert has == "1" or "needs the ONNX Runtime library" in msg, run.stdout

@@ -94,7 +94,7 @@ void resolve(void* lib, const std::string& path, const char* name, F* fn) {
   *fn = reinterpret_cast<F>(::dlsym(lib, name));
   if (!*fn)
     throw TokenizerUnavailable("the tokenizer backend " + path + " has no " + name +
-                               " (it needs onnxruntime-genai >= 0.10)");
+                               " (it needs onnxruntime-genai >= 0.18)");
 }
 
 // One resolved backend per library path, kept for the life of the process
@@ -110,6 +110,10 @@ const BackendApi* load_backend(const std::string& requested) {
   std::lock_guard<std::mutex> lock(mu);
   if (auto it = loaded.find(path); it != loaded.end()) return &it->second;
 
+  if (path.find('/') != std::string::npos && ::access(path.c_str(), R_OK) != 0)
+    throw TokenizerUnavailable("no tokenizer backend: " + path +
+                               " does not exist; pip install onnxruntime-genai and set EDGELUT_TOKENIZER_LIB to its "
+                               "libonnxruntime-genai.so (edgelut.capi.tokenizer_library() prints it)");
   // The backend loads ONNX Runtime while it is being loaded (a static
   // initializer) and terminates the process when it cannot: find it first.
   const std::string ort = locate_onnxruntime(path);
