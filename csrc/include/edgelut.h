@@ -17,8 +17,10 @@
  * Text (tokenize, detokenize, chat templates, the text pieces given to the
  * token callback) goes through a tokenizer backend loaded at run time: the
  * C library of onnxruntime-genai (pip install onnxruntime-genai), which reads
- * the Hugging Face tokenizer stored in the model file. Everything that works on
- * token ids (eval, sample, generate from ids) works without it.
+ * the Hugging Face tokenizer stored in the model file. It needs ONNX Runtime's
+ * library, found beside it (the onnxruntime wheel) or via
+ * $EDGELUT_ONNXRUNTIME_LIB. Everything that works on token ids (eval, sample,
+ * generate from ids) works without a backend.
  */
 #ifndef EDGELUT_H
 #define EDGELUT_H
