@@ -43,10 +43,15 @@ from pathlib import Path
 
 @dataclass
 class Sample:
-    pp128: list[float] = field(default_factory=list)
-    pp512: list[float] = field(default_factory=list)
-    tg: list[float] = field(default_factory=list)
-    rss_mib: list[float] = field(default_factory=list)
+    """Per-round values of each metric ("pp128", "pp512", "tg", "rss_mib")."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, v: float) -> None:
+        self.values.setdefault(key, []).append(v)
+
+    def get(self, key: str) -> list[float]:
+        return self.values.get(key, [])
 
 
 def run_child(cmd: list[str]) -> tuple[str, float]:
@@ -67,14 +72,19 @@ def run_child(cmd: list[str]) -> tuple[str, float]:
     return text, usage.ru_maxrss / 1024.0  # KiB on Linux
 
 
-def llama_bench(build: Path, gguf: str, threads: int, n_gen: int) -> tuple[dict[str, float], float, float]:
-    cmd = [str(build / "bin" / "llama-bench"), "-m", gguf, "-p", "128,512", "-n", str(n_gen)]
+def llama_bench(
+    build: Path, gguf: str, threads: int, prompts: list[int], n_gen: int
+) -> tuple[dict[str, float], float, float]:
+    cmd = [str(build / "bin" / "llama-bench"), "-m", gguf, "-p", ",".join(map(str, prompts or [0]))]
+    cmd += ["-n", str(n_gen)]
     cmd += ["-t", str(threads), "-r", "1", "-o", "json"]
     out, rss = run_child(cmd)
     rows = json.loads(out)
     res: dict[str, float] = {}
     bpw = 0.0
     for r in rows:
+        if not r["n_prompt"] and not r["n_gen"]:
+            continue
         key = f"pp{r['n_prompt']}" if r["n_prompt"] else "tg"
         res[key] = float(r["avg_ts"])
         bpw = 8.0 * r["model_size"] / r["model_n_params"]
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("-n", "--gen-tokens", type=int, default=32)
     ap.add_argument("-r", "--rounds", type=int, default=3)
+    ap.add_argument("--tests", nargs="+", choices=("pp128", "pp512", "tg"), default=["pp128", "pp512", "tg"])
     ap.add_argument("--matmul-path", choices=("auto", "lut", "int8"), default="auto")
     ap.add_argument("--ppl-file", default=None, help="text for perplexity (ctx 512)")
     ap.add_argument("--ppl-chunks", type=int, default=0, help="windows of 512 tokens (0 = no perplexity)")
@@ -152,25 +163,26 @@ def main(argv: list[str] | None = None) -> int:
             for t in args.threads:
                 key = (label, t)
                 ps, po = peer.setdefault(key, Sample()), ours.setdefault(key, Sample())
-                res, rss, lbpw = llama_bench(args.llama_cpp_build, gguf, t, args.gen_tokens)
-                ps.pp128.append(res["pp128"])
-                ps.pp512.append(res["pp512"])
-                ps.tg.append(res["tg"])
-                ps.rss_mib.append(rss)
+                prompts = [int(x[2:]) for x in args.tests if x.startswith("pp")]
+                n_gen = args.gen_tokens if "tg" in args.tests else 0
+                res, rss, lbpw = llama_bench(args.llama_cpp_build, gguf, t, prompts, n_gen)
+                for name, v in res.items():
+                    ps.add(name, v)
+                ps.add("rss_mib", rss)
                 rss_max = 0.0
-                for p, n, field_name in ((128, 1, "pp128"), (512, 1, "pp512"), (1, args.gen_tokens, "tg")):
+                for name in args.tests:
+                    p, n = (1, args.gen_tokens) if name == "tg" else (int(name[2:]), 1)
                     js, rss = edgelut_bench(elut, t, p, n, extra)
-                    val = js["decode_tokens_per_s"] if field_name == "tg" else js["prefill_tokens_per_s"]
-                    getattr(po, field_name).append(val)
+                    po.add(name, js["decode_tokens_per_s"] if name == "tg" else js["prefill_tokens_per_s"])
                     rss_max = max(rss_max, rss)
-                po.rss_mib.append(rss_max)
+                po.add("rss_mib", rss_max)
                 if label not in bpw:
                     bpw[label] = (edgelut_bpw(elut), lbpw)
+                cells = " ".join(
+                    f"{k} {po.get(k)[-1]:.1f}/{ps.get(k)[-1]:.1f}" for k in (*args.tests, "rss_mib")
+                )
                 print(
-                    f"round {r + 1} {label} t{t}: llama pp128 {res['pp128']:.1f} pp512 {res['pp512']:.1f} "
-                    f"tg {res['tg']:.1f} rss {ps.rss_mib[-1]:.0f} | edgelut pp128 {po.pp128[-1]:.1f} "
-                    f"pp512 {po.pp512[-1]:.1f} tg {po.tg[-1]:.1f} rss {rss_max:.0f} "
-                    f"({time.strftime('%H:%M:%S')})",
+                    f"round {r + 1} {label} t{t} (edgelut/llama.cpp): {cells} ({time.strftime('%H:%M:%S')})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -183,23 +195,28 @@ def main(argv: list[str] | None = None) -> int:
                 perplexity_llama(args.llama_cpp_build, gguf, args.ppl_file, args.ppl_chunks),
             )
 
-    print("| pair | threads | metric | edgelut | llama.cpp | ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    # ratio: of the medians; paired: median over rounds of the per-round ratio
+    # (both sides of a round ran within a minute of each other).
+    print("| pair | threads | metric | edgelut | llama.cpp | ratio | paired ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, _, _ in pairs:
         eb, lb = bpw[label]
         for t in args.threads:
             o, p = ours[(label, t)], peer[(label, t)]
-            for name, unit in (("pp128", "tok/s"), ("pp512", "tok/s"), ("tg", "tok/s"), ("rss_mib", "MiB")):
-                a, b = med(getattr(o, name)), med(getattr(p, name))
+            for name in (*args.tests, "rss_mib"):
+                unit = "MiB" if name == "rss_mib" else "tok/s"
+                a, b = med(o.get(name)), med(p.get(name))
+                paired = med([x / y for x, y in zip(o.get(name), p.get(name), strict=True)])
                 metric = {"tg": f"decode {args.gen_tokens}", "rss_mib": "peak RSS"}.get(name, name)
-                print(f"| {label} | {t} | {metric} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
-        line = f"| {label} | | bits/weight | {eb:.3f} | {lb:.3f} | |"
+                cols = f"{a:.1f} | {b:.1f} | {a / b:.2f}x | {paired:.2f}x"
+                print(f"| {label} | {t} | {metric} ({unit}) | {cols} |")
+        line = f"| {label} | | bits/weight | {eb:.3f} | {lb:.3f} | | |"
         print(line)
         if label in ppl:
             a, b = ppl[label]
-            print(f"| {label} | | perplexity ({args.ppl_chunks} x 512) | {a:.2f} | {b:.2f} | |")
+            print(f"| {label} | | perplexity ({args.ppl_chunks} x 512) | {a:.2f} | {b:.2f} | | |")
     if args.json_out:
-        dump = {f"{k[0]}/t{k[1]}": {"edgelut": vars(ours[k]), "llama.cpp": vars(peer[k])} for k in ours} | {
+        dump = {f"{k[0]}/t{k[1]}": {"edgelut": ours[k].values, "llama.cpp": peer[k].values} for k in ours} | {
             "bpw": bpw,
             "ppl": ppl,
         }
