@@ -136,14 +136,18 @@ void lut_matmul_multi(const MatmulOut* outs, int n_out, const float* x, int64_t 
                       ThreadPool& pool, MatmulPath path, double* prep_seconds) {
   if (n_out <= 0) return;
   const PackedShape& s0 = outs[0].w->shape;
+  const bool int8 = use_int8(s0, m, path);
   bool shared = true;
   for (int i = 0; i < n_out; ++i) {
     const PackedShape& s = outs[i].w->shape;
     check(s, m, ldx, outs[i].ldy);
-    shared = shared && s.k == s0.k && s.group == s0.group && s.qtype == s0.qtype;
+    // Tables and int8 activations depend only on K and the group size, not on
+    // the weight type (a recipe may give attn_v more bits than q/k); the kernel
+    // family must agree too.
+    shared = shared && s.k == s0.k && s.group == s0.group && use_int8(s, m, path) == int8;
   }
   if (shared) {
-    matmul_same_input(outs, n_out, x, m, ldx, isa, pool, use_int8(s0, m, path), prep_seconds);
+    matmul_same_input(outs, n_out, x, m, ldx, isa, pool, int8, prep_seconds);
     return;
   }
   for (int i = 0; i < n_out; ++i)

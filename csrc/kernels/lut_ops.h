@@ -40,7 +40,7 @@ struct MatmulOut {
 };
 
 // Several weights applied to the same input (q/k/v, gate/up). When they share
-// K, the group size and the type, the activation tables (or int8 activations)
+// K, the group size and the kernel family, the activation tables (or int8 activations)
 // are built once and the row tiles of all of them are split across threads in
 // one pass (one pool handoff instead of one per weight); otherwise it is one
 // lut_matmul per weight. Results are identical to separate calls on the same
