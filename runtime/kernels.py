@@ -119,9 +119,13 @@ def gemm(
     return _core.matmul(w, x, isa, n_threads, int8)
 
 
-def tables(w: PackedMatrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The int8 lookup tables the kernels build for x: (tables, table scales, group sums)."""
-    return _core.tables(w, _as_f32(x, "x"))
+def tables(w: PackedMatrix, x: np.ndarray, *, isa: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 lookup tables the kernels build for x: (tables, table scales, group sums).
+
+    ``isa=""`` runs the scalar reference builder; an ISA name runs that ISA's
+    builder (bit-identical to the reference by contract).
+    """
+    return _core.tables(w, _as_f32(x, "x"), isa)
 
 
 def cpu_isa() -> str:

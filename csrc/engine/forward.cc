@@ -54,6 +54,7 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
       shard_(shard.resolved(c)),
       opt_(o),
       isa_(pick_isa(o.isa)),
+      path_(matmul_path_from_name(o.matmul_path)),
       w_(bind_weights(c_, shard_, lookup)),
       comm_(comm ? std::move(comm) : std::make_shared<NullCommunicator>()),
       keepalive_(std::move(keepalive)),
@@ -109,20 +110,30 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const bool f16 = kv_.type() == KvType::kF16;
   float* x = x_.data();
   float* xb = xb_.data();
-  auto matmul = [&](const PackedView& w, const float* in, int64_t m, float* y, double& acc) {
+  // Weights that read the same input go in one call: the activation tables
+  // are built once and the pool is handed one job (lut_matmul_multi).
+  auto matmul_n = [&](std::initializer_list<MatmulOut> outs, const float* in, int64_t m, double& acc) {
     ScopeTimer timer(profiling_, acc);
-    lut_matmul(w, in, m, w.shape.k, y, w.shape.n, isa_, pool_);
+    lut_matmul_multi(outs.begin(), static_cast<int>(outs.size()), in, m, outs.begin()->w->shape.k, isa_, pool_,
+                     path_, profiling_ ? &prof_.tables : nullptr);
   };
+  auto matmul = [&](const PackedView& w, const float* in, int64_t m, float* y, double& acc) {
+    matmul_n({MatmulOut{&w, y, w.shape.n}}, in, m, acc);
+  };
+  double& elementwise = prof_.elementwise;
   if (profiling_) {
     prof_.tokens += T;
     ++prof_.calls;
   }
 
   // Token embeddings, and the RoPE angles of each position (shared by all layers).
-  for (int64_t t = 0; t < T; ++t) {
-    embed(ids[t], x + t * D);
-    rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
-                static_cast<double>(pos + t) / c_.rope_linear_factor);
+  {
+    ScopeTimer timer(profiling_, elementwise);
+    for (int64_t t = 0; t < T; ++t) {
+      embed(ids[t], x + t * D);
+      rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
+                  static_cast<double>(pos + t) / c_.rope_linear_factor);
+    }
   }
 
   for (int64_t l = 0; l < c_.n_layers; ++l) {
@@ -133,12 +144,15 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
                                    : w_.layers[l];
 
     // Attention rmsnorm.
-    for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps);
+    {
+      ScopeTimer timer(profiling_, elementwise);
+      for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps);
+    }
 
-    // q, k, v for the local heads (+ Qwen2 biases).
-    matmul(lw.wq, xb, T, q_.data(), prof_.matmul_attn);
-    matmul(lw.wk, xb, T, k_.data(), prof_.matmul_attn);
-    matmul(lw.wv, xb, T, v_.data(), prof_.matmul_attn);
+    // q, k, v for the local heads (+ Qwen2 biases), one shared table build.
+    matmul_n({MatmulOut{&lw.wq, q_.data(), lw.wq.shape.n}, MatmulOut{&lw.wk, k_.data(), lw.wk.shape.n},
+              MatmulOut{&lw.wv, v_.data(), lw.wv.shape.n}},
+             xb, T, prof_.matmul_attn);
     for (int64_t t = 0; t < T; ++t) {
       if (lw.bq) axpy_f32(1.0f, lw.bq, q_.data() + t * qd, qd);
       if (lw.bk) axpy_f32(1.0f, lw.bk, k_.data() + t * kvd, kvd);
@@ -185,16 +199,25 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     // Output projection of the local heads, summed across shards, residual.
     matmul(lw.wo, att_out_.data(), T, xb, prof_.matmul_attn);
     comm_->all_reduce(xb, T * D);
-    for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
-
-    // FFN rmsnorm, gate/up, SwiGLU, down (summed across shards), residual.
-    for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
-    matmul(lw.w_gate, xb, T, hb_.data(), prof_.matmul_ffn);
-    matmul(lw.w_up, xb, T, hb2_.data(), prof_.matmul_ffn);
-    swiglu_inplace(hb_.data(), hb2_.data(), T * F);
+    {
+      ScopeTimer timer(profiling_, elementwise);
+      for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
+      // FFN rmsnorm.
+      for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
+    }
+    // gate/up (one shared table build), SwiGLU, down (summed across shards), residual.
+    matmul_n({MatmulOut{&lw.w_gate, hb_.data(), F}, MatmulOut{&lw.w_up, hb2_.data(), F}}, xb, T,
+             prof_.matmul_ffn);
+    {
+      ScopeTimer timer(profiling_, elementwise);
+      swiglu_inplace(hb_.data(), hb2_.data(), T * F);
+    }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
     comm_->all_reduce(xb, T * D);
-    for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
+    {
+      ScopeTimer timer(profiling_, elementwise);
+      for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
+    }
   }
 
   // Final rmsnorm and the lm_head, only for the rows whose logits are wanted.
@@ -217,7 +240,7 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
                                                        std::to_string(i) + " is outside the vocabulary [0, " +
                                                        std::to_string(c_.vocab_size) + ")");
   const Clock::time_point t0 = Clock::now();
-  const double before = prof_.matmul_attn + prof_.matmul_ffn + prof_.lm_head + prof_.attention;
+  const double before = prof_.matmul_attn + prof_.matmul_ffn + prof_.lm_head + prof_.attention + prof_.elementwise;
   n_past_ = start_pos;  // positions after start_pos are forgotten
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {
@@ -231,7 +254,8 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
     n_past_ = start_pos + c0 + T;
   }
   if (profiling_) {
-    const double parts = prof_.matmul_attn + prof_.matmul_ffn + prof_.lm_head + prof_.attention - before;
+    const double parts =
+        prof_.matmul_attn + prof_.matmul_ffn + prof_.lm_head + prof_.attention + prof_.elementwise - before;
     prof_.other += seconds_since(t0) - parts;
   }
 }

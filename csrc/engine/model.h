@@ -17,6 +17,7 @@
 #include "../io/pager.h"
 #include "../kernels/cpu_isa.h"
 #include "../kernels/layout.h"
+#include "../kernels/lut_ops.h"
 #include "kv_cache.h"
 #include "sampler.h"
 #include "thread_pool.h"
@@ -128,11 +129,16 @@ struct EngineOptions {
   KvType kv_type = KvType::kF16;
   int64_t prefill_chunk = 64;   // tokens per GEMM pass during prefill
   std::string isa;              // "" = best for this CPU
+  std::string matmul_path;      // "" / "auto": per call (lut_ops.h); "lut" or "int8" force one
 };
 
 // Time per part of the forward pass, accumulated (seconds).
 struct Profile {
   double matmul_attn = 0, matmul_ffn = 0, lm_head = 0, attention = 0, other = 0;
+  // Parts of the above: activation tables / int8 activations of every matmul
+  // (inside matmul_* and lm_head), and norms + RoPE + residuals + SwiGLU +
+  // embeddings (outside; `other` is what is left: KV stores, overhead).
+  double tables = 0, elementwise = 0;
   int64_t tokens = 0, calls = 0;
 };
 
@@ -189,6 +195,10 @@ class Engine {
   void set_profiling(bool on) { profiling_ = on; }
   void reset_profile() { prof_ = Profile{}; }
 
+  // Forces the prefill kernel family ("lut", "int8") or lets each call pick ("auto").
+  void set_matmul_path(const std::string& name) { path_ = matmul_path_from_name(name); }
+  std::string matmul_path() const { return matmul_path_name(path_); }
+
  private:
   // One pass over T <= prefill_chunk tokens at positions pos.. ; the logits
   // of rows [first_logit, T) go to out (row stride vocab).
@@ -199,6 +209,7 @@ class Engine {
   ShardSpec shard_;
   EngineOptions opt_;
   CpuIsa isa_;
+  MatmulPath path_ = MatmulPath::kAuto;
   Weights w_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<void> keepalive_;

@@ -10,6 +10,8 @@ struct KernelSet {
   LutGemmFn gemm;  // m > 1 (prefill)
   // Optional int8 prefill (lut.h, "Int8 prefill path"); nullptr where absent.
   Int8GemmFn gemm_int8 = nullptr;
+  // Activation tables (lut.h); nullptr = the scalar reference build_tables.
+  BuildTablesFn tables = nullptr;
 };
 
 // Throws std::runtime_error when the CPU or this build lacks the ISA.

@@ -34,7 +34,15 @@ struct ActTables {
 inline size_t table_bytes(const PackedShape& s) { return static_cast<size_t>(s.k_padded() / kChunk) * kTableSize; }
 
 // x has s.k floats; the tail to k_padded is treated as zeros.
+// The scalar reference; SIMD builders (KernelSet::tables) are bit-identical to it.
 void build_tables(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum);
+
+// The reference for groups [g0, g1) only (tab, tscale, asum point at group 0):
+// the SIMD builders use it for a last group that runs past K.
+void build_tables_groups_ref(const PackedShape& s, const float* x, int64_t g0, int64_t g1, int8_t* tab,
+                             float* tscale, float* asum);
+
+using BuildTablesFn = void (*)(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum);
 
 // Computes rows of tiles [t0, t1) for M tokens: Y[m * ldy + row] for row < N.
 // acts points to M table sets. Kernels trust their inputs.

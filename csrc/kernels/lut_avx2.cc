@@ -119,10 +119,65 @@ struct Avx2 {
   }
 };
 
+// Activation tables, bit-identical to build_tables (lut_ref.cc); see
+// build_tables_avx512 for why lane idx can be computed directly. One chunk is
+// two ymm: entries 0..7 and 8..15.
+void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
+  const int64_t ng = s.groups(), G = s.group, cpg = G / kChunk;
+  const int64_t full = s.k / G;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 neg[2][kChunk];  // [half][j]: sign flip of a_j in lane idx = 8 * half + i
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < kChunk; ++j) {
+      alignas(32) int32_t m[8];
+      for (int i = 0; i < 8; ++i) m[i] = ((8 * h + i) >> j) & 1 ? 0 : static_cast<int32_t>(0x80000000u);
+      neg[h][j] = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(m)));
+    }
+  const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+  for (int64_t g = 0; g < full; ++g) {
+    const float* xg = x + g * G;
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t c = 0; c < cpg; c += 2) {
+      const __m256 v = _mm256_and_ps(_mm256_loadu_ps(xg + c * kChunk), absmask);
+      __m256 l1 = _mm256_add_ps(v, _mm256_shuffle_ps(v, v, 0x55));
+      l1 = _mm256_add_ps(l1, _mm256_shuffle_ps(v, v, 0xaa));
+      l1 = _mm256_add_ps(l1, _mm256_shuffle_ps(v, v, 0xff));
+      vmax = _mm256_max_ps(vmax, _mm256_blend_ps(_mm256_setzero_ps(), l1, 0x11));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    const float maxabs = std::max(lanes[0], lanes[4]);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < G; ++i) sum += xg[i];
+    asum[g] = sum;
+    tscale[g] = maxabs / 127.0f;
+    const __m256 inv = _mm256_set1_ps(maxabs > 0.0f ? 127.0f / maxabs : 0.0f);
+    int8_t* out = tab + g * cpg * kTableSize;
+    for (int64_t c = 0; c < cpg; ++c) {
+      const float* a = xg + c * kChunk;
+      __m256i iq[2];
+      for (int h = 0; h < 2; ++h) {
+        __m256 t = _mm256_add_ps(_mm256_xor_ps(_mm256_set1_ps(a[0]), neg[h][0]),
+                                 _mm256_xor_ps(_mm256_set1_ps(a[1]), neg[h][1]));
+        t = _mm256_add_ps(t, _mm256_xor_ps(_mm256_set1_ps(a[2]), neg[h][2]));
+        t = _mm256_add_ps(t, _mm256_xor_ps(_mm256_set1_ps(a[3]), neg[h][3]));
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(t, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_min_ps(lim, _mm256_max_ps(nlim, q));
+        iq[h] = _mm256_cvttps_epi32(q);
+      }
+      // int32 -> int16 packs per 128-bit lane; put the quarters back in order.
+      const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(iq[0], iq[1]), 0xd8);
+      const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * kTableSize), b);
+    }
+  }
+  if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
+}
+
 }  // namespace
 
 const KernelSet& kernels_avx2() {
-  static const KernelSet k{lut_gemm_x86<Avx2>, lut_gemm_x86<Avx2>};
+  static const KernelSet k{lut_gemm_x86<Avx2>, lut_gemm_x86<Avx2>, nullptr, build_tables_avx2};
   return k;
 }
 

@@ -371,10 +371,61 @@ void int8_gemm_avx512(const PackedView& w, const Int8Acts* acts, int64_t m, floa
   }
 }
 
+// Activation tables, bit-identical to build_tables (lut_ref.cc): the same
+// float operations in the same order, one chunk's 16 entries per zmm. Lane idx
+// computes ((+-a0 + +-a1) + +-a2) + +-a3 directly; for idx < 8 that is exactly
+// the negation of the reference's entry 7 - idx | 8 (IEEE add, multiply and
+// round-to-nearest-even are sign-symmetric), so no separate negation pass.
+void build_tables_avx512(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
+  const int64_t ng = s.groups(), G = s.group, cpg = G / kChunk;
+  const int64_t full = s.k / G;  // groups that lie entirely inside K
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  // Sign of a_j in lane idx: + when bit j of idx is set.
+  __m512i neg[kChunk];
+  for (int j = 0; j < kChunk; ++j) {
+    alignas(64) int32_t m[16];
+    for (int idx = 0; idx < 16; ++idx) m[idx] = (idx >> j) & 1 ? 0 : static_cast<int32_t>(0x80000000u);
+    neg[j] = _mm512_load_si512(m);
+  }
+  const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+  for (int64_t g = 0; g < full; ++g) {
+    const float* xg = x + g * G;
+    // Chunk L1 norms ((|a0| + |a1|) + |a2|) + |a3| land in element 0 of each
+    // 128-bit lane (one chunk per lane); the maximum is order-independent.
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cpg; c += 4) {
+      const __m512 v = _mm512_and_ps(_mm512_loadu_ps(xg + c * kChunk), absmask);
+      __m512 l1 = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0x55));
+      l1 = _mm512_add_ps(l1, _mm512_shuffle_ps(v, v, 0xaa));
+      l1 = _mm512_add_ps(l1, _mm512_shuffle_ps(v, v, 0xff));
+      vmax = _mm512_max_ps(vmax, _mm512_maskz_mov_ps(0x1111, l1));
+    }
+    const float maxabs = _mm512_reduce_max_ps(vmax);
+    // The group sum stays serial: the reference adds the columns in order.
+    float sum = 0.0f;
+    for (int64_t i = 0; i < G; ++i) sum += xg[i];
+    asum[g] = sum;
+    tscale[g] = maxabs / 127.0f;
+    const __m512 inv = _mm512_set1_ps(maxabs > 0.0f ? 127.0f / maxabs : 0.0f);
+    int8_t* out = tab + g * cpg * kTableSize;
+    for (int64_t c = 0; c < cpg; ++c) {
+      const float* a = xg + c * kChunk;
+      __m512 t = _mm512_add_ps(_mm512_xor_ps(_mm512_set1_ps(a[0]), _mm512_castsi512_ps(neg[0])),
+                               _mm512_xor_ps(_mm512_set1_ps(a[1]), _mm512_castsi512_ps(neg[1])));
+      t = _mm512_add_ps(t, _mm512_xor_ps(_mm512_set1_ps(a[2]), _mm512_castsi512_ps(neg[2])));
+      t = _mm512_add_ps(t, _mm512_xor_ps(_mm512_set1_ps(a[3]), _mm512_castsi512_ps(neg[3])));
+      __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(t, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(lim, _mm512_max_ps(nlim, q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * kTableSize), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
+    }
+  }
+  if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
+}
+
 }  // namespace
 
 const KernelSet& kernels_avx512() {
-  static const KernelSet k{lut_gemm_x86<Avx512>, lut_gemm_x86<Avx512>, int8_gemm_avx512};
+  static const KernelSet k{lut_gemm_x86<Avx512>, lut_gemm_x86<Avx512>, int8_gemm_avx512, build_tables_avx512};
   return k;
 }
 

@@ -10,10 +10,14 @@
 namespace edgelut {
 
 void build_tables(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
-  const int64_t ng = s.groups();
+  build_tables_groups_ref(s, x, 0, s.groups(), tab, tscale, asum);
+}
+
+void build_tables_groups_ref(const PackedShape& s, const float* x, int64_t g0, int64_t g1, int8_t* tab,
+                             float* tscale, float* asum) {
   const int64_t cpg = s.group / kChunk;
   float t[kTableSize];
-  for (int64_t g = 0; g < ng; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {
     const int64_t base = g * s.group;
     float maxabs = 0.0f, sum = 0.0f;
     for (int64_t c = 0; c < cpg; ++c) {

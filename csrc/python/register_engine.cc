@@ -217,6 +217,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
       .def("set_profiling", &Engine::set_profiling, py::arg("on"))
       .def("reset_profile", &Engine::reset_profile)
+      .def_property("matmul_path", &Engine::matmul_path, &Engine::set_matmul_path)
       .def("profile", [](const Engine& e) {
         const Profile& p = e.profile();
         py::dict d;
@@ -225,6 +226,8 @@ void register_engine(py::module_& m) {
         d["lm_head"] = p.lm_head;
         d["attention"] = p.attention;
         d["other"] = p.other;
+        d["tables"] = p.tables;
+        d["elementwise"] = p.elementwise;
         d["tokens"] = p.tokens;
         d["calls"] = p.calls;
         return d;

@@ -8,6 +8,7 @@
 
 #include "../engine/thread_pool.h"
 #include "../kernels/cpu_isa.h"
+#include "../kernels/dispatch.h"
 #include "../kernels/lut.h"
 #include "../kernels/lut_ops.h"
 #include "../kernels/packed_matrix.h"
@@ -97,13 +98,16 @@ F32 matmul(const PackedMatrix& pm, F32 x, const std::string& isa, int n_threads,
   return y;
 }
 
-py::tuple tables(const PackedMatrix& pm, F32 x) {
+py::tuple tables(const PackedMatrix& pm, F32 x, const std::string& isa) {
   const PackedShape& s = pm.shape();
   require(x.ndim() == 1 && x.shape(0) == s.k, "tables: x must be a vector of length K");
   py::array_t<int8_t> tab({static_cast<int64_t>(s.k_padded() / kChunk), static_cast<int64_t>(kTableSize)});
   F32 tscale({s.groups()});
   F32 asum({s.groups()});
-  build_tables(s, x.data(), tab.mutable_data(), tscale.mutable_data(), asum.mutable_data());
+  // "" = the scalar reference; an ISA name = that ISA's builder (bit-identical).
+  BuildTablesFn fn = build_tables;
+  if (!isa.empty() && kernels_for(isa_from_name(isa)).tables) fn = kernels_for(isa_from_name(isa)).tables;
+  fn(s, x.data(), tab.mutable_data(), tscale.mutable_data(), asum.mutable_data());
   return py::make_tuple(tab, tscale, asum);
 }
 
@@ -133,7 +137,7 @@ void register_kernels(py::module_& m) {
         py::arg("group_size"), py::arg("asym"));
   m.def("matmul", &matmul, py::arg("w"), py::arg("x"), py::arg("isa") = "", py::arg("n_threads") = 0,
         py::arg("int8") = false);
-  m.def("tables", &tables, py::arg("w"), py::arg("x"));
+  m.def("tables", &tables, py::arg("w"), py::arg("x"), py::arg("isa") = "");
   m.def("cpu_isa", [] { return std::string(isa_name(cpu_isa())); });
   m.def("supported_isas", [] {
     std::vector<std::string> out;

@@ -2,6 +2,9 @@
 
 Prefill evaluates a prompt of -p tokens in one call; decode generates -n
 tokens one at a time after it. Each is repeated -r times; the median is shown.
+--profile adds where the time of a decode token and of a prefill chunk goes
+(linear layers, their activation tables, lm_head, attention, norms/RoPE/SwiGLU
+and the rest).
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--gen-tokens", type=int, default=64)
     p.add_argument("-r", "--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--profile", action="store_true", help="also time each part of the forward pass")
+    p.add_argument(
+        "--matmul-path",
+        choices=("auto", "lut", "int8"),
+        default="auto",
+        help="prefill kernels: auto (per call), or force the LUT or the int8 kernels",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             f"the context of {model.n_ctx} tokens (raise --ctx)"
         )
     engine = model.engine
+    engine.matmul_path = args.matmul_path
     rng = np.random.default_rng(0)
     # Random ids from the ordinary vocabulary: speed does not depend on the text.
     ids = rng.integers(100, min(model.config.vocab_size, 30000), size=args.prompt_tokens).tolist()
@@ -64,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
         "gen_tokens": args.gen_tokens,
         "decode_tokens_per_s": statistics.median(decode),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "matmul_path": args.matmul_path,
     }
+    if args.profile:
+        result["profile"] = {
+            "prefill": profile_pass(model, ids, 1),
+            "decode": profile_pass(model, ids, args.gen_tokens),
+        }
     if args.json:
         print(json.dumps(result))
     else:
@@ -72,4 +89,60 @@ def run(args: argparse.Namespace) -> int:
         print(f"pp{args.prompt_tokens}: {result['prefill_tokens_per_s']:.1f} tokens/s")
         print(f"tg{args.gen_tokens}: {result['decode_tokens_per_s']:.1f} tokens/s")
         print(f"peak RSS: {result['peak_rss_mb']} MiB")
+        if args.profile:
+            print(format_profile(result["profile"]))
     return 0
+
+
+# Rows of the profile: (label, key in the engine's profile dict).
+PROFILE_ROWS = (
+    ("linear q/k/v/o", "matmul_attn"),
+    ("linear gate/up/down", "matmul_ffn"),
+    ("lm_head", "lm_head"),
+    ("  of these three: activation tables", "tables"),
+    ("attention", "attention"),
+    ("norms, RoPE, SwiGLU, residuals", "elementwise"),
+    ("other (KV store, overhead)", "other"),
+)
+
+
+def profile_pass(model, ids: list[int], n_decode: int) -> dict[str, float]:
+    """Milliseconds per token in each part: the whole prompt (n_decode == 1,
+    i.e. prefill in chunks of the engine's prefill_chunk) or n_decode tokens
+    decoded one at a time after it."""
+    engine = model.engine
+    model.reset()
+    prompt = np.asarray(ids, dtype=np.int32)
+    if n_decode > 1:
+        engine.eval(prompt, 0, all_logits=False)
+    engine.reset_profile()
+    engine.set_profiling(True)
+    try:
+        t0 = time.perf_counter()
+        if n_decode > 1:
+            tok, pos = 1000, len(ids)
+            for _ in range(n_decode):
+                logits = engine.eval(np.asarray([tok], dtype=np.int32), pos, all_logits=False)
+                tok, pos = int(np.argmax(logits)), pos + 1
+            n = n_decode
+        else:
+            engine.eval(prompt, 0, all_logits=False)
+            n = len(ids)
+        wall = time.perf_counter() - t0
+    finally:
+        engine.set_profiling(False)
+    prof = engine.profile()
+    out = {key: 1e3 * float(prof.get(key, 0.0)) / n for _, key in PROFILE_ROWS}
+    out["total"] = 1e3 * wall / n
+    return out
+
+
+def format_profile(prof: dict[str, dict[str, float]]) -> str:
+    lines = ["", "| ms per token | decode | % | prefill | % |", "| --- | --- | --- | --- | --- |"]
+    d, p = prof["decode"], prof["prefill"]
+    for label, key in (*PROFILE_ROWS, ("total (wall)", "total")):
+        lines.append(
+            f"| {label} | {d[key]:.3f} | {100 * d[key] / d['total']:.0f} | "
+            f"{p[key]:.3f} | {100 * p[key] / p['total']:.0f} |"
+        )
+    return "\n".join(lines)
