@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cffi
 import numpy as np
 import pytest
 
 import edgelut
 from edgelut import cache, capi
-
-cffi = pytest.importorskip("cffi", reason="cffi (test extra) is not installed")
 
 SYSTEM = "You are a helpful assistant."
 TEXTS = [
@@ -59,7 +58,8 @@ def lib(ffi: Any) -> Iterator[Any]:
     tokenizer = capi.tokenizer_library()
     ort = capi.onnxruntime_library()
     if tokenizer is None or ort is None:
-        pytest.skip("the tokenizer backend (pip install onnxruntime-genai) is not installed")
+        # A declared test dependency (the `test` extra), so its absence fails.
+        pytest.fail('the tokenizer backend is not installed: pip install ".[test]" (onnxruntime-genai)')
     # libedgelut reads these when it first loads the backend.
     saved = {k: os.environ.get(k) for k in ("EDGELUT_TOKENIZER_LIB", "EDGELUT_ONNXRUNTIME_LIB")}
     os.environ["EDGELUT_TOKENIZER_LIB"] = str(tokenizer)
@@ -285,7 +285,14 @@ def test_eval_continues_from_start_pos(cm: C, pm: edgelut.Model) -> None:
     ids = pm.tokenize("Once upon a time, there was a little robot")
     whole = cm.eval(ids)
     cm.eval(ids[:5])
-    np.testing.assert_array_equal(cm.eval(ids[5:], start_pos=5), whole[5:])
+    part = cm.eval(ids[5:], start_pos=5)
+    # The engine picks the int8 or the LUT matmul per call from the chunk size
+    # (m >= 8 goes int8), so a 5-token prefix is computed on the other path
+    # than inside the whole prompt: equal within the engine's error bound
+    # (LOGIT_RTOL of test_engine), and the same next token.
+    err = np.abs(part - whole[5:]).max() / np.ptp(whole[5:])
+    assert err < 0.035, err
+    np.testing.assert_array_equal(part.argmax(-1), whole[5:].argmax(-1))
 
 
 @pytest.mark.parametrize("n", [32])
