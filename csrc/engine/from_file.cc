@@ -2,8 +2,10 @@
 
 #include <sys/mman.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
@@ -19,10 +21,25 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
 }
 
-// Owns the mapping and the float32 copies of f16 tensors, as long as the engine.
+// Bytes in a page-aligned allocation (packed tensors copied out of the mapping).
+struct AlignedBytes {
+  std::unique_ptr<uint8_t, void (*)(void*)> p{nullptr, std::free};
+  explicit AlignedBytes(uint64_t n) : p(static_cast<uint8_t*>(std::aligned_alloc(4096, (n + 4095) & ~uint64_t{4095})), std::free) {
+    if (!p) throw std::runtime_error("cannot allocate " + std::to_string(n) + " bytes for a pinned tensor");
+  }
+};
+
+// Owns the mapping, the float32 copies of f16 tensors and, when paging, the
+// copies of the pinned tensors, as long as the engine.
 struct FileStore {
   std::shared_ptr<ModelFile> file;
   std::unordered_map<std::string, std::vector<float>> converted;
+  std::unordered_map<std::string, AlignedBytes> pinned;
+  // When paging, the tensors outside the layers are copied out of the mapping
+  // at open, so that nothing touches the mapping afterwards: a file that
+  // shrinks under a mapping raises SIGBUS on access, while the pager's reads
+  // of it fail with an error the engine can report.
+  bool copy_pinned = false;
 };
 
 const uint8_t* mapping_base(const ModelFile& mf) {
@@ -110,23 +127,35 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
 
+  store->copy_pinned = paging;
   WeightLookup lookup = [store](const std::string& name, WeightRef* out) {
     const FileTensor* t = store->file->tensor(name);
     if (!t) return false;
+    const bool copy = store->copy_pinned && name.rfind("blk.", 0) != 0;
+    const uint8_t* bytes = store->file->bytes(*t);
+    if (copy) {
+      auto it = store->pinned.find(name);  // a tied lm_head asks for token_embd twice
+      if (it == store->pinned.end()) {
+        it = store->pinned.emplace(name, AlignedBytes(t->nbytes)).first;
+        std::memcpy(it->second.p.get(), bytes, t->nbytes);
+        drop_mapped(mapping_base(*store->file), t->offset, t->offset + t->nbytes);
+      }
+      bytes = it->second.p.get();
+    }
     out->packed = t->packed;
     if (t->packed) {
-      out->view = store->file->packed_view(*t);
+      out->view = copy ? PackedView::over(t->pshape, bytes) : store->file->packed_view(*t);
       return true;
     }
     out->shape = t->shape;
     if (t->qtype == "f32") {
-      out->data = reinterpret_cast<const float*>(store->file->bytes(*t));
+      out->data = reinterpret_cast<const float*>(bytes);
       return true;
     }
     require(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
     // Norms and biases only: small, converted once and pinned.
     std::vector<float>& f = store->converted[name];
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(store->file->bytes(*t));
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes);
     f.resize(t->nbytes / 2);
     for (size_t i = 0; i < f.size(); ++i) f[i] = fp16_to_fp32(h[i]);
     out->data = f.data();

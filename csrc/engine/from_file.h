@@ -1,10 +1,11 @@
 // An Engine over a model file (csrc/io/model_file.h), with optional paging.
 //
 // The file is memory-mapped and the weights are bound against the mapping
-// (no copy). The pinned tensors (token embeddings, final norm, lm_head) are
-// always read through the mapping. The layer weights are read through the
-// mapping too, unless paging is on. Then a Pager with window W reads them
-// into slots, and only W layers are resident at a time.
+// (no copy). Unless paging is on: then a Pager with window W reads the layer
+// weights into slots, only W layers are resident at a time, and the pinned
+// tensors (token embeddings, final norm, lm_head) are copied out of the
+// mapping at open, so that a file that shrinks or vanishes later can only
+// make a pager read fail (a clear error), never a mapped access (SIGBUS).
 #pragma once
 #include <cstdint>
 #include <memory>
