@@ -272,3 +272,77 @@ def test_bench_cli_reports_paging(model_dir: Path) -> None:
     assert text.returncode == 0 and "paging W=2: per token" in text.stdout
     plain = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "paging" not in json.loads(plain.stdout)
+
+
+@pytest.fixture(scope="module")
+def tied_file(model_dir: Path) -> Path:
+    # A vocabulary of several row tiles (and a partial last one), tied like SmolLM2.
+    m = tiny_model(layers=N_LAYERS, hidden=128, inter=192, vocab=200, tie=True, seed=6)
+    packed = pack_tensors(m.config, m.tensors, bits=4, group_size=32, clip_search=False)
+    return write_model_file(model_dir / "tied.elut", m.config, m.tokenizer, packed)
+
+
+@pytest.mark.parametrize("which", ["untied", "tied"])
+@pytest.mark.parametrize("window", [1, 2, 4, N_LAYERS + 1])
+def test_paged_output_logits_are_bit_identical(tiny_file, tied_file, which: str, window: int) -> None:
+    path = str(tiny_file[0] if which == "untied" else tied_file)
+    prompt = [1, 5, 9, 14, 3, 7, 11] if which == "untied" else [1, 150, 9, 199, 64, 7, 128]
+    resident = run(_core.Engine.from_file(path, n_ctx=64, n_threads=1), prompt, DECODE)
+    engine = _core.Engine.from_file(
+        path, n_ctx=64, n_threads=2, window=window, drop_cache=True, page_output=True, prefill_chunk=3
+    )
+    assert np.array_equal(run(engine, prompt, DECODE), resident)
+    # One pass reads the layers and the whole lm_head (the token rows are read apart).
+    s0 = engine.pager_stats()
+    engine.eval(np.asarray([2], dtype=np.int32), len(prompt) + len(DECODE))
+    s1 = engine.pager_stats()
+    n_pager_layers = len(s1["layer_wait_ns"])
+    assert n_pager_layers > N_LAYERS
+    assert s1["acquires"] - s0["acquires"] == n_pager_layers
+
+
+def test_paged_output_budget_and_errors(tied_file) -> None:
+    path = str(tied_file)
+    sizes = [s for _, s in layer_ranges(tied_file)]
+    # Without the embedding pinned, the minimum budget is smaller.
+    mins = []
+    for page_output in (False, True):
+        with pytest.raises(ValueError) as err:
+            _core.Engine.from_file(path, n_ctx=64, budget_bytes=1, page_output=page_output)
+        mins.append(int(str(err.value).split("the minimum is ")[1].split()[0]))
+    with read_model_file(tied_file, verify_crc=False) as mf:
+        embd = mf.entries["token_embd.weight"]
+    assert mins[1] <= mins[0] - embd.nbytes + 4096
+    engine = _core.Engine.from_file(path, n_ctx=64, budget_bytes=mins[1], page_output=True)
+    assert engine.window == 1
+    assert (
+        _core.Engine.from_file(
+            path, n_ctx=64, budget_bytes=mins[1] + max(sizes) + 4096, page_output=True
+        ).window
+        == 2
+    )
+    with pytest.raises(ValueError, match="page_output needs paging"):
+        _core.Engine.from_file(path, n_ctx=64, page_output=True)
+
+
+def test_paged_output_truncated_lm_head_raises(model_dir: Path, tied_file) -> None:
+    path = model_dir / "tied-truncated.elut"
+    shutil.copy(tied_file, path)
+    engine = _core.Engine.from_file(
+        str(path), n_ctx=64, n_threads=1, window=2, page_output=True, verify_crc=False
+    )
+    os.truncate(path, 4096)  # the embedding rows and the lm_head are gone
+    with pytest.raises(RuntimeError, match="unexpected end of file"):
+        engine.eval(np.asarray(PROMPT, dtype=np.int32), 0)
+
+
+@pytest.mark.slow
+def test_smollm2_paged_output_logits_are_bit_identical(model_dir: Path) -> None:
+    from edgelut import cache
+
+    path = str(cache.default_model_file())
+    prompt, decode = [1, 504, 3458, 282, 260, 1345, 30], [314, 2115, 28]
+    resident = run(_core.Engine.from_file(path, n_ctx=64), prompt, decode)
+    for window in (1, 2, 4):
+        engine = _core.Engine.from_file(path, n_ctx=64, window=window, drop_cache=True, page_output=True)
+        assert np.array_equal(run(engine, prompt, decode), resident), window

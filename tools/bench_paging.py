@@ -94,6 +94,7 @@ def model_worker(args: argparse.Namespace) -> None:
         drop_cache=paged,
         direct_io=args.direct_io,
         verify_crc=False,  # the bench measures decoding, not the CRC pass at open
+        **({"page_output": True} if paged and args.page_output else {}),
     )
     prompt = np.arange(1, 9, dtype=np.int32)
     tok = int(np.argmax(engine.eval(prompt, 0)))
@@ -148,6 +149,9 @@ def main() -> None:
         "--windows", default="1,2,4,0", help="comma-separated; 0 = all layers (resident); model: also mmap"
     )
     ap.add_argument("--direct-io", action="store_true")
+    ap.add_argument(
+        "--page-output", action="store_true", help="model mode: page the embeddings and lm_head too"
+    )
     ap.add_argument("--dir", default="/var/tmp", help="where the test file goes (not a tmpfs)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
@@ -235,6 +239,8 @@ def run_worker(
     cmd = [sys.executable, __file__, "--worker", "--window", window, "--tokens", str(args.tokens), *extra]
     if args.direct_io:
         cmd.append("--direct-io")
+    if args.page_output:
+        cmd.append("--page-output")
     if args.model:
         drop_file_cache(args.model)
     proc = (limit or MemoryLimit(0)).run(cmd)
@@ -297,6 +303,8 @@ def bench_model(args: argparse.Namespace) -> None:
         f"model: {args.model} ({size:.0f} MiB, {len(layers)} layers, {total:.0f} MiB of layers); "
         f"{args.tokens} decode tokens after an 8-token prompt and one warm-up token; "
         f"{args.threads or 'all'} threads; drop_cache on when paged"
+        + ("; embeddings and lm_head paged" if args.page_output else "")
+        + ("; O_DIRECT" if args.direct_io else "")
     )
     limit = MemoryLimit(args.limit_mb)
     where = f"in a memory cgroup of {args.limit_mb} MiB ({limit.path})" if limit.path else "no memory limit"

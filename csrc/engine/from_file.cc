@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
@@ -74,6 +75,40 @@ void verify_crcs_bounded(const ModelFile& mf) {
   }
 }
 
+bool is_output_tensor(const std::string& name) { return name == "token_embd.weight" || name == "output.weight"; }
+
+// The lm_head as pager layers: chunks of whole row tiles, each at most
+// `max_bytes` in its slot (so the slots stay the size of the largest model
+// layer), read as its runs of the codes, scales and mins sections.
+PagedOutput output_chunks(const ModelFile& mf, uint64_t max_bytes, std::vector<std::vector<ByteRange>>* pieces) {
+  const FileTensor* lm = mf.tensor("output.weight");
+  if (!lm) lm = mf.tensor("token_embd.weight");
+  const FileTensor* embd = mf.tensor("token_embd.weight");
+  require(lm && lm->packed, mf.path() + ": paging the lm_head needs a packed output.weight or token_embd.weight");
+  require(embd && (embd->packed || embd->qtype == "f32"),
+          mf.path() + ": paging the embeddings needs a packed or f32 token_embd.weight, not " +
+              (embd ? embd->qtype : std::string("none")));
+  PagedOutput o;
+  o.lm_shape = lm->pshape;
+  o.embd_packed = embd->packed;
+  if (embd->packed) o.embd_shape = embd->pshape;
+  o.embd_offset = embd->offset;
+  const PackedShape& s = lm->pshape;
+  const uint64_t NG = s.groups(), code_bytes = NG * s.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
+  const uint64_t per_tile = code_bytes + scale_bytes * (s.asym ? 2 : 1);
+  const int64_t step = std::max<int64_t>(1, static_cast<int64_t>((max_bytes > 192 ? max_bytes - 192 : 0) / per_tile));
+  for (int64_t t0 = 0; t0 < s.tiles(); t0 += step) {
+    const int64_t t1 = std::min(s.tiles(), t0 + step), nt = t1 - t0;
+    o.chunk_tiles.push_back(t0);
+    std::vector<ByteRange> ch = {{lm->offset + s.codes_offset() + t0 * code_bytes, nt * code_bytes},
+                                 {lm->offset + s.scales_offset() + t0 * scale_bytes, nt * scale_bytes}};
+    if (s.asym) ch.push_back({lm->offset + s.mins_offset() + t0 * scale_bytes, nt * scale_bytes});
+    pieces->push_back(std::move(ch));
+  }
+  o.chunk_tiles.push_back(s.tiles());
+  return o;
+}
+
 }  // namespace
 
 Config config_from_file(const ModelFile& mf) {
@@ -104,10 +139,11 @@ Config config_from_file(const ModelFile& mf) {
   return c;
 }
 
-uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes) {
+uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
+                              bool page_output) {
   uint64_t pinned = 0;
   for (const FileTensor& t : mf.tensors())
-    if (t.name.rfind("blk.", 0) != 0) pinned += t.nbytes;
+    if (t.name.rfind("blk.", 0) != 0 && !(page_output && is_output_tensor(t.name))) pinned += t.nbytes;
   const uint64_t C = static_cast<uint64_t>(o.prefill_chunk), D = c.dim, qd = c.n_heads * c.head_dim,
                  kvd = c.n_kv_heads * c.head_dim, F = c.hidden_dim;
   const uint64_t scratch =
@@ -127,11 +163,15 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
 
+  require(!p.page_output || paging, path + ": page_output needs paging (a window or a memory budget)");
   store->copy_pinned = paging;
-  WeightLookup lookup = [store](const std::string& name, WeightRef* out) {
+  // Paged embeddings and lm_head are bound against the mapping but never read
+  // through it (the engine reads them with the pager), so they are not copied.
+  const bool page_output = p.page_output;
+  WeightLookup lookup = [store, page_output](const std::string& name, WeightRef* out) {
     const FileTensor* t = store->file->tensor(name);
     if (!t) return false;
-    const bool copy = store->copy_pinned && name.rfind("blk.", 0) != 0;
+    const bool copy = store->copy_pinned && name.rfind("blk.", 0) != 0 && !(page_output && is_output_tensor(name));
     const uint8_t* bytes = store->file->bytes(*t);
     if (copy) {
       auto it = store->pinned.find(name);  // a tied lm_head asks for token_embd twice
@@ -163,25 +203,38 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   };
   auto engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
 
-  int window = p.window;
-  if (window == 0 && p.budget_bytes > 0) {
-    std::vector<uint64_t> sizes;
-    for (const LayerRange& r : mf.layers()) sizes.push_back(r.size);
-    window = Pager::window_for_budget(sizes, fixed_bytes_estimate(mf, c, o, engine->kv_bytes()), p.budget_bytes);
-  }
-  if (window == 0) return engine;
+  if (!paging) return engine;
 
-  std::vector<ByteRange> ranges;
+  // The pager's layers: the model layers in file order, then (page_output)
+  // the lm_head chunks.
+  std::vector<std::vector<ByteRange>> pieces;
   std::vector<const uint8_t*> bases;
   const uint8_t* base = mapping_base(mf);
+  uint64_t biggest = 0;
   for (const LayerRange& r : mf.layers()) {
-    ranges.push_back({r.offset, r.size});
+    pieces.push_back({{r.offset, r.size}});
     bases.push_back(base + r.offset);
+    biggest = std::max(biggest, r.size);
+  }
+  std::optional<PagedOutput> output;
+  if (page_output) output = output_chunks(mf, biggest, &pieces);
+
+  int window = p.window;
+  if (window == 0) {
+    std::vector<uint64_t> sizes;  // as the pager lays them out in a slot
+    for (const auto& layer : pieces) {
+      uint64_t end = 0;
+      for (const ByteRange& r : layer) end = ((end + 63) & ~uint64_t{63}) + r.size;
+      sizes.push_back(end);
+    }
+    window = Pager::window_for_budget(sizes, fixed_bytes_estimate(mf, c, o, engine->kv_bytes(), page_output),
+                                      p.budget_bytes);
   }
   PagerOptions po;
   po.drop_cache = p.drop_cache;
   po.direct_io = p.direct_io;
-  engine->attach_pager(std::make_shared<Pager>(path, std::move(ranges), window, po), std::move(bases));
+  engine->attach_pager(std::make_shared<Pager>(path, std::move(pieces), window, po), std::move(bases),
+                       std::move(output));
   return engine;
 }
 
