@@ -177,8 +177,14 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
       auto it = store->pinned.find(name);  // a tied lm_head asks for token_embd twice
       if (it == store->pinned.end()) {
         it = store->pinned.emplace(name, AlignedBytes(t->nbytes)).first;
-        std::memcpy(it->second.p.get(), bytes, t->nbytes);
-        drop_mapped(mapping_base(*store->file), t->offset, t->offset + t->nbytes);
+        // In 8 MiB chunks, each unmapped once copied, so the peak is the copy
+        // plus one chunk rather than twice the tensor.
+        constexpr uint64_t kChunk = uint64_t{8} << 20;
+        for (uint64_t at = 0; at < t->nbytes; at += kChunk) {
+          const uint64_t n = std::min(kChunk, t->nbytes - at);
+          std::memcpy(it->second.p.get() + at, bytes + at, n);
+          drop_mapped(mapping_base(*store->file), t->offset + at, t->offset + at + n);
+        }
       }
       bytes = it->second.p.get();
     }
