@@ -25,7 +25,15 @@ from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 
-__all__ = ["GenerationStats", "Model", "engine_config", "load", "pack_tensors", "shard_tensors"]
+__all__ = [
+    "GenerationStats",
+    "Model",
+    "PagingStats",
+    "engine_config",
+    "load",
+    "pack_tensors",
+    "shard_tensors",
+]
 
 
 class TokenizerLike(Protocol):
@@ -153,6 +161,72 @@ def _peak_rss_mb() -> float:
 
 
 @dataclass
+class PagingStats:
+    """What paging cost over `tokens` decoded tokens (engine.pager_stats() deltas).
+
+    io_read_s is the loader thread's time in pread; io_wait_s the part of it the
+    engine waited for (blocked in acquire). Compute is the token latency minus
+    that wait, so max(io, compute) / latency is 1.0 when I/O and compute overlap
+    perfectly and falls towards 0.5 when they run one after the other.
+    """
+
+    window: int = 0  # resident layer slots (W)
+    tokens: int = 0  # decoded tokens measured
+    seconds: float = 0.0  # their total latency
+    io_wait_s: float = 0.0  # engine blocked waiting for a layer
+    io_read_s: float = 0.0  # loader time reading layers
+    bytes_read: int = 0  # layer bytes read from the file
+
+    @classmethod
+    def between(cls, window: int, before: dict, after: dict, tokens: int, seconds: float) -> PagingStats:
+        """From two engine.pager_stats() snapshots around `tokens` decoded tokens."""
+        return cls(
+            window=window,
+            tokens=tokens,
+            seconds=seconds,
+            io_wait_s=(after["wait_ns"] - before["wait_ns"]) / 1e9,
+            io_read_s=(after["read_ns"] - before["read_ns"]) / 1e9,
+            bytes_read=after["bytes_read"] - before["bytes_read"],
+        )
+
+    def _per_token(self, x: float) -> float:
+        return x / self.tokens if self.tokens > 0 else 0.0
+
+    @property
+    def token_ms(self) -> float:
+        return self._per_token(self.seconds) * 1e3
+
+    @property
+    def io_wait_ms(self) -> float:
+        return self._per_token(self.io_wait_s) * 1e3
+
+    @property
+    def io_ms(self) -> float:
+        return self._per_token(self.io_read_s) * 1e3
+
+    @property
+    def compute_ms(self) -> float:
+        return self._per_token(self.seconds - self.io_wait_s) * 1e3
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self._per_token(self.bytes_read)
+
+    @property
+    def overlap(self) -> float:
+        """max(io, compute) / token latency; 0 when nothing was measured."""
+        return max(self.io_ms, self.compute_ms) / self.token_ms if self.token_ms > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for /stats and `edgelut bench`."""
+        return (
+            f"paging W={self.window}: per token {self.token_ms:.1f} ms = compute {self.compute_ms:.1f} ms "
+            f"+ I/O wait {self.io_wait_ms:.1f} ms (I/O {self.io_ms:.1f} ms, "
+            f"{self.bytes_per_token / (1 << 20):.1f} MiB read), overlap {self.overlap:.2f}"
+        )
+
+
+@dataclass
 class GenerationStats:
     """Numbers of the last generate/chat call."""
 
@@ -163,6 +237,8 @@ class GenerationStats:
     decode_s: float = 0.0
     finish_reason: str = ""  # "eos", "length", "stop", "context"
     peak_rss_mb: float = 0.0
+    # Decode-phase paging numbers when the layers are paged (window > 0), else None.
+    paging: PagingStats | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -480,8 +556,14 @@ class Model:
         text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
         sampled: list[int] = []
         eos = self._eos_ids()
+        # Pager counters when the first token is sampled (prefill done), so the
+        # paging stats cover the decode phase only.
+        window = self._engine.window
+        decode_start: list[dict] = []
 
         def on_token(tok: int) -> bool:
+            if window and not sampled:
+                decode_start.append(self._engine.pager_stats())
             sampled.append(tok)
             if text is None or tok in eos:
                 return True  # an EOS token ends the loop in C++ and adds no text
@@ -516,6 +598,11 @@ class Model:
             decode_s=r["decode_s"],
             finish_reason="stop" if reason == "callback" else reason,
             peak_rss_mb=_peak_rss_mb(),
+            paging=PagingStats.between(
+                window, decode_start[0], self._engine.pager_stats(), r["n_decode"], r["decode_s"]
+            )
+            if decode_start
+            else None,
         )
         self.last_tokens = list(r["tokens"])
 

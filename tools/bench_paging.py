@@ -75,6 +75,7 @@ def summary(window: int | str, s: dict | None, per_token: float, tokens: int) ->
         "wait_ms": s["wait_ns"] / 1e6 / tokens,
         "overlap": max(io, compute) / per_token,
         "read_mb_s": s["bytes_read"] / MIB / (s["read_ns"] / 1e9) if s["read_ns"] else 0.0,
+        "read_mib_tok": s["bytes_read"] / MIB / tokens,
         "peak_rss_mb": peak_rss_bytes() / MIB,
         "slot_mb": s["slot_bytes"] / MIB,
     }
@@ -93,6 +94,7 @@ def model_worker(args: argparse.Namespace) -> None:
         drop_cache=paged,
         direct_io=args.direct_io,
         verify_crc=False,  # the bench measures decoding, not the CRC pass at open
+        **({"page_output": True} if paged and args.page_output else {}),
     )
     prompt = np.arange(1, 9, dtype=np.int32)
     tok = int(np.argmax(engine.eval(prompt, 0)))
@@ -147,6 +149,9 @@ def main() -> None:
         "--windows", default="1,2,4,0", help="comma-separated; 0 = all layers (resident); model: also mmap"
     )
     ap.add_argument("--direct-io", action="store_true")
+    ap.add_argument(
+        "--page-output", action="store_true", help="model mode: page the embeddings and lm_head too"
+    )
     ap.add_argument("--dir", default="/var/tmp", help="where the test file goes (not a tmpfs)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
@@ -154,6 +159,11 @@ def main() -> None:
     ap.add_argument("--window", help=argparse.SUPPRESS)
     ap.add_argument("--model", help="a model file (.elut): bench the real engine instead of synthetic layers")
     ap.add_argument("--threads", type=int, default=0, help="engine threads (model mode; 0 = all cores)")
+    ap.add_argument("--limit-mb", type=int, default=0, help="model mode: run every row in a memory cgroup")
+    ap.add_argument(
+        "--peer", action="append", help="model mode: a GGUF for llama-bench (mmap and no-mmap rows)"
+    )
+    ap.add_argument("--llama-bin", default="/work/peers/llama.cpp/build/bin", help="llama.cpp binaries")
     args = ap.parse_args()
     if args.worker and args.model:
         model_worker(args)
@@ -166,23 +176,121 @@ def main() -> None:
 
 
 HEADER = (
-    "| W | token ms | tok/s | I/O ms | compute ms | wait ms | overlap | MiB/s | slots MiB | peak RSS MiB |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| W | token ms | tok/s | I/O ms | compute ms | wait ms | overlap | MiB/s | MiB read/token | slots MiB "
+    "| peak RSS MiB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def run_worker(extra: list[str], args: argparse.Namespace, window: str) -> None:
+class MemoryLimit:
+    """A child memory cgroup limited to `mib` MiB (cgroup v2 memory.max or v1
+    memory.limit_in_bytes); run() starts a process inside it. Page cache is
+    charged to the cgroup too, so a mapped model larger than the limit must
+    be re-read from disk as it is evicted."""
+
+    def __init__(self, mib: int) -> None:
+        self.mib = mib
+        self.path: Path | None = None
+        if mib <= 0:
+            return
+        # v2: one hierarchy with cgroup.controllers at the root; v1: a memory hierarchy.
+        for root, marker, knob in (
+            ("/sys/fs/cgroup", "cgroup.controllers", "memory.max"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.limit_in_bytes"),
+        ):
+            if Path(root, marker).exists():
+                d = Path(root, f"edgelut-bench-paging-{os.getpid()}")
+                try:
+                    d.mkdir(exist_ok=True)
+                    (d / knob).write_text(str(mib * MIB))
+                except OSError as e:
+                    sys.exit(f"bench_paging: cannot set up a memory cgroup under {root}: {e}")
+                self.path = d
+                return
+        sys.exit("bench_paging: no writable memory cgroup (v1 or v2) for --limit-mb")
+
+    def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
+        procs = str(self.path / "cgroup.procs") if self.path else None
+
+        def enter() -> None:  # in the child, before exec
+            if procs:
+                Path(procs).write_text(str(os.getpid()))
+
+        return subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), preexec_fn=enter)
+
+    def close(self) -> None:
+        if self.path:
+            self.path.rmdir()
+
+
+def drop_file_cache(*paths: str) -> None:
+    """Evicts the files' clean pages so every run starts from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run_worker(
+    extra: list[str], args: argparse.Namespace, window: str, limit: MemoryLimit | None = None
+) -> None:
     cmd = [sys.executable, __file__, "--worker", "--window", window, "--tokens", str(args.tokens), *extra]
     if args.direct_io:
         cmd.append("--direct-io")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if args.page_output:
+        cmd.append("--page-output")
+    if args.model:
+        drop_file_cache(args.model)
+    proc = (limit or MemoryLimit(0)).run(cmd)
     if proc.returncode != 0:
+        if limit and limit.path and proc.returncode < 0:
+            print(f"| {window} | killed by signal {-proc.returncode} under the {limit.mib} MiB limit |")
+            return
         sys.exit(f"bench_paging: window {window} failed:\n{proc.stderr}")
     r = json.loads(proc.stdout)
     cells = [str(r["window"]), f"{r['token_ms']:.1f}", f"{r['tok_s']:.1f}", f"{r['io_ms']:.1f}"]
     cells += [f"{r['compute_ms']:.1f}", f"{r['wait_ms']:.1f}", f"{r['overlap']:.2f}"]
-    cells += [f"{r['read_mb_s']:.0f}", f"{r['slot_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]
-    print("| " + " | ".join(cells) + " |")
+    cells += [
+        f"{r['read_mb_s']:.0f}",
+        f"{r['read_mib_tok']:.1f}",
+        f"{r['slot_mb']:.0f}",
+        f"{r['peak_rss_mb']:.0f}",
+    ]
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def run_peer(args: argparse.Namespace, gguf: str, mmap: bool, limit: MemoryLimit) -> None:
+    """llama-bench decode (-p 0 -n tokens) on `gguf` in the same memory limit; peak RSS from GNU time."""
+    bench = str(Path(args.llama_bin) / "llama-bench")
+    cmd = ["/usr/bin/time", "-f", "EDGELUT_PEAK_KB %M", bench, "-m", gguf, "-p", "0", "-n", str(args.tokens)]
+    cmd += [
+        "-r",
+        "1",
+        "-t",
+        str(args.threads or os.cpu_count()),
+        "-lm",
+        "mmap" if mmap else "none",
+        "-o",
+        "json",
+    ]
+    drop_file_cache(gguf)
+    proc = limit.run(cmd)
+    peak = [ln.split()[1] for ln in proc.stderr.splitlines() if ln.startswith("EDGELUT_PEAK_KB")]
+    peak_mib = f"{int(peak[0]) / 1024:.0f}" if peak else "?"
+    label = f"llama.cpp {'mmap' if mmap else 'no-mmap'} {Path(gguf).name}"
+    try:
+        row = json.loads(proc.stdout)[0]
+    except (ValueError, IndexError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-2]
+        print(
+            f"| {label} | failed (exit {proc.returncode}): {tail[:100]} | peak RSS {peak_mib} MiB |",
+            flush=True,
+        )
+        return
+    tok_s = row["avg_ts"]
+    print(f"| {label} | {1e3 / tok_s:.1f} | {tok_s:.1f} | | | | | | | | {peak_mib} |", flush=True)
 
 
 def bench_model(args: argparse.Namespace) -> None:
@@ -195,11 +303,22 @@ def bench_model(args: argparse.Namespace) -> None:
         f"model: {args.model} ({size:.0f} MiB, {len(layers)} layers, {total:.0f} MiB of layers); "
         f"{args.tokens} decode tokens after an 8-token prompt and one warm-up token; "
         f"{args.threads or 'all'} threads; drop_cache on when paged"
+        + ("; embeddings and lm_head paged" if args.page_output else "")
+        + ("; O_DIRECT" if args.direct_io else "")
     )
+    limit = MemoryLimit(args.limit_mb)
+    where = f"in a memory cgroup of {args.limit_mb} MiB ({limit.path})" if limit.path else "no memory limit"
+    print(f"{where}; file cache dropped before each row")
     print(HEADER)
-    for w in args.windows.split(","):
-        window = w if w == "mmap" else str(len(layers) if int(w) == 0 else int(w))
-        run_worker(["--model", args.model, "--threads", str(args.threads)], args, window)
+    try:
+        for w in args.windows.split(","):
+            window = w if w == "mmap" else str(len(layers) if int(w) == 0 else int(w))
+            run_worker(["--model", args.model, "--threads", str(args.threads)], args, window, limit)
+        for gguf in args.peer or []:
+            for mmap in (True, False):
+                run_peer(args, gguf, mmap, limit)
+    finally:
+        limit.close()
 
 
 def bench_synthetic(args: argparse.Namespace) -> None:

@@ -82,20 +82,58 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
                                       (c_.rope_freq_factors.empty() ? 1.0 : c_.rope_freq_factors[i]));
 }
 
-void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases) {
+void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases,
+                          std::optional<PagedOutput> output) {
   require(pager != nullptr, "attach_pager: no pager given");
-  require(pager->n_layers() == c_.n_layers && static_cast<int64_t>(layer_bases.size()) == c_.n_layers,
+  const int64_t n_chunks = output ? static_cast<int64_t>(output->chunk_tiles.size()) - 1 : 0;
+  require(pager->n_layers() == c_.n_layers + n_chunks && static_cast<int64_t>(layer_bases.size()) == c_.n_layers,
           "attach_pager: the pager has " + std::to_string(pager->n_layers()) + " layers and " +
               std::to_string(layer_bases.size()) + " layer bases were given, the model has " +
-              std::to_string(c_.n_layers));
+              std::to_string(c_.n_layers) + " layers and " + std::to_string(n_chunks) + " lm_head chunks");
   for (int64_t l = 0; l < c_.n_layers; ++l)
     check_layer_within(w_.layers[l], l, layer_bases[l], pager->layer_size(static_cast<int>(l)));
+  if (output) {
+    const PagedOutput& o = *output;
+    require(n_chunks >= 1 && o.chunk_tiles.front() == 0 && o.chunk_tiles.back() == o.lm_shape.tiles() &&
+                o.lm_shape.n == c_.vocab_size && o.lm_shape.k == c_.dim,
+            "attach_pager: the lm_head chunks do not cover the (vocab, dim) lm_head");
+    for (int64_t ch = 0; ch < n_chunks; ++ch)
+      require(pager->n_pieces(static_cast<int>(c_.n_layers + ch)) == (o.lm_shape.asym ? 3 : 2),
+              "attach_pager: an lm_head chunk must be read as codes, scales (and mins)");
+    if (o.embd_packed) {
+      const PackedShape& e = o.embd_shape;
+      embd_tile_.resize(align_up(e.groups() * e.group_code_bytes(), kSectionAlign) +
+                        2 * align_up(static_cast<size_t>(e.groups()) * kTileRows * 2, kSectionAlign));
+    } else {
+      embd_tile_.resize(sizeof(float) * c_.dim);
+    }
+  }
   pager_ = std::move(pager);
   layer_base_ = std::move(layer_bases);
+  out_paged_ = std::move(output);
 }
 
-void Engine::embed(int32_t id, float* row) const {
-  if (w_.embd_packed) {
+void Engine::embed(int32_t id, float* row) {
+  if (out_paged_ && !out_paged_->embd_packed) {
+    // A float row: one contiguous read.
+    const uint64_t bytes = sizeof(float) * c_.dim;
+    pager_->read_bytes(out_paged_->embd_offset + static_cast<uint64_t>(id) * bytes, bytes, embd_tile_.data());
+    std::memcpy(row, embd_tile_.data(), bytes);
+  } else if (out_paged_) {
+    // The row tile holding the token, as a one-tile packed matrix: its codes,
+    // scales and mins are contiguous runs of the three sections.
+    const PackedShape& e = out_paged_->embd_shape;
+    const uint64_t t = static_cast<uint64_t>(id) / kTileRows, NG = e.groups();
+    const uint64_t code_bytes = NG * e.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
+    PackedShape one = e;
+    one.n = kTileRows;
+    const uint64_t base = out_paged_->embd_offset;
+    uint8_t* buf = embd_tile_.data();
+    pager_->read_bytes(base + e.codes_offset() + t * code_bytes, code_bytes, buf + one.codes_offset());
+    pager_->read_bytes(base + e.scales_offset() + t * scale_bytes, scale_bytes, buf + one.scales_offset());
+    if (e.asym) pager_->read_bytes(base + e.mins_offset() + t * scale_bytes, scale_bytes, buf + one.mins_offset());
+    dequantize_row(PackedView::over(one, buf), id % kTileRows, row);
+  } else if (w_.embd_packed) {
     dequantize_row(w_.token_embd_packed, id, row);
   } else {
     std::memcpy(row, w_.token_embd + static_cast<int64_t>(id) * c_.dim, sizeof(float) * c_.dim);
@@ -221,9 +259,34 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   }
 
   // Final rmsnorm and the lm_head, only for the rows whose logits are wanted.
-  if (first_logit >= T) return;
   for (int64_t t = first_logit; t < T; ++t) rmsnorm(xb + t * D, x + t * D, w_.output_norm, D, c_.norm_eps);
-  matmul(w_.lm_head, xb + first_logit * D, T - first_logit, out, prof_.lm_head);
+  lm_head(xb + first_logit * D, std::max<int64_t>(0, T - first_logit), out);
+}
+
+void Engine::lm_head(const float* xb, int64_t m, float* out) {
+  ScopeTimer timer(profiling_ && m > 0, prof_.lm_head);
+  if (!out_paged_) {
+    if (m > 0) lut_matmul(w_.lm_head, xb, m, c_.dim, out, c_.vocab_size, isa_, pool_);
+    return;
+  }
+  // Paged: chunk c of row tiles is pager layer n_layers + c. Every chunk is
+  // acquired even when no logits are wanted (a prefill chunk), so the loader's
+  // order through the file stays the order of use.
+  const PagedOutput& o = *out_paged_;
+  for (size_t ch = 0; ch + 1 < o.chunk_tiles.size(); ++ch) {
+    const int layer = static_cast<int>(c_.n_layers + static_cast<int64_t>(ch));
+    LayerLease lease(pager_.get(), layer);
+    if (m == 0) continue;
+    const int64_t row0 = o.chunk_tiles[ch] * kTileRows;
+    PackedView v;
+    v.shape = o.lm_shape;
+    v.shape.n = std::min<int64_t>(o.chunk_tiles[ch + 1] * kTileRows, o.lm_shape.n) - row0;
+    v.codes = lease.data() + pager_->piece_offset(layer, 0);
+    v.scales = reinterpret_cast<const uint16_t*>(lease.data() + pager_->piece_offset(layer, 1));
+    v.mins = o.lm_shape.asym ? reinterpret_cast<const uint16_t*>(lease.data() + pager_->piece_offset(layer, 2))
+                             : nullptr;
+    lut_matmul(v, xb, m, c_.dim, out + row0, c_.vocab_size, isa_, pool_);
+  }
 }
 
 void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits) {

@@ -2,8 +2,11 @@
 
 #include <sys/mman.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
@@ -19,10 +22,25 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
 }
 
-// Owns the mapping and the float32 copies of f16 tensors, as long as the engine.
+// Bytes in a page-aligned allocation (packed tensors copied out of the mapping).
+struct AlignedBytes {
+  std::unique_ptr<uint8_t, void (*)(void*)> p{nullptr, std::free};
+  explicit AlignedBytes(uint64_t n) : p(static_cast<uint8_t*>(std::aligned_alloc(4096, (n + 4095) & ~uint64_t{4095})), std::free) {
+    if (!p) throw std::runtime_error("cannot allocate " + std::to_string(n) + " bytes for a pinned tensor");
+  }
+};
+
+// Owns the mapping, the float32 copies of f16 tensors and, when paging, the
+// copies of the pinned tensors, as long as the engine.
 struct FileStore {
   std::shared_ptr<ModelFile> file;
   std::unordered_map<std::string, std::vector<float>> converted;
+  std::unordered_map<std::string, AlignedBytes> pinned;
+  // When paging, the tensors outside the layers are copied out of the mapping
+  // at open, so that nothing touches the mapping afterwards: a file that
+  // shrinks under a mapping raises SIGBUS on access, while the pager's reads
+  // of it fail with an error the engine can report.
+  bool copy_pinned = false;
 };
 
 const uint8_t* mapping_base(const ModelFile& mf) {
@@ -57,6 +75,40 @@ void verify_crcs_bounded(const ModelFile& mf) {
   }
 }
 
+bool is_output_tensor(const std::string& name) { return name == "token_embd.weight" || name == "output.weight"; }
+
+// The lm_head as pager layers: chunks of whole row tiles, each at most
+// `max_bytes` in its slot (so the slots stay the size of the largest model
+// layer), read as its runs of the codes, scales and mins sections.
+PagedOutput output_chunks(const ModelFile& mf, uint64_t max_bytes, std::vector<std::vector<ByteRange>>* pieces) {
+  const FileTensor* lm = mf.tensor("output.weight");
+  if (!lm) lm = mf.tensor("token_embd.weight");
+  const FileTensor* embd = mf.tensor("token_embd.weight");
+  require(lm && lm->packed, mf.path() + ": paging the lm_head needs a packed output.weight or token_embd.weight");
+  require(embd && (embd->packed || embd->qtype == "f32"),
+          mf.path() + ": paging the embeddings needs a packed or f32 token_embd.weight, not " +
+              (embd ? embd->qtype : std::string("none")));
+  PagedOutput o;
+  o.lm_shape = lm->pshape;
+  o.embd_packed = embd->packed;
+  if (embd->packed) o.embd_shape = embd->pshape;
+  o.embd_offset = embd->offset;
+  const PackedShape& s = lm->pshape;
+  const uint64_t NG = s.groups(), code_bytes = NG * s.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
+  const uint64_t per_tile = code_bytes + scale_bytes * (s.asym ? 2 : 1);
+  const int64_t step = std::max<int64_t>(1, static_cast<int64_t>((max_bytes > 192 ? max_bytes - 192 : 0) / per_tile));
+  for (int64_t t0 = 0; t0 < s.tiles(); t0 += step) {
+    const int64_t t1 = std::min(s.tiles(), t0 + step), nt = t1 - t0;
+    o.chunk_tiles.push_back(t0);
+    std::vector<ByteRange> ch = {{lm->offset + s.codes_offset() + t0 * code_bytes, nt * code_bytes},
+                                 {lm->offset + s.scales_offset() + t0 * scale_bytes, nt * scale_bytes}};
+    if (s.asym) ch.push_back({lm->offset + s.mins_offset() + t0 * scale_bytes, nt * scale_bytes});
+    pieces->push_back(std::move(ch));
+  }
+  o.chunk_tiles.push_back(s.tiles());
+  return o;
+}
+
 }  // namespace
 
 Config config_from_file(const ModelFile& mf) {
@@ -87,10 +139,11 @@ Config config_from_file(const ModelFile& mf) {
   return c;
 }
 
-uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes) {
+uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
+                              bool page_output) {
   uint64_t pinned = 0;
   for (const FileTensor& t : mf.tensors())
-    if (t.name.rfind("blk.", 0) != 0) pinned += t.nbytes;
+    if (t.name.rfind("blk.", 0) != 0 && !(page_output && is_output_tensor(t.name))) pinned += t.nbytes;
   const uint64_t C = static_cast<uint64_t>(o.prefill_chunk), D = c.dim, qd = c.n_heads * c.head_dim,
                  kvd = c.n_kv_heads * c.head_dim, F = c.hidden_dim;
   const uint64_t scratch =
@@ -110,23 +163,45 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
 
-  WeightLookup lookup = [store](const std::string& name, WeightRef* out) {
+  require(!p.page_output || paging, path + ": page_output needs paging (a window or a memory budget)");
+  store->copy_pinned = paging;
+  // Paged embeddings and lm_head are bound against the mapping but never read
+  // through it (the engine reads them with the pager), so they are not copied.
+  const bool page_output = p.page_output;
+  WeightLookup lookup = [store, page_output](const std::string& name, WeightRef* out) {
     const FileTensor* t = store->file->tensor(name);
     if (!t) return false;
+    const bool copy = store->copy_pinned && name.rfind("blk.", 0) != 0 && !(page_output && is_output_tensor(name));
+    const uint8_t* bytes = store->file->bytes(*t);
+    if (copy) {
+      auto it = store->pinned.find(name);  // a tied lm_head asks for token_embd twice
+      if (it == store->pinned.end()) {
+        it = store->pinned.emplace(name, AlignedBytes(t->nbytes)).first;
+        // In 8 MiB chunks, each unmapped once copied, so the peak is the copy
+        // plus one chunk rather than twice the tensor.
+        constexpr uint64_t kChunk = uint64_t{8} << 20;
+        for (uint64_t at = 0; at < t->nbytes; at += kChunk) {
+          const uint64_t n = std::min(kChunk, t->nbytes - at);
+          std::memcpy(it->second.p.get() + at, bytes + at, n);
+          drop_mapped(mapping_base(*store->file), t->offset + at, t->offset + at + n);
+        }
+      }
+      bytes = it->second.p.get();
+    }
     out->packed = t->packed;
     if (t->packed) {
-      out->view = store->file->packed_view(*t);
+      out->view = copy ? PackedView::over(t->pshape, bytes) : store->file->packed_view(*t);
       return true;
     }
     out->shape = t->shape;
     if (t->qtype == "f32") {
-      out->data = reinterpret_cast<const float*>(store->file->bytes(*t));
+      out->data = reinterpret_cast<const float*>(bytes);
       return true;
     }
     require(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
     // Norms and biases only: small, converted once and pinned.
     std::vector<float>& f = store->converted[name];
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(store->file->bytes(*t));
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes);
     f.resize(t->nbytes / 2);
     for (size_t i = 0; i < f.size(); ++i) f[i] = fp16_to_fp32(h[i]);
     out->data = f.data();
@@ -134,25 +209,38 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   };
   auto engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
 
-  int window = p.window;
-  if (window == 0 && p.budget_bytes > 0) {
-    std::vector<uint64_t> sizes;
-    for (const LayerRange& r : mf.layers()) sizes.push_back(r.size);
-    window = Pager::window_for_budget(sizes, fixed_bytes_estimate(mf, c, o, engine->kv_bytes()), p.budget_bytes);
-  }
-  if (window == 0) return engine;
+  if (!paging) return engine;
 
-  std::vector<ByteRange> ranges;
+  // The pager's layers: the model layers in file order, then (page_output)
+  // the lm_head chunks.
+  std::vector<std::vector<ByteRange>> pieces;
   std::vector<const uint8_t*> bases;
   const uint8_t* base = mapping_base(mf);
+  uint64_t biggest = 0;
   for (const LayerRange& r : mf.layers()) {
-    ranges.push_back({r.offset, r.size});
+    pieces.push_back({{r.offset, r.size}});
     bases.push_back(base + r.offset);
+    biggest = std::max(biggest, r.size);
+  }
+  std::optional<PagedOutput> output;
+  if (page_output) output = output_chunks(mf, biggest, &pieces);
+
+  int window = p.window;
+  if (window == 0) {
+    std::vector<uint64_t> sizes;  // as the pager lays them out in a slot
+    for (const auto& layer : pieces) {
+      uint64_t end = 0;
+      for (const ByteRange& r : layer) end = ((end + 63) & ~uint64_t{63}) + r.size;
+      sizes.push_back(end);
+    }
+    window = Pager::window_for_budget(sizes, fixed_bytes_estimate(mf, c, o, engine->kv_bytes(), page_output),
+                                      p.budget_bytes);
   }
   PagerOptions po;
   po.drop_cache = p.drop_cache;
   po.direct_io = p.direct_io;
-  engine->attach_pager(std::make_shared<Pager>(path, std::move(ranges), window, po), std::move(bases));
+  engine->attach_pager(std::make_shared<Pager>(path, std::move(pieces), window, po), std::move(bases),
+                       std::move(output));
   return engine;
 }
 

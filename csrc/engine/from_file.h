@@ -1,10 +1,11 @@
 // An Engine over a model file (csrc/io/model_file.h), with optional paging.
 //
 // The file is memory-mapped and the weights are bound against the mapping
-// (no copy). The pinned tensors (token embeddings, final norm, lm_head) are
-// always read through the mapping. The layer weights are read through the
-// mapping too, unless paging is on. Then a Pager with window W reads them
-// into slots, and only W layers are resident at a time.
+// (no copy). Unless paging is on: then a Pager with window W reads the layer
+// weights into slots, only W layers are resident at a time, and the pinned
+// tensors (token embeddings, final norm, lm_head) are copied out of the
+// mapping at open, so that a file that shrinks or vanishes later can only
+// make a pager read fail (a clear error), never a mapped access (SIGBUS).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,10 @@ struct PagingOptions {
   bool drop_cache = false;
   bool direct_io = false;
   bool verify_crc = true;  // CRC32 of every tensor at open (reads the whole file once)
+  // Page the token embeddings and the lm_head too, instead of pinning them:
+  // the lm_head is read through the pager as chunks after the last layer,
+  // and each token's embedding row is read from the file. Needs paging.
+  bool page_output = false;
 };
 
 // The engine's Config from the file's hyper-parameters. Throws
@@ -34,7 +39,9 @@ Config config_from_file(const ModelFile& mf);
 
 // Bytes the engine holds besides the layer weights: the pinned tensors, the
 // KV cache and the activations (what window_for_budget calls fixed).
-uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes);
+// With page_output, token_embd and output are not counted (they are paged).
+uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
+                              bool page_output = false);
 
 std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p);
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,19 @@ void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* fr
 // tensor that is missing or mis-shaped.
 Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup& lookup);
 
+// The token embeddings and the lm_head read through the pager instead of
+// pinned (PagingOptions::page_output). The lm_head's row tiles are split into
+// chunks that are pager layers n_layers, n_layers + 1, ..., each read as three
+// pieces (its codes, scales and mins); a token's embedding row is read from
+// the file when it is needed (one row tile of a packed token_embd).
+struct PagedOutput {
+  PackedShape lm_shape;              // the whole lm_head (vocab, dim)
+  std::vector<int64_t> chunk_tiles;  // (n_chunks + 1) chunk c holds row tiles [chunk_tiles[c], chunk_tiles[c + 1])
+  bool embd_packed = true;
+  PackedShape embd_shape;            // token_embd's shape when packed
+  uint64_t embd_offset = 0;          // file offset of token_embd's bytes
+};
+
 struct EngineOptions {
   int64_t n_ctx = 2048;
   int n_threads = 0;            // 0 = all cores
@@ -188,7 +202,10 @@ class Engine {
   // layer_bases[l] is where layer l's byte range starts in the memory the
   // weights were bound against (the model file's mapping). The engine then
   // reads layer l from the pager's slot between acquire(l) and release(l).
-  void attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases);
+  // With `output`, the pager's layers after the last model layer are the
+  // lm_head chunks it describes, and token rows are read with read_bytes().
+  void attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases,
+                    std::optional<PagedOutput> output = std::nullopt);
   Pager* pager() const { return pager_.get(); }  // null when not paging
 
   const Profile& profile() const { return prof_; }
@@ -203,7 +220,9 @@ class Engine {
   // One pass over T <= prefill_chunk tokens at positions pos.. ; the logits
   // of rows [first_logit, T) go to out (row stride vocab).
   void forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_logit, float* out);
-  void embed(int32_t id, float* row) const;
+  void embed(int32_t id, float* row);
+  // Logits of m rows of xb (row stride dim) into out (row stride vocab).
+  void lm_head(const float* xb, int64_t m, float* out);
 
   Config c_;
   ShardSpec shard_;
@@ -215,6 +234,8 @@ class Engine {
   std::shared_ptr<void> keepalive_;
   std::shared_ptr<Pager> pager_;             // null: every layer is resident
   std::vector<const uint8_t*> layer_base_;  // (n_layers) start of layer l's bytes as bound
+  std::optional<PagedOutput> out_paged_;     // set: embeddings and lm_head are paged
+  std::vector<uint8_t> embd_tile_;           // one row tile of token_embd, read for a token
   ThreadPool pool_;
   KvCache kv_;
   int64_t n_past_ = 0;

@@ -33,6 +33,13 @@ std::string range_text(const ByteRange& r) {
   return "bytes [" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.size) + ")";
 }
 
+std::vector<std::vector<ByteRange>> one_piece_each(std::vector<ByteRange> layers) {
+  std::vector<std::vector<ByteRange>> out;
+  out.reserve(layers.size());
+  for (const ByteRange& r : layers) out.push_back({r});
+  return out;
+}
+
 std::string mib(uint64_t bytes) {
   const uint64_t tenths = (bytes >> 20) * 10 + ((bytes & ((1u << 20) - 1)) * 10 >> 20);
   return std::to_string(tenths / 10) + "." + std::to_string(tenths % 10) + " MiB";
@@ -41,16 +48,31 @@ std::string mib(uint64_t bytes) {
 }  // namespace
 
 Pager::Pager(std::string path, std::vector<ByteRange> layers, int window, PagerOptions options)
-    : path_(std::move(path)), layers_(std::move(layers)), window_(window), options_(options) {
-  if (layers_.empty()) throw std::invalid_argument("pager: " + path_ + ": no layer ranges given");
+    : Pager(std::move(path), one_piece_each(std::move(layers)), window, options) {}
+
+Pager::Pager(std::string path, std::vector<std::vector<ByteRange>> layers, int window, PagerOptions options)
+    : path_(std::move(path)), pieces_(std::move(layers)), window_(window), options_(options) {
+  if (pieces_.empty()) throw std::invalid_argument("pager: " + path_ + ": no layer ranges given");
   if (window_ < 1 || window_ > n_layers())
     throw std::invalid_argument("pager: window must be in 1.." + std::to_string(n_layers()) + " (the layer count), got " +
                                 std::to_string(window_));
-  for (int l = 0; l < n_layers(); ++l)
-    if (layers_[l].size == 0) throw std::invalid_argument("pager: " + path_ + ": layer " + std::to_string(l) + " is empty");
+  for (int l = 0; l < n_layers(); ++l) {
+    if (pieces_[l].empty()) throw std::invalid_argument("pager: " + path_ + ": layer " + std::to_string(l) + " has no pieces");
+    std::vector<uint64_t> at;
+    uint64_t end = 0;
+    for (const ByteRange& r : pieces_[l]) {
+      if (r.size == 0) throw std::invalid_argument("pager: " + path_ + ": layer " + std::to_string(l) + " is empty");
+      const uint64_t start = (end + 63) & ~uint64_t{63};  // kernels want 64-byte aligned sections
+      at.push_back(start);
+      end = start + r.size;
+    }
+    piece_at_.push_back(std::move(at));
+    sizes_.push_back(end);
+    multi_piece_ |= pieces_[l].size() > 1;
+  }
   open_file();
   allocate_slots();
-  stats_.layer_wait_ns.assign(layers_.size(), 0);
+  stats_.layer_wait_ns.assign(pieces_.size(), 0);
   stats_.slot_bytes = slot_bytes_;
   if (resident()) {
     try {
@@ -86,15 +108,20 @@ void Pager::open_file() {
   }
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   for (int l = 0; l < n_layers(); ++l) {
-    const ByteRange& r = layers_[l];
-    if (r.offset > file_size || r.size > file_size - r.offset) {
-      ::close(fd_);
-      throw std::invalid_argument("pager: " + path_ + ": layer " + std::to_string(l) + " " + range_text(r) +
-                                  " lies beyond the end of the file (" + std::to_string(file_size) + " bytes)");
+    for (const ByteRange& r : pieces_[l]) {
+      if (r.offset > file_size || r.size > file_size - r.offset) {
+        ::close(fd_);
+        throw std::invalid_argument("pager: " + path_ + ": layer " + std::to_string(l) + " " + range_text(r) +
+                                    " lies beyond the end of the file (" + std::to_string(file_size) + " bytes)");
+      }
     }
   }
   if (options_.drop_cache) ::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);
   if (!options_.direct_io) return;
+  if (multi_piece_) {
+    io_note_ = "pager: direct I/O is not used for " + path_ + " because some layers are read in pieces; buffered reads";
+    return;
+  }
 
   // Some filesystems refuse O_DIRECT at open, others only at the first read:
   // probe both now, before any thread shares fd_.
@@ -122,10 +149,10 @@ void Pager::open_file() {
 void Pager::allocate_slots() {
   // With direct I/O a layer is read as the aligned span around it, so a slot
   // holds the span; the layer starts `skew` bytes into it.
-  std::vector<uint64_t> span(layers_.size());
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const ByteRange& r = layers_[l];
-    span[l] = direct_ ? align_up(r.offset + r.size) - align_down(r.offset) : align_up(r.size);
+  std::vector<uint64_t> span(pieces_.size());
+  for (size_t l = 0; l < pieces_.size(); ++l) {
+    const ByteRange& r = pieces_[l].front();  // direct I/O means one piece per layer
+    span[l] = direct_ ? align_up(r.offset + r.size) - align_down(r.offset) : align_up(sizes_[l]);
   }
   const int n_slots = window_;
   std::vector<uint64_t> slot_span(n_slots);
@@ -150,14 +177,49 @@ void Pager::allocate_slots() {
   slot_bytes_ = total;
 }
 
-const ByteRange& Pager::layer_range(int layer) const {
+int Pager::n_pieces(int layer) const {
   if (layer < 0 || layer >= n_layers())
     throw std::invalid_argument("pager: layer " + std::to_string(layer) + " out of range 0.." +
                                 std::to_string(n_layers() - 1));
-  return layers_[layer];
+  return static_cast<int>(pieces_[layer].size());
 }
 
-uint64_t Pager::layer_size(int layer) const { return layer_range(layer).size; }
+uint64_t Pager::layer_size(int layer) const {
+  n_pieces(layer);  // range check
+  return sizes_[layer];
+}
+
+uint64_t Pager::piece_offset(int layer, int piece) const {
+  if (piece < 0 || piece >= n_pieces(layer))
+    throw std::invalid_argument("pager: layer " + std::to_string(layer) + " has no piece " + std::to_string(piece));
+  return piece_at_[layer][piece];
+}
+
+void Pager::read_bytes(uint64_t offset, uint64_t size, uint8_t* dst) {
+  // Buffered pread on a second descriptor: fd_ may be O_DIRECT, which needs
+  // aligned buffers and offsets. Opened per call: rare (one row per token).
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("pager: cannot open " + path_ + ": " + errno_text(errno));
+  uint64_t got = 0;
+  std::string err;
+  while (got < size) {
+    const ssize_t n = ::pread(fd, dst + got, size - got, static_cast<off_t>(offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno_text(errno);
+      break;
+    }
+    if (n == 0) {
+      err = "unexpected end of file at byte " + std::to_string(offset + got) + " (was the file truncated?)";
+      break;
+    }
+    got += static_cast<uint64_t>(n);
+  }
+  if (options_.drop_cache) ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(size), POSIX_FADV_DONTNEED);
+  ::close(fd);
+  if (!err.empty())
+    throw std::runtime_error("pager: reading " + range_text({offset, size}) + " of " + path_ + " failed: " + err);
+}
 
 std::string Pager::read_span(uint64_t offset, uint64_t want, uint64_t need, uint8_t* dst, uint64_t* got) {
   // pread may return fewer bytes than asked (signals, large requests): loop.
@@ -180,16 +242,25 @@ std::string Pager::read_span(uint64_t offset, uint64_t want, uint64_t need, uint
 }
 
 std::string Pager::read_layer(int layer, Slot& slot, uint64_t* bytes, uint64_t* ns) {
-  const ByteRange& r = layers_[layer];
-  const uint64_t start = direct_ ? align_down(r.offset) : r.offset;
-  const uint64_t want = direct_ ? align_up(r.offset + r.size) - start : r.size;
-  slot.skew = r.offset - start;
   const uint64_t t0 = now_ns();
-  std::string err = read_span(start, want, slot.skew + r.size, slot.buf, bytes);
+  *bytes = 0;
+  for (size_t i = 0; i < pieces_[layer].size(); ++i) {
+    const ByteRange& r = pieces_[layer][i];
+    const uint64_t start = direct_ ? align_down(r.offset) : r.offset;
+    const uint64_t want = direct_ ? align_up(r.offset + r.size) - start : r.size;
+    slot.skew = r.offset - start;  // 0 unless direct (then there is one piece)
+    uint64_t got = 0;
+    std::string err = read_span(start, want, slot.skew + r.size, slot.buf + piece_at_[layer][i], &got);
+    *bytes += got;
+    if (options_.drop_cache)
+      ::posix_fadvise(fd_, static_cast<off_t>(start), static_cast<off_t>(want), POSIX_FADV_DONTNEED);
+    if (!err.empty()) {
+      *ns = now_ns() - t0;
+      return "pager: reading layer " + std::to_string(layer) + " (" + range_text(r) + ") of " + path_ + " failed: " + err;
+    }
+  }
   *ns = now_ns() - t0;
-  if (options_.drop_cache) ::posix_fadvise(fd_, static_cast<off_t>(start), static_cast<off_t>(want), POSIX_FADV_DONTNEED);
-  if (err.empty()) return "";
-  return "pager: reading layer " + std::to_string(layer) + " (" + range_text(r) + ") of " + path_ + " failed: " + err;
+  return "";
 }
 
 void Pager::load_all_resident() {
@@ -202,7 +273,7 @@ void Pager::load_all_resident() {
     stats_.reads += 1;
     stats_.bytes_read += bytes;
     stats_.read_ns += ns;
-    track_resident(static_cast<int64_t>(layers_[l].size));
+    track_resident(static_cast<int64_t>(sizes_[l]));
   }
 }
 
@@ -243,7 +314,7 @@ void Pager::loader_loop() {
     Slot& slot = *find_free_slot();
     slot.layer = layer;
     slot.state = SlotState::kLoading;
-    track_resident(static_cast<int64_t>(layers_[layer].size));
+    track_resident(static_cast<int64_t>(sizes_[layer]));
 
     lk.unlock();
     uint64_t bytes = 0, ns = 0;
@@ -258,7 +329,7 @@ void Pager::loader_loop() {
     } else {
       slot.state = SlotState::kFree;
       slot.layer = -1;
-      track_resident(-static_cast<int64_t>(layers_[layer].size));
+      track_resident(-static_cast<int64_t>(sizes_[layer]));
       error_ = std::move(err);  // loader_has_work() is now false: it parks
       error_layer_ = layer;
     }
@@ -300,7 +371,7 @@ const uint8_t* Pager::acquire(int layer) {
         if (!loading) {
           for (Slot& x : slots_) {
             if (x.state == SlotState::kReady && x.refs == 0) {
-              track_resident(-static_cast<int64_t>(layers_[x.layer].size));
+              track_resident(-static_cast<int64_t>(sizes_[x.layer]));
               x.state = SlotState::kFree;
               x.layer = -1;
             }
@@ -326,7 +397,7 @@ void Pager::release(int layer) {
     throw std::invalid_argument("pager: release(" + std::to_string(layer) + ") without a matching acquire");
   s->refs -= 1;
   if (s->refs > 0 || resident()) return;
-  track_resident(-static_cast<int64_t>(layers_[layer].size));
+  track_resident(-static_cast<int64_t>(sizes_[layer]));
   s->state = SlotState::kFree;
   s->layer = -1;
   cv_.notify_all();
@@ -340,7 +411,7 @@ PagerStats Pager::stats() const {
 void Pager::reset_stats() {
   std::lock_guard<std::mutex> lk(mu_);
   PagerStats fresh;
-  fresh.layer_wait_ns.assign(layers_.size(), 0);
+  fresh.layer_wait_ns.assign(pieces_.size(), 0);
   fresh.slot_bytes = stats_.slot_bytes;
   fresh.resident_bytes = stats_.resident_bytes;
   fresh.peak_resident_bytes = stats_.resident_bytes;

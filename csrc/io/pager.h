@@ -12,6 +12,12 @@
 // W == n_layers means fully resident: everything is read once by the
 // constructor, no loader thread runs, acquire() returns at once.
 //
+// A layer is normally one byte range. It may also be several pieces (the
+// row tiles of a packed matrix: codes, scales and mins live in three
+// sections), read one after the other into the slot, each piece starting on
+// a 64-byte boundary at piece_offset(layer, i). Multi-piece layers are always
+// read buffered (O_DIRECT would need every piece page-aligned).
+//
 // Errors: bad arguments throw std::invalid_argument; an I/O failure (file
 // truncated, read error) is recorded by the loader, which wakes every waiter,
 // and acquire() of a layer that is not resident then throws
@@ -61,16 +67,25 @@ class Pager {
  public:
   // layers: byte ranges in file order; window: 1..layers.size().
   Pager(std::string path, std::vector<ByteRange> layers, int window, PagerOptions options = {});
+  // layers[l]: the pieces of layer l, read back to back into its slot.
+  Pager(std::string path, std::vector<std::vector<ByteRange>> layers, int window, PagerOptions options = {});
   ~Pager();
   Pager(const Pager&) = delete;
   Pager& operator=(const Pager&) = delete;
 
-  int n_layers() const { return static_cast<int>(layers_.size()); }
+  int n_layers() const { return static_cast<int>(pieces_.size()); }
   int window() const { return window_; }
   bool resident() const { return window_ == n_layers(); }
   const std::string& path() const { return path_; }
+  // Bytes of the layer in its slot (pieces and their 64-byte padding).
   uint64_t layer_size(int layer) const;
-  const ByteRange& layer_range(int layer) const;
+  int n_pieces(int layer) const;
+  // Where piece i of the layer starts, from the pointer acquire() returns.
+  uint64_t piece_offset(int layer, int piece) const;
+  // A synchronous read of [offset, offset + size) of the file into dst, on
+  // the caller's thread (a token row of a paged embedding). Throws
+  // std::runtime_error naming the file and the cause.
+  void read_bytes(uint64_t offset, uint64_t size, uint8_t* dst);
   // True if reads really use O_DIRECT (false after a fallback).
   bool direct_io() const { return direct_; }
   // Why direct I/O was not used, if it was asked for and refused; else "".
@@ -117,7 +132,10 @@ class Pager {
   [[noreturn]] void throw_error(int layer) const;
 
   const std::string path_;
-  const std::vector<ByteRange> layers_;
+  const std::vector<std::vector<ByteRange>> pieces_;  // (n_layers) pieces of each layer
+  std::vector<std::vector<uint64_t>> piece_at_;        // (n_layers) slot offset of each piece
+  std::vector<uint64_t> sizes_;                        // (n_layers) layer_size()
+  bool multi_piece_ = false;
   const int window_;
   const PagerOptions options_;
   int fd_ = -1;

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgelut import kernels
 from edgelut.cli.common import add_model_args, load_model, positive_int
+from edgelut.model import PagingStats
 from edgelut.model import _peak_rss_mb as peak_rss_mb
 
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     # Random ids from the ordinary vocabulary: speed does not depend on the text.
     ids = rng.integers(100, min(model.config.vocab_size, 30000), size=args.prompt_tokens).tolist()
     prefill, decode = [], []
+    paging = PagingStats(window=engine.window)  # summed over the decode runs when paged
     for _ in range(args.repeats):
         model.reset()
         t0 = time.perf_counter()
@@ -61,11 +63,16 @@ def run(args: argparse.Namespace) -> int:
         prefill.append(args.prompt_tokens / (time.perf_counter() - t0))
         # Decode one token at a time, greedily, as generation does.
         tok, pos = int(np.argmax(logits)), args.prompt_tokens
+        before = engine.pager_stats()
         t0 = time.perf_counter()
         for _ in range(args.gen_tokens):
             logits = engine.eval(np.asarray([tok], dtype=np.int32), pos, all_logits=False)
             tok, pos = int(np.argmax(logits)), pos + 1
-        decode.append(args.gen_tokens / (time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        decode.append(args.gen_tokens / seconds)
+        if before is not None:
+            run = PagingStats.between(engine.window, before, engine.pager_stats(), args.gen_tokens, seconds)
+            paging = add_paging(paging, run)
     result = {
         "model": model.config.name or model.config.architecture,
         "threads": model.n_threads,
@@ -82,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             "prefill": profile_pass(model, ids, 1),
             "decode": profile_pass(model, ids, args.gen_tokens),
         }
+    if paging.tokens:
+        result["paging"] = paging_json(paging)
     if args.json:
         print(json.dumps(result))
     else:
@@ -91,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"peak RSS: {result['peak_rss_mb']} MiB")
         if args.profile:
             print(format_profile(result["profile"]))
+        if paging.tokens:
+            print(paging.summary())
     return 0
 
 
@@ -146,3 +157,28 @@ def format_profile(prof: dict[str, dict[str, float]]) -> str:
             f"{p[key]:.3f} | {100 * p[key] / p['total']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def add_paging(total: PagingStats, run: PagingStats) -> PagingStats:
+    """The sum of two decode runs' paging numbers."""
+    return PagingStats(
+        window=run.window,
+        tokens=total.tokens + run.tokens,
+        seconds=total.seconds + run.seconds,
+        io_wait_s=total.io_wait_s + run.io_wait_s,
+        io_read_s=total.io_read_s + run.io_read_s,
+        bytes_read=total.bytes_read + run.bytes_read,
+    )
+
+
+def paging_json(p: PagingStats) -> dict:
+    """Per-token decode paging numbers for --json."""
+    return {
+        "window": p.window,
+        "token_ms": round(p.token_ms, 3),
+        "compute_ms": round(p.compute_ms, 3),
+        "io_wait_ms": round(p.io_wait_ms, 3),
+        "io_ms": round(p.io_ms, 3),
+        "bytes_read_per_token": round(p.bytes_per_token),
+        "overlap": round(p.overlap, 3),
+    }

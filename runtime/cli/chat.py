@@ -32,7 +32,7 @@ def format_stats(stats) -> str:
         f"prefill {stats.prefill_tokens_per_s:.1f} tokens/s, "
         f"reply {stats.completion_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s, "
         f"peak RSS {stats.peak_rss_mb:.0f} MiB"
-    )
+    ) + (f"; {stats.paging.summary()}" if stats.paging is not None else "")
 
 
 def run(args: argparse.Namespace) -> int:
