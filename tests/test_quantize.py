@@ -360,7 +360,7 @@ def test_gptq_with_a_shared_factor_gives_the_same_codes():
     rng = np.random.default_rng(4)
     h = hessian(rng.standard_normal((400, 128)))
     f = gptq_factor(h)
-    for seed in (0, 1):
+    for _ in range(2):
         w = rng.standard_normal((24, 128)).astype(np.float32)
         a = quantize_gptq(w, h, "q3", 32, asym=True)
         b = quantize_gptq(w, h, "q3", 32, asym=True, factor=f)
