@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError, FileNotFoundError) as e:
             print(f"bench_quality: {name}: {e}", file=sys.stderr)
             continue
+        # Re-read before writing: several runs (e.g. RTN and GPTQ rows) may share one results file.
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
         results[name] = asdict(row)
         results_path.write_text(json.dumps(results, indent=1))
         print(
