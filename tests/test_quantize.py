@@ -187,7 +187,7 @@ def test_source_codes_are_used_only_for_q4_g32_asym():
     assert np.all(
         quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0] == 3
     )
-    other = quantize_tensor(name, w, TensorSpec("q4", 64, True), "rtn", source_codes=fake).unpack()[0]
+    other = quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0]
     assert not np.all(other == 3)
 
 
@@ -290,11 +290,11 @@ def test_default_symmetry_per_type():
     tq = Recipe(qtype="tq")
     assert not tq.spec_for("blk.0.attn_q.weight").asym
     # Its q4 embeddings/output cross to the q family and take that default.
-    assert tq.spec_for("token_embd.weight") == TensorSpec("q4", 64, True)
+    assert tq.spec_for("token_embd.weight") == TensorSpec("q4", 32, True)
     sym_out = Recipe(qtype="tq", overrides="output=q4:sym")
-    assert sym_out.spec_for("output.weight") == TensorSpec("q4", 64, False)
+    assert sym_out.spec_for("output.weight") == TensorSpec("q4", 32, False)
     tq_q = Recipe(qtype="q3", overrides="attn_q=tq")
-    assert tq_q.spec_for("blk.0.attn_q.weight") == TensorSpec("tq", 64, False)
+    assert tq_q.spec_for("blk.0.attn_q.weight") == TensorSpec("tq", 32, False)
 
 
 def _real_q3_perplexity(asym: bool | None) -> tuple[float, float]:
