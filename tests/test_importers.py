@@ -441,7 +441,8 @@ def test_real_qwen2_gguf_k_quants_and_bias() -> None:
     m = load_gguf(QWEN_GGUF, layers=2)
     c = m.config
     assert (c.architecture, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim) == ("qwen2", 896, 14, 2, 64)
-    assert c.attn_bias and c.rope_style == "neox" and c.tie_embeddings and c.n_layers == 2
+    assert c.attn_bias and c.rope_style == "neox" and c.n_layers == 2
+    assert not c.tie_embeddings and m.tensors["output.weight"].shape == (151936, 896)  # this GGUF has its own
     assert m.tensors["blk.0.attn_q.bias"].shape == (896,) and m.tensors["blk.0.attn_k.bias"].shape == (128,)
     reader = gguf.GGUFReader(str(QWEN_GGUF))
     types = {t.tensor_type.name for t in reader.tensors if t.name.startswith(("blk.0.", "blk.1.", "token"))}
