@@ -48,8 +48,12 @@ def quantize_tensor(
     h: np.ndarray | None = None,
     source_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     act_order: bool = False,
+    factor: Any = None,
 ) -> PackedMatrix | np.ndarray:
-    """One weight matrix -> PackedMatrix (or the float array for a float spec)."""
+    """One weight matrix -> PackedMatrix (or the float array for a float spec).
+
+    ``factor`` (a ``GPTQFactor`` of ``h``) saves re-factorising a Hessian shared by several tensors.
+    """
     from edgelut.quantize.gptq import quantize_gptq
     from edgelut.quantize.rtn import quantize_rtn
     from edgelut.quantize.ternary import quantize_ternary
@@ -64,7 +68,7 @@ def quantize_tensor(
     if qt == "tq" and not asym and method in ("rtn", "ternary"):
         codes, scales, mins = quantize_ternary(w, g)
     elif method == "gptq" and h is not None and not is_embedding:
-        codes, scales, mins = quantize_gptq(w, h, qt, g, asym=asym, act_order=act_order)
+        codes, scales, mins = quantize_gptq(w, h, qt, g, asym=asym, act_order=act_order, factor=factor)
     else:
         importance = None if h is None or is_embedding else np.diag(h)
         codes, scales, mins = quantize_rtn(w, qt, g, asym=asym, importance=importance)
@@ -85,17 +89,32 @@ def quantize_model(
     """Every tensor of the model, quantised per recipe (1-D tensors stay float)."""
     from tqdm import tqdm
 
+    from edgelut.quantize.gptq import gptq_factor
+
     out: dict[str, PackedMatrix | np.ndarray] = {}
+    # The calibration runner hands Q/K/V (and gate/up) the same Hessian object: factorise it once.
+    shared: dict[str, Any] = {"h": None, "factor": None}
+
+    def factor_of(h: np.ndarray | None) -> Any:
+        if h is None or recipe.method != "gptq" or recipe.act_order:
+            return None
+        if shared["h"] is not h:
+            shared["h"], shared["factor"] = h, gptq_factor(h)
+        return shared["factor"]
 
     def one(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
+        spec = recipe.spec_for(name)
+        lossless = name in model.source_codes and (spec.qtype, spec.group_size, spec.asym) == ("q4", 32, True)
+        uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
         out[name] = quantize_tensor(
             name,
             w,
-            recipe.spec_for(name),
+            spec,
             recipe.method,
             h=h,
             source_codes=model.source_codes.get(name),
             act_order=recipe.act_order,
+            factor=factor_of(h) if uses_factor else None,
         )
         return _dequantized(out[name])
 

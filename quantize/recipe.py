@@ -177,7 +177,8 @@ class Recipe:
 
     method: str = "rtn"
     qtype: str = "q4"
-    group_size: int = 64
+    # g32 measures best at every width (SmolLM2, docs/BENCHMARKS.md "Quality vs llama.cpp").
+    group_size: int = 32
     # None = the type's default: asymmetric for q1..q4, symmetric (absmean) for tq.
     asym: bool | None = None
     overrides: dict[str, str] = field(default_factory=dict)

@@ -121,17 +121,23 @@ def pack_tensors(
     *,
     bits: int = 4,
     group_size: int = 32,
-    asym: bool = False,
+    asym: bool | None = None,
     clip_search: bool = True,
 ) -> dict[str, Any]:
     """Quantise (RTN) and pack every linear layer and the embedding; norms and biases stay float32.
 
     The packed embedding serves both the row lookup and, when the model ties
-    embeddings (or has no output.weight), the lm_head.
+    embeddings (or has no output.weight), the lm_head. ``asym=None`` takes the
+    recipe's default for the type (asymmetric groups for q1..q4; see
+    ``edgelut.quantize.recipe.default_asym``), so this path and
+    ``edgelut quantize`` agree.
     """
+    from edgelut.quantize.recipe import default_asym
     from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
 
     qtype = f"q{bits}"
+    if asym is None:
+        asym = default_asym(qtype)
     grid = DEFAULT_CLIP_GRID if clip_search else None
     linear = {f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LINEAR_TENSORS}
     linear |= {"token_embd.weight", "output.weight"}
@@ -324,7 +330,7 @@ class Model:
         *,
         bits: int = 4,
         group_size: int = 32,
-        asym: bool = False,
+        asym: bool | None = None,
         clip_search: bool = True,
         n_ctx: int = 2048,
         n_threads: int = 0,

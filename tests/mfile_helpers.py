@@ -1,8 +1,7 @@
 """Test helpers for the model file and quantiser tests: tiny random models and the real SmolLM2.
 
-``load_smollm2`` reads the SmolLM2 GGUF with gguf.GGUFReader directly (so these tests
-do not depend on the importers): Q/K stay in llama.cpp's permuted order, so the
-config says rope_style="adjacent", which is the equivalent rotation.
+``load_smollm2`` is the GGUF importer (models/importers/gguf.py) on the real file,
+optionally cut to its first few layers.
 """
 
 from __future__ import annotations
@@ -87,63 +86,15 @@ def tiny_model(
     return ImportedModel(cfg, tensors, tok, source="tiny")
 
 
-def _q4_1_codes(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1 blocks (d fp16, m fp16, 16 nibble bytes: low = element j, high = element j+16)."""
-    blocks = raw.reshape(n, k // 32, 20)
-    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-    qs = blocks[..., 4:]
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k).astype(np.int8)
-    return codes, d, m
-
-
 @functools.lru_cache(maxsize=2)
 def load_smollm2(layers: int | None = None) -> ImportedModel:
-    """The real SmolLM2-135M-Instruct as float weights (+ the Q4_1 source codes).
+    """The real SmolLM2-135M-Instruct as float weights (+ the Q4_1 source codes), via the importer.
 
     ``layers`` keeps only the first few blocks (a smaller, faster, still real model).
     """
-    import gguf
-    from gguf.quants import dequantize
+    from edgelut.models.importers.gguf import load_gguf
 
-    r = gguf.GGUFReader(SMOLLM2_GGUF)
-
-    def get(key: str):
-        return r.fields[key].contents()
-
-    cfg = ModelConfig(
-        architecture="llama",
-        vocab_size=int(get("llama.vocab_size")),
-        hidden_size=int(get("llama.embedding_length")),
-        intermediate_size=int(get("llama.feed_forward_length")),
-        n_layers=int(get("llama.block_count")) if layers is None else layers,
-        n_heads=int(get("llama.attention.head_count")),
-        n_kv_heads=int(get("llama.attention.head_count_kv")),
-        head_dim=int(get("llama.embedding_length")) // int(get("llama.attention.head_count")),
-        rms_norm_eps=float(get("llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(get("llama.rope.freq_base")),
-        rope_style="adjacent",
-        context_length=int(get("llama.context_length")),
-        tie_embeddings=True,
-        bos_token_id=int(get("tokenizer.ggml.bos_token_id")),
-        eos_token_ids=(int(get("tokenizer.ggml.eos_token_id")),),
-        name="SmolLM2-135M-Instruct",
-    )
-    tensors: dict[str, np.ndarray] = {}
-    source_codes = {}
-    for t in r.tensors:
-        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= cfg.n_layers:
-            continue
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        w = dequantize(t.data, t.tensor_type).reshape(shape)
-        tensors[t.name] = np.ascontiguousarray(w, dtype=np.float32)
-        if t.tensor_type == gguf.GGMLQuantizationType.Q4_1:
-            source_codes[t.name] = _q4_1_codes(np.asarray(t.data), *shape)
-    tokens = get("tokenizer.ggml.tokens")
-    tok = TokenizerData(json.dumps({"tokens": tokens[:10]}), chat_template=get("tokenizer.chat_template"))
-    model = ImportedModel(cfg, tensors, tok, source=str(SMOLLM2_GGUF), source_codes=source_codes)
-    model.vocab = tokens  # type: ignore[attr-defined]  # for word_ids below
-    return model
+    return load_gguf(SMOLLM2_GGUF, layers=layers)
 
 
 CALIB_TEXT = (
@@ -159,12 +110,8 @@ CALIB_TEXT = (
 
 
 def word_ids(model: ImportedModel, text: str = CALIB_TEXT, repeat: int = 2) -> np.ndarray:
-    """Crude tokenisation by whole words in the GPT-2 style vocabulary (real-ish token ids)."""
-    index = {t: i for i, t in enumerate(model.vocab)}  # type: ignore[attr-defined]
-    ids = []
-    for word in text.split() * repeat:
-        for cand in ("\u0120" + word, word, "\u0120" + word.strip(".,"), word.strip(".,")):
-            if cand in index:
-                ids.append(index[cand])
-                break
+    """Real token ids of ``text`` (repeated) with the model's own tokenizer."""
+    from edgelut.tokenizer import Tokenizer
+
+    ids = Tokenizer(model.tokenizer).encode(" ".join([text] * repeat), add_special=False)
     return np.asarray(ids, dtype=np.int64)

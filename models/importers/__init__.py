@@ -51,7 +51,7 @@ def register_importer(name: str) -> Callable[[type[Importer]], type[Importer]]:
 
 def _register_builtin() -> None:
     # Imported for their @register_importer side effect.
-    from edgelut.models.importers import gguf, huggingface, onnx  # noqa: F401
+    from edgelut.models.importers import elut, gguf, huggingface, onnx  # noqa: F401
 
 
 def resolve_hub(repo_id: str) -> Path:

@@ -90,6 +90,16 @@ def q4_codes(
     return codes.reshape(n, k), d.reshape(n, groups), m.reshape(n, groups)
 
 
+def is_edgelut_model_file(path: Path) -> bool:
+    """A GGUF container whose metadata carries edgelut's format version key (cheap: reads 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return head[:4] == GGUF_MAGIC and b"edgelut.format_version" in head
+
+
 def f32(value: Any) -> float:
     """A GGUF float32 as the shortest decimal that rounds to it (9.9999997e-06 -> 1e-05)."""
     return float(str(np.float32(value)))
@@ -208,7 +218,8 @@ def open_reader(path: Path) -> Any:
 class GGUFImporter(Importer):
     @classmethod
     def can_load(cls, path: Path) -> bool:
-        if not path.is_file():
+        # edgelut's own model files are GGUF containers too; the "elut" importer reads those.
+        if not path.is_file() or is_edgelut_model_file(path):
             return False
         if path.suffix.lower() == ".gguf":
             return True
@@ -219,49 +230,70 @@ class GGUFImporter(Importer):
             return False
 
     def load(self, path: Path) -> ImportedModel:
-        gguf = _require_gguf()
-        reader = open_reader(path)
-        arch = field_value(reader, "general.architecture")
-        names = {t.name for t in reader.tensors}
-        if "token_embd.weight" not in names:
-            raise ValueError(f"{path}: GGUF has no token_embd.weight tensor")
-        n_vocab = next(int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight")
-        config = config_from_metadata(
-            reader, path, n_vocab, tied="output.weight" not in names, bias="blk.0.attn_q.bias" in names
-        )
-        # llama.cpp permutes q/k rows only for the llama architecture.
-        heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if arch == "llama" else {}
+        return load_gguf(path)
 
-        tensors: dict[str, np.ndarray] = {}
-        codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for t in reader.tensors:
-            shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (K) first
-            qname = t.tensor_type.name
-            try:
-                w = gguf.quants.dequantize(t.data, t.tensor_type)
-            except NotImplementedError as e:
-                raise ValueError(f"{path}: tensor {t.name} has unsupported type {qname}") from e
-            w = np.asarray(w, dtype=np.float32).reshape(shape)
-            kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
-            n_head = heads.get(kind)
+
+def _layer_index(name: str) -> int | None:
+    return int(name.split(".")[1]) if name.startswith("blk.") else None
+
+
+def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
+    """A GGUF file as float weights (HF orientation), config, tokenizer and Q4_0/Q4_1 codes.
+
+    ``layers`` keeps only the first few blocks (config.n_layers says so): a
+    smaller but still real model for tests and quick experiments.
+    """
+    gguf = _require_gguf()
+    path = Path(path)
+    reader = open_reader(path)
+    arch = field_value(reader, "general.architecture")
+    names = {t.name for t in reader.tensors}
+    if "token_embd.weight" not in names:
+        raise ValueError(f"{path}: GGUF has no token_embd.weight tensor")
+    n_vocab = next(int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight")
+    config = config_from_metadata(
+        reader, path, n_vocab, tied="output.weight" not in names, bias="blk.0.attn_q.bias" in names
+    )
+    if layers is not None:
+        if not 1 <= layers <= config.n_layers:
+            raise ValueError(f"layers must be 1..{config.n_layers}, got {layers}")
+        config.n_layers = layers
+    # llama.cpp permutes q/k rows only for the llama architecture.
+    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if arch == "llama" else {}
+
+    tensors: dict[str, np.ndarray] = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for t in reader.tensors:
+        layer = _layer_index(t.name)
+        if layer is not None and layer >= config.n_layers:
+            continue
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (K) first
+        qname = t.tensor_type.name
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise ValueError(f"{path}: tensor {t.name} has unsupported type {qname}") from e
+        w = np.asarray(w, dtype=np.float32).reshape(shape)
+        kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
+        n_head = heads.get(kind)
+        if n_head is not None:
+            w = unpermute_rows(w, n_head)
+        tensors[t.name] = np.ascontiguousarray(w)
+        if qname in ("Q4_0", "Q4_1") and len(shape) == 2:
+            c, s, m = q4_codes(t.data, qname, shape[0], shape[1])
             if n_head is not None:
-                w = unpermute_rows(w, n_head)
-            tensors[t.name] = np.ascontiguousarray(w)
-            if qname in ("Q4_0", "Q4_1") and len(shape) == 2:
-                c, s, m = q4_codes(t.data, qname, shape[0], shape[1])
-                if n_head is not None:
-                    c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
-                codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
-        freqs = tensors.pop("rope_freqs.weight", None)
-        if freqs is not None:
-            # Llama 3.1-style scaling: llama.cpp stores the per-frequency divisors as a tensor.
-            if config.rope_scaling is not None:
-                raise ValueError(f"{path}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
-            config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in freqs.reshape(-1)]}
-        return ImportedModel(
-            config=config,
-            tensors=tensors,
-            tokenizer=tokenizer_from_metadata(reader, path),
-            source=str(path),
-            source_codes=codes,
-        )
+                c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
+            codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
+    freqs = tensors.pop("rope_freqs.weight", None)
+    if freqs is not None:
+        # Llama 3.1-style scaling: llama.cpp stores the per-frequency divisors as a tensor.
+        if config.rope_scaling is not None:
+            raise ValueError(f"{path}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
+        config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in freqs.reshape(-1)]}
+    return ImportedModel(
+        config=config,
+        tensors=tensors,
+        tokenizer=tokenizer_from_metadata(reader, path),
+        source=str(path),
+        source_codes=codes,
+    )

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="SRC", help="GGUF, HF directory, ONNX or hf:org/name")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="model file to write")
     p.add_argument("--bits", default="4", help="1, 2, 3, 4 or ternary (default 4)")
-    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="weights per scale")
+    p.add_argument(
+        "--group-size", type=int, default=32, choices=(32, 64, 128), help="weights per scale (default 32)"
+    )
     p.add_argument("--method", default="rtn", choices=("rtn", "gptq", "ternary"))
     sym = p.add_mutually_exclusive_group()
     sym.add_argument(
