@@ -33,7 +33,7 @@ from edgelut.model import engine_config, pack_tensors
 # f16 cache moves them as far (measured: f16 0.7-1.8%, q8 0.9-2.2%), so the
 # bound is the engine-vs-numpy tolerance of test_engine (3.5%).
 Q8_RTOL_TINY = 0.035
-Q8_RTOL_REAL = 0.03
+Q8_RTOL_REAL = 0.05  # SmolLM2: see test_smollm2_q8_logits_close_to_f32
 
 KINDS = ["llama", "qwen2", "adjacent", "freq_factors"]
 
@@ -154,20 +154,30 @@ PROMPT = (
 )
 
 
+@pytest.mark.slow
 def test_smollm2_q8_logits_close_to_f32(smol_path) -> None:
-    f32 = edgelut.load(str(smol_path), n_threads=2, n_ctx=128, kv_type="f32")
-    q8 = edgelut.load(str(smol_path), n_threads=2, n_ctx=128, kv_type="q8")
-    ids = f32.tokenize(PROMPT)
-    ref, got = f32.eval(ids), q8.eval(ids)
-    assert rel_diff(got, ref) < Q8_RTOL_REAL
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
-    assert q8.engine.kv_bytes < 0.6 * edgelut.load(str(smol_path), n_ctx=128).engine.kv_bytes
+    # Measured over this 78-token prompt: f16 vs f32 max |diff| 1.44 (3.7% of
+    # the logit range 39.2), mean 0.170; q8 vs f32 1.55 (3.9%), mean 0.186;
+    # top-1 agreement 97.4% for both. Most of it is the LUT matmuls' int8
+    # activation rounding moving with any change of K/V, so q8 is bounded
+    # relative to f16.
+    models = {
+        kv: edgelut.load(str(smol_path), n_threads=2, n_ctx=128, kv_type=kv) for kv in ("f32", "f16", "q8")
+    }
+    ids = models["f32"].tokenize(PROMPT)
+    ref = models["f32"].eval(ids)
+    f16, q8 = models["f16"].eval(ids), models["q8"].eval(ids)
+    assert rel_diff(q8, ref) < Q8_RTOL_REAL
+    assert np.abs(q8 - ref).mean() < 1.25 * np.abs(f16 - ref).mean()
+    assert (q8.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+    assert models["q8"].engine.kv_bytes < 0.6 * models["f16"].engine.kv_bytes
 
 
 @pytest.mark.parametrize(
     ("question", "word"),
     [("What is the capital of France?", "paris"), ("What is 2 + 2?", "4")],
 )
+@pytest.mark.slow
 def test_smollm2_q8_chat_answers(smol_path, question: str, word: str) -> None:
     m = edgelut.load(str(smol_path), n_threads=2, n_ctx=256, kv_type="q8")
     messages = [
@@ -177,12 +187,13 @@ def test_smollm2_q8_chat_answers(smol_path, question: str, word: str) -> None:
     assert word in m.chat(messages, max_tokens=40, temperature=0.0).lower()
 
 
+@pytest.mark.slow
 def test_cli_chat_slides_past_a_small_context(smol_path) -> None:
-    # Each turn's prompt plus reply is longer than 64 tokens: without sliding
-    # the second question is an error; with it, every question gets an answer.
+    # The history outgrows 64 tokens from the second turn on: sliding keeps
+    # the system prompt's first tokens and the newest question.
     qs = "What is the capital of France?\nWhat is 2 + 2?\nWhat is the capital of France?\n"
     args = [str(smol_path), "-t", "2", "-c", "64", "--temp", "0", "-n", "40", "--kv-type", "q8"]
-    cmd = [sys.executable, "-m", "edgelut", "chat", *args, "--context-overflow", "slide", "--keep", "24"]
+    cmd = [sys.executable, "-m", "edgelut.cli", "chat", *args, "--context-overflow", "slide", "--keep", "24"]
     p = subprocess.run(cmd, input=qs, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.lower().count("paris") >= 2, p.stdout
