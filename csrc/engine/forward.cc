@@ -145,7 +145,9 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const int64_t qd = n_q_ * hd, kvd = n_kv_ * hd, F = n_ffn_;
   const int64_t group = c_.n_heads / c_.n_kv_heads;
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool f16 = kv_.type() == KvType::kF16;
+  const KvType kvt = kv_.type();
+  const int64_t qblk = kv_.q8_block();
+  const KvQ8Kernels& q8k = kv_q8_kernels(isa_, qblk);
   float* x = x_.data();
   float* xb = xb_.data();
   // Weights that read the same input go in one call: the activation tables
@@ -216,16 +218,26 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
             const float* qh = q_.data() + t * qd + h * hd;
             for (int64_t s = 0; s <= p; ++s) {
               const void* kr = kv_.key(l, s);
-              att[s] = att_scale * (f16 ? dot_f16(qh, static_cast<const uint16_t*>(kr) + kv_off, hd)
-                                        : dot_f32(qh, static_cast<const float*>(kr) + kv_off, hd));
+              float d;
+              if (kvt == KvType::kF16)
+                d = dot_f16(qh, static_cast<const uint16_t*>(kr) + kv_off, hd);
+              else if (kvt == KvType::kQ8)
+                d = q8k.dot(qh, static_cast<const int8_t*>(kr) + kv_off, kv_.key_scales(l, s) + kv_off / qblk, hd,
+                            qblk);
+              else
+                d = dot_f32(qh, static_cast<const float*>(kr) + kv_off, hd);
+              att[s] = att_scale * d;
             }
             softmax_inplace(att, p + 1);
             float* o = att_out_.data() + t * qd + h * hd;
             std::fill(o, o + hd, 0.0f);
             for (int64_t s = 0; s <= p; ++s) {
               const void* vr = kv_.value(l, s);
-              if (f16)
+              if (kvt == KvType::kF16)
                 axpy_f16(att[s], static_cast<const uint16_t*>(vr) + kv_off, o, hd);
+              else if (kvt == KvType::kQ8)
+                q8k.axpy(att[s], static_cast<const int8_t*>(vr) + kv_off, kv_.value_scales(l, s) + kv_off / qblk, o,
+                         hd, qblk);
               else
                 axpy_f32(att[s], static_cast<const float*>(vr) + kv_off, o, hd);
             }

@@ -1,5 +1,7 @@
 #include "kv_cache.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -10,17 +12,44 @@ namespace edgelut {
 KvType kv_type_from_name(const std::string& name) {
   if (name == "f32") return KvType::kF32;
   if (name == "f16") return KvType::kF16;
-  throw std::invalid_argument("kv_type must be 'f32' or 'f16', got '" + name + "'");
+  if (name == "q8") return KvType::kQ8;
+  throw std::invalid_argument("kv_type must be 'f32', 'f16' or 'q8', got '" + name + "'");
 }
 
-const char* kv_type_name(KvType t) { return t == KvType::kF32 ? "f32" : "f16"; }
+const char* kv_type_name(KvType t) {
+  switch (t) {
+    case KvType::kF32: return "f32";
+    case KvType::kF16: return "f16";
+    case KvType::kQ8: return "q8";
+  }
+  return "?";
+}
+
+void quantize_q8_row(const float* x, int64_t n, int64_t block, int8_t* q, float* scales) {
+  for (int64_t b = 0; b * block < n; ++b) {
+    const float* xb = x + b * block;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float d = amax / 127.0f;
+    const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+    scales[b] = d;
+    for (int64_t i = 0; i < block; ++i) q[b * block + i] = static_cast<int8_t>(std::lrintf(xb[i] * inv));
+  }
+}
 
 KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type)
-    : n_ctx_(n_ctx), row_(static_cast<size_t>(n_kv_heads * head_dim)), type_(type) {
+    : n_ctx_(n_ctx),
+      row_(static_cast<size_t>(n_kv_heads * head_dim)),
+      type_(type),
+      q8_block_(head_dim % 32 == 0 ? 32 : head_dim) {
   if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
-  const size_t bytes = static_cast<size_t>(n_layers) * n_ctx * row_ * elem_bytes();
-  k_.assign(bytes, 0);
-  v_.assign(bytes, 0);
+  const size_t elems = static_cast<size_t>(n_layers) * n_ctx * row_;
+  k_.assign(elems * elem_bytes(), 0);
+  v_.assign(elems * elem_bytes(), 0);
+  if (type_ == KvType::kQ8) {
+    ks_.assign(elems / q8_block_, 0.0f);
+    vs_.assign(elems / q8_block_, 0.0f);
+  }
 }
 
 void KvCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
@@ -28,6 +57,12 @@ void KvCache::store(int64_t layer, int64_t pos, const float* k, const float* v) 
   if (type_ == KvType::kF32) {
     std::memcpy(k_.data() + off * 4, k, row_ * 4);
     std::memcpy(v_.data() + off * 4, v, row_ * 4);
+    return;
+  }
+  if (type_ == KvType::kQ8) {
+    const int64_t n = static_cast<int64_t>(row_);
+    quantize_q8_row(k, n, q8_block_, reinterpret_cast<int8_t*>(k_.data()) + off, ks_.data() + off / q8_block_);
+    quantize_q8_row(v, n, q8_block_, reinterpret_cast<int8_t*>(v_.data()) + off, vs_.data() + off / q8_block_);
     return;
   }
   uint16_t* kd = reinterpret_cast<uint16_t*>(k_.data()) + off;

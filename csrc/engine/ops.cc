@@ -100,4 +100,33 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * tab[x[i]];
 }
 
+float dot_q8_ref(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block) {
+  float s = 0.0f;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int8_t* bb = b + b0;
+    const float sum = dot8(a + b0, block, [bb](int64_t i) { return static_cast<float>(bb[i]); });
+    s += sum * scales[b0 / block];
+  }
+  return s;
+}
+
+void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const float f = a * scales[b0 / block];
+    for (int64_t i = b0; i < b0 + block; ++i) y[i] += f * static_cast<float>(x[i]);
+  }
+}
+
+const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block) {
+  static const KvQ8Kernels ref{dot_q8_ref, axpy_q8_ref};
+#if defined(__x86_64__)
+  static const KvQ8Kernels avx2{dot_q8_avx2, axpy_q8_avx2};
+  if ((isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) && block % 8 == 0) return avx2;
+#else
+  (void)isa;
+  (void)block;
+#endif
+  return ref;
+}
+
 }  // namespace edgelut

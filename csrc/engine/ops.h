@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../kernels/cpu_isa.h"
+
 namespace edgelut {
 
 // out = x / rms(x) * w, over n elements.
@@ -29,5 +31,26 @@ float dot_f32(const float* a, const float* b, int64_t n);
 float dot_f16(const float* a, const uint16_t* b, int64_t n);
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+
+// q8 KV cache rows: int8 codes b with one scale per `block` values
+// (n % block == 0). dot = sum a[i] * b[i] * scales[i / block];
+// axpy: y[i] += a * x[i] * scales[i / block]. The *_ref versions are the
+// scalar oracle and the path on every ISA without a SIMD version.
+float dot_q8_ref(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
+void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
+#if defined(__x86_64__)
+// AVX2 + FMA (attn_q8_avx2.cc); they need block % 8 == 0.
+float dot_q8_avx2(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
+void axpy_q8_avx2(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
+#endif
+
+struct KvQ8Kernels {
+  float (*dot)(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
+  void (*axpy)(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
+};
+// The one dispatch point of the q8 attention kernels: AVX2 on x86 CPUs with
+// AVX2 or AVX-512 (head_dim blocks of 32 fill 256-bit lanes well), the
+// scalar reference elsewhere (NEON included) or when block % 8 != 0.
+const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block);
 
 }  // namespace edgelut

@@ -23,6 +23,19 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         p.add_argument("model", help="edgelut model file")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     p.add_argument("-c", "--ctx", type=int, default=2048, help="context length in tokens")
+    p.add_argument(
+        "--kv-type",
+        default="f16",
+        choices=("f16", "f32", "q8"),
+        help="KV cache storage: f16 (default), f32, or q8 (int8, 0.56x the memory of f16)",
+    )
+    p.add_argument(
+        "--context-overflow",
+        default="error",
+        choices=("error", "slide"),
+        help="on a full context: stop (error), or keep the first --keep tokens and the recent half (slide)",
+    )
+    p.add_argument("--keep", type=int, default=32, help="tokens kept at the start when sliding (default 32)")
     paging = p.add_argument_group("paging (models larger than memory)")
     paging.add_argument(
         "--memory-budget",
@@ -77,6 +90,7 @@ def load_model(args: argparse.Namespace):
     positive_int("--ctx", args.ctx)
     positive_int("--window", args.window, allow_zero=True)
     positive_int("--memory-budget", args.memory_budget, allow_zero=True)
+    positive_int("--keep", args.keep, allow_zero=True)
     path = resolve_model(args.model)
     return edgelut.load(
         str(path),
@@ -85,4 +99,7 @@ def load_model(args: argparse.Namespace):
         window=args.window,
         memory_budget=args.memory_budget,
         drop_cache=args.drop_cache,
+        kv_type=args.kv_type,
+        context_overflow=args.context_overflow,
+        n_keep=args.keep,
     )
