@@ -648,7 +648,13 @@ class Model:
     ) -> dict[str, Any]:
         """The C++ loop, run again on a slid window each time it fills the context
         (context_overflow == "slide"); returns its result summed over the runs."""
-        total: dict[str, Any] = {"tokens": [], "prefill_s": 0.0, "decode_s": 0.0, "stop_reason": ""}
+        total: dict[str, Any] = {
+            "tokens": [],
+            "prefill_s": 0.0,
+            "decode_s": 0.0,
+            "n_decode": 0,
+            "stop_reason": "",
+        }
         prompt = ids
         while True:
             start = len(sampled)
@@ -668,6 +674,7 @@ class Model:
             total["tokens"] += list(r["tokens"])
             total["prefill_s"] += r["prefill_s"]
             total["decode_s"] += r["decode_s"]
+            total["n_decode"] += r["n_decode"]
             total["stop_reason"] = r["stop_reason"]
             if r["stop_reason"] != "context" or self.context_overflow != "slide":
                 return total

@@ -64,14 +64,19 @@ def test_q8_decode_equals_prefill(kind: str) -> None:
     np.testing.assert_allclose(one_by_one, all_at_once, rtol=1e-5, atol=1e-5)
 
 
-def test_q8_simd_equals_scalar_reference() -> None:
-    # The AVX2 attention kernels against their scalar oracle, through the engine.
+@pytest.mark.parametrize("kv_type", ["q8", "f16"])
+def test_attention_simd_equals_scalar_reference(kv_type: str) -> None:
+    # The AVX2 attention kernels (q8, and f16 with F16C) against their scalar
+    # oracles, through the engine. The matmuls are pinned to the LUT path, whose
+    # kernels are bit-identical on every ISA (the int8 path exists on AVX-512
+    # only), so what differs is the attention's summation order.
     isas = [i for i in _core.supported_isas() if i != "scalar"]
     cfg = tiny_config("llama")
     packed = pack_tensors(cfg, random_tensors(cfg), bits=4, group_size=32)
 
     def logits(isa: str) -> np.ndarray:
-        e = _core.Engine(engine_config(cfg), packed, n_ctx=32, n_threads=1, kv_type="q8", isa=isa)
+        e = _core.Engine(engine_config(cfg), packed, n_ctx=32, n_threads=1, kv_type=kv_type, isa=isa)
+        e.matmul_path = "lut"
         return e.eval(np.asarray(IDS, np.int32), 0, all_logits=True)
 
     ref = logits("scalar")
@@ -106,6 +111,9 @@ def test_slide_generation_goes_past_the_context() -> None:
     cfg = tiny_config()
     t = random_tensors(cfg)
     m = Model.from_float(cfg, t, n_ctx=12, n_threads=1, kv_type="f32")  # as build(): no near-tie flips
+    # The replay evaluates whole windows, generation one token at a time: the
+    # same matmul kernels for both (auto picks int8 for chunks of 8 or more).
+    m.engine.matmul_path = "lut"
     m.set_context_overflow("slide", n_keep=2)
     prompt = [3, 1, 4, 1, 5, 9]
     m.generate(prompt, 30, temperature=0.0)
@@ -114,6 +122,7 @@ def test_slide_generation_goes_past_the_context() -> None:
     # Replay: each token is the argmax of a fresh eval of the window the
     # engine held, which slides whenever the context is full.
     ref = build(cfg, t, n_ctx=12)
+    ref.engine.matmul_path = "lut"
     window, slides = list(prompt), 0
     for tok in m.last_tokens:
         assert tok == int(ref.eval(window)[-1].argmax())

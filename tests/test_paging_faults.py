@@ -131,7 +131,7 @@ def shim(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def source(work: Path) -> Path:
-    m = tiny_model(layers=N_LAYERS, hidden=128, inter=192, seed=5)
+    m = tiny_model(layers=N_LAYERS, hidden=128, inter=192, seed=10)  # greedy text reaches 12 tokens
     packed = pack_tensors(m.config, m.tensors, bits=4, group_size=32, clip_search=False)
     return write_model_file(work / "source.elut", m.config, m.tokenizer, packed)
 

@@ -187,7 +187,7 @@ def test_source_codes_are_used_only_for_q4_g32_asym():
     assert np.all(
         quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0] == 3
     )
-    other = quantize_tensor(name, w, TensorSpec("q4", 32, True), "rtn", source_codes=fake).unpack()[0]
+    other = quantize_tensor(name, w, TensorSpec("q4", 64, True), "rtn", source_codes=fake).unpack()[0]
     assert not np.all(other == 3)
 
 

@@ -148,6 +148,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const KvType kvt = kv_.type();
   const int64_t qblk = kv_.q8_block();
   const KvQ8Kernels& q8k = kv_q8_kernels(isa_, qblk);
+  const KvF16Kernels& f16k = kv_f16_kernels(isa_);
   float* x = x_.data();
   float* xb = xb_.data();
   // Weights that read the same input go in one call: the activation tables
@@ -220,7 +221,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
               const void* kr = kv_.key(l, s);
               float d;
               if (kvt == KvType::kF16)
-                d = dot_f16(qh, static_cast<const uint16_t*>(kr) + kv_off, hd);
+                d = f16k.dot(qh, static_cast<const uint16_t*>(kr) + kv_off, hd);
               else if (kvt == KvType::kQ8)
                 d = q8k.dot(qh, static_cast<const int8_t*>(kr) + kv_off, kv_.key_scales(l, s) + kv_off / qblk, hd,
                             qblk);
@@ -234,7 +235,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
             for (int64_t s = 0; s <= p; ++s) {
               const void* vr = kv_.value(l, s);
               if (kvt == KvType::kF16)
-                axpy_f16(att[s], static_cast<const uint16_t*>(vr) + kv_off, o, hd);
+                f16k.axpy(att[s], static_cast<const uint16_t*>(vr) + kv_off, o, hd);
               else if (kvt == KvType::kQ8)
                 q8k.axpy(att[s], static_cast<const int8_t*>(vr) + kv_off, kv_.value_scales(l, s) + kv_off / qblk, o,
                          hd, qblk);

@@ -129,4 +129,15 @@ const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block) {
   return ref;
 }
 
+const KvF16Kernels& kv_f16_kernels(CpuIsa isa) {
+  static const KvF16Kernels ref{dot_f16, axpy_f16};
+#if defined(__x86_64__)
+  static const KvF16Kernels avx2{dot_f16_avx2, axpy_f16_avx2};
+  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) return avx2;
+#else
+  (void)isa;
+#endif
+  return ref;
+}
+
 }  // namespace edgelut

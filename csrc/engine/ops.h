@@ -39,9 +39,11 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 float dot_q8_ref(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
 void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
 #if defined(__x86_64__)
-// AVX2 + FMA (attn_q8_avx2.cc); they need block % 8 == 0.
+// AVX2 + FMA (attn_avx2.cc); the q8 ones need block % 8 == 0.
 float dot_q8_avx2(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
 void axpy_q8_avx2(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
+float dot_f16_avx2(const float* a, const uint16_t* b, int64_t n);
+void axpy_f16_avx2(float a, const uint16_t* x, float* y, int64_t n);
 #endif
 
 struct KvQ8Kernels {
@@ -52,5 +54,14 @@ struct KvQ8Kernels {
 // AVX2 or AVX-512 (head_dim blocks of 32 fill 256-bit lanes well), the
 // scalar reference elsewhere (NEON included) or when block % 8 != 0.
 const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block);
+
+struct KvF16Kernels {
+  float (*dot)(const float* a, const uint16_t* b, int64_t n);
+  void (*axpy)(float a, const uint16_t* x, float* y, int64_t n);
+};
+// The same for the (default) f16 cache: AVX2 + F16C on x86 CPUs with AVX2 or
+// AVX-512, dot_f16/axpy_f16 (the oracle) elsewhere. The SIMD sums run in
+// another order (FMA, two accumulators), so they match the oracle to rounding.
+const KvF16Kernels& kv_f16_kernels(CpuIsa isa);
 
 }  // namespace edgelut
