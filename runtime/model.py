@@ -743,6 +743,7 @@ def load(
     memory_budget: int = 0,
     drop_cache: bool = False,
     direct_io: bool = False,
+    page_output: bool = False,
     context_overflow: str = "error",
     n_keep: int = 32,
 ) -> Model:
@@ -758,7 +759,9 @@ def load(
     that many slots, a loader thread reading ahead while the engine computes.
     ``memory_budget`` (bytes) picks the largest window that fits. 0 for both
     reads the layers through the file mapping. ``drop_cache`` and
-    ``direct_io`` keep paged reads out of the page cache.
+    ``direct_io`` keep paged reads out of the page cache. ``page_output``
+    (with paging) also streams the lm_head through the pager and reads each
+    token's embedding row on demand, instead of keeping both resident.
 
     ``kv_type`` is the KV cache storage: "f16" (default), "f32", or "q8"
     (int8 with a scale per 32 values, 0.56x the memory of f16).
@@ -777,6 +780,7 @@ def load(
         memory_budget,
         drop_cache,
         direct_io,
+        page_output,
     )
     model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
     return model
@@ -794,6 +798,7 @@ def _load(
     memory_budget: int,
     drop_cache: bool,
     direct_io: bool,
+    page_output: bool = False,
 ) -> Model:
     if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
         return _load_file(
@@ -806,10 +811,11 @@ def _load(
             budget_bytes=memory_budget,
             drop_cache=drop_cache,
             direct_io=direct_io,
+            page_output=page_output,
         )
-    if window or memory_budget:
+    if window or memory_budget or page_output:
         raise ValueError(
-            "window and memory_budget page the layers of an edgelut model file; "
+            "window, memory_budget and page_output page the weights of an edgelut model file; "
             "convert the model first (edgelut quantize)"
         )
     if isinstance(source, (str, os.PathLike)):

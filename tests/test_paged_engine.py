@@ -90,11 +90,15 @@ def test_load_a_model_file_with_a_window(tiny_file) -> None:
     path = tiny_file[0]
     resident = edgelut.load(path, n_ctx=64, n_threads=1)
     paged = edgelut.load(path, n_ctx=64, n_threads=1, window=2, drop_cache=True)
-    assert resident.engine.window == 0 and paged.engine.window == 2
+    out = edgelut.load(path, n_ctx=64, n_threads=1, window=2, page_output=True)
+    assert resident.engine.window == 0 and paged.engine.window == 2 and out.engine.window == 2
     assert np.array_equal(resident.eval(PROMPT), paged.eval(PROMPT))
+    assert np.array_equal(resident.eval(PROMPT), out.eval(PROMPT))
     # Greedy text through the file's own tokenizer is the same too.
-    text = [m.generate("the cat of a", max_tokens=6, temperature=0.0) for m in (resident, paged)]
-    assert text[0] == text[1]
+    text = [m.generate("the cat of a", max_tokens=6, temperature=0.0) for m in (resident, paged, out)]
+    assert text[0] == text[1] == text[2]
+    with pytest.raises(ValueError, match="page_output page the weights of an edgelut model file"):
+        edgelut.load(object(), page_output=True)
     assert edgelut.load(path, n_ctx=64, memory_budget=1 << 40).engine.window == N_LAYERS
 
 
@@ -272,6 +276,12 @@ def test_bench_cli_reports_paging(model_dir: Path) -> None:
     assert text.returncode == 0 and "paging W=2: per token" in text.stdout
     plain = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "paging" not in json.loads(plain.stdout)
+    # --page-output streams the lm_head too: more bytes per token than the layers.
+    r = subprocess.run([*cmd, "--window", "2", "--page-output", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["paging"]["bytes_read_per_token"] > 1.05 * total
+    r = subprocess.run([*cmd, "--page-output"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "page_output" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="module")

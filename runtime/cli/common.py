@@ -50,6 +50,11 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     paging.add_argument(
         "--drop-cache", action="store_true", help="drop paged layers from the page cache after reading them"
     )
+    paging.add_argument(
+        "--page-output",
+        action="store_true",
+        help="with paging, also stream the lm_head and read embedding rows on demand",
+    )
 
 
 def positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
@@ -99,6 +104,7 @@ def load_model(args: argparse.Namespace):
         window=args.window,
         memory_budget=args.memory_budget,
         drop_cache=args.drop_cache,
+        page_output=args.page_output,
         kv_type=args.kv_type,
         context_overflow=args.context_overflow,
         n_keep=args.keep,
