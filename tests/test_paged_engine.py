@@ -277,9 +277,11 @@ def test_bench_cli_reports_paging(model_dir: Path) -> None:
     plain = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "paging" not in json.loads(plain.stdout)
     # --page-output streams the lm_head too: more bytes per token than the layers.
-    r = subprocess.run([*cmd, "--window", "2", "--page-output", "--json"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cmd, "--window", "2", "--page-output", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["paging"]["bytes_read_per_token"] > 1.05 * total
+    assert json.loads(r.stdout)["paging"]["bytes_read_per_token"] > total
     r = subprocess.run([*cmd, "--page-output"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "page_output" in r.stderr and "Traceback" not in r.stderr
 
