@@ -148,7 +148,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const KvType kvt = kv_.type();
   const int64_t qblk = kv_.q8_block();
   const KvQ8Kernels& q8k = kv_q8_kernels(isa_, qblk);
-  const KvF16Kernels& f16k = kv_f16_kernels(isa_);
+  const AttnHeadF16 f16_head = attn_head_f16(isa_);
+  const int64_t kv_stride = n_kv_ * hd;  // elements between positions in a layer's cache
   float* x = x_.data();
   float* xb = xb_.data();
   // Weights that read the same input go in one call: the activation tables
@@ -217,12 +218,17 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
           for (int64_t t = 0; t < T; ++t) {
             const int64_t p = pos + t;
             const float* qh = q_.data() + t * qd + h * hd;
+            float* o = att_out_.data() + t * qd + h * hd;
+            if (kvt == KvType::kF16) {
+              f16_head(qh, static_cast<const uint16_t*>(kv_.key(l, 0)) + kv_off,
+                       static_cast<const uint16_t*>(kv_.value(l, 0)) + kv_off, kv_stride, p + 1, hd, att_scale, att,
+                       o);
+              continue;
+            }
             for (int64_t s = 0; s <= p; ++s) {
               const void* kr = kv_.key(l, s);
               float d;
-              if (kvt == KvType::kF16)
-                d = f16k.dot(qh, static_cast<const uint16_t*>(kr) + kv_off, hd);
-              else if (kvt == KvType::kQ8)
+              if (kvt == KvType::kQ8)
                 d = q8k.dot(qh, static_cast<const int8_t*>(kr) + kv_off, kv_.key_scales(l, s) + kv_off / qblk, hd,
                             qblk);
               else
@@ -230,13 +236,10 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
               att[s] = att_scale * d;
             }
             softmax_inplace(att, p + 1);
-            float* o = att_out_.data() + t * qd + h * hd;
             std::fill(o, o + hd, 0.0f);
             for (int64_t s = 0; s <= p; ++s) {
               const void* vr = kv_.value(l, s);
-              if (kvt == KvType::kF16)
-                f16k.axpy(att[s], static_cast<const uint16_t*>(vr) + kv_off, o, hd);
-              else if (kvt == KvType::kQ8)
+              if (kvt == KvType::kQ8)
                 q8k.axpy(att[s], static_cast<const int8_t*>(vr) + kv_off, kv_.value_scales(l, s) + kv_off / qblk, o,
                          hd, qblk);
               else

@@ -129,15 +129,21 @@ const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block) {
   return ref;
 }
 
-const KvF16Kernels& kv_f16_kernels(CpuIsa isa) {
-  static const KvF16Kernels ref{dot_f16, axpy_f16};
+void attn_head_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
+                       int64_t head_dim, float scale, float* att, float* out) {
+  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f16(q, k + s * stride, head_dim);
+  softmax_inplace(att, n);
+  std::fill(out, out + head_dim, 0.0f);
+  for (int64_t s = 0; s < n; ++s) axpy_f16(att[s], v + s * stride, out, head_dim);
+}
+
+AttnHeadF16 attn_head_f16(CpuIsa isa) {
 #if defined(__x86_64__)
-  static const KvF16Kernels avx2{dot_f16_avx2, axpy_f16_avx2};
-  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) return avx2;
+  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) return attn_head_f16_avx2;
 #else
   (void)isa;
 #endif
-  return ref;
+  return attn_head_f16_ref;
 }
 
 }  // namespace edgelut

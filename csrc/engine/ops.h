@@ -42,8 +42,8 @@ void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_
 // AVX2 + FMA (attn_avx2.cc); the q8 ones need block % 8 == 0.
 float dot_q8_avx2(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
 void axpy_q8_avx2(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
-float dot_f16_avx2(const float* a, const uint16_t* b, int64_t n);
-void axpy_f16_avx2(float a, const uint16_t* x, float* y, int64_t n);
+void attn_head_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
+                        int64_t head_dim, float scale, float* att, float* out);
 #endif
 
 struct KvQ8Kernels {
@@ -55,13 +55,18 @@ struct KvQ8Kernels {
 // scalar reference elsewhere (NEON included) or when block % 8 != 0.
 const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block);
 
-struct KvF16Kernels {
-  float (*dot)(const float* a, const uint16_t* b, int64_t n);
-  void (*axpy)(float a, const uint16_t* x, float* y, int64_t n);
-};
-// The same for the (default) f16 cache: AVX2 + F16C on x86 CPUs with AVX2 or
-// AVX-512, dot_f16/axpy_f16 (the oracle) elsewhere. The SIMD sums run in
-// another order (FMA, two accumulators), so they match the oracle to rounding.
-const KvF16Kernels& kv_f16_kernels(CpuIsa isa);
+// Causal attention of one query head over n cached positions of the f16
+// cache: k and v point at its kv head's part of position 0, rows `stride`
+// elements apart. att (n floats) is scratch; out gets head_dim floats.
+// scores = scale * q.k, softmax, out = sum of softmax * v.
+void attn_head_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
+                       int64_t head_dim, float scale, float* att, float* out);
+using AttnHeadF16 = void (*)(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
+                             int64_t head_dim, float scale, float* att, float* out);
+// The one dispatch point for the (default) f16 cache: AVX2 + F16C on x86 CPUs
+// with AVX2 or AVX-512 (query and output held in registers, a vectorised exp
+// in the softmax), the reference elsewhere. The SIMD version sums in another
+// order and its exp differs by < 2e-7 relative, so the two agree to rounding.
+AttnHeadF16 attn_head_f16(CpuIsa isa);
 
 }  // namespace edgelut
