@@ -38,6 +38,7 @@ _PRE_FAMILIES = {
     None: "gpt2",
     "default": "gpt2",
     "gpt2": "gpt2",
+    "gpt-2": "gpt2",
     "smollm": "smollm",
     "qwen2": "qwen2",
     "deepseek-r1-qwen": "qwen2",

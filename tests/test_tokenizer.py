@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from model_fixtures import smollm2_model
@@ -259,3 +260,58 @@ def test_matches_llama_cpp_tokenize(smol: Tokenizer) -> None:
         )
         theirs = json.loads(proc.stdout.strip().splitlines()[-1])
         assert smol.encode(text) == theirs, text
+
+
+# llama.cpp's tokenizer test suites: vocabulary-only GGUFs with input strings and the ids
+# llama.cpp's own tokenizer gives (models/ggml-vocab-NAME.gguf{,.inp,.out}). They ship in the
+# llama-cpp-python source distribution on PyPI, so the test fetches that once into the cache.
+# The families edgelut supports: SentencePiece (llama-spm, phi-3) and byte-level BPE.
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+VOCAB_SUITES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2")
+
+
+@pytest.fixture(scope="module")
+def vocab_dir() -> Path:
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from edgelut.models.datasets import cache_dir
+
+    dest = cache_dir() / "llama-cpp-vocab"
+    wanted = [f"ggml-vocab-{n}.gguf{ext}" for n in VOCAB_SUITES for ext in ("", ".inp", ".out")]
+    if all((dest / w).is_file() for w in wanted):
+        return dest
+    with tempfile.TemporaryDirectory(prefix="edgelut-vocab-") as tmp:
+        package = LLAMA_CPP_SDIST.split("==")[0]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package, "-q", "-d", tmp]
+        subprocess.run([*cmd, LLAMA_CPP_SDIST], check=True, capture_output=True, text=True)
+        (sdist,) = Path(tmp).glob("*.tar.gz")
+        with tarfile.open(sdist) as tf:
+            members = [m for m in tf.getmembers() if Path(m.name).name in wanted]
+            for m in members:
+                m.name = Path(m.name).name
+            tf.extractall(dest, members=members, filter="data")
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VOCAB_SUITES)
+def test_llama_cpp_vocabulary_suite(vocab_dir: Path, name: str) -> None:
+    """Every string of llama.cpp's suite gets llama.cpp's ids (BOS off, as the suite records them)."""
+    from edgelut.models.importers.gguf import open_reader, tokenizer_from_metadata
+
+    path = vocab_dir / f"ggml-vocab-{name}.gguf"
+    tok = Tokenizer(tokenizer_from_metadata(open_reader(path), path))
+    texts = path.with_name(path.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    lines = path.with_name(path.name + ".out").read_text(encoding="utf-8").split("\n")
+    assert len(texts) >= 40 and len(lines) in (len(texts), len(texts) + 1)  # + the final newline
+    want = {t: [int(i) for i in line.split()] for t, line in zip(texts, lines[: len(texts)], strict=True)}
+    got = {t: tok.encode(t, add_special=False) for t in texts}
+    assert {t: ids for t, ids in got.items() if ids != want[t]} == {}
+    # Decoding gives the text back wherever the vocabulary can spell it (SentencePiece drops one
+    # leading space it added itself, so compare on strings that do not start with a space).
+    for t in texts:
+        if t and not t.startswith(" ") and name in ("llama-bpe", "qwen2", "gpt-2"):
+            assert tok.decode(tok.encode(t, add_special=False)) == t
