@@ -6,6 +6,7 @@
 
 #include "fp16.h"
 #include "lut.h"
+#include "tile_walk.h"
 
 namespace edgelut {
 
@@ -55,45 +56,31 @@ void int8_gemm_ref(const PackedView& w, const Int8Acts* acts, int64_t m, float* 
                    int64_t t1) {
   const PackedShape& s = w.shape;
   const QTypeTraits& tr = qtype_traits(s.qtype);
-  const int planes = tr.planes;
-  const int64_t ng = s.groups();
-  const int64_t cpg = s.group / kChunk;
-  const size_t gbytes = s.group_code_bytes();
+  const TileWalk tw(s);
   for (int64_t tok = 0; tok < m; ++tok) {
     const Int8Acts& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
       float out[kTileRows] = {0};
-      for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
+      for (int64_t g = 0; g < tw.ng; ++g) {
+        const uint8_t* codes = tw.codes(w, t, g);
         const uint8_t* xu = a.xu + g * s.group;
         const float half_xs = 0.5f * a.xscale[g];
-        const float as = a.asum[g];
-        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+        float v[kTileRows];
         for (int r = 0; r < kTileRows; ++r) {
           int32_t dot = 0;
-          for (int64_t c = 0; c < cpg; ++c) {
+          for (int64_t c = 0; c < tw.cpg; ++c) {
             for (int j = 0; j < kChunk; ++j) {
               int32_t w8 = 0;  // 2 * (level - center) = sum_p icoef[p] * (+1 if bit set else -1)
-              for (int p = 0; p < planes; ++p) {
-                const uint8_t byte = codes[(c * planes + p) * 32 + (r % 32)];
-                const int idx = r < 32 ? (byte & 0x0f) : (byte >> 4);
-                w8 += (idx >> j) & 1 ? tr.icoef[p] : -tr.icoef[p];
-              }
+              for (int p = 0; p < tw.planes; ++p)
+                w8 += (run_index(codes + (c * tw.planes + p) * 32, r) >> j) & 1 ? tr.icoef[p] : -tr.icoef[p];
               dot += w8 * (static_cast<int32_t>(xu[c * kChunk + j]) - 128);
             }
           }
-          const float v = static_cast<float>(dot) * half_xs;
-          const float sc = fp16_to_fp32(w.scales[si + r]);
-          if (w.mins) {
-            out[r] = std::fma(sc, std::fma(tr.center, as, v), out[r]);
-            out[r] = std::fma(fp16_to_fp32(w.mins[si + r]), as, out[r]);
-          } else {
-            out[r] = std::fma(sc, v, out[r]);
-          }
+          v[r] = static_cast<float>(dot) * half_xs;
         }
+        add_group_ref(w, tw.meta(t, g), tr.center, v, a.asum[g], out);
       }
-      const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
-      std::memcpy(y + tok * ldy + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
+      store_tile(s, t, out, y + tok * ldy);
     }
   }
 }

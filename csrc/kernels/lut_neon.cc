@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "dispatch.h"
+#include "tile_walk.h"
 
 namespace edgelut {
 
@@ -94,41 +95,32 @@ inline void zero(int32x4_t comb[16]) {
   for (int i = 0; i < 16; ++i) comb[i] = vdupq_n_s32(0);
 }
 
-inline void store_rows(const PackedShape& s, int64_t t, const float* out, float* yrow) {
-  const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
-  std::memcpy(yrow + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
-}
-
 // Decode: one token at a time, splitting nibbles straight from the codes.
 void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                    int64_t t1) {
-  const PackedShape& s = w.shape;
-  const QTypeTraits& tr = qtype_traits(s.qtype);
-  const int planes = tr.planes;
-  const int64_t ng = s.groups();
-  const int64_t cpg = s.group / kChunk;
-  const size_t gbytes = s.group_code_bytes();
+  const QTypeTraits& tr = qtype_traits(w.shape.qtype);
+  const TileWalk tw(w.shape);
   for (int64_t tok = 0; tok < m; ++tok) {
     const ActTables& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
       alignas(16) float out[kTileRows] = {0};
-      for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
-        const int8_t* tab = a.tab + g * cpg * kTableSize;
+      for (int64_t g = 0; g < tw.ng; ++g) {
+        const uint8_t* codes = tw.codes(w, t, g);
+        const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
         int32x4_t comb[16];
         zero(comb);
-        for (int p = 0; p < planes; ++p) {
+        for (int p = 0; p < tw.planes; ++p) {
           int16x8_t acc[8];
           zero(acc);
-          for (int64_t c = 0; c < cpg; ++c)
-            lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * planes + p) * 32), acc);
+          for (int64_t c = 0; c < tw.cpg; ++c)
+            lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * tw.planes + p) * 32), acc);
           combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
         }
-        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+        const size_t si = tw.meta(t, g);
         const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
         apply_group(comb, e, a.tscale[g], a.asum[g], out);
       }
-      store_rows(s, t, out, y + tok * ldy);
+      store_tile(w.shape, t, out, y + tok * ldy);
     }
   }
 }
@@ -137,38 +129,35 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
 // reused by every token of a block of kTokenBlock tokens.
 void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                    int64_t t1) {
-  const PackedShape& s = w.shape;
-  const QTypeTraits& tr = qtype_traits(s.qtype);
-  const int planes = tr.planes;
-  const int64_t ng = s.groups();
-  const int64_t cpg = s.group / kChunk;
-  const size_t gbytes = s.group_code_bytes();
+  const QTypeTraits& tr = qtype_traits(w.shape.qtype);
+  const TileWalk tw(w.shape);
   RunIdx idx[kMaxRunsPerGroup];  // (cpg, planes) split runs of the current group
   alignas(16) float out[kTokenBlock][kTileRows];
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t b0 = 0; b0 < m; b0 += kTokenBlock) {
       const int64_t nb = std::min<int64_t>(kTokenBlock, m - b0);
       std::memset(out, 0, sizeof out);
-      for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
-        for (int64_t r = 0; r < cpg * planes; ++r) idx[r] = split_run(codes + r * 32);
-        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
+      for (int64_t g = 0; g < tw.ng; ++g) {
+        const uint8_t* codes = tw.codes(w, t, g);
+        for (int64_t r = 0; r < tw.cpg * tw.planes; ++r) idx[r] = split_run(codes + r * 32);
+        const size_t si = tw.meta(t, g);
         const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
         for (int64_t b = 0; b < nb; ++b) {
           const ActTables& a = acts[b0 + b];
-          const int8_t* tab = a.tab + g * cpg * kTableSize;
+          const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
           int32x4_t comb[16];
           zero(comb);
-          for (int p = 0; p < planes; ++p) {
+          for (int p = 0; p < tw.planes; ++p) {
             int16x8_t acc[8];
             zero(acc);
-            for (int64_t c = 0; c < cpg; ++c) lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * planes + p], acc);
+            for (int64_t c = 0; c < tw.cpg; ++c)
+              lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * tw.planes + p], acc);
             combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
           }
           apply_group(comb, e, a.tscale[g], a.asum[g], out[b]);
         }
       }
-      for (int64_t b = 0; b < nb; ++b) store_rows(s, t, out[b], y + (b0 + b) * ldy);
+      for (int64_t b = 0; b < nb; ++b) store_tile(w.shape, t, out[b], y + (b0 + b) * ldy);
     }
   }
 }

@@ -6,6 +6,7 @@
 
 #include "fp16.h"
 #include "lut.h"
+#include "tile_walk.h"
 
 namespace edgelut {
 
@@ -56,47 +57,30 @@ void build_tables_groups_ref(const PackedShape& s, const float* x, int64_t g0, i
 
 void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                   int64_t t1) {
-  const PackedShape& s = w.shape;
-  const QTypeTraits& tr = qtype_traits(s.qtype);
-  const int planes = tr.planes;
-  const int64_t ng = s.groups();
-  const int64_t cpg = s.group / kChunk;
-  const size_t gbytes = s.group_code_bytes();
+  const QTypeTraits& tr = qtype_traits(w.shape.qtype);
+  const TileWalk tw(w.shape);
   for (int64_t tok = 0; tok < m; ++tok) {
     const ActTables& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
       float out[kTileRows] = {0};
-      for (int64_t g = 0; g < ng; ++g) {
-        const uint8_t* codes = w.codes + static_cast<size_t>(t * ng + g) * gbytes;
-        const int8_t* tab = a.tab + g * cpg * kTableSize;
+      for (int64_t g = 0; g < tw.ng; ++g) {
+        const uint8_t* codes = tw.codes(w, t, g);
+        const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
         int32_t comb[kTileRows] = {0};
-        for (int p = 0; p < planes; ++p) {
+        for (int p = 0; p < tw.planes; ++p) {
           for (int r = 0; r < kTileRows; ++r) {
             int32_t acc = 0;
-            for (int64_t c = 0; c < cpg; ++c) {
-              const uint8_t byte = codes[(c * planes + p) * 32 + (r % 32)];
-              const int idx = r < 32 ? (byte & 0x0f) : (byte >> 4);
-              acc += tab[c * kTableSize + idx];
-            }
+            for (int64_t c = 0; c < tw.cpg; ++c)
+              acc += tab[c * kTableSize + run_index(codes + (c * tw.planes + p) * 32, r)];
             comb[r] += tr.icoef[p] * acc;
           }
         }
+        float v[kTileRows];
         const float half_ts = 0.5f * a.tscale[g];
-        const float as = a.asum[g];
-        const size_t si = static_cast<size_t>(t * ng + g) * kTileRows;
-        for (int r = 0; r < kTileRows; ++r) {
-          const float v = static_cast<float>(comb[r]) * half_ts;
-          const float sc = fp16_to_fp32(w.scales[si + r]);
-          if (w.mins) {
-            out[r] = std::fma(sc, std::fma(tr.center, as, v), out[r]);
-            out[r] = std::fma(fp16_to_fp32(w.mins[si + r]), as, out[r]);
-          } else {
-            out[r] = std::fma(sc, v, out[r]);
-          }
-        }
+        for (int r = 0; r < kTileRows; ++r) v[r] = static_cast<float>(comb[r]) * half_ts;
+        add_group_ref(w, tw.meta(t, g), tr.center, v, a.asum[g], out);
       }
-      const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
-      std::memcpy(y + tok * ldy + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
+      store_tile(w.shape, t, out, y + tok * ldy);
     }
   }
 }

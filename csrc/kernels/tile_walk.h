@@ -1,0 +1,61 @@
+// The walk every matmul kernel makes over a packed matrix (layout.h): row
+// tiles of 64 outputs, then the groups of K, then chunks of 4 activations.
+// The scalar kernels (lut_ref, int8_ref) and the NEON ones share these pieces,
+// so the index arithmetic of the layout is written once.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "fp16.h"
+#include "layout.h"
+
+namespace edgelut {
+
+struct TileWalk {
+  explicit TileWalk(const PackedShape& s)
+      : planes(s.planes()), ng(s.groups()), cpg(s.group / kChunk), gbytes(s.group_code_bytes()) {}
+
+  int planes;      // bit planes per code
+  int64_t ng;      // groups per row
+  int64_t cpg;     // 4-activation chunks per group
+  size_t gbytes;   // code bytes of one (tile, group)
+
+  // Codes of (tile t, group g): [cpg][planes][32] bytes.
+  const uint8_t* codes(const PackedView& w, int64_t t, int64_t g) const {
+    return w.codes + static_cast<size_t>(t * ng + g) * gbytes;
+  }
+  // Index of the first of the 64 scales (and mins) of (tile t, group g).
+  size_t meta(int64_t t, int64_t g) const { return static_cast<size_t>(t * ng + g) * kTileRows; }
+};
+
+// The 4-bit lookup index of tile row r in one 32-byte run of codes.
+inline int run_index(const uint8_t* run, int r) {
+  const uint8_t byte = run[r % 32];
+  return r < 32 ? (byte & 0x0f) : (byte >> 4);
+}
+
+// Copies a tile's outputs into the output row, without the padding rows past N.
+inline void store_tile(const PackedShape& s, int64_t t, const float* out, float* yrow) {
+  const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+  std::memcpy(yrow + t * kTileRows, out, static_cast<size_t>(rows) * sizeof(float));
+}
+
+// out[r] += one group's contribution, given v[r] = (integer dot) * half activation scale.
+// This op order is the contract every SIMD epilogue reproduces exactly (lut.h).
+inline void add_group_ref(const PackedView& w, size_t meta, float center, const float* v, float asum,
+                          float* out) {
+  for (int r = 0; r < kTileRows; ++r) {
+    const float sc = fp16_to_fp32(w.scales[meta + r]);
+    if (w.mins) {
+      out[r] = std::fma(sc, std::fma(center, asum, v[r]), out[r]);
+      out[r] = std::fma(fp16_to_fp32(w.mins[meta + r]), asum, out[r]);
+    } else {
+      out[r] = std::fma(sc, v[r], out[r]);
+    }
+  }
+}
+
+}  // namespace edgelut
