@@ -349,6 +349,20 @@ def test_onnx_round_trip(tmp_path: Path, arch: str) -> None:
             np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
 
 
+def test_onnx_real_weights_round_trip(tmp_path: Path) -> None:
+    """The real SmolLM2 weights (2 layers) in an optimum-style export import exactly."""
+    real = smollm2_model()
+    cfg = real.config.__class__(**{**real.config.__dict__, "n_layers": 2})
+    keep = {k: v for k, v in real.tensors.items() if not k.startswith("blk.") or int(k.split(".")[1]) < 2}
+    path = write_onnx(tmp_path / "onnx", cfg, keep)
+    write_tokenizer_files(path.parent, real.tokenizer.tokenizer_json)
+    m = load_model(path)
+    assert m.config.n_layers == 2 and m.config.tie_embeddings and m.config.hidden_size == 576
+    for name, arr in keep.items():
+        np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+    assert m.tokenizer.tokenizer_json == real.tokenizer.tokenizer_json
+
+
 def test_onnx_without_names_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tiny_config("llama")
     path = write_onnx(tmp_path / "anon", cfg, tiny_weights(cfg), module_names=False)
