@@ -26,33 +26,7 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-}  // namespace
 
-float dot_q8_avx2(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block) {
-  __m256 total = _mm256_setzero_ps();
-  for (int64_t b0 = 0; b0 < n; b0 += block) {
-    // Two accumulators: consecutive FMAs into one register would wait on each other.
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = b0;
-    for (; i + 16 <= b0 + block; i += 16) {
-      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_q8(b + i), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8_q8(b + i + 8), acc1);
-    }
-    for (; i < b0 + block; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8_q8(b + i), acc0);
-    total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(scales[b0 / block]), total);
-  }
-  return hsum(total);
-}
-
-void axpy_q8_avx2(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block) {
-  for (int64_t b0 = 0; b0 < n; b0 += block) {
-    const __m256 f = _mm256_set1_ps(a * scales[b0 / block]);
-    for (int64_t i = b0; i < b0 + block; i += 8)
-      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(f, load8_q8(x + i), _mm256_loadu_ps(y + i)));
-  }
-}
-
-namespace {
 // exp(x) for x <= 0 (softmax after subtracting the max): x = n ln2 + r with
 // |r| <= ln2/2, e^r by its Taylor series to r^6 (relative error < 2e-7 on that
 // range), 2^n put into the exponent bits. Inputs below -87 are clamped, which
@@ -109,45 +83,73 @@ void softmax_avx2(float* att, int64_t n) {
 // One head with head_dim = 8 * NV: the query and the output stay in
 // registers across all positions, so each K and V row is read once and
 // nothing else touches memory.
-template <int NV>
-void attn_head_f16_fixed(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                         float scale, float* att, float* out) {
+// One head with head_dim = 8 * NV: the query and the output stay in
+// registers across all positions, so each K and V row is read once and
+// nothing else touches memory. Load8 widens 8 cached elements to fp32;
+// block (a multiple of 8) is the span of one scale (q8) or head_dim (f16,
+// where the scales are absent and count as 1).
+template <int NV, class T, __m256 (*Load8)(const T*)>
+void attn_head_fixed(const float* q, const KvHeadRows& kv, int64_t n, float scale, float* att, float* out) {
+  const T* k = static_cast<const T*>(kv.k);
+  const T* v = static_cast<const T*>(kv.v);
+  const int bv = kv.k_scales ? static_cast<int>(kv.block / 8) : NV;  // vectors per scale
+  const int64_t sstride = kv.k_scales ? kv.stride / kv.block : 0;
   __m256 qr[NV];
   for (int j = 0; j < NV; ++j) qr[j] = _mm256_loadu_ps(q + 8 * j);
   for (int64_t s = 0; s < n; ++s) {
-    const uint16_t* kr = k + s * stride;
-    __m256 a0 = _mm256_mul_ps(qr[0], load8_f16(kr));
-    __m256 a1 = _mm256_mul_ps(qr[1], load8_f16(kr + 8));
-    for (int j = 2; j + 1 < NV; j += 2) {
-      a0 = _mm256_fmadd_ps(qr[j], load8_f16(kr + 8 * j), a0);
-      a1 = _mm256_fmadd_ps(qr[j + 1], load8_f16(kr + 8 * j + 8), a1);
+    const T* kr = k + s * kv.stride;
+    __m256 total = _mm256_setzero_ps();
+    for (int j0 = 0; j0 < NV; j0 += bv) {
+      // Two accumulators: consecutive FMAs into one register would wait on each other.
+      __m256 a0 = _mm256_mul_ps(qr[j0], Load8(kr + 8 * j0));
+      __m256 a1 = _mm256_setzero_ps();
+      for (int j = j0 + 1; j < j0 + bv; j += 2) {
+        a1 = _mm256_fmadd_ps(qr[j], Load8(kr + 8 * j), a1);
+        if (j + 1 < j0 + bv) a0 = _mm256_fmadd_ps(qr[j + 1], Load8(kr + 8 * j + 8), a0);
+      }
+      const __m256 blk = _mm256_add_ps(a0, a1);
+      total = kv.k_scales ? _mm256_fmadd_ps(blk, _mm256_set1_ps(kv.k_scales[s * sstride + j0 / bv]), total)
+                          : _mm256_add_ps(total, blk);
     }
-    att[s] = scale * hsum(_mm256_add_ps(a0, a1));
+    att[s] = scale * hsum(total);
   }
   softmax_avx2(att, n);
   __m256 acc[NV];
   for (int j = 0; j < NV; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t s = 0; s < n; ++s) {
-    const uint16_t* vr = v + s * stride;
-    const __m256 w = _mm256_set1_ps(att[s]);
-    for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(w, load8_f16(vr + 8 * j), acc[j]);
+    const T* vr = v + s * kv.stride;
+    for (int j0 = 0; j0 < NV; j0 += bv) {
+      const float f = kv.v_scales ? att[s] * kv.v_scales[s * sstride + j0 / bv] : att[s];
+      const __m256 w = _mm256_set1_ps(f);
+      for (int j = j0; j < j0 + bv; ++j) acc[j] = _mm256_fmadd_ps(w, Load8(vr + 8 * j), acc[j]);
+    }
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
 }
+
+template <class T, __m256 (*Load8)(const T*)>
+bool attn_head_dispatch(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                        float* out) {
+  if (kv.k_scales && kv.block % 8 != 0) return false;
+  switch (head_dim) {
+    case 32: attn_head_fixed<4, T, Load8>(q, kv, n, scale, att, out); return true;
+    case 64: attn_head_fixed<8, T, Load8>(q, kv, n, scale, att, out); return true;
+    case 128: attn_head_fixed<16, T, Load8>(q, kv, n, scale, att, out); return true;
+    default: return false;
+  }
+}
 }  // namespace
 
-void attn_head_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                        int64_t head_dim, float scale, float* att, float* out) {
-  switch (head_dim) {
-    case 64:
-      return attn_head_f16_fixed<8>(q, k, v, stride, n, scale, att, out);
-    case 128:
-      return attn_head_f16_fixed<16>(q, k, v, stride, n, scale, att, out);
-    case 32:
-      return attn_head_f16_fixed<4>(q, k, v, stride, n, scale, att, out);
-    default:
-      return attn_head_f16_ref(q, k, v, stride, n, head_dim, scale, att, out);
-  }
+void attn_head_f16_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale,
+                        float* att, float* out) {
+  if (!attn_head_dispatch<uint16_t, load8_f16>(q, kv, n, head_dim, scale, att, out))
+    attn_head_f16_ref(q, kv, n, head_dim, scale, att, out);
+}
+
+void attn_head_q8_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out) {
+  if (!attn_head_dispatch<int8_t, load8_q8>(q, kv, n, head_dim, scale, att, out))
+    attn_head_q8_ref(q, kv, n, head_dim, scale, att, out);
 }
 
 }  // namespace edgelut

@@ -145,11 +145,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const int64_t qd = n_q_ * hd, kvd = n_kv_ * hd, F = n_ffn_;
   const int64_t group = c_.n_heads / c_.n_kv_heads;
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const KvType kvt = kv_.type();
-  const int64_t qblk = kv_.q8_block();
-  const KvQ8Kernels& q8k = kv_q8_kernels(isa_, qblk);
-  const AttnHeadF16 f16_head = attn_head_f16(isa_);
-  const int64_t kv_stride = n_kv_ * hd;  // elements between positions in a layer's cache
+  const AttnHead attn_head_fn = attn_head(isa_, kv_.type());
   float* x = x_.data();
   float* xb = xb_.data();
   // Weights that read the same input go in one call: the activation tables
@@ -213,39 +209,11 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       ScopeTimer timer(profiling_, prof_.attention);
       pool_.parallel_for(n_q_, [&](int64_t h0, int64_t h1) {
         for (int64_t h = h0; h < h1; ++h) {
-          const int64_t kv_off = (h / group) * hd;
+          const KvHeadRows kv = kv_.head(l, h / group, hd);
           float* att = att_.data() + h * kv_.n_ctx();
-          for (int64_t t = 0; t < T; ++t) {
-            const int64_t p = pos + t;
-            const float* qh = q_.data() + t * qd + h * hd;
-            float* o = att_out_.data() + t * qd + h * hd;
-            if (kvt == KvType::kF16) {
-              f16_head(qh, static_cast<const uint16_t*>(kv_.key(l, 0)) + kv_off,
-                       static_cast<const uint16_t*>(kv_.value(l, 0)) + kv_off, kv_stride, p + 1, hd, att_scale, att,
-                       o);
-              continue;
-            }
-            for (int64_t s = 0; s <= p; ++s) {
-              const void* kr = kv_.key(l, s);
-              float d;
-              if (kvt == KvType::kQ8)
-                d = q8k.dot(qh, static_cast<const int8_t*>(kr) + kv_off, kv_.key_scales(l, s) + kv_off / qblk, hd,
-                            qblk);
-              else
-                d = dot_f32(qh, static_cast<const float*>(kr) + kv_off, hd);
-              att[s] = att_scale * d;
-            }
-            softmax_inplace(att, p + 1);
-            std::fill(o, o + hd, 0.0f);
-            for (int64_t s = 0; s <= p; ++s) {
-              const void* vr = kv_.value(l, s);
-              if (kvt == KvType::kQ8)
-                q8k.axpy(att[s], static_cast<const int8_t*>(vr) + kv_off, kv_.value_scales(l, s) + kv_off / qblk, o,
-                         hd, qblk);
-              else
-                axpy_f32(att[s], static_cast<const float*>(vr) + kv_off, o, hd);
-            }
-          }
+          for (int64_t t = 0; t < T; ++t)
+            attn_head_fn(q_.data() + t * qd + h * hd, kv, pos + t + 1, hd, att_scale, att,
+                         att_out_.data() + t * qd + h * hd);
         }
       });
     }

@@ -52,6 +52,20 @@ KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t he
   }
 }
 
+KvHeadRows KvCache::head(int64_t layer, int64_t kv_head, int64_t head_dim) const {
+  const size_t off = offset(layer, 0) + static_cast<size_t>(kv_head * head_dim);
+  KvHeadRows r;
+  r.k = k_.data() + off * elem_bytes();
+  r.v = v_.data() + off * elem_bytes();
+  r.stride = static_cast<int64_t>(row_);
+  if (type_ == KvType::kQ8) {
+    r.k_scales = ks_.data() + off / q8_block_;
+    r.v_scales = vs_.data() + off / q8_block_;
+    r.block = q8_block_;
+  }
+  return r;
+}
+
 void KvCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
   const size_t off = offset(layer, pos);
   if (type_ == KvType::kF32) {

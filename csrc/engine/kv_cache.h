@@ -17,6 +17,19 @@ enum class KvType { kF32 = 0, kF16 = 1, kQ8 = 2 };
 KvType kv_type_from_name(const std::string& name);
 const char* kv_type_name(KvType t);
 
+// One kv head's part of a layer's cache, from position 0: position s's row
+// starts `stride` elements after position s-1's. Elements are float,
+// uint16_t (fp16) or int8_t by the cache type; for q8, element i of a row has
+// the scale k_scales[i / block] (scale rows stride / block apart).
+struct KvHeadRows {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* k_scales = nullptr;  // q8 only
+  const float* v_scales = nullptr;  // q8 only
+  int64_t stride = 0;
+  int64_t block = 0;  // q8 only
+};
+
 // Symmetric int8 codes of x (n values, n a multiple of block) with one scale
 // per block: q = round(x / d), d = amax(block) / 127 (0 for an all-zero block).
 void quantize_q8_row(const float* x, int64_t n, int64_t block, int8_t* q, float* scales);
@@ -45,6 +58,8 @@ class KvCache {
   // row has scale [i / q8_block()]).
   const float* key_scales(int64_t layer, int64_t pos) const { return ks_.data() + offset(layer, pos) / q8_block_; }
   const float* value_scales(int64_t layer, int64_t pos) const { return vs_.data() + offset(layer, pos) / q8_block_; }
+  // The rows of kv head `kv_head` (of head_dim elements) in `layer`, for the attention kernels.
+  KvHeadRows head(int64_t layer, int64_t kv_head, int64_t head_dim) const;
 
  private:
   size_t offset(int64_t layer, int64_t pos) const {

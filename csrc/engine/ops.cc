@@ -117,33 +117,54 @@ void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_
   }
 }
 
-const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block) {
-  static const KvQ8Kernels ref{dot_q8_ref, axpy_q8_ref};
-#if defined(__x86_64__)
-  static const KvQ8Kernels avx2{dot_q8_avx2, axpy_q8_avx2};
-  if ((isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) && block % 8 == 0) return avx2;
-#else
-  (void)isa;
-  (void)block;
-#endif
-  return ref;
-}
-
-void attn_head_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                       int64_t head_dim, float scale, float* att, float* out) {
-  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f16(q, k + s * stride, head_dim);
+void attn_head_f32_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out) {
+  const auto* k = static_cast<const float*>(kv.k);
+  const auto* v = static_cast<const float*>(kv.v);
+  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f32(q, k + s * kv.stride, head_dim);
   softmax_inplace(att, n);
   std::fill(out, out + head_dim, 0.0f);
-  for (int64_t s = 0; s < n; ++s) axpy_f16(att[s], v + s * stride, out, head_dim);
+  for (int64_t s = 0; s < n; ++s) axpy_f32(att[s], v + s * kv.stride, out, head_dim);
 }
 
-AttnHeadF16 attn_head_f16(CpuIsa isa) {
+void attn_head_f16_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out) {
+  const auto* k = static_cast<const uint16_t*>(kv.k);
+  const auto* v = static_cast<const uint16_t*>(kv.v);
+  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f16(q, k + s * kv.stride, head_dim);
+  softmax_inplace(att, n);
+  std::fill(out, out + head_dim, 0.0f);
+  for (int64_t s = 0; s < n; ++s) axpy_f16(att[s], v + s * kv.stride, out, head_dim);
+}
+
+void attn_head_q8_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                      float* out) {
+  const auto* k = static_cast<const int8_t*>(kv.k);
+  const auto* v = static_cast<const int8_t*>(kv.v);
+  const int64_t sstride = kv.stride / kv.block;
+  for (int64_t s = 0; s < n; ++s)
+    att[s] = scale * dot_q8_ref(q, k + s * kv.stride, kv.k_scales + s * sstride, head_dim, kv.block);
+  softmax_inplace(att, n);
+  std::fill(out, out + head_dim, 0.0f);
+  for (int64_t s = 0; s < n; ++s)
+    axpy_q8_ref(att[s], v + s * kv.stride, kv.v_scales + s * sstride, out, head_dim, kv.block);
+}
+
+AttnHead attn_head(CpuIsa isa, KvType type) {
 #if defined(__x86_64__)
-  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) return attn_head_f16_avx2;
+  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) {
+    if (type == KvType::kF16) return attn_head_f16_avx2;
+    if (type == KvType::kQ8) return attn_head_q8_avx2;
+  }
 #else
   (void)isa;
 #endif
-  return attn_head_f16_ref;
+  switch (type) {
+    case KvType::kF16: return attn_head_f16_ref;
+    case KvType::kQ8: return attn_head_q8_ref;
+    case KvType::kF32: break;
+  }
+  return attn_head_f32_ref;
 }
 
 }  // namespace edgelut

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../kernels/cpu_isa.h"
+#include "kv_cache.h"
 
 namespace edgelut {
 
@@ -34,39 +35,39 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
 
 // q8 KV cache rows: int8 codes b with one scale per `block` values
 // (n % block == 0). dot = sum a[i] * b[i] * scales[i / block];
-// axpy: y[i] += a * x[i] * scales[i / block]. The *_ref versions are the
-// scalar oracle and the path on every ISA without a SIMD version.
+// axpy: y[i] += a * x[i] * scales[i / block]. Scalar; the SIMD versions live
+// inside the fused head kernels below.
 float dot_q8_ref(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
 void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
+
+// Causal attention of one query head q over n cached positions of one kv
+// head: scores = scale * q.k, softmax, out = sum of softmax * v. att (n
+// floats) is scratch; out gets head_dim floats. One kernel per cache type,
+// so the loop over positions runs inside it (no call per position).
+using AttnHead = void (*)(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale,
+                          float* att, float* out);
+
+// The scalar oracles, and the path on every ISA without a SIMD version.
+void attn_head_f32_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out);
+void attn_head_f16_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out);
+void attn_head_q8_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                      float* out);
 #if defined(__x86_64__)
-// AVX2 + FMA (attn_avx2.cc); the q8 ones need block % 8 == 0.
-float dot_q8_avx2(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
-void axpy_q8_avx2(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
-void attn_head_f16_avx2(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                        int64_t head_dim, float scale, float* att, float* out);
+// AVX2 + FMA + F16C (attn_avx2.cc): query and output held in registers for
+// head_dim 32/64/128, a vectorised exp in the softmax; other head sizes (and
+// q8 blocks that are not a multiple of 8) fall back to the reference. The
+// sums run in another order and the exp differs by < 2e-7 relative, so SIMD
+// and reference agree to rounding.
+void attn_head_f16_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale,
+                        float* att, float* out);
+void attn_head_q8_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out);
 #endif
 
-struct KvQ8Kernels {
-  float (*dot)(const float* a, const int8_t* b, const float* scales, int64_t n, int64_t block);
-  void (*axpy)(float a, const int8_t* x, const float* scales, float* y, int64_t n, int64_t block);
-};
-// The one dispatch point of the q8 attention kernels: AVX2 on x86 CPUs with
-// AVX2 or AVX-512 (head_dim blocks of 32 fill 256-bit lanes well), the
-// scalar reference elsewhere (NEON included) or when block % 8 != 0.
-const KvQ8Kernels& kv_q8_kernels(CpuIsa isa, int64_t block);
-
-// Causal attention of one query head over n cached positions of the f16
-// cache: k and v point at its kv head's part of position 0, rows `stride`
-// elements apart. att (n floats) is scratch; out gets head_dim floats.
-// scores = scale * q.k, softmax, out = sum of softmax * v.
-void attn_head_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                       int64_t head_dim, float scale, float* att, float* out);
-using AttnHeadF16 = void (*)(const float* q, const uint16_t* k, const uint16_t* v, int64_t stride, int64_t n,
-                             int64_t head_dim, float scale, float* att, float* out);
-// The one dispatch point for the (default) f16 cache: AVX2 + F16C on x86 CPUs
-// with AVX2 or AVX-512 (query and output held in registers, a vectorised exp
-// in the softmax), the reference elsewhere. The SIMD version sums in another
-// order and its exp differs by < 2e-7 relative, so the two agree to rounding.
-AttnHeadF16 attn_head_f16(CpuIsa isa);
+// The one dispatch point of attention: the kernel for a cache type on this
+// CPU (AVX2 on x86 CPUs with AVX2 or AVX-512, the reference elsewhere).
+AttnHead attn_head(CpuIsa isa, KvType type);
 
 }  // namespace edgelut

@@ -11,6 +11,8 @@
 
 #include "../engine/from_file.h"
 #include "../engine/model.h"
+#include "../engine/ops.h"
+#include "../kernels/cpu_isa.h"
 #include "../kernels/packed_matrix.h"
 
 namespace py = pybind11;
@@ -131,6 +133,45 @@ py::dict generate(Engine& e, I32 ids, int64_t max_tokens, std::vector<int32_t> e
   return d;
 }
 
+// One query head's attention over cache rows the caller filled: k and v are
+// (n, head_dim) float32 / uint16 (fp16 bits) / int8 by kv_type, scales
+// (n, head_dim / block) float32 for q8. A test hook for the attention kernels.
+F32 attention_head(F32 q, py::array k, py::array v, py::object k_scales, py::object v_scales,
+                   const std::string& kv_type, float scale, const std::string& isa) {
+  const KvType type = kv_type_from_name(kv_type);
+  const char* want = type == KvType::kF32 ? "f" : type == KvType::kF16 ? "H" : "b";
+  auto rows = [&](const py::array& a, const char* what) {
+    if (a.ndim() != 2 || a.dtype().char_() != want[0] || !(a.flags() & py::array::c_style))
+      throw std::invalid_argument(std::string("attention_head: ") + what + " must be a C-contiguous (n, head_dim) " +
+                                  (type == KvType::kF32 ? "float32" : type == KvType::kF16 ? "uint16" : "int8") +
+                                  " array");
+    return a.data();
+  };
+  KvHeadRows kv;
+  kv.k = rows(k, "k");
+  kv.v = rows(v, "v");
+  const int64_t n = k.shape(0), hd = k.shape(1);
+  if (v.shape(0) != n || v.shape(1) != hd || q.ndim() != 1 || q.shape(0) != hd || n < 1)
+    throw std::invalid_argument("attention_head: q (head_dim,), k and v (n, head_dim) with n >= 1");
+  kv.stride = hd;
+  F32 ks, vs;
+  if (type == KvType::kQ8) {
+    ks = k_scales.cast<F32>();
+    vs = v_scales.cast<F32>();
+    if (ks.ndim() != 2 || ks.shape(0) != n || hd % ks.shape(1) != 0 || vs.ndim() != 2 || vs.shape(0) != n ||
+        vs.shape(1) != ks.shape(1))
+      throw std::invalid_argument("attention_head: q8 scales must be (n, head_dim / block)");
+    kv.k_scales = ks.data();
+    kv.v_scales = vs.data();
+    kv.block = hd / ks.shape(1);
+  }
+  F32 out(hd);
+  std::vector<float> att(static_cast<size_t>(n));
+  attn_head(isa.empty() ? cpu_isa() : isa_from_name(isa), type)(q.data(), kv, n, hd, scale, att.data(),
+                                                                 out.mutable_data());
+  return out;
+}
+
 }  // namespace
 
 void register_engine(py::module_& m) {
@@ -182,6 +223,9 @@ void register_engine(py::module_& m) {
             return s.sample(logits.data(), logits.shape(0), recent.data(), recent.size());
           },
           py::arg("logits"), py::arg("recent"));
+
+  m.def("attention_head", &attention_head, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_scales") = py::none(),
+        py::arg("v_scales") = py::none(), py::kw_only(), py::arg("kv_type"), py::arg("scale"), py::arg("isa") = "");
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator");
   m.def("make_local_group", &make_local_group, py::arg("n_ranks"),
