@@ -82,34 +82,32 @@ void softmax_avx2(float* att, int64_t n) {
 
 // One head with head_dim = 8 * NV: the query and the output stay in
 // registers across all positions, so each K and V row is read once and
-// nothing else touches memory.
-// One head with head_dim = 8 * NV: the query and the output stay in
-// registers across all positions, so each K and V row is read once and
-// nothing else touches memory. Load8 widens 8 cached elements to fp32;
-// block (a multiple of 8) is the span of one scale (q8) or head_dim (f16,
-// where the scales are absent and count as 1).
-template <int NV, class T, __m256 (*Load8)(const T*)>
+// nothing else touches memory. Load8 widens 8 cached elements to fp32. A
+// scale covers BV vectors (q8: BV = block / 8; f16 has no scales and BV = NV).
+// NV and BV are compile-time so the register arrays are never indexed at run
+// time (which would put them on the stack).
+template <int NV, int BV, class T, __m256 (*Load8)(const T*)>
 void attn_head_fixed(const float* q, const KvHeadRows& kv, int64_t n, float scale, float* att, float* out) {
+  static_assert(NV % BV == 0 && BV >= 2, "whole scale blocks of at least two vectors");
   const T* k = static_cast<const T*>(kv.k);
   const T* v = static_cast<const T*>(kv.v);
-  const int bv = kv.k_scales ? static_cast<int>(kv.block / 8) : NV;  // vectors per scale
   const int64_t sstride = kv.k_scales ? kv.stride / kv.block : 0;
   __m256 qr[NV];
   for (int j = 0; j < NV; ++j) qr[j] = _mm256_loadu_ps(q + 8 * j);
   for (int64_t s = 0; s < n; ++s) {
     const T* kr = k + s * kv.stride;
     __m256 total = _mm256_setzero_ps();
-    for (int j0 = 0; j0 < NV; j0 += bv) {
+    for (int j0 = 0; j0 < NV; j0 += BV) {
       // Two accumulators: consecutive FMAs into one register would wait on each other.
       __m256 a0 = _mm256_mul_ps(qr[j0], Load8(kr + 8 * j0));
-      __m256 a1 = _mm256_setzero_ps();
-      for (int j = j0 + 1; j < j0 + bv; j += 2) {
-        a1 = _mm256_fmadd_ps(qr[j], Load8(kr + 8 * j), a1);
-        if (j + 1 < j0 + bv) a0 = _mm256_fmadd_ps(qr[j + 1], Load8(kr + 8 * j + 8), a0);
+      __m256 a1 = _mm256_mul_ps(qr[j0 + 1], Load8(kr + 8 * j0 + 8));
+      for (int j = j0 + 2; j + 1 < j0 + BV; j += 2) {
+        a0 = _mm256_fmadd_ps(qr[j], Load8(kr + 8 * j), a0);
+        a1 = _mm256_fmadd_ps(qr[j + 1], Load8(kr + 8 * j + 8), a1);
       }
       const __m256 blk = _mm256_add_ps(a0, a1);
-      total = kv.k_scales ? _mm256_fmadd_ps(blk, _mm256_set1_ps(kv.k_scales[s * sstride + j0 / bv]), total)
-                          : _mm256_add_ps(total, blk);
+      total = kv.k_scales ? _mm256_fmadd_ps(blk, _mm256_set1_ps(kv.k_scales[s * sstride + j0 / BV]), total)
+                          : blk;
     }
     att[s] = scale * hsum(total);
   }
@@ -118,23 +116,30 @@ void attn_head_fixed(const float* q, const KvHeadRows& kv, int64_t n, float scal
   for (int j = 0; j < NV; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t s = 0; s < n; ++s) {
     const T* vr = v + s * kv.stride;
-    for (int j0 = 0; j0 < NV; j0 += bv) {
-      const float f = kv.v_scales ? att[s] * kv.v_scales[s * sstride + j0 / bv] : att[s];
-      const __m256 w = _mm256_set1_ps(f);
-      for (int j = j0; j < j0 + bv; ++j) acc[j] = _mm256_fmadd_ps(w, Load8(vr + 8 * j), acc[j]);
+    for (int j0 = 0; j0 < NV; j0 += BV) {
+      const __m256 w = _mm256_set1_ps(kv.v_scales ? att[s] * kv.v_scales[s * sstride + j0 / BV] : att[s]);
+      for (int j = j0; j < j0 + BV; ++j) acc[j] = _mm256_fmadd_ps(w, Load8(vr + 8 * j), acc[j]);
     }
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
 }
 
+// head_dim 32/64/128 with one scale per head (f16: none) or, for q8, one per 32 values.
 template <class T, __m256 (*Load8)(const T*)>
 bool attn_head_dispatch(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
                         float* out) {
-  if (kv.k_scales && kv.block % 8 != 0) return false;
+  const bool per32 = kv.k_scales && kv.block == 32 && head_dim != 32;
+  if (kv.k_scales && !per32 && kv.block != head_dim) return false;
   switch (head_dim) {
-    case 32: attn_head_fixed<4, T, Load8>(q, kv, n, scale, att, out); return true;
-    case 64: attn_head_fixed<8, T, Load8>(q, kv, n, scale, att, out); return true;
-    case 128: attn_head_fixed<16, T, Load8>(q, kv, n, scale, att, out); return true;
+    case 32: attn_head_fixed<4, 4, T, Load8>(q, kv, n, scale, att, out); return true;
+    case 64:
+      per32 ? attn_head_fixed<8, 4, T, Load8>(q, kv, n, scale, att, out)
+            : attn_head_fixed<8, 8, T, Load8>(q, kv, n, scale, att, out);
+      return true;
+    case 128:
+      per32 ? attn_head_fixed<16, 4, T, Load8>(q, kv, n, scale, att, out)
+            : attn_head_fixed<16, 16, T, Load8>(q, kv, n, scale, att, out);
+      return true;
     default: return false;
   }
 }

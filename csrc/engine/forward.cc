@@ -3,8 +3,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../kernels/lut_ops.h"
 #include "model.h"
@@ -71,7 +73,6 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   k_.resize(C * n_kv_ * hd);
   v_.resize(C * n_kv_ * hd);
   att_out_.resize(C * n_q_ * hd);
-  att_.resize(n_q_ * kv_.n_ctx());
   hb_.resize(C * n_ffn_);
   hb2_.resize(C * n_ffn_);
   cos_sin_.resize(C * hd);
@@ -159,6 +160,17 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     matmul_n({MatmulOut{&w, y, w.shape.n}}, in, m, acc);
   };
   double& elementwise = prof_.elementwise;
+  // The per-token elementwise work of a prefill chunk is split across the
+  // pool; a decode token (T = 1) is too little work to pay for waking it.
+  auto per_token = [&](const std::function<void(int64_t)>& fn) {
+    if (T < 4 || pool_.size() == 1) {
+      for (int64_t t = 0; t < T; ++t) fn(t);
+      return;
+    }
+    pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) fn(t);
+    });
+  };
   if (profiling_) {
     prof_.tokens += T;
     ++prof_.calls;
@@ -184,36 +196,42 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     // Attention rmsnorm.
     {
       ScopeTimer timer(profiling_, elementwise);
-      for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps);
+      per_token([&](int64_t t) { rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps); });
     }
 
     // q, k, v for the local heads (+ Qwen2 biases), one shared table build.
     matmul_n({MatmulOut{&lw.wq, q_.data(), lw.wq.shape.n}, MatmulOut{&lw.wk, k_.data(), lw.wk.shape.n},
               MatmulOut{&lw.wv, v_.data(), lw.wv.shape.n}},
              xb, T, prof_.matmul_attn);
-    for (int64_t t = 0; t < T; ++t) {
-      if (lw.bq) axpy_f32(1.0f, lw.bq, q_.data() + t * qd, qd);
-      if (lw.bk) axpy_f32(1.0f, lw.bk, k_.data() + t * kvd, kvd);
-      if (lw.bv) axpy_f32(1.0f, lw.bv, v_.data() + t * kvd, kvd);
-    }
-
-    // RoPE on q and k, then k and v into the cache.
-    for (int64_t t = 0; t < T; ++t) {
-      rope_inplace(q_.data() + t * qd, n_q_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
-      rope_inplace(k_.data() + t * kvd, n_kv_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
-      kv_.store(l, pos + t, k_.data() + t * kvd, v_.data() + t * kvd);
+    // Biases, RoPE on q and k, then k and v into the cache (each token its own row).
+    {
+      ScopeTimer timer(profiling_, elementwise);
+      per_token([&](int64_t t) {
+        float* qt = q_.data() + t * qd;
+        float* kt = k_.data() + t * kvd;
+        float* vt = v_.data() + t * kvd;
+        if (lw.bq) axpy_f32(1.0f, lw.bq, qt, qd);
+        if (lw.bk) axpy_f32(1.0f, lw.bk, kt, kvd);
+        if (lw.bv) axpy_f32(1.0f, lw.bv, vt, kvd);
+        rope_inplace(qt, n_q_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
+        rope_inplace(kt, n_kv_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
+        kv_.store(l, pos + t, kt, vt);
+      });
     }
 
     // Causal GQA attention over the cache, heads split across threads.
     {
       ScopeTimer timer(profiling_, prof_.attention);
-      pool_.parallel_for(n_q_, [&](int64_t h0, int64_t h1) {
-        for (int64_t h = h0; h < h1; ++h) {
-          const KvHeadRows kv = kv_.head(l, h / group, hd);
-          float* att = att_.data() + h * kv_.n_ctx();
-          for (int64_t t = 0; t < T; ++t)
-            attn_head_fn(q_.data() + t * qd + h * hd, kv, pos + t + 1, hd, att_scale, att,
-                         att_out_.data() + t * qd + h * hd);
+      // Work items are (head, token), head-major: a prefill chunk splits evenly
+      // even when the head count does not divide by the thread count, and each
+      // part still covers whole runs of positions of a head.
+      pool_.parallel_for(n_q_ * T, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> att;  // scores of one (head, token)
+        att.resize(static_cast<size_t>(kv_.n_ctx()));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t h = i / T, t = i % T;
+          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, h / group, hd), pos + t + 1, hd, att_scale,
+                       att.data(), att_out_.data() + t * qd + h * hd);
         }
       });
     }
@@ -223,22 +241,24 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
-      for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
-      // FFN rmsnorm.
-      for (int64_t t = 0; t < T; ++t) rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
+      // Residual, then the FFN rmsnorm.
+      per_token([&](int64_t t) {
+        axpy_f32(1.0f, xb + t * D, x + t * D, D);
+        rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
+      });
     }
     // gate/up (one shared table build), SwiGLU, down (summed across shards), residual.
     matmul_n({MatmulOut{&lw.w_gate, hb_.data(), F}, MatmulOut{&lw.w_up, hb2_.data(), F}}, xb, T,
              prof_.matmul_ffn);
     {
       ScopeTimer timer(profiling_, elementwise);
-      swiglu_inplace(hb_.data(), hb2_.data(), T * F);
+      per_token([&](int64_t t) { swiglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F); });
     }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
     comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
-      for (int64_t i = 0; i < T * D; ++i) x[i] += xb[i];
+      per_token([&](int64_t t) { axpy_f32(1.0f, xb + t * D, x + t * D, D); });
     }
   }
 

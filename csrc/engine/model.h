@@ -250,7 +250,6 @@ class Engine {
   std::vector<float> k_;        // (C, n_kv * head_dim)
   std::vector<float> v_;        // (C, n_kv * head_dim)
   std::vector<float> att_out_;  // (C, n_q * head_dim)
-  std::vector<float> att_;      // (n_q, n_ctx) scores, one row per head
   std::vector<float> hb_;       // (C, n_ffn) gate, then SwiGLU
   std::vector<float> hb2_;      // (C, n_ffn) up
   std::vector<float> inv_freq_; // (head_dim / 2) RoPE frequencies
