@@ -219,7 +219,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       });
     }
 
-    // Causal GQA attention over the cache, heads split across threads.
+    // Causal GQA attention over the cache.
     {
       ScopeTimer timer(profiling_, prof_.attention);
       // Work items are (head, token), head-major: a prefill chunk splits evenly
