@@ -19,6 +19,7 @@ the error summed in float64 in both so near-ties resolve the same way).
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -28,6 +29,20 @@ from edgelut.kernels import CENTER, CODE_RANGE, GROUP_SIZES, QTYPES
 __all__ = ["quantize_rtn", "quantize_rtn_ref"]
 
 DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
+
+# Least-squares refit rounds after the clip search (0 = the plain grid search).
+DEFAULT_REFINE = 0
+
+
+def _refine_rounds(refine: int | None) -> int:
+    """The refit rounds to use: the argument, else $EDGELUT_RTN_REFINE (for A/B runs of the CLI)."""
+    if refine is None:
+        env = os.environ.get("EDGELUT_RTN_REFINE", "")
+        refine = int(env) if env.strip() else DEFAULT_REFINE
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
+    return int(refine)
+
 
 # Kernel mode ids (numba takes plain ints better than strings).
 _SYM, _ASYM, _TQ_SYM, _TQ_ASYM = 0, 1, 2, 3
@@ -193,8 +208,13 @@ def _search_kernel(
     codes: np.ndarray,
     scales: np.ndarray,
     mins: np.ndarray,
+    refine: int,
 ) -> None:
     """Per group: score every clip in ``grid``, write the best codes/scale/min.
+
+    Then up to ``refine`` rounds of alternating least squares: refit (scale, min)
+    to the codes (scale only for symmetric types), round both to fp16, requantise
+    with them, and keep the result only while the error goes down.
 
     g (N, G, S) float32 padded groups; weight (G, S) float32 error weights; stats
     (N, G, 5) = min, max, max|w|, mean, mean|w - mean or 0| per group (computed by
@@ -207,7 +227,9 @@ def _search_kernel(
     # Codes are rint((w - min) / scale + add): min is 0 for symmetric groups (x - 0 and
     # + 0 are exact, so one formula serves every mode), and symmetric types add CENTER.
     add = center if mode == _SYM else zero
+    asym = mode % 2 == 1  # _ASYM and _TQ_ASYM are the odd ids
     for row in numba.prange(n):
+        trial = np.empty(size, dtype=np.int8)
         for j in range(ng):
             gmin = stats[row, j, 0]
             gmax = stats[row, j, 1]
@@ -237,6 +259,46 @@ def _search_kernel(
                 codes[row, j, i] = np.int8(min(max(q, lo_code), hi_code))
             scales[row, j] = _fp16(scale)
             mins[row, j] = mn
+            for _ in range(refine):
+                # Weighted least squares for w ~ s * (q - center) + m over the current codes.
+                sw = sq = sx = sqq = sqx = 0.0
+                for i in range(size):
+                    wi = np.float64(weight[j, i])
+                    q = np.float64(codes[row, j, i]) - np.float64(center)
+                    x = np.float64(g[row, j, i])
+                    sw += wi
+                    sq += wi * q
+                    sx += wi * x
+                    sqq += wi * q * q
+                    sqx += wi * q * x
+                if asym:
+                    det = sw * sqq - sq * sq
+                    if not det > 0.0:
+                        break
+                    ns = (sw * sqx - sq * sx) / det
+                    nm = (sx - ns * sq) / sw
+                else:
+                    if not sqq > 0.0:
+                        break
+                    ns = sqx / sqq
+                    nm = 0.0
+                s16 = _fp16(np.float32(ns))
+                m16 = _fp16(np.float32(nm))
+                if not s16 > zero:
+                    break
+                err = 0.0
+                for i in range(size):
+                    x = g[row, j, i]
+                    q = min(max(np.rint((x - m16) / s16 + add), lo_code), hi_code)
+                    trial[i] = np.int8(q)
+                    d = (s16 * (q - center) + m16) - x
+                    err += np.float64(weight[j, i] * (d * d))
+                if not err < best:
+                    break
+                best = err
+                codes[row, j, :] = trial
+                scales[row, j] = s16
+                mins[row, j] = m16
 
 
 def quantize_rtn(
@@ -247,14 +309,19 @@ def quantize_rtn(
     asym: bool = False,
     clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
     importance: np.ndarray | None = None,
+    refine: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Quantise w (N, K) -> codes int8 (N, K), scales (N, G), mins (N, G) or None.
 
     With ``clip_grid`` each group tries every clip factor and keeps the one with
     the smallest squared reconstruction error (``None`` = plain min/max RTN),
-    weighted per input feature by ``importance`` (K,) when given. Scales come back
-    already rounded to fp16; mins are the unrounded float32 values.
+    weighted per input feature by ``importance`` (K,) when given. ``refine`` > 0
+    adds that many rounds of least-squares refitting of scale and min to the
+    chosen codes (default: :data:`DEFAULT_REFINE`, or ``EDGELUT_RTN_REFINE``).
+    Scales come back already rounded to fp16; mins are float32 (fp16 values when
+    a refit was kept).
     """
+    refine = _refine_rounds(refine)
     w = _check(w, qtype, group_size)
     n, k = w.shape
     g, ng = _groups(w, group_size)
@@ -294,6 +361,7 @@ def quantize_rtn(
         codes,
         scales,
         mins,
+        refine,
     )
     codes = codes.reshape(n, ng * group_size)[:, :k]
     return np.ascontiguousarray(codes), scales, (mins if asym else None)

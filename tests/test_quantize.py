@@ -123,6 +123,37 @@ def test_rtn_numba_search_matches_numpy_reference_on_smollm2(qtype, asym):
     _assert_same_search(w, qtype, 64, asym, importance=imp)
 
 
+@pytest.mark.parametrize("qtype", ["q2", "q3", "q4", "tq"])
+@pytest.mark.parametrize("asym", [False, True])
+def test_rtn_least_squares_refit_never_raises_the_error(qtype, asym):
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    imp = rng.uniform(0.1, 4.0, 256).astype(np.float32)
+    w0 = np.repeat(imp[None, :], 64, axis=0)
+
+    def err(refine: int) -> np.ndarray:
+        c, s, m = quantize_rtn(w, qtype, 32, asym=asym, importance=imp, refine=refine)
+        assert np.array_equal(s, s.astype(np.float16).astype(np.float32))
+        m = None if m is None else m.astype(np.float16).astype(np.float32)  # what the file stores
+        d = dequantize_reference(c, s, m, qtype, 32) - w
+        return (w0 * d * d).reshape(64, 8, 32).sum(axis=-1)
+
+    plain, refit = err(0), err(3)
+    assert np.all(refit <= plain * (1 + 1e-5))
+    assert refit.sum() < plain.sum()
+
+
+def test_rtn_refine_rounds_from_the_environment(monkeypatch):
+    w = np.random.default_rng(11).standard_normal((8, 64)).astype(np.float32)
+    monkeypatch.setenv("EDGELUT_RTN_REFINE", "2")
+    from_env = quantize_rtn(w, "q3", 32, asym=True)
+    monkeypatch.delenv("EDGELUT_RTN_REFINE")
+    explicit = quantize_rtn(w, "q3", 32, asym=True, refine=2)
+    assert all(np.array_equal(a, b) for a, b in zip(from_env, explicit, strict=True))
+    with pytest.raises(ValueError, match="refine"):
+        quantize_rtn(w, "q3", 32, refine=-1)
+
+
 def test_fp16_rounding_matches_numpy():
     from edgelut.quantize.rtn import _fp16
 
