@@ -7,7 +7,9 @@ squared error, which is what makes low-bit RTN usable. Given calibration
 statistics (``importance`` = the diagonal of X^T X, one value per input
 feature), the error is weighted by it, so the search minimises the expected
 *output* error ||X W^T - X W_q^T||^2 (up to the cross terms) instead of the
-weight error.
+weight error. After the grid, a few rounds of alternating least squares refit
+each group's scale (and min) to its codes and requantise, kept only while the
+error drops.
 
 The search runs in one numba kernel (:func:`_search_kernel`) that walks the
 groups in parallel and scores every clip candidate in registers; the numpy
@@ -30,8 +32,10 @@ __all__ = ["quantize_rtn", "quantize_rtn_ref"]
 
 DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
-# Least-squares refit rounds after the clip search (0 = the plain grid search).
-DEFAULT_REFINE = 0
+# Least-squares refit rounds after the clip search (0 = the plain grid search). 3 measured
+# better than 0 on SmolLM2 RTN at q4 g64, q3 g32 and q2 g32 (docs/BENCHMARKS.md, "Quantiser
+# speed and the asymmetric clip search").
+DEFAULT_REFINE = 3
 
 
 def _refine_rounds(refine: int | None) -> int:

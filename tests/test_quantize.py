@@ -85,7 +85,7 @@ def test_rtn_importance_lowers_the_output_error():
 
 
 def _assert_same_search(w, qtype, group, asym, **kw):
-    got = quantize_rtn(w, qtype, group, asym=asym, **kw)
+    got = quantize_rtn(w, qtype, group, asym=asym, refine=0, **kw)  # the reference has no refit
     want = quantize_rtn_ref(w, qtype, group, asym=asym, **kw)
     assert np.array_equal(got[0], want[0])
     assert np.array_equal(got[1], want[1])
