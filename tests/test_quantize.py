@@ -17,7 +17,7 @@ from edgelut.quantize.calibrate import DEFAULT_CALIBRATION_TEXT, run_calibrated
 from edgelut.quantize.convert import convert, quantize_model, quantize_tensor
 from edgelut.quantize.gptq import hessian, quantize_gptq
 from edgelut.quantize.recipe import Recipe, TensorSpec, parse_overrides, qtype_for_bits
-from edgelut.quantize.rtn import quantize_rtn
+from edgelut.quantize.rtn import quantize_rtn, quantize_rtn_ref
 from edgelut.quantize.ternary import quantize_ternary
 
 TOLERANCE = {"q4": 0.12, "q3": 0.25, "q2": 0.5, "tq": 0.65, "q1": 0.85}
@@ -82,6 +82,94 @@ def test_rtn_importance_lowers_the_output_error():
     plain = dequantize_reference(*quantize_rtn(w, "q2", 64), "q2", 64)
     weighted = dequantize_reference(*quantize_rtn(w, "q2", 64, importance=np.diag(h)), "q2", 64)
     assert _output_err(w, weighted, h) < _output_err(w, plain, h)
+
+
+def _assert_same_search(w, qtype, group, asym, **kw):
+    got = quantize_rtn(w, qtype, group, asym=asym, refine=0, **kw)  # the reference has no refit
+    want = quantize_rtn_ref(w, qtype, group, asym=asym, **kw)
+    assert np.array_equal(got[0], want[0])
+    assert np.array_equal(got[1], want[1])
+    assert (got[2] is None) == (want[2] is None) == (not asym)
+    if asym:
+        assert np.array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("qtype", ["q1", "q2", "q3", "q4", "tq"])
+@pytest.mark.parametrize("asym", [False, True])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_rtn_numba_search_matches_numpy_reference(qtype, asym, group):
+    rng = np.random.default_rng(7)
+    # 200 columns: the last group is padded for every group size; a zero row and a tiny row
+    # exercise the scale == 0 path and fp16 subnormal scales.
+    w = (rng.standard_normal((24, 200)) * rng.uniform(0.01, 3.0, (24, 1))).astype(np.float32)
+    w[3] = 0.0
+    w[5] *= 1e-6
+    _assert_same_search(w, qtype, group, asym)
+    _assert_same_search(w, qtype, group, asym, clip_grid=None)
+    imp = rng.uniform(0.0, 4.0, 200).astype(np.float32)
+    imp[:40] = 0.0  # inputs never active: the floor keeps the weights positive
+    _assert_same_search(w, qtype, group, asym, importance=imp)
+
+
+SEARCH_CASES = [("q4", True), ("q3", True), ("q2", False), ("tq", False), ("tq", True)]
+
+
+@pytest.mark.parametrize("qtype,asym", SEARCH_CASES)
+def test_rtn_numba_search_matches_numpy_reference_on_smollm2(qtype, asym):
+    model = load_smollm2(layers=1)
+    w = model.tensors["blk.0.attn_q.weight"]
+    _assert_same_search(w, qtype, 32, asym)
+    imp = np.abs(np.random.default_rng(8).standard_normal(w.shape[1])).astype(np.float32)
+    _assert_same_search(w, qtype, 64, asym, importance=imp)
+
+
+@pytest.mark.parametrize("qtype", ["q2", "q3", "q4", "tq"])
+@pytest.mark.parametrize("asym", [False, True])
+def test_rtn_least_squares_refit_never_raises_the_error(qtype, asym):
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    imp = rng.uniform(0.1, 4.0, 256).astype(np.float32)
+    w0 = np.repeat(imp[None, :], 64, axis=0)
+
+    def err(refine: int) -> np.ndarray:
+        c, s, m = quantize_rtn(w, qtype, 32, asym=asym, importance=imp, refine=refine)
+        assert np.array_equal(s, s.astype(np.float16).astype(np.float32))
+        m = None if m is None else m.astype(np.float16).astype(np.float32)  # what the file stores
+        d = dequantize_reference(c, s, m, qtype, 32) - w
+        return (w0 * d * d).reshape(64, 8, 32).sum(axis=-1)
+
+    plain, refit = err(0), err(3)
+    assert np.all(refit <= plain * (1 + 1e-5))
+    assert refit.sum() < plain.sum()
+
+
+def test_rtn_refine_rounds_from_the_environment(monkeypatch):
+    w = np.random.default_rng(11).standard_normal((8, 64)).astype(np.float32)
+    monkeypatch.setenv("EDGELUT_RTN_REFINE", "2")
+    from_env = quantize_rtn(w, "q3", 32, asym=True)
+    monkeypatch.delenv("EDGELUT_RTN_REFINE")
+    explicit = quantize_rtn(w, "q3", 32, asym=True, refine=2)
+    assert all(np.array_equal(a, b) for a, b in zip(from_env, explicit, strict=True))
+    with pytest.raises(ValueError, match="refine"):
+        quantize_rtn(w, "q3", 32, refine=-1)
+
+
+def test_fp16_rounding_matches_numpy():
+    from edgelut.quantize.rtn import _fp16
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate(
+        [
+            rng.standard_normal(2000) * 10.0 ** rng.uniform(-9, 5, 2000),
+            [0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 6e-8],
+            # exact ties between two fp16 values (ties go to even)
+            1.0 + (2 * np.arange(8) + 1) * 2.0**-11,
+        ]
+    ).astype(np.float32)
+    with np.errstate(over="ignore"):  # the values past 65504 become inf on purpose
+        want = x.astype(np.float16).astype(np.float32)
+    got = np.array([_fp16(np.float32(v)) for v in x], dtype=np.float32)
+    assert np.array_equal(got, want)
 
 
 # -- GPTQ ---------------------------------------------------------------------------------------
