@@ -145,3 +145,20 @@ def test_gptq_with_the_default_set_beats_rtn_on_held_out_text(smollm2_small):
         r = dequantize_reference(*quantize_rtn(w, qtype, 32, asym=True), qtype, 32)
         eg, er = _output_err(w, g, test[name]), _output_err(w, r, test[name])
         assert eg < 0.9 * er, (qtype, eg, er)
+
+
+def test_cli_gptq_defaults_to_the_built_in_set_at_4096_tokens(tmp_path, monkeypatch):
+    model = tiny_model(layers=1)
+    monkeypatch.setattr("edgelut.quantize.convert.load_source", lambda src: model)
+    seen: dict[str, object] = {}
+    real = calibration_ids
+
+    def spy(tokenizer_json, text=None, **kw):
+        seen["text"] = text
+        return real(tokenizer_json, text, **kw)
+
+    monkeypatch.setattr("edgelut.quantize.calibrate.calibration_ids", spy)
+    out = tmp_path / "m.elut"
+    assert main(["quantize", "tiny", "-o", str(out), "--method", "gptq", "--bits", "3", "-q"]) == 0
+    assert seen["text"] is None  # None = default_calibration_text()
+    assert read_model_file(out).recipe["calibration_tokens"] == 4096

@@ -10,7 +10,7 @@ from edgelut.cli import UserError
 # Calibration: sequences of CALIB_SEQ_LEN tokens, DEFAULT_CALIB_TOKENS in all (measured in
 # docs/BENCHMARKS.md "GPTQ calibration and recipes").
 CALIB_SEQ_LEN = 128
-DEFAULT_CALIB_TOKENS = 1024
+DEFAULT_CALIB_TOKENS = 4096
 
 
 def register(sub: argparse._SubParsersAction) -> None:
