@@ -22,7 +22,13 @@ from edgelut.models.config import ImportedModel, ModelConfig
 from edgelut.models.reference import apply_rope, rms_norm, rope_angles, softmax
 from edgelut.quantize.gptq import hessian
 
-__all__ = ["DEFAULT_CALIBRATION_TEXT", "QuantizeFn", "calibration_ids", "run_calibrated"]
+__all__ = [
+    "DEFAULT_CALIBRATION_TEXT",
+    "QuantizeFn",
+    "calibration_ids",
+    "default_calibration_text",
+    "run_calibrated",
+]
 
 # Quantises (full tensor name, float weight, Hessian or None) -> weight to propagate.
 QuantizeFn = Callable[[str, np.ndarray, np.ndarray | None], np.ndarray]
@@ -52,12 +58,38 @@ the roads before winter. Anyone who wishes to speak should write to the secretar
 """
 
 
+def default_calibration_text() -> str:
+    """The built-in sample plus CPython's pydoc_data.topics (~465k characters of English prose).
+
+    The built-in sample alone is ~400 tokens: repeated up to the calibration
+    length it gives Hessians (576..1536 wide) far from full rank, and GPTQ then
+    fits the weights to that one paragraph. pydoc_data ships with every CPython
+    (it backs ``help()``), so the set stays offline and needs no download. The
+    topics are joined in sorted order so the text, and the quantised file, are
+    reproducible.
+    """
+    parts = [DEFAULT_CALIBRATION_TEXT]
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a stripped-down Python; the sample alone still works
+        return DEFAULT_CALIBRATION_TEXT
+    parts += [topics[k] for k in sorted(topics)]
+    return "\n".join(parts)
+
+
 def calibration_ids(
-    tokenizer_json: str, text: str = DEFAULT_CALIBRATION_TEXT, *, seq_len: int = 128, n_seqs: int = 8
+    tokenizer_json: str, text: str | None = None, *, seq_len: int = 128, n_seqs: int = 8
 ) -> np.ndarray:
-    """Token ids (n, seq_len) cut from text (repeated if short) with the model's own tokenizer."""
+    """Token ids (n, seq_len) with the model's tokenizer; text defaults to default_calibration_text().
+
+    The sequences are spread evenly over the whole token stream (not its
+    first n * seq_len tokens), so a long text's variety reaches a short
+    calibration budget; a text shorter than the budget is repeated.
+    """
     from tokenizers import Tokenizer
 
+    if text is None:
+        text = default_calibration_text()
     try:
         tok = Tokenizer.from_str(tokenizer_json)
     except Exception as e:  # tokenizers raises its own exception type
@@ -66,10 +98,14 @@ def calibration_ids(
     if not ids:
         raise ValueError("calibration text produced no tokens")
     total = seq_len * n_seqs
-    reps = -(-total // len(ids))
-    ids = (ids * reps)[:total]
+    if len(ids) < total:
+        reps = -(-total // len(ids))
+        ids = (ids * reps)[:total]
     n = max(1, min(n_seqs, len(ids) // seq_len))
-    return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    windows = len(ids) // seq_len
+    starts = np.linspace(0, windows - 1, n).round().astype(np.int64) * seq_len
+    arr = np.asarray(ids, dtype=np.int64)
+    return np.stack([arr[s : s + seq_len] for s in starts])
 
 
 def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig) -> np.ndarray:

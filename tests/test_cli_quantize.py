@@ -37,7 +37,7 @@ def test_quantize_and_info_tiny(tmp_path, tiny_source, capsys):
     f = read_model_file(out)
     assert f.entries["blk.0.attn_q.weight"].qtype == "q2"
     assert f.entries["blk.0.attn_v.weight"].qtype == "q4"  # 2-bit default recipe
-    assert f.entries["blk.1.ffn_down.weight"].qtype == "q3"
+    assert f.entries["blk.1.ffn_down.weight"].qtype == "q4"
     assert f.recipe["group_size"] == 32 and f.recipe["method"] == "rtn"
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out

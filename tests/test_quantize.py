@@ -287,7 +287,9 @@ def test_recipe_defaults_and_overrides():
     assert str(r.spec_for("blk.3.attn_q.weight")) == "q2:g64:asym"
     assert r.spec_for("token_embd.weight").qtype == "q4"
     assert r.spec_for("blk.3.attn_v.weight").qtype == "q4"
-    assert r.spec_for("blk.3.ffn_down.weight").qtype == "q3"
+    assert r.spec_for("blk.3.ffn_down.weight").qtype == "q4"
+    # A user override wins over the default (ffn_down=-1 of q2 is q1).
+    assert Recipe(qtype="q2", overrides="ffn_down=-1").spec_for("blk.3.ffn_down.weight").qtype == "q1"
     r = Recipe(qtype="q2", overrides="ffn_down=+2,blk.0.*=q4:g32:asym,attn_k=f16,output=-1")
     assert r.spec_for("blk.5.ffn_down.weight").qtype == "q4"
     assert r.spec_for("blk.0.ffn_up.weight") == TensorSpec("q4", 32, True)
@@ -295,7 +297,8 @@ def test_recipe_defaults_and_overrides():
     assert r.spec_for("output.weight").qtype == "q1"
     assert Recipe(qtype="q2", overrides='{"attn_q": "q3"}').spec_for("blk.0.attn_q.weight").qtype == "q3"
     assert Recipe(qtype="q2", use_defaults=False).spec_for("token_embd.weight").qtype == "q2"
-    assert Recipe(qtype="q3").to_json()["overrides"] == {"token_embd": "q4", "output": "q4"}
+    q3 = {"token_embd": "q4", "output": "q4", "attn_v": "q4", "ffn_down": "q4"}
+    assert Recipe(qtype="q3").to_json()["overrides"] == q3
 
 
 @pytest.mark.parametrize("bad", ["ffn_down", "ffn_down=q5", "x=q4:g48", "x=q4:fast", '{"a": 1', "x=+1x"])

@@ -7,6 +7,11 @@ from pathlib import Path
 
 from edgelut.cli import UserError
 
+# Calibration: sequences of CALIB_SEQ_LEN tokens, DEFAULT_CALIB_TOKENS in all (measured in
+# docs/BENCHMARKS.md "GPTQ calibration and recipes").
+CALIB_SEQ_LEN = 128
+DEFAULT_CALIB_TOKENS = 4096
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantise a model into an edgelut model file")
@@ -32,8 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="symmetric groups, scale only (default for ternary; no zero level for q1..q4)",
     )
     p.add_argument("--act-order", action="store_true", help="GPTQ: quantise columns by decreasing activation")
-    p.add_argument("--calib", metavar="FILE", help="calibration text (default: a built-in English sample)")
-    p.add_argument("--calib-tokens", type=int, default=1024, help="calibration tokens (default 1024)")
+    p.add_argument(
+        "--calib",
+        metavar="FILE",
+        action="append",
+        help="calibration text; repeat for several files (default: a built-in English sample plus "
+        "Python's pydoc topics)",
+    )
+    p.add_argument(
+        "--calib-tokens",
+        type=int,
+        default=DEFAULT_CALIB_TOKENS,
+        help=f"calibration tokens (default {DEFAULT_CALIB_TOKENS})",
+    )
     p.add_argument(
         "--recipe", metavar="SPEC", help="per-tensor overrides: 'token_embd=q4,ffn_down=+1' or JSON"
     )
@@ -62,18 +78,22 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UserError(f"--recipe/--bits: {e}") from e
-    if args.calib and not Path(args.calib).is_file():
-        raise UserError(f"--calib: {args.calib} is not a file")
+    for calib in args.calib or ():
+        if not Path(calib).is_file():
+            raise UserError(f"--calib: {calib} is not a file")
+    if args.calib_tokens < 1:
+        raise UserError(f"--calib-tokens: must be at least 1, got {args.calib_tokens}")
     out = Path(args.output)
     if out.is_dir():
         raise UserError(f"-o: {out} is a directory")
     model = load_source(args.source)
     calib_ids = None
     if args.method == "gptq" or args.calib:
-        from edgelut.quantize.calibrate import DEFAULT_CALIBRATION_TEXT, calibration_ids
+        from edgelut.quantize.calibrate import calibration_ids
 
-        text = Path(args.calib).read_text(encoding="utf-8") if args.calib else DEFAULT_CALIBRATION_TEXT
-        seq = 128
+        # The user's files replace the built-in set (joined in the order given).
+        text = "\n".join(Path(c).read_text(encoding="utf-8") for c in args.calib) if args.calib else None
+        seq = CALIB_SEQ_LEN
         n_seqs = max(1, args.calib_tokens // seq)
         calib_ids = calibration_ids(model.tokenizer.tokenizer_json, text, seq_len=seq, n_seqs=n_seqs)
     path = convert(
