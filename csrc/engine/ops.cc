@@ -117,24 +117,28 @@ void axpy_q8_ref(float a, const int8_t* x, const float* scales, float* y, int64_
   }
 }
 
-void attn_head_f32_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
-                       float* out) {
-  const auto* k = static_cast<const float*>(kv.k);
-  const auto* v = static_cast<const float*>(kv.v);
-  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f32(q, k + s * kv.stride, head_dim);
+namespace {
+// The scalar head kernel over cache elements of type T (f32 or f16 bits).
+template <class T, float (*Dot)(const float*, const T*, int64_t), void (*Axpy)(float, const T*, float*, int64_t)>
+void attn_head_plain_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                         float* out) {
+  const T* k = static_cast<const T*>(kv.k);
+  const T* v = static_cast<const T*>(kv.v);
+  for (int64_t s = 0; s < n; ++s) att[s] = scale * Dot(q, k + s * kv.stride, head_dim);
   softmax_inplace(att, n);
   std::fill(out, out + head_dim, 0.0f);
-  for (int64_t s = 0; s < n; ++s) axpy_f32(att[s], v + s * kv.stride, out, head_dim);
+  for (int64_t s = 0; s < n; ++s) Axpy(att[s], v + s * kv.stride, out, head_dim);
+}
+}  // namespace
+
+void attn_head_f32_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
+                       float* out) {
+  attn_head_plain_ref<float, dot_f32, axpy_f32>(q, kv, n, head_dim, scale, att, out);
 }
 
 void attn_head_f16_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
                        float* out) {
-  const auto* k = static_cast<const uint16_t*>(kv.k);
-  const auto* v = static_cast<const uint16_t*>(kv.v);
-  for (int64_t s = 0; s < n; ++s) att[s] = scale * dot_f16(q, k + s * kv.stride, head_dim);
-  softmax_inplace(att, n);
-  std::fill(out, out + head_dim, 0.0f);
-  for (int64_t s = 0; s < n; ++s) axpy_f16(att[s], v + s * kv.stride, out, head_dim);
+  attn_head_plain_ref<uint16_t, dot_f16, axpy_f16>(q, kv, n, head_dim, scale, att, out);
 }
 
 void attn_head_q8_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
