@@ -10,7 +10,8 @@ The quantiser is chosen in this order:
 4. method gptq with calibration -> GPTQ;
 5. otherwise RTN with clip search (weighted by diag(X^T X) when calibrated).
 
-Token embeddings are always RTN (rows are looked up, not multiplied).
+Token embeddings are always RTN (rows are looked up, not multiplied), without the
+least-squares refit.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def quantize_tensor(
         codes, scales, mins = quantize_gptq(w, h, qt, g, asym=asym, act_order=act_order, factor=factor)
     else:
         importance = None if h is None or is_embedding else np.diag(h)
-        codes, scales, mins = quantize_rtn(w, qt, g, asym=asym, importance=importance)
+        # The embedding keeps the plain clip search: on SmolLM2 q4 the refit moved perplexity
+        # within noise (33.10 -> 32.90) but turned the greedy answer to the README's chat
+        # question from English into French, so the default model would change behaviour
+        # for no measured gain (docs/BENCHMARKS.md, "Session 3: the merged defaults").
+        refine = 0 if is_embedding else None
+        codes, scales, mins = quantize_rtn(w, qt, g, asym=asym, importance=importance, refine=refine)
     return pack(codes, scales, mins, qt, g)
 
 
