@@ -71,3 +71,21 @@ def test_memory_budget_must_be_a_size() -> None:
     r = edgelut("bench", "model.elut", "--memory-budget", "3X")
     assert r.returncode == 2
     assert "not a size: '3X'" in r.stderr
+
+
+def test_closed_stdout_pipe_is_not_a_traceback() -> None:
+    """`edgelut info FILE | head -1`: when the reader has gone, exit quietly, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from edgelut import cache
+
+    r, w = os.pipe()
+    os.close(r)  # every write to stdout now fails with EPIPE
+    try:
+        cmd = [sys.executable, "-m", "edgelut.cli", "info", str(cache.default_model_file())]
+        proc = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert "Traceback" not in proc.stderr and proc.returncode == 141, proc.stderr
