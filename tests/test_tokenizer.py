@@ -272,22 +272,17 @@ VOCAB_SUITES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2")
 
 @pytest.fixture(scope="module")
 def vocab_dir() -> Path:
-    import subprocess
-    import sys
     import tarfile
     import tempfile
 
-    from edgelut.models.datasets import cache_dir
+    from edgelut.models.datasets import cache_dir, pip_download
 
     dest = cache_dir() / "llama-cpp-vocab"
     wanted = [f"ggml-vocab-{n}.gguf{ext}" for n in VOCAB_SUITES for ext in ("", ".inp", ".out")]
     if all((dest / w).is_file() for w in wanted):
         return dest
     with tempfile.TemporaryDirectory(prefix="edgelut-vocab-") as tmp:
-        package = LLAMA_CPP_SDIST.split("==")[0]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package, "-q", "-d", tmp]
-        subprocess.run([*cmd, LLAMA_CPP_SDIST], check=True, capture_output=True, text=True)
-        (sdist,) = Path(tmp).glob("*.tar.gz")
+        sdist = pip_download(LLAMA_CPP_SDIST, Path(tmp), sdist=True)
         with tarfile.open(sdist) as tf:
             members = [m for m in tf.getmembers() if Path(m.name).name in wanted]
             for m in members:
