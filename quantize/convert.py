@@ -75,7 +75,7 @@ def quantize_tensor(
         # The embedding keeps the plain clip search: on SmolLM2 q4 the refit moved perplexity
         # within noise (33.10 -> 32.90) but turned the greedy answer to the README's chat
         # question from English into French, so the default model would change behaviour
-        # for no measured gain (docs/BENCHMARKS.md, "Session 3: the merged defaults").
+        # for no measured gain (docs/benchmarks-history.md, "Session 3: the merged defaults").
         refine = 0 if is_embedding else None
         codes, scales, mins = quantize_rtn(w, qt, g, asym=asym, importance=importance, refine=refine)
     return pack(codes, scales, mins, qt, g)

@@ -16,7 +16,7 @@ Groups are asymmetric (scale and offset) by default for q1..q4 and symmetric
 for tq; see :func:`default_asym` for why.
 
 Default overrides per type (keep the most sensitive tensors wider; measured on
-SmolLM2-135M with GPTQ, docs/BENCHMARKS.md "GPTQ calibration and recipes"):
+SmolLM2-135M with GPTQ, docs/benchmarks-history.md "GPTQ calibration and recipes"):
 
     q4: none
     q3: token_embd, output, attn_v, ffn_down at q4 (GPTQ 54.7 at 4.44 bpw against
@@ -179,7 +179,7 @@ class Recipe:
 
     method: str = "rtn"
     qtype: str = "q4"
-    # g32 measures best at every width (SmolLM2, docs/BENCHMARKS.md "Quality vs llama.cpp").
+    # g32 measures best at every width (SmolLM2, docs/benchmarks-history.md "Quality vs llama.cpp").
     group_size: int = 32
     # None = the type's default: asymmetric for q1..q4, symmetric (absmean) for tq.
     asym: bool | None = None

@@ -33,7 +33,7 @@ __all__ = ["quantize_rtn", "quantize_rtn_ref"]
 DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
 # Least-squares refit rounds after the clip search (0 = the plain grid search). 3 measured
-# better than 0 on SmolLM2 RTN at q4 g64, q3 g32 and q2 g32 (docs/BENCHMARKS.md, "Quantiser
+# better than 0 on SmolLM2 RTN at q4 g64, q3 g32 and q2 g32 (docs/benchmarks-history.md, "Quantiser
 # speed and the asymmetric clip search").
 DEFAULT_REFINE = 3
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from edgelut.cli import UserError
 
 # Calibration: sequences of CALIB_SEQ_LEN tokens, DEFAULT_CALIB_TOKENS in all (measured in
-# docs/BENCHMARKS.md "GPTQ calibration and recipes").
+# docs/benchmarks-history.md "GPTQ calibration and recipes").
 CALIB_SEQ_LEN = 128
 DEFAULT_CALIB_TOKENS = 4096
 
