@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 
 __all__ = [
+    "GenerateOptions",
     "GenerationStats",
     "Model",
     "PagingStats",
@@ -37,6 +39,7 @@ __all__ = [
     "load",
     "pack_tensors",
     "shard_tensors",
+    "TokenConstraint",
 ]
 
 
@@ -245,7 +248,7 @@ class GenerationStats:
     completion_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    finish_reason: str = ""  # "eos", "length", "stop", "context"
+    finish_reason: str = ""  # "eos", "length", "stop", "context", "cancelled"
     peak_rss_mb: float = 0.0
     # Decode-phase paging numbers when the layers are paged (window > 0), else None.
     paging: PagingStats | None = None
@@ -258,6 +261,43 @@ class GenerationStats:
     @property
     def decode_tokens_per_s(self) -> float:
         return (self.completion_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class TokenConstraint(Protocol):
+    """A grammar that decides which tokens may come next (e.g. an llguidance matcher).
+
+    A request with one runs the decode loop in Python (the C++ loop has no
+    per-token logits hook): each step masks the logits, samples, then advances.
+    """
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Push the logits of the tokens not allowed next far below the rest, in place."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """The sampled token; raises ValueError if the grammar rejects it."""
+        ...
+
+    def finished(self) -> bool:
+        """True once the grammar accepts no more tokens."""
+        ...
+
+
+@dataclass
+class GenerateOptions:
+    """The settings of one generation request, passed whole from the server (or any caller)
+    to :meth:`Model.complete`; the sampler checks the values and names a bad one."""
+
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    constraint: TokenConstraint | None = field(default=None, compare=False)
 
 
 class _TextStream:
@@ -548,6 +588,17 @@ class Model:
         stop: str | Sequence[str],
         stream: bool,
     ) -> str | Iterator[str]:
+        ids, stops = self._prepare(ids, max_tokens, stop)
+        if stream:
+            return self._stream(ids, max_tokens, sampler, stops)
+        pieces: list[str] = []
+        self._generate(ids, max_tokens, sampler, stops, pieces.append)
+        return "".join(pieces)
+
+    def _prepare(
+        self, ids: list[int], max_tokens: int, stop: str | Sequence[str]
+    ) -> tuple[list[int], list[str]]:
+        """The checked prompt (slid when the context overflows and the policy says so) and stop list."""
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.n_ctx and self.context_overflow == "slide":
@@ -562,14 +613,38 @@ class Model:
         stops = [stop] if isinstance(stop, str) else list(stop)
         if stops and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
-        if stream:
-            return self._stream(ids, max_tokens, sampler, stops)
-        pieces: list[str] = []
-        self._generate(ids, max_tokens, sampler, stops, pieces.append)
-        return "".join(pieces)
+        return ids, stops
+
+    def complete(
+        self,
+        ids: Sequence[int],
+        options: GenerateOptions,
+        on_text: Callable[[str], None],
+        cancel: threading.Event | None = None,
+    ) -> GenerationStats:
+        """Continue prompt token ids with one request's options; text pieces go to on_text as they come.
+
+        Setting ``cancel`` (from any thread) stops the loop before the next
+        token (finish_reason "cancelled"). A ``constraint`` in the options
+        masks every step. Returns the call's stats (also in ``self.stats``).
+        """
+        o = options
+        sampler = self._sampler(
+            o.temperature, o.top_k, o.top_p, o.min_p, o.repeat_penalty, o.repeat_last_n, o.seed
+        )
+        prompt, stops = self._prepare([int(i) for i in ids], o.max_tokens, o.stop)
+        self._generate(prompt, o.max_tokens, sampler, stops, on_text, cancel, o.constraint)
+        return self.stats
 
     def _generate(
-        self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str], emit
+        self,
+        ids: list[int],
+        max_tokens: int,
+        sampler: _core.SamplerParams,
+        stops: list[str],
+        emit,
+        cancel: threading.Event | None = None,
+        constraint: TokenConstraint | None = None,
     ) -> None:
         """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
         cached = self._reuse_prefix(ids)
@@ -585,6 +660,8 @@ class Model:
             if window and not sampled:
                 decode_start.append(self._engine.pager_stats())
             sampled.append(tok)
+            if cancel is not None and cancel.is_set():
+                return False
             if text is None or tok in eos:
                 return True  # an EOS token ends the loop in C++ and adds no text
             piece = text.push(tok)
@@ -592,19 +669,24 @@ class Model:
                 emit(piece)
             return not text.done
 
-        r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
+        if constraint is not None:
+            r = self._masked_generate(ids, cached, max_tokens, eos, sampler, on_token, constraint)
+        else:
+            r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
         if text is not None:
             tail = text.flush()
             if tail:
                 emit(tail)
         reason = r["stop_reason"]
+        if reason == "callback":
+            reason = "cancelled" if cancel is not None and cancel.is_set() else "stop"
         self.stats = GenerationStats(
             prompt_tokens=len(ids),
             cached_tokens=cached,
             completion_tokens=len(r["tokens"]),
             prefill_s=r["prefill_s"],
             decode_s=r["decode_s"],
-            finish_reason="stop" if reason == "callback" else reason,
+            finish_reason=reason,
             peak_rss_mb=_peak_rss_mb(),
             paging=PagingStats.between(
                 window, decode_start[0], self._engine.pager_stats(), r["n_decode"], r["decode_s"]
@@ -681,6 +763,61 @@ class Model:
             # The last sampled token is not in the cache yet: it ends the new prompt.
             prompt = self._slide(prompt + sampled[start:])
             cached = self._reuse_prefix(prompt)
+
+    def _masked_generate(
+        self,
+        ids: list[int],
+        cached: int,
+        max_tokens: int,
+        eos: list[int],
+        sampler: _core.SamplerParams,
+        on_token,
+        constraint: TokenConstraint,
+    ) -> dict[str, Any]:
+        """The decode loop in Python, for a constraint: the same steps and result as the C++
+        loop (Engine::generate), with the constraint's mask applied to every step's logits."""
+        smp = _core.Sampler(sampler)
+        hist = list(ids)
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        try:
+            logits = self._engine.eval(np.asarray(ids[cached:], dtype=np.int32), cached, all_logits=False)
+            self._cache_ids = list(ids)
+            prefill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            n_decode = 0
+            while True:
+                constraint.mask(logits)
+                recent = np.asarray(hist[-max(sampler.repeat_last_n, 1) :], dtype=np.int32)
+                tok = int(smp.sample(logits, recent))
+                constraint.advance(tok)
+                tokens.append(tok)
+                hist.append(tok)
+                if not on_token(tok):
+                    reason = "callback"
+                elif tok in eos:
+                    reason = "eos"
+                elif constraint.finished():
+                    reason = "stop"
+                elif len(tokens) >= max_tokens:
+                    reason = "length"
+                elif self._engine.n_past >= self.n_ctx:
+                    reason = "context"
+                else:
+                    logits = self._engine.eval(np.asarray([tok], dtype=np.int32), self._engine.n_past)
+                    self._cache_ids.append(tok)
+                    n_decode += 1
+                    continue
+                break
+        finally:
+            self._cache_ids = self._cache_ids[: self._engine.n_past]
+        return {
+            "tokens": tokens,
+            "prefill_s": prefill_s,
+            "decode_s": time.perf_counter() - t0,
+            "n_decode": n_decode,
+            "stop_reason": reason,
+        }
 
     def _stream(
         self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str]
