@@ -297,6 +297,7 @@ class GenerateOptions:
     repeat_last_n: int = 64
     seed: int | None = None
     stop: Sequence[str] = ()
+    ignore_eos: bool = False  # generate max_tokens tokens whatever comes (benchmarks)
     constraint: TokenConstraint | None = field(default=None, compare=False)
 
 
@@ -362,6 +363,14 @@ class Model:
     # set_context_overflow); class defaults so every constructor path has them.
     context_overflow: str = "error"
     n_keep: int = 32
+    # The engine's prefill chunk (tokens per GEMM pass; every load path uses the default).
+    prefill_chunk: int = 64
+    # With True, a reused prompt prefix is cut back to a multiple of prefill_chunk, so the rest
+    # of the prompt runs in the same chunks, hence the same kernels, as a cold prompt: a
+    # repeated request then gets the cold request's reply. Without it the last prompt token
+    # alone goes through the decode GEMV instead of the prefill GEMM (int8 activations), and
+    # a close greedy choice can flip. Costs up to prefill_chunk - 1 re-evaluated tokens.
+    chunk_aligned_reuse: bool = False
 
     def __init__(
         self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
@@ -507,6 +516,8 @@ class Model:
         limit = min(len(ids) - 1, len(self._cache_ids), self._engine.n_past)
         while n < limit and self._cache_ids[n] == ids[n]:
             n += 1
+        if self.chunk_aligned_reuse:
+            n -= n % self.prefill_chunk
         self._engine.truncate(n)
         self._cache_ids = self._cache_ids[:n]
         return n
@@ -558,6 +569,13 @@ class Model:
             else [int(i) for i in rendered]
         )
         return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+
+    @classmethod
+    def sampler_params(cls, o: GenerateOptions) -> _core.SamplerParams:
+        """The engine's sampler settings for options; ValueError naming a bad value."""
+        return cls._sampler(
+            o.temperature, o.top_k, o.top_p, o.min_p, o.repeat_penalty, o.repeat_last_n, o.seed
+        )
 
     @staticmethod
     def _sampler(
@@ -629,11 +647,9 @@ class Model:
         masks every step. Returns the call's stats (also in ``self.stats``).
         """
         o = options
-        sampler = self._sampler(
-            o.temperature, o.top_k, o.top_p, o.min_p, o.repeat_penalty, o.repeat_last_n, o.seed
-        )
+        sampler = self.sampler_params(o)
         prompt, stops = self._prepare([int(i) for i in ids], o.max_tokens, o.stop)
-        self._generate(prompt, o.max_tokens, sampler, stops, on_text, cancel, o.constraint)
+        self._generate(prompt, o.max_tokens, sampler, stops, on_text, cancel, o.constraint, o.ignore_eos)
         return self.stats
 
     def _generate(
@@ -645,12 +661,13 @@ class Model:
         emit,
         cancel: threading.Event | None = None,
         constraint: TokenConstraint | None = None,
+        ignore_eos: bool = False,
     ) -> None:
         """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
         cached = self._reuse_prefix(ids)
         text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
         sampled: list[int] = []
-        eos = self._eos_ids()
+        eos = [] if ignore_eos else self._eos_ids()
         # Pager counters when the first token is sampled (prefill done), so the
         # paging stats cover the decode phase only.
         window = self._engine.window

@@ -102,6 +102,8 @@ class Server:
     # ---- the model --------------------------------------------------------------------------
     def set_model(self, model: Model) -> None:
         """Install a loaded model after one token of warm-up (so /health's 200 means it answers)."""
+        # Repeated requests get the same reply as the first one (see Model.chunk_aligned_reuse).
+        model.chunk_aligned_reuse = True
         model.complete([0], GenerateOptions(max_tokens=1, temperature=0.0), lambda _: None)
         model.reset()
         tok = model.tokenizer
@@ -167,7 +169,16 @@ class Server:
     async def health(self, request: Request) -> Response:
         if self.state.model is None:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse({"status": "ok"})
+        s = self.scheduler
+        return JSONResponse(
+            {
+                "status": "ok",
+                "busy": s.busy,
+                "waiting": s.waiting,
+                "served": s.served,
+                "max_waiting": s.max_waiting,
+            }
+        )
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
@@ -261,6 +272,10 @@ class Server:
         def work(emit: Callable[[str], None], cancel: threading.Event) -> GenerationStats:
             return model.complete(ids, opts, emit, cancel)
 
+        try:
+            model.sampler_params(opts)
+        except ValueError as e:
+            raise bad_request(f"sampling: {e}") from None
         ticket = self.scheduler.reserve()
         answer = _Answer(self.config.model_id, chat, len(ids))
         if req.stream:

@@ -5,7 +5,7 @@ is refused (a typo such as ``max_token`` would otherwise be ignored silently),
 and a field the API has but this server cannot honour (``n`` > 1,
 ``logprobs``, penalties other than 0, ...) is refused with a message naming
 it instead of being ignored. ``top_k``, ``min_p`` and ``repeat_penalty`` are
-accepted too, as llama.cpp's server does.
+and ``ignore_eos`` (for benchmarks) are accepted too, as llama.cpp's server does.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ _SAMPLING: dict[str, Callable[[str, Any], Any]] = {
     "top_k": _integer(0),
     "min_p": _number(0.0, 1.0),
     "repeat_penalty": _number(0.0, 10.0),
+    "ignore_eos": _boolean,
     "seed": _seed,
     "stop": _stop,
     "n": _integer(1, 1),
@@ -210,7 +211,7 @@ class CompletionRequest(GenerationRequest):
 
 def _options(f: dict[str, Any]) -> GenerateOptions:
     o = GenerateOptions()
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "ignore_eos"):
         if f.get(name) is not None:
             setattr(o, name, f[name])
     o.stop = f.get("stop") or []

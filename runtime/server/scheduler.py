@@ -34,6 +34,11 @@ class Scheduler:
         self._lock: asyncio.Lock | None = None  # made on the event loop's thread
         self._running: threading.Event | None = None  # the running job's cancel flag
 
+    @property
+    def busy(self) -> bool:
+        """A generation is running (its thread has not finished)."""
+        return self._running is not None
+
     def reserve(self) -> Ticket:
         """A place in the queue, or a 429 (503 when shutting down) if there is none."""
         if self.closing:
