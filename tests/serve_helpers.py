@@ -74,7 +74,9 @@ class ServerProcess:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         c = self.conn()
         try:
-            c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+            c.request(
+                method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})}
+            )
             r = c.getresponse()
             raw = r.read().decode("utf-8", "replace")
             try:
@@ -112,10 +114,14 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def open_stream(server: ServerProcess, path: str, body: dict[str, Any]) -> tuple[http.client.HTTPConnection, Any]:
+def open_stream(
+    server: ServerProcess, path: str, body: dict[str, Any]
+) -> tuple[http.client.HTTPConnection, Any]:
     """A streaming request left open: (connection, response) to read events from."""
     c = server.conn()
-    c.request("POST", path, body=json.dumps({**body, "stream": True}), headers={"Content-Type": "application/json"})
+    c.request(
+        "POST", path, body=json.dumps({**body, "stream": True}), headers={"Content-Type": "application/json"}
+    )
     r = c.getresponse()
     assert r.status == 200, r.read()
     return c, r
@@ -138,7 +144,7 @@ def read_events(response: Any, n: int | None = None) -> list[str]:
 TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n"
     "{% for t in tools %}{{ t | tojson }}\n{% endfor %}</tools>\n"
-    "Reply with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{% endif %}"
+    'Reply with <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>\n{% endif %}'
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -150,6 +156,10 @@ def write_tiny_tools_model(directory: Path) -> Path:
 
     cfg = tiny_config()
     write_hf_dir(directory, cfg, tiny_weights(cfg))
-    tc = {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "chat_template": TOOLS_TEMPLATE}
+    tc = {
+        "bos_token": "<|im_start|>",
+        "eos_token": {"content": "<|im_end|>"},
+        "chat_template": TOOLS_TEMPLATE,
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
     return directory

@@ -7,6 +7,7 @@ so the answers are the ones `edgelut chat` gives.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,13 +20,18 @@ from serve_helpers import ServerProcess, open_stream, read_events
 from edgelut import cache
 
 SYSTEM = "You are a helpful assistant."
-QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 N_CTX = 1024
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    s = ServerProcess(cache.default_model_file(), "--ctx", str(N_CTX), "--max-queue", "8", "--max-body", "64K")
+    s = ServerProcess(
+        cache.default_model_file(), "--ctx", str(N_CTX), "--max-queue", "8", "--max-body", "64K"
+    )
     try:
         s.wait_ready()
         yield s
@@ -84,7 +90,9 @@ def test_max_tokens_is_length(client: openai.OpenAI) -> None:
 
 
 def test_stop_string(client: openai.OpenAI, paris: str) -> None:
-    r = client.chat.completions.create(model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[" is"])
+    r = client.chat.completions.create(
+        model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[" is"]
+    )
     assert r.choices[0].message.content == paris.split(" is")[0]
     assert r.choices[0].finish_reason == "stop"
 
@@ -170,7 +178,7 @@ GOOD = {"messages": QUESTION, "max_tokens": 2}
         (b"{not json", 400, "invalid_json"),
         (b"", 400, "invalid_json"),
         (b"[1, 2]", 400, "invalid_json"),
-        (b"{\"messages\": NaN}", 400, "invalid_json"),
+        (b'{"messages": NaN}', 400, "invalid_json"),
         (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', 400, "invalid_utf8"),
         ({**GOOD, "max_token": 3}, 400, "unknown_field"),
         ({**GOOD, "max_tokens": "3"}, 400, "max_tokens"),
@@ -199,7 +207,9 @@ GOOD = {"messages": QUESTION, "max_tokens": 2}
         (json.dumps({**GOOD, "pad": "x" * 70_000}).encode(), 413, "body_too_large"),
     ],
 )
-def test_bad_input_is_a_4xx(server: ServerProcess, body: bytes | dict, status: int, code_or_param: str) -> None:
+def test_bad_input_is_a_4xx(
+    server: ServerProcess, body: bytes | dict, status: int, code_or_param: str
+) -> None:
     got, _, reply = server.request("POST", CHAT, body)
     assert got == status, reply
     err = reply["error"]
@@ -241,7 +251,9 @@ def test_eight_concurrent_clients_get_the_single_client_answer(client: openai.Op
                 )
                 answers[i] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
             else:
-                r = client.chat.completions.create(model="any", messages=QUESTION, temperature=0, max_tokens=24)
+                r = client.chat.completions.create(
+                    model="any", messages=QUESTION, temperature=0, max_tokens=24
+                )
                 answers[i] = r.choices[0].message.content
         except BaseException as e:
             errors.append(e)
@@ -287,3 +299,41 @@ def test_disconnect_while_queued_leaves_the_queue(server: ServerProcess) -> None
     assert server.health()["waiting"] == 0
     running.close()
     server.wait_idle(timeout=5)
+
+
+def test_full_queue_answers_429_with_retry_after(server: ServerProcess) -> None:
+    running, resp = open_stream(server, "/v1/completions", LONG)
+    read_events(resp, 1)
+    queued = []
+    for _ in range(server.health()["max_waiting"]):
+        c = server.conn()
+        c.request("POST", "/v1/completions", body=json.dumps({**LONG, "stream": True}))
+        queued.append(c)
+    deadline = time.monotonic() + 10
+    while server.health()["waiting"] < len(queued) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, headers, reply = server.request("POST", CHAT, GOOD)
+    assert status == 429, reply
+    assert reply["error"]["code"] == "queue_full" and int(headers["retry-after"]) >= 1
+    for c in [*queued, running]:
+        c.close()
+    server.wait_idle(timeout=10)
+    assert server.request("POST", CHAT, GOOD)[0] == 200
+
+
+def test_sigterm_during_a_stream_shuts_down_cleanly() -> None:
+    s = ServerProcess(cache.default_model_file(), "--ctx", str(N_CTX))
+    try:
+        s.wait_ready()
+        conn, resp = open_stream(s, "/v1/completions", LONG)
+        assert len(read_events(resp, 2)) == 2
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        rest = read_events(resp)  # the stream ends (the generation stopped) rather than hanging
+        assert s.proc.wait(30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - t0 < 15
+        assert len(rest) < LONG["max_tokens"]
+        conn.close()
+    finally:
+        s.stop()
+    assert "Traceback" not in s.stderr and "Error" not in s.stderr, s.stderr
