@@ -283,6 +283,17 @@ def test_disconnect_mid_stream_frees_the_model(server: ServerProcess, client: op
     assert r.usage.completion_tokens == 2 and time.monotonic() - t0 < 10
 
 
+def test_disconnect_before_a_whole_reply_frees_the_model(server: ServerProcess) -> None:
+    c = server.conn()
+    c.request("POST", "/v1/completions", body=json.dumps(LONG), headers={"Content-Type": "application/json"})
+    deadline = time.monotonic() + 10
+    while not server.health()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.health()["busy"]
+    c.close()
+    assert server.wait_idle(timeout=5) < 5
+
+
 def test_disconnect_while_queued_leaves_the_queue(server: ServerProcess) -> None:
     running, resp = open_stream(server, "/v1/completions", LONG)
     read_events(resp, 1)

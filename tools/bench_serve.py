@@ -7,6 +7,8 @@ shared machine hits both):
 - 1 client: one streaming /v1/completions request of --n tokens (ignore_eos),
   time to first token (TTFT) and decode tokens/s between the first and the
   last token;
+- 1 client, constrained: a chat request with a json_schema response_format
+  (edgelut: llguidance mask + Python decode loop; llama-server: its grammar);
 - C concurrent clients for each C in --clients: every client sends one such
   request at the same moment; total tokens/s = all tokens / wall time.
 
@@ -99,19 +101,28 @@ class Stream:
     end: float
 
 
-def stream_request(port: int, i: int, n: int) -> Stream:
-    """One streaming completion; timing from the request to its first and last token events."""
-    body = {
-        "prompt": PROMPT.format(i=i),
-        "max_tokens": n,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+ESSAY = {"type": "object", "properties": {"essay": {"type": "string"}}, "required": ["essay"]}
+
+
+def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stream:
+    """One streaming completion; timing from the request to its first and last token events.
+
+    ``constrained``: a chat request whose reply must match a JSON schema (a long string
+    field, so the reply runs to max_tokens); the grammar masks every token.
+    """
+    body: dict = {"max_tokens": n, "temperature": 0, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    if constrained:
+        path = "/v1/chat/completions"
+        body["messages"] = [{"role": "user", "content": PROMPT.format(i=i)}]
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "essay", "schema": ESSAY}}
+    else:
+        path = "/v1/completions"
+        body["prompt"] = PROMPT.format(i=i)
+        body["ignore_eos"] = True
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
@@ -128,7 +139,8 @@ def stream_request(port: int, i: int, n: int) -> Stream:
         obj = json.loads(line[6:])
         if obj.get("usage"):
             usage = obj["usage"]["completion_tokens"]
-        if obj.get("choices") and obj["choices"][0].get("text"):
+        choice = obj["choices"][0] if obj.get("choices") else {}
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
             now = time.perf_counter()
             first = first or now
             last = now
@@ -225,6 +237,8 @@ def main() -> int:
                 base += 1
                 rows[name].add("ttft_ms", s.ttft_s * 1e3)
                 rows[name].add("decode", s.decode_tps)
+                rows[name].add("json", stream_request(port, base, n, constrained=True).decode_tps)
+                base += 1
                 for c in args.clients:
                     rows[name].add(f"total{c}", concurrent(port, c, n, base))
                     base += c
@@ -237,6 +251,7 @@ def main() -> int:
     print("| metric | edgelut serve | llama-server | edgelut / llama |")
     print("| --- | --- | --- | --- |")
     keys = [("ttft_ms", "TTFT, 1 client (ms)"), ("decode", "decode tokens/s, 1 client")]
+    keys += [("json", "decode tokens/s, 1 client, json_schema")]
     keys += [(f"total{c}", f"total tokens/s, {c} clients") for c in args.clients]
     for key, label in keys:
         a, b = e.med(key), ll.med(key)

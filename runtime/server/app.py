@@ -73,9 +73,23 @@ class _State:
 
 class SSEResponse(StreamingResponse):
     """A stream that also watches the connection, so a client that goes away while its
-    request still waits in the queue (nothing is being sent yet) is noticed too."""
+    request still waits in the queue (nothing is being sent yet) is noticed too.
+
+    ``on_close`` runs however the response ends: a generator cancelled while it
+    waits at a ``yield`` (or never started) would not reach its own ``finally``.
+    """
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream_and_watch(receive, send)
+        finally:
+            self._on_close()
+
+    async def _stream_and_watch(self, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
 
             async def stream() -> None:
@@ -281,6 +295,7 @@ class Server:
         if req.stream:
             return SSEResponse(
                 self._sse(ticket, work, answer, req.include_usage, parse_tools),
+                ticket.cancel,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -295,6 +310,7 @@ class Server:
         """The whole reply, given up as soon as the client disconnects."""
         pieces: list[str] = []
         stats: list[GenerationStats] = []
+        failure: list[BaseException] = []  # raised after the task group, not wrapped in a group
         try:
             async with anyio.create_task_group() as tg:
 
@@ -304,14 +320,19 @@ class Server:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)
-                async for kind, value in ticket.run(work):
-                    if kind == "text":
-                        pieces.append(value)
-                    else:
-                        stats.append(value)
+                try:
+                    async for kind, value in ticket.run(work):
+                        if kind == "text":
+                            pieces.append(value)
+                        else:
+                            stats.append(value)
+                except Exception as e:
+                    failure.append(e)
                 tg.cancel_scope.cancel()
         finally:
             ticket.cancel()
+        if failure:
+            raise failure[0]
         return "".join(pieces), (stats[0] if stats else None)
 
     async def _sse(

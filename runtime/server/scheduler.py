@@ -71,6 +71,7 @@ class Ticket:
     def __init__(self, scheduler: Scheduler) -> None:
         self._s = scheduler
         self._queued = True
+        self._cancel = threading.Event()  # read by the generation after every token
 
     def _leave_queue(self) -> None:
         if self._queued:
@@ -78,8 +79,13 @@ class Ticket:
             self._s.waiting -= 1
 
     def cancel(self) -> None:
-        """Give the place up without running (the response never started)."""
+        """Give up: leave the queue, or stop the generation before its next token.
+
+        Safe to call more than once and after the work finished; whoever stops
+        listening calls it (a response that never started streaming included).
+        """
         self._leave_queue()
+        self._cancel.set()
 
     async def run(self, work: Work) -> AsyncIterator[tuple[str, Any]]:
         """Events ("text", piece) ... then ("done", result); a failure of the work is raised."""
@@ -94,7 +100,7 @@ class Ticket:
             raise APIError(503, "the server is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
+        cancel = self._cancel
         s._running = cancel
 
         def post(kind: str, value: Any) -> None:
