@@ -295,6 +295,8 @@ class GenerateOptions:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # generate max_tokens tokens whatever comes (benchmarks)
@@ -534,6 +536,8 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
@@ -553,6 +557,8 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
@@ -574,7 +580,15 @@ class Model:
     def sampler_params(cls, o: GenerateOptions) -> _core.SamplerParams:
         """The engine's sampler settings for options; ValueError naming a bad value."""
         return cls._sampler(
-            o.temperature, o.top_k, o.top_p, o.min_p, o.repeat_penalty, o.repeat_last_n, o.seed
+            o.temperature,
+            o.top_k,
+            o.top_p,
+            o.min_p,
+            o.repeat_penalty,
+            o.repeat_last_n,
+            o.seed,
+            o.presence_penalty,
+            o.frequency_penalty,
         )
 
     @staticmethod
@@ -586,6 +600,8 @@ class Model:
         repeat_penalty: float,
         repeat_last_n: int,
         seed: int | None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
     ) -> _core.SamplerParams:
         p = _core.SamplerParams()
         p.temperature = float(temperature)
@@ -594,6 +610,8 @@ class Model:
         p.min_p = float(min_p)
         p.repeat_penalty = float(repeat_penalty)
         p.repeat_last_n = int(repeat_last_n)
+        p.presence_penalty = float(presence_penalty)
+        p.frequency_penalty = float(frequency_penalty)
         p.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) % 2**64
         p.validate()  # ValueError naming the bad parameter
         return p
@@ -881,6 +899,7 @@ class _Cancelled(Exception):
 
 def _sampling_args(scope: dict[str, Any]) -> dict[str, Any]:
     keys = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+    keys += ("presence_penalty", "frequency_penalty")
     return {k: scope[k] for k in keys}
 
 

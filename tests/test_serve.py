@@ -188,7 +188,7 @@ GOOD = {"messages": QUESTION, "max_tokens": 2}
         ({**GOOD, "top_p": 0}, 400, None),
         ({**GOOD, "stop": [1]}, 400, "stop"),
         ({**GOOD, "n": 2}, 400, "n"),
-        ({**GOOD, "presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({**GOOD, "presence_penalty": 2.5}, 400, "presence_penalty"),
         ({**GOOD, "logprobs": True}, 400, "logprobs"),
         ({**GOOD, "stream_options": {"x": 1}}, 400, "stream_options.x"),
         ({"max_tokens": 2}, 400, "messages"),

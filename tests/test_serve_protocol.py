@@ -33,13 +33,15 @@ def test_chat_fields_become_options() -> None:
             "max_completion_tokens": 7,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "presence_penalty": 0,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.25,
             "user": "u",
         }
     )
     assert r.messages == [{"role": "system", "content": "ab"}]
     o = r.options
     assert (o.temperature, o.top_p, o.top_k, o.seed, list(o.stop)) == (0, 0.5, 3, 9, ["x"])
+    assert (o.presence_penalty, o.frequency_penalty) == (0.5, -0.25)
     assert r.max_tokens == 7 and r.stream and r.include_usage
 
 
@@ -57,7 +59,7 @@ def test_defaults() -> None:
         ({"messages": MSG, "top_k": 1.5}, "top_k"),
         ({"messages": MSG, "seed": "1"}, "seed"),
         ({"messages": MSG, "stop": ["a"] * 17}, "stop"),
-        ({"messages": MSG, "frequency_penalty": 1}, "frequency_penalty"),
+        ({"messages": MSG, "frequency_penalty": 3}, "frequency_penalty"),
         ({"messages": MSG, "logit_bias": {"1": 5}}, "logit_bias"),
         ({"messages": [{"role": "user", "content": 1}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "a", "extra": 1}]}, "messages[0].extra"),
@@ -97,6 +99,10 @@ def test_tool_replies_parse() -> None:
         '<tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b", "arguments": {}}</tool_call>'
     )
     assert two[0] is None and [c["function"]["name"] for c in two[1]] == ["a", "b"]
+    bare = '{"name": "f", "arguments": {"x": 1}}'
+    assert parse_reply(bare, {"f"})[1][0]["function"]["name"] == "f" and parse_reply(bare, {"f"})[0] is None
+    assert parse_reply(bare, {"g"}) == (bare, []) and parse_reply(bare) == (bare, [])
+    assert parse_reply('{"name": "f", "arguments": 3}', {"f"})[1] == []
     assert template_supports_tools("{% if tools %}x{% endif %}")
     assert not template_supports_tools("{{ messages }}") and not template_supports_tools(None)
 

@@ -244,7 +244,15 @@ class Server:
         opts = replace(
             req.options, max_tokens=self._budget(model, len(ids), req.max_tokens), constraint=constraint
         )
-        return await self._respond(request, req, model, ids, opts, chat=True, parse_tools=bool(plan.tools))
+        return await self._respond(
+            request,
+            req,
+            model,
+            ids,
+            opts,
+            chat=True,
+            names=tools.tool_names(plan.tools) if plan.tools else None,
+        )
 
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
@@ -264,7 +272,7 @@ class Server:
         if not ids:
             raise bad_request("the prompt has no tokens", "prompt")
         opts = replace(req.options, max_tokens=self._budget(model, len(ids), req.max_tokens))
-        return await self._respond(request, req, model, ids, opts, chat=False, parse_tools=False)
+        return await self._respond(request, req, model, ids, opts, chat=False, names=None)
 
     def _grammars(self) -> Grammars:
         if self.state.grammars is None:
@@ -281,7 +289,7 @@ class Server:
         opts: GenerateOptions,
         *,
         chat: bool,
-        parse_tools: bool,
+        names: set[str] | None,
     ) -> Response:
         def work(emit: Callable[[str], None], cancel: threading.Event) -> GenerationStats:
             return model.complete(ids, opts, emit, cancel)
@@ -294,7 +302,7 @@ class Server:
         answer = _Answer(self.config.model_id, chat, len(ids))
         if req.stream:
             return SSEResponse(
-                self._sse(ticket, work, answer, req.include_usage, parse_tools),
+                self._sse(ticket, work, answer, req.include_usage, names),
                 ticket.cancel,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -302,7 +310,7 @@ class Server:
         text, stats = await self._collect(request, ticket, work)
         if stats is None:  # the client went away; nobody reads this
             return Response(status_code=499)
-        return JSONResponse(answer.whole(text, stats, parse_tools))
+        return JSONResponse(answer.whole(text, stats, names))
 
     async def _collect(
         self, request: Request, ticket: Ticket, work: Any
@@ -336,7 +344,7 @@ class Server:
         return "".join(pieces), (stats[0] if stats else None)
 
     async def _sse(
-        self, ticket: Ticket, work: Any, answer: _Answer, include_usage: bool, parse_tools: bool
+        self, ticket: Ticket, work: Any, answer: _Answer, include_usage: bool, names: set[str] | None
     ) -> AsyncIterator[str]:
         try:
             if answer.chat:
@@ -344,15 +352,15 @@ class Server:
             held: list[str] = []  # with tools the reply is held back until it can be parsed
             async for kind, value in ticket.run(work):
                 if kind == "text":
-                    if parse_tools:
+                    if names is not None:
                         held.append(value)
                     else:
                         yield _event(answer.chunk(answer.delta(value)))
                     continue
                 stats: GenerationStats = value
                 finish = _FINISH.get(stats.finish_reason, "stop")
-                if parse_tools:
-                    content, calls = tools.parse_reply("".join(held))
+                if names is not None:
+                    content, calls = tools.parse_reply("".join(held), names)
                     delta: dict[str, Any] = {}
                     if content:
                         delta["content"] = content
@@ -416,15 +424,15 @@ class _Answer:
             out["usage"] = usage
         return out
 
-    def whole(self, text: str, stats: GenerationStats, parse_tools: bool) -> dict[str, Any]:
+    def whole(self, text: str, stats: GenerationStats, names: set[str] | None) -> dict[str, Any]:
         finish = _FINISH.get(stats.finish_reason, "stop")
         if not self.chat:
             out = self._base("text_completion")
             out["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
         else:
             message: dict[str, Any] = {"role": "assistant", "content": text}
-            if parse_tools:
-                content, calls = tools.parse_reply(text)
+            if names is not None:
+                content, calls = tools.parse_reply(text, names)
                 message["content"] = content
                 if calls:
                     message["tool_calls"] = calls

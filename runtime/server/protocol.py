@@ -3,7 +3,7 @@
 Every field is checked for its type and range; a field the API does not have
 is refused (a typo such as ``max_token`` would otherwise be ignored silently),
 and a field the API has but this server cannot honour (``n`` > 1,
-``logprobs``, penalties other than 0, ...) is refused with a message naming
+``logprobs``, ``logit_bias``, ...) is refused with a message naming
 it instead of being ignored. ``top_k``, ``min_p`` and ``repeat_penalty`` are
 and ``ignore_eos`` (for benchmarks) are accepted too, as llama.cpp's server does.
 """
@@ -142,12 +142,12 @@ _SAMPLING: dict[str, Callable[[str, Any], Any]] = {
     "ignore_eos": _boolean,
     "seed": _seed,
     "stop": _stop,
-    "n": _integer(1, 1),
+    "n": _only(1, "only n=1: one choice per request"),
     "stream": _boolean,
     "stream_options": _stream_options,
     "user": _string,
-    "presence_penalty": _only(0, "use repeat_penalty"),
-    "frequency_penalty": _only(0, "use repeat_penalty"),
+    "presence_penalty": _number(-2.0, 2.0),
+    "frequency_penalty": _number(-2.0, 2.0),
     "logit_bias": _only({}, "logit_bias"),
 }
 
@@ -167,7 +167,7 @@ _COMPLETION_FIELDS = {
     **_SAMPLING,
     "prompt": lambda n, v: v,  # checked by _prompt
     "echo": _only(False, "echo"),
-    "best_of": _integer(1, 1),
+    "best_of": _only(1, "only best_of=1"),
     "logprobs": _only(0, "logprobs"),
     "suffix": _only("", "suffix"),
 }
@@ -211,7 +211,8 @@ class CompletionRequest(GenerationRequest):
 
 def _options(f: dict[str, Any]) -> GenerateOptions:
     o = GenerateOptions()
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "ignore_eos"):
+    names = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "ignore_eos")
+    for name in (*names, "presence_penalty", "frequency_penalty"):
         if f.get(name) is not None:
             setattr(o, name, f[name])
     o.stop = f.get("stop") or []

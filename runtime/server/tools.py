@@ -95,25 +95,49 @@ def _any_call(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def parse_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(content, tool_calls) of a reply; text that is not a well-formed call stays content."""
+def _call(obj: Any, names: set[str] | None) -> dict[str, Any] | None:
+    """An OpenAI tool call from {"name": ..., "arguments": {...}}, or None if it is not one."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if names is not None and obj["name"] not in names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if not isinstance(args, dict):
+        return None
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)},
+    }
+
+
+def parse_reply(text: str, names: set[str] | None = None) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a reply; text that is not a well-formed call stays content.
+
+    Calls are ``<tool_call>{...}</tool_call>`` blocks, or, as small models often
+    answer, a reply that is nothing but one such JSON object naming one of the
+    request's tools (``names``).
+    """
     calls = []
     for m in _CALL.finditer(text):
         try:
-            obj = json.loads(m.group(1))
+            call = _call(json.loads(m.group(1)), None)
         except json.JSONDecodeError:
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append(
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)},
-            }
-        )
-    if not calls:
-        return text, []
-    rest = _CALL.sub("", text).strip()
-    return (rest or None), calls
+        if call is not None:
+            calls.append(call)
+    if calls:
+        rest = _CALL.sub("", text).strip()
+        return (rest or None), calls
+    if names and text.lstrip().startswith("{"):
+        try:
+            bare = _call(json.loads(text), names)
+        except json.JSONDecodeError:
+            bare = None
+        if bare is not None:
+            return None, [bare]
+    return text, []
+
+
+def tool_names(tools: list[dict[str, Any]]) -> set[str]:
+    return {t["function"]["name"] for t in tools}
