@@ -117,6 +117,14 @@ def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
     assert extra  # llama.cpp's extra sampling fields are accepted
 
 
+def test_penalties_reach_the_sampler(client: openai.OpenAI) -> None:
+    kw = dict(model="any", prompt="Paris, Paris, Paris, Paris,", max_tokens=8, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    assert "Paris" in plain  # greedy repeats the pattern
+    penalised = client.completions.create(**kw, frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    assert "Paris" not in penalised, penalised
+
+
 def test_models(client: openai.OpenAI) -> None:
     models = client.models.list().data
     assert [m.id for m in models] == ["smollm2-135m-instruct-q4g32"]
