@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 
 __all__ = [
+    "GenerateOptions",
     "GenerationStats",
     "Model",
     "PagingStats",
@@ -37,6 +39,7 @@ __all__ = [
     "load",
     "pack_tensors",
     "shard_tensors",
+    "TokenConstraint",
 ]
 
 
@@ -245,7 +248,7 @@ class GenerationStats:
     completion_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    finish_reason: str = ""  # "eos", "length", "stop", "context"
+    finish_reason: str = ""  # "eos", "length", "stop", "context", "cancelled"
     peak_rss_mb: float = 0.0
     # Decode-phase paging numbers when the layers are paged (window > 0), else None.
     paging: PagingStats | None = None
@@ -258,6 +261,46 @@ class GenerationStats:
     @property
     def decode_tokens_per_s(self) -> float:
         return (self.completion_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class TokenConstraint(Protocol):
+    """A grammar that decides which tokens may come next (e.g. an llguidance matcher).
+
+    A request with one runs the decode loop in Python (the C++ loop has no
+    per-token logits hook): each step masks the logits, samples, then advances.
+    """
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Push the logits of the tokens not allowed next far below the rest, in place."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """The sampled token; raises ValueError if the grammar rejects it."""
+        ...
+
+    def finished(self) -> bool:
+        """True once the grammar accepts no more tokens."""
+        ...
+
+
+@dataclass
+class GenerateOptions:
+    """The settings of one generation request, passed whole from the server (or any caller)
+    to :meth:`Model.complete`; the sampler checks the values and names a bad one."""
+
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False  # generate max_tokens tokens whatever comes (benchmarks)
+    constraint: TokenConstraint | None = field(default=None, compare=False)
 
 
 class _TextStream:
@@ -322,6 +365,14 @@ class Model:
     # set_context_overflow); class defaults so every constructor path has them.
     context_overflow: str = "error"
     n_keep: int = 32
+    # The engine's prefill chunk (tokens per GEMM pass; every load path uses the default).
+    prefill_chunk: int = 64
+    # With True, a reused prompt prefix is cut back to a multiple of prefill_chunk, so the rest
+    # of the prompt runs in the same chunks, hence the same kernels, as a cold prompt: a
+    # repeated request then gets the cold request's reply. Without it the last prompt token
+    # alone goes through the decode GEMV instead of the prefill GEMM (int8 activations), and
+    # a close greedy choice can flip. Costs up to prefill_chunk - 1 re-evaluated tokens.
+    chunk_aligned_reuse: bool = False
 
     def __init__(
         self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
@@ -467,6 +518,8 @@ class Model:
         limit = min(len(ids) - 1, len(self._cache_ids), self._engine.n_past)
         while n < limit and self._cache_ids[n] == ids[n]:
             n += 1
+        if self.chunk_aligned_reuse:
+            n -= n % self.prefill_chunk
         self._engine.truncate(n)
         self._cache_ids = self._cache_ids[:n]
         return n
@@ -483,6 +536,8 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
@@ -502,6 +557,8 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
@@ -519,6 +576,21 @@ class Model:
         )
         return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
 
+    @classmethod
+    def sampler_params(cls, o: GenerateOptions) -> _core.SamplerParams:
+        """The engine's sampler settings for options; ValueError naming a bad value."""
+        return cls._sampler(
+            o.temperature,
+            o.top_k,
+            o.top_p,
+            o.min_p,
+            o.repeat_penalty,
+            o.repeat_last_n,
+            o.seed,
+            o.presence_penalty,
+            o.frequency_penalty,
+        )
+
     @staticmethod
     def _sampler(
         temperature: float,
@@ -528,6 +600,8 @@ class Model:
         repeat_penalty: float,
         repeat_last_n: int,
         seed: int | None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
     ) -> _core.SamplerParams:
         p = _core.SamplerParams()
         p.temperature = float(temperature)
@@ -536,6 +610,8 @@ class Model:
         p.min_p = float(min_p)
         p.repeat_penalty = float(repeat_penalty)
         p.repeat_last_n = int(repeat_last_n)
+        p.presence_penalty = float(presence_penalty)
+        p.frequency_penalty = float(frequency_penalty)
         p.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) % 2**64
         p.validate()  # ValueError naming the bad parameter
         return p
@@ -548,6 +624,17 @@ class Model:
         stop: str | Sequence[str],
         stream: bool,
     ) -> str | Iterator[str]:
+        ids, stops = self._prepare(ids, max_tokens, stop)
+        if stream:
+            return self._stream(ids, max_tokens, sampler, stops)
+        pieces: list[str] = []
+        self._generate(ids, max_tokens, sampler, stops, pieces.append)
+        return "".join(pieces)
+
+    def _prepare(
+        self, ids: list[int], max_tokens: int, stop: str | Sequence[str]
+    ) -> tuple[list[int], list[str]]:
+        """The checked prompt (slid when the context overflows and the policy says so) and stop list."""
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.n_ctx and self.context_overflow == "slide":
@@ -562,20 +649,43 @@ class Model:
         stops = [stop] if isinstance(stop, str) else list(stop)
         if stops and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
-        if stream:
-            return self._stream(ids, max_tokens, sampler, stops)
-        pieces: list[str] = []
-        self._generate(ids, max_tokens, sampler, stops, pieces.append)
-        return "".join(pieces)
+        return ids, stops
+
+    def complete(
+        self,
+        ids: Sequence[int],
+        options: GenerateOptions,
+        on_text: Callable[[str], None],
+        cancel: threading.Event | None = None,
+    ) -> GenerationStats:
+        """Continue prompt token ids with one request's options; text pieces go to on_text as they come.
+
+        Setting ``cancel`` (from any thread) stops the loop before the next
+        token (finish_reason "cancelled"). A ``constraint`` in the options
+        masks every step. Returns the call's stats (also in ``self.stats``).
+        """
+        o = options
+        sampler = self.sampler_params(o)
+        prompt, stops = self._prepare([int(i) for i in ids], o.max_tokens, o.stop)
+        self._generate(prompt, o.max_tokens, sampler, stops, on_text, cancel, o.constraint, o.ignore_eos)
+        return self.stats
 
     def _generate(
-        self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str], emit
+        self,
+        ids: list[int],
+        max_tokens: int,
+        sampler: _core.SamplerParams,
+        stops: list[str],
+        emit,
+        cancel: threading.Event | None = None,
+        constraint: TokenConstraint | None = None,
+        ignore_eos: bool = False,
     ) -> None:
         """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
         cached = self._reuse_prefix(ids)
         text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
         sampled: list[int] = []
-        eos = self._eos_ids()
+        eos = [] if ignore_eos else self._eos_ids()
         # Pager counters when the first token is sampled (prefill done), so the
         # paging stats cover the decode phase only.
         window = self._engine.window
@@ -585,6 +695,8 @@ class Model:
             if window and not sampled:
                 decode_start.append(self._engine.pager_stats())
             sampled.append(tok)
+            if cancel is not None and cancel.is_set():
+                return False
             if text is None or tok in eos:
                 return True  # an EOS token ends the loop in C++ and adds no text
             piece = text.push(tok)
@@ -592,19 +704,24 @@ class Model:
                 emit(piece)
             return not text.done
 
-        r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
+        if constraint is not None:
+            r = self._masked_generate(ids, cached, max_tokens, eos, sampler, on_token, constraint)
+        else:
+            r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
         if text is not None:
             tail = text.flush()
             if tail:
                 emit(tail)
         reason = r["stop_reason"]
+        if reason == "callback":
+            reason = "cancelled" if cancel is not None and cancel.is_set() else "stop"
         self.stats = GenerationStats(
             prompt_tokens=len(ids),
             cached_tokens=cached,
             completion_tokens=len(r["tokens"]),
             prefill_s=r["prefill_s"],
             decode_s=r["decode_s"],
-            finish_reason="stop" if reason == "callback" else reason,
+            finish_reason=reason,
             peak_rss_mb=_peak_rss_mb(),
             paging=PagingStats.between(
                 window, decode_start[0], self._engine.pager_stats(), r["n_decode"], r["decode_s"]
@@ -682,6 +799,61 @@ class Model:
             prompt = self._slide(prompt + sampled[start:])
             cached = self._reuse_prefix(prompt)
 
+    def _masked_generate(
+        self,
+        ids: list[int],
+        cached: int,
+        max_tokens: int,
+        eos: list[int],
+        sampler: _core.SamplerParams,
+        on_token,
+        constraint: TokenConstraint,
+    ) -> dict[str, Any]:
+        """The decode loop in Python, for a constraint: the same steps and result as the C++
+        loop (Engine::generate), with the constraint's mask applied to every step's logits."""
+        smp = _core.Sampler(sampler)
+        hist = list(ids)
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        try:
+            logits = self._engine.eval(np.asarray(ids[cached:], dtype=np.int32), cached, all_logits=False)
+            self._cache_ids = list(ids)
+            prefill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            n_decode = 0
+            while True:
+                constraint.mask(logits)
+                recent = np.asarray(hist[-max(sampler.repeat_last_n, 1) :], dtype=np.int32)
+                tok = int(smp.sample(logits, recent))
+                constraint.advance(tok)
+                tokens.append(tok)
+                hist.append(tok)
+                if not on_token(tok):
+                    reason = "callback"
+                elif tok in eos:
+                    reason = "eos"
+                elif constraint.finished():
+                    reason = "stop"
+                elif len(tokens) >= max_tokens:
+                    reason = "length"
+                elif self._engine.n_past >= self.n_ctx:
+                    reason = "context"
+                else:
+                    logits = self._engine.eval(np.asarray([tok], dtype=np.int32), self._engine.n_past)
+                    self._cache_ids.append(tok)
+                    n_decode += 1
+                    continue
+                break
+        finally:
+            self._cache_ids = self._cache_ids[: self._engine.n_past]
+        return {
+            "tokens": tokens,
+            "prefill_s": prefill_s,
+            "decode_s": time.perf_counter() - t0,
+            "n_decode": n_decode,
+            "stop_reason": reason,
+        }
+
     def _stream(
         self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str]
     ) -> Iterator[str]:
@@ -727,6 +899,7 @@ class _Cancelled(Exception):
 
 def _sampling_args(scope: dict[str, Any]) -> dict[str, Any]:
     keys = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed")
+    keys += ("presence_penalty", "frequency_penalty")
     return {k: scope[k] for k in keys}
 
 

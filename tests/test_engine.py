@@ -361,9 +361,24 @@ def test_repetition_penalty_over_last_n():
     assert s.sample(logits, np.array([0, 2, 2], np.int32)) == 0  # token 0 fell out of the window
 
 
+def test_presence_and_frequency_penalties():
+    logits = np.array([2.0, 1.5, 1.2], np.float32)
+    s = sampler(temperature=0.0, presence_penalty=0.6, repeat_last_n=8)
+    assert s.sample(logits, np.array([0], np.int32)) == 1  # 2.0 - 0.6 < 1.5
+    assert s.sample(logits, np.array([0, 0, 0], np.int32)) == 1  # once, whatever the count
+    s = sampler(temperature=0.0, frequency_penalty=0.2, repeat_last_n=8)
+    assert s.sample(logits, np.array([0, 0], np.int32)) == 0  # 2.0 - 0.4 > 1.5
+    assert s.sample(logits, np.array([0, 0, 0], np.int32)) == 1  # 2.0 - 0.6 < 1.5
+    s = sampler(temperature=0.0, presence_penalty=-1.0, repeat_last_n=1)
+    assert s.sample(logits, np.array([2], np.int32)) == 2  # a negative penalty favours the token
+    assert s.sample(logits, np.array([2, 1], np.int32)) == 1  # only the last repeat_last_n count
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [
+        ({"presence_penalty": 2.5}, r"presence_penalty must be in \[-2, 2\]"),
+        ({"frequency_penalty": float("nan")}, r"frequency_penalty must be in \[-2, 2\]"),
         ({"temperature": -1.0}, "temperature must be >= 0"),
         ({"top_k": -2}, "top_k must be >= 0"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),

@@ -17,6 +17,10 @@ void SamplerParams::validate() const {
   if (!(repeat_penalty > 0.0f) || !std::isfinite(repeat_penalty))
     bad("repeat_penalty must be > 0 (1 = off), got " + std::to_string(repeat_penalty));
   if (repeat_last_n < 0) bad("repeat_last_n must be >= 0, got " + std::to_string(repeat_last_n));
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
+    bad("presence_penalty must be in [-2, 2] (0 = off), got " + std::to_string(presence_penalty));
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
+    bad("frequency_penalty must be in [-2, 2] (0 = off), got " + std::to_string(frequency_penalty));
 }
 
 Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) { p_.validate(); }
@@ -37,6 +41,19 @@ int32_t Sampler::sample(const float* logits, int64_t vocab, const int32_t* recen
       if (t < 0 || t >= vocab) continue;  // foreign ids cannot be penalised
       float& l = work_[t];
       l = l > 0.0f ? l / p_.repeat_penalty : l * p_.repeat_penalty;
+    }
+  }
+
+  // 1b. Presence and frequency penalties: each distinct recent token once, with its count.
+  if ((p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) && p_.repeat_last_n > 0 && n_recent > 0) {
+    const int64_t from = std::max<int64_t>(0, n_recent - p_.repeat_last_n);
+    std::vector<int32_t> seen(recent + from, recent + n_recent);
+    std::sort(seen.begin(), seen.end());
+    for (size_t i = 0, j = 0; i < seen.size(); i = j) {
+      while (j < seen.size() && seen[j] == seen[i]) ++j;
+      const int32_t t = seen[i];
+      if (t < 0 || t >= vocab) continue;
+      work_[t] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(j - i);
     }
   }
 

@@ -3,7 +3,8 @@
 //
 // Order of the steps (each is skipped at its neutral value):
 //   1. repetition penalty on tokens seen in the last repeat_last_n tokens
-//      (logit / p if positive, logit * p otherwise)
+//      (logit / p if positive, logit * p otherwise), then OpenAI's presence and
+//      frequency penalties over the same window (logit -= presence + frequency * count)
 //   2. temperature == 0 or top_k == 1 -> argmax (greedy), done
 //   3. top_k: keep the k largest logits
 //   4. softmax(logits / temperature)
@@ -24,7 +25,9 @@ struct SamplerParams {
   float top_p = 0.95f;         // 1 = off
   float min_p = 0.05f;         // 0 = off
   float repeat_penalty = 1.0f; // 1 = off
-  int32_t repeat_last_n = 64;  // tokens the penalty looks back over; 0 = off
+  int32_t repeat_last_n = 64;  // tokens the penalties look back over; 0 = off
+  float presence_penalty = 0.0f;   // subtracted once from a recent token's logit; 0 = off, [-2, 2]
+  float frequency_penalty = 0.0f;  // subtracted per occurrence of a recent token; 0 = off, [-2, 2]
   uint64_t seed = 0;
 
   // Throws std::invalid_argument naming the bad parameter.

@@ -211,6 +211,8 @@ void register_engine(py::module_& m) {
       .def_readwrite("min_p", &SamplerParams::min_p)
       .def_readwrite("repeat_penalty", &SamplerParams::repeat_penalty)
       .def_readwrite("repeat_last_n", &SamplerParams::repeat_last_n)
+      .def_readwrite("presence_penalty", &SamplerParams::presence_penalty)
+      .def_readwrite("frequency_penalty", &SamplerParams::frequency_penalty)
       .def_readwrite("seed", &SamplerParams::seed)
       .def("validate", &SamplerParams::validate);
 
