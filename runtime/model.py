@@ -28,6 +28,7 @@ import numpy as np
 from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
+from edgelut.thinking import filter_stream, strip_thinking
 
 __all__ = [
     "GenerationStats",
@@ -79,6 +80,14 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.rope_freq_factors = freq_factors
     c.attn_bias = cfg.attn_bias
     c.tie_embeddings = cfg.tie_embeddings
+    c.qk_norm = bool(cfg.qk_norm)
+    c.post_norms = bool(cfg.post_norms)
+    c.ffn_gelu = cfg.ffn_act == "gelu_tanh"
+    c.embed_scale = float(cfg.embed_scale or 1.0)
+    c.attn_scale = cfg.attn_scale
+    c.sliding_window = cfg.sliding_window
+    c.sliding_window_pattern = cfg.sliding_window_pattern
+    c.rope_local_theta = cfg.rope_local_theta
     c.validate()
     return c
 
@@ -468,6 +477,8 @@ class Model:
         while n < limit and self._cache_ids[n] == ids[n]:
             n += 1
         self._engine.truncate(n)
+        # A sliding-window ring may not hold the window before n any more: the engine then keeps nothing.
+        n = self._engine.n_past
         self._cache_ids = self._cache_ids[:n]
         return n
 
@@ -505,19 +516,28 @@ class Model:
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
+        enable_thinking: bool | None = None,
+        show_thinking: bool = False,
     ) -> str | Iterator[str]:
         """Reply to a conversation ([{"role": ..., "content": ...}]) using the tokenizer's chat template.
 
         Consecutive turns share a prefix, so only the new turn is evaluated.
+        ``enable_thinking`` is handed to the template (Qwen3's switch; None
+        leaves the template's default); a ``<think>...</think>`` block in the
+        reply is dropped from the returned text unless ``show_thinking``.
         """
-        rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True)
+        extra = {} if enable_thinking is None else {"enable_thinking": bool(enable_thinking)}
+        rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True, **extra)
         # The template writes any BOS itself.
         ids = (
             self.tokenize(rendered, add_special=False)
             if isinstance(rendered, str)
             else [int(i) for i in rendered]
         )
-        return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+        out = self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+        if show_thinking:
+            return out
+        return filter_stream(out) if stream else strip_thinking(out)  # type: ignore[arg-type]
 
     @staticmethod
     def _sampler(

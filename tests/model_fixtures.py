@@ -88,8 +88,19 @@ def tiny_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def hf_config_json(config: ModelConfig) -> dict:
-    return {
-        "model_type": config.architecture,
+    extra: dict = {}
+    if config.head_dim != config.hidden_size // config.n_heads:
+        extra["head_dim"] = config.head_dim
+    if config.architecture == "gemma3":
+        extra |= {
+            "query_pre_attn_scalar": config.attn_scale**-2 if config.attn_scale else config.head_dim,
+            "sliding_window": config.sliding_window,
+            "sliding_window_pattern": config.sliding_window_pattern,
+            "rope_local_base_freq": config.rope_local_theta,
+            "hidden_activation": "gelu_pytorch_tanh",
+        }
+    return extra | {
+        "model_type": config.traits.hf_model_types[0],
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -143,7 +154,10 @@ def write_hf_dir(
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config_json(config)), encoding="utf-8")
-    hf = {gguf_to_hf_name(k): v for k, v in tensors.items()}
+    arch = config.architecture
+    hf = {gguf_to_hf_name(k, arch): v for k, v in tensors.items()}
+    if config.traits.norm_plus_one:  # HF Gemma stores w of x * (1 + w)
+        hf = {k: v - np.float32(1.0) if k.endswith("norm.weight") else v for k, v in hf.items()}
     if bf16:
         write_bf16_safetensors(directory / "model.safetensors", hf)
     else:
@@ -175,6 +189,16 @@ def write_gguf(
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(config.n_heads)
     w.add_head_count_kv(config.n_kv_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    if config.sliding_window:
+        # llama.cpp writes only the window (its loader fixes pattern 6 and local base 10000);
+        # other values go in the keys newer converters write.
+        w.add_sliding_window(config.sliding_window)
+        if config.sliding_window_pattern != 6:
+            w.add_uint32(f"{arch}.attention.sliding_window_pattern", config.sliding_window_pattern)
+        if config.rope_local_theta != 10000.0:
+            w.add_float32(f"{arch}.rope.freq_base_swa", config.rope_local_theta)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
     w.add_rope_freq_base(config.rope_theta)
     w.add_vocab_size(config.vocab_size)
@@ -190,7 +214,7 @@ def write_gguf(
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr, dtype=np.float32)
         kind = name.split(".")[-2] if name.startswith("blk.") else ""
-        if arch == "llama" and kind in ("attn_q", "attn_k"):
+        if config.traits.gguf_permuted_qk and kind in ("attn_q", "attn_k"):
             data = permute_rows(data, config.n_heads if kind == "attn_q" else config.n_kv_heads)
         if quant and data.ndim == 2 and name != "token_embd.weight":
             qtype = gguf.GGMLQuantizationType[quant]

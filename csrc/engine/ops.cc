@@ -69,6 +69,14 @@ void swiglu_inplace(float* gate, const float* up, int64_t n) {
   }
 }
 
+void geglu_inplace(float* gate, const float* up, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
 // Eight independent partial sums: a single running sum is a chain of
 // dependent adds (latency-bound); eight lanes let the compiler vectorise.
 template <typename Load>

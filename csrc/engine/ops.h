@@ -27,6 +27,10 @@ void softmax_inplace(float* x, int64_t n);
 // gate = silu(gate) * up, over n elements (SwiGLU).
 void swiglu_inplace(float* gate, const float* up, int64_t n);
 
+// gate = gelu_tanh(gate) * up, over n elements (GeGLU, Gemma):
+// gelu_tanh(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+void geglu_inplace(float* gate, const float* up, int64_t n);
+
 // KV cache element access: fp32 or fp16 (portable conversion).
 float dot_f32(const float* a, const float* b, int64_t n);
 float dot_f16(const float* a, const uint16_t* b, int64_t n);

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
+from edgelut.models.config import ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 # HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+MODEL_TYPES = {t: arch for arch, traits in ARCHITECTURES.items() for t in traits.hf_model_types}
 
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -34,33 +34,51 @@ _LAYER_NAMES = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "self_attn.o_proj.weight": "attn_output.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# Families with norms around both blocks (Gemma 3) name them differently: their
+# post_attention_layernorm normalises the attention output, not the FFN input.
+_POST_NORM_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# A multimodal checkpoint (Gemma 3 4B+) keeps the text decoder under this prefix.
+_TEXT_PREFIX = "language_model."
 
 
-def hf_to_gguf_name(name: str) -> str | None:
+def _layer_names(arch: str) -> dict[str, str]:
+    return _POST_NORM_NAMES if ARCHITECTURES[arch].post_norms else _LAYER_NAMES
+
+
+def hf_to_gguf_name(name: str, arch: str = "llama") -> str | None:
     """GGUF name for an HF parameter name, or None if it is not a model weight we use."""
+    name = name.removeprefix(_TEXT_PREFIX)
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     m = _LAYER_RE.match(name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    names = _layer_names(arch)
+    if m and m.group(2) in names:
+        return f"blk.{m.group(1)}.{names[m.group(2)]}"
     return None
 
 
-def gguf_to_hf_name(name: str) -> str:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
     """Inverse of :func:`hf_to_gguf_name` (for writers and tests)."""
     for hf, gg in _GLOBAL_NAMES.items():
         if gg == name:
             return hf
     m = re.match(r"^blk\.(\d+)\.(.+)$", name)
     if m:
-        for hf, gg in _LAYER_NAMES.items():
+        for hf, gg in _layer_names(arch).items():
             if gg == m.group(2):
                 return f"model.layers.{m.group(1)}.{hf}"
     raise ValueError(f"no Hugging Face name for tensor {name!r}")
@@ -98,14 +116,46 @@ def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int) ->
     return out
 
 
-def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
-    """ModelConfig from a transformers config.json dictionary."""
+def arch_of(cfg: dict[str, Any], path: Path) -> str:
+    """The edgelut architecture of a config.json (its model_type), or a one-line error."""
     model_type = cfg.get("model_type")
     arch = MODEL_TYPES.get(str(model_type))
-    if arch is None or arch not in SUPPORTED_ARCHITECTURES:
+    if arch is None:
         raise ValueError(
             f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
         )
+    return arch
+
+
+def _sliding(cfg: dict[str, Any], arch: str, path: Path) -> dict[str, Any]:
+    """Gemma 3's sliding-window layers: window, period of global layers, local RoPE base."""
+    if arch != "gemma3":
+        return {}
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(key) is not None:
+            raise ValueError(f"{path}: {key} is set; edgelut runs Gemma 3, which has no soft-capping")
+    window = int(cfg.get("sliding_window") or 0)
+    pattern = int(cfg.get("sliding_window_pattern") or 6)
+    layer_types = cfg.get("layer_types")
+    if layer_types:  # newer configs list every layer: "sliding_attention" / "full_attention"
+        sliding = [t == "sliding_attention" for t in layer_types]
+        pattern = next((i + 1 for i, s in enumerate(sliding) if not s), 0)
+        if sliding != [pattern == 0 or (i + 1) % pattern != 0 for i in range(len(sliding))]:
+            raise ValueError(f"{path}: layer_types is not a periodic sliding/full pattern")
+    scalar = cfg.get("query_pre_attn_scalar")
+    return {
+        "sliding_window": window,
+        "sliding_window_pattern": pattern,
+        "rope_local_theta": float(cfg.get("rope_local_base_freq", 10000.0)),
+        "attn_scale": float(scalar) ** -0.5 if scalar else 0.0,
+    }
+
+
+def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
+    """ModelConfig from a transformers config.json dictionary."""
+    arch = arch_of(cfg, path)
+    if "text_config" in cfg:  # multimodal Gemma 3: the decoder's hyper-parameters are nested
+        cfg = {**cfg["text_config"], "model_type": cfg.get("model_type")}
     try:
         hidden = int(cfg["hidden_size"])
         n_heads = int(cfg["num_attention_heads"])
@@ -140,10 +190,11 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
             rope_scaling=scaling,
             context_length=int(cfg.get("max_position_embeddings", 2048)),
             tie_embeddings=tied,
-            attn_bias=(arch == "qwen2") if bias is None else bias,
+            attn_bias=ARCHITECTURES[arch].attn_bias if bias is None else bias,
             bos_token_id=None if bos is None else int(bos),
             eos_token_ids=eos_ids,
             name=str(cfg.get("_name_or_path", path.name)),
+            **_sliding(cfg, arch, path),
         )
     except KeyError as e:
         raise ValueError(f"{path}: config.json lacks {e.args[0]!r}") from e
@@ -222,12 +273,20 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def finish_import(
     raw: dict[str, np.ndarray], cfg_json: dict[str, Any], path: Path, tokenizer: TokenizerData
 ) -> ImportedModel:
-    """HF-named tensors -> ImportedModel (renamed, float32, shape-checked)."""
+    """HF-named tensors -> ImportedModel (renamed, float32, shape-checked).
+
+    Gemma's norms compute x * (1 + w) in float32; the float32 sum is stored,
+    so x * w' is the same product bit for bit.
+    """
+    arch = arch_of(cfg_json, path)
+    plus_one = ARCHITECTURES[arch].norm_plus_one
     tensors = {}
     for name, arr in raw.items():
-        gg = hf_to_gguf_name(name)
+        gg = hf_to_gguf_name(name, arch)
         if gg is not None:
             tensors[gg] = np.ascontiguousarray(arr, dtype=np.float32)
+            if plus_one and gg.endswith("norm.weight"):
+                tensors[gg] = tensors[gg] + np.float32(1.0)
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{path}: no model.embed_tokens.weight among the weights")
     config = config_from_hf(
@@ -238,37 +297,13 @@ def finish_import(
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    c = config
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (c.vocab_size, c.hidden_size),
-        "output_norm.weight": (c.hidden_size,),
-    }
-    if not c.tie_embeddings:
-        shapes["output.weight"] = (c.vocab_size, c.hidden_size)
-    per_layer = {
-        "attn_norm.weight": (c.hidden_size,),
-        "attn_q.weight": (q, c.hidden_size),
-        "attn_k.weight": (kv, c.hidden_size),
-        "attn_v.weight": (kv, c.hidden_size),
-        "attn_output.weight": (c.hidden_size, q),
-        "ffn_norm.weight": (c.hidden_size,),
-        "ffn_gate.weight": (c.intermediate_size, c.hidden_size),
-        "ffn_up.weight": (c.intermediate_size, c.hidden_size),
-        "ffn_down.weight": (c.hidden_size, c.intermediate_size),
-    }
-    if c.attn_bias:
-        per_layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
-    for i in range(c.n_layers):
-        for name, shape in per_layer.items():
-            shapes[f"blk.{i}.{name}"] = shape
-    return shapes
+    return expected_tensors(config)
 
 
 def check_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: Path) -> None:
     for name, shape in expected_shapes(config).items():
         if name not in tensors:
-            raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name)} ({name})")
+            raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name, config.architecture)} ({name})")
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
 
