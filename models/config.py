@@ -135,7 +135,8 @@ class ModelConfig:
         if self.ffn_act is None:
             self.ffn_act = traits.ffn_act
         if self.embed_scale is None:
-            self.embed_scale = float(np.sqrt(np.float32(self.hidden_size))) if traits.embed_scale_sqrt else 1.0
+            scaled = traits.embed_scale_sqrt
+            self.embed_scale = float(np.sqrt(np.float32(self.hidden_size))) if scaled else 1.0
         if self.ffn_act not in FFN_ACTIVATIONS:
             raise ValueError(f"ffn_act must be one of {', '.join(FFN_ACTIVATIONS)}, got {self.ffn_act!r}")
         if self.sliding_window < 0 or self.sliding_window_pattern < 0:

@@ -143,10 +143,8 @@ def forward(
         xn = norm(x, f"{p}.ffn_norm.weight")
         gate = _linear(xn, w, f"{p}.ffn_gate", dtype)
         up = _linear(xn, w, f"{p}.ffn_up", dtype)
-        if cfg.ffn_act == "gelu_tanh":
-            act = gelu_tanh(gate) * up
-        else:
-            act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
+        gated = gelu_tanh(gate) if cfg.ffn_act == "gelu_tanh" else gate / (1.0 + np.exp(-gate))  # or silu
+        act = gated * up
         out = _linear(act, w, f"{p}.ffn_down", dtype)
         if cfg.post_norms:
             out = norm(out, f"{p}.post_ffw_norm.weight")
@@ -226,4 +224,12 @@ def perplexity(
     return PerplexityResult(float(np.exp(np.mean(all_nll))), all_nll, chunks, ctx)
 
 
-__all__ = ["PerplexityResult", "apply_rope", "forward", "gelu_tanh", "greedy_generate", "perplexity", "rms_norm"]
+__all__ = [
+    "PerplexityResult",
+    "apply_rope",
+    "forward",
+    "gelu_tanh",
+    "greedy_generate",
+    "perplexity",
+    "rms_norm",
+]

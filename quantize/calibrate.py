@@ -162,7 +162,9 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         act = (gated * (x @ wu.T)).astype(np.float32)
         wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], hessian(act))
         out = act @ wd.T
-        h = (h + (rms_norm(out, t[p + "post_ffw_norm.weight"], eps) if cfg.post_norms else out)).astype(np.float32)
+        if cfg.post_norms:
+            out = rms_norm(out, t[p + "post_ffw_norm.weight"], eps)
+        h = (h + out).astype(np.float32)
         yield i
     if "output.weight" in t:
         x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)

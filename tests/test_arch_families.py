@@ -23,7 +23,9 @@ from edgelut.models.config import ModelConfig
 from edgelut.models.importers import load_model
 from edgelut.models.reference import forward
 
-LOGIT_RTOL = 0.05  # engine (int8 activation tables) vs numpy over the same q4 weights: measured up to 0.035 here (0.031 with qk_norm off)
+# Engine (int8 activation tables) vs numpy over the same q4 weights: measured up to 0.035
+# on these models (0.031 on the same shapes with qk_norm off, so it is the tables' noise).
+LOGIT_RTOL = 0.05
 WINDOW = 5
 
 
@@ -101,7 +103,8 @@ def test_hf_gemma_norms_are_folded_exactly(tmp_path):
     # Weights that are exact in bfloat16 and whose 1 + w is exact in float32, as in a real checkpoint.
     tensors = {k: np.round(v * 64) / 64 if k.endswith("norm.weight") else v for k, v in tensors.items()}
     model = load_model(write_hf_dir(tmp_path / "hf", cfg, tensors, bf16=True))
-    np.testing.assert_array_equal(model.tensors["blk.1.post_ffw_norm.weight"], tensors["blk.1.post_ffw_norm.weight"])
+    name = "blk.1.post_ffw_norm.weight"
+    np.testing.assert_array_equal(model.tensors[name], tensors[name])
 
 
 def test_gemma_softcapping_is_refused(tmp_path):
@@ -205,16 +208,19 @@ def test_model_file_paging_and_flags_round_trip(family, tmp_path: Path):
     path = convert(g, tmp_path / "m.elut", Recipe(method="rtn", qtype="q4", group_size=32), progress=False)
     mf = read_model_file(path)
     back = mf.config
-    for field in ("qk_norm", "post_norms", "ffn_act", "sliding_window", "sliding_window_pattern", "rope_local_theta"):
+    flags = ("qk_norm", "post_norms", "ffn_act", "sliding_window", "sliding_window_pattern")
+    flags += ("rope_local_theta",)
+    for field in flags:
         assert getattr(back, field) == getattr(g.config, field), field
     assert back.embed_scale == pytest.approx(g.config.embed_scale)
     whole = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, kv_type="f32").eval(
         np.array(IDS, np.int32), 0, all_logits=True
     )
-    stored = {k: np.asarray(v) if isinstance(v, np.ndarray) else v.dequantize() for k, v in mf.tensors().items()}
+    stored = {k: v if isinstance(v, np.ndarray) else v.dequantize() for k, v in mf.tensors().items()}
     assert_close(whole, forward(Weights(back, stored), IDS, dtype=np.float64))
     paged = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, kv_type="f32", window=1)
-    np.testing.assert_allclose(paged.eval(np.array(IDS, np.int32), 0, all_logits=True), whole, rtol=1e-6, atol=1e-6)
+    got = paged.eval(np.array(IDS, np.int32), 0, all_logits=True)
+    np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_sharded_equals_unsharded(family):

@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.models.config import ARCHITECTURES, SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
+from edgelut.models.config import (
+    ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ImportedModel,
+    ModelConfig,
+    TokenizerData,
+)
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 GGUF_MAGIC = b"GGUF"
