@@ -48,7 +48,8 @@ KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t he
     throw std::invalid_argument("kv cache: sliding has " + std::to_string(sliding.size()) + " entries for " +
                                 std::to_string(n_layers) + " layers");
   const int64_t ring = window > 0 ? window + std::max<int64_t>(chunk, 1) - 1 : 0;
-  const bool rings = ring > 0 && ring < n_ctx;
+  // A ring (with its mirror) only where it is smaller than the full cache.
+  const bool rings = ring > 0 && ring + window - 1 < n_ctx;
   ring_layer_.assign(static_cast<size_t>(n_layers), false);
   int64_t rows = 0;
   for (int64_t l = 0; l < n_layers; ++l) {

@@ -45,7 +45,7 @@ void quantize_q8_row(const float* x, int64_t n, int64_t block, int8_t* q, float*
 class KvCache {
  public:
   // sliding[l] marks a sliding-window layer; with window > 0 such a layer keeps a
-  // ring of window + chunk - 1 positions (when that is less than n_ctx).
+  // ring of window + chunk - 1 positions (when that and the mirror take fewer rows than n_ctx).
   KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type,
           const std::vector<bool>& sliding = {}, int64_t window = 0, int64_t chunk = 1);
 
