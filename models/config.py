@@ -31,12 +31,14 @@ class ArchTraits:
     embed_scale_sqrt: bool = False  # token embeddings times sqrt(hidden) (Gemma)
     norm_plus_one: bool = False  # HF stores w of x * (1 + w); importers fold the 1 in (Gemma)
     gguf_permuted_qk: bool = False  # llama.cpp permuted q/k rows for adjacent-pair RoPE
+    fused_qkv: bool = False  # q/k/v (and gate/up) come as one tensor each; importers split them (Phi-3)
 
 
 ARCHITECTURES: dict[str, ArchTraits] = {
     "llama": ArchTraits(("llama", "mistral"), gguf_permuted_qk=True),
     "qwen2": ArchTraits(("qwen2",), attn_bias=True),
     "qwen3": ArchTraits(("qwen3",), qk_norm=True),
+    "phi3": ArchTraits(("phi3",), fused_qkv=True),
     "gemma3": ArchTraits(
         ("gemma3_text", "gemma3"),
         qk_norm=True,
@@ -99,6 +101,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_style: str = "neox"  # "neox" (rotate half) or "adjacent" (interleaved pairs)
+    rope_dim: int = 0  # leading dims of each head that RoPE rotates; 0: head_dim (partial: Phi-4-mini)
+    rope_mscale: float = 1.0  # cos/sin times this (LongRoPE's attention factor)
     rope_scaling: dict | None = None  # e.g. {"type": "linear", "factor": 2.0}
     context_length: int = 2048
     tie_embeddings: bool = False
@@ -143,6 +147,8 @@ class ModelConfig:
             raise ValueError("sliding_window and sliding_window_pattern must be >= 0")
         if self.attn_scale < 0 or self.rope_local_theta < 0:
             raise ValueError("attn_scale and rope_local_theta must be >= 0")
+        if not (0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
+            raise ValueError(f"rope_dim must be even, in [0, {self.head_dim}], got {self.rope_dim}")
 
     @property
     def traits(self) -> ArchTraits:
@@ -158,6 +164,10 @@ class ModelConfig:
         if self.is_sliding(layer) and self.rope_local_theta > 0:
             return self.rope_local_theta
         return self.rope_theta
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.rope_dim or self.head_dim
 
     @property
     def query_scale(self) -> float:

@@ -193,6 +193,10 @@ def write_model_file(
         if "factor" in config.rope_scaling:
             w.add_float32(f"{arch}.rope.scaling.factor", float(config.rope_scaling["factor"]))
         w.add_string("edgelut.rope_scaling", json.dumps(config.rope_scaling, sort_keys=True))
+        if "factors" in config.rope_scaling:  # for the C++ reader, which parses no JSON
+            factors = [float(f) for f in config.rope_scaling["factors"]]
+            f32 = gguf.GGUFValueType.FLOAT32
+            w.add_key_value("edgelut.rope_freq_factors", factors, gguf.GGUFValueType.ARRAY, f32)
     w.add_string("edgelut.rope_style", config.rope_style)
     w.add_bool("edgelut.tie_embeddings", config.tie_embeddings)
     w.add_bool("edgelut.attn_bias", config.attn_bias)
@@ -202,6 +206,11 @@ def write_model_file(
     w.add_string("edgelut.ffn_act", str(config.ffn_act))
     w.add_float32("edgelut.embed_scale", float(config.embed_scale or 1.0))
     w.add_float32("edgelut.attn_scale", config.attn_scale)
+    if config.rope_dim:
+        w.add_uint32(f"{arch}.rope.dimension_count", config.rope_dim)
+        w.add_uint32("edgelut.rope_dim", config.rope_dim)
+    if config.rope_mscale != 1.0:
+        w.add_float32("edgelut.rope_mscale", config.rope_mscale)
     if config.sliding_window > 0:
         w.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window)
         w.add_uint32("edgelut.sliding_window_pattern", config.sliding_window_pattern)
@@ -362,6 +371,8 @@ class ModelFile:
             ffn_act=get("edgelut.ffn_act", "silu"),
             embed_scale=float(get("edgelut.embed_scale", 1.0)),
             attn_scale=float(get("edgelut.attn_scale", 0.0)),
+            rope_dim=int(get("edgelut.rope_dim", 0)),
+            rope_mscale=float(get("edgelut.rope_mscale", 1.0)),
             sliding_window=int(get(f"{arch}.attention.sliding_window", 0)),
             sliding_window_pattern=int(get("edgelut.sliding_window_pattern", 0)),
             rope_local_theta=float(get("edgelut.rope_local_theta", 0.0)),

@@ -32,7 +32,7 @@ def rope_angles(
     positions: np.ndarray, config: ModelConfig, dtype: Any, layer: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables (T, head_dim/2) for the given positions (of ``layer``: sliding layers differ)."""
-    d = config.head_dim
+    d = config.rotary_dim
     local = layer is not None and config.is_sliding(layer)
     theta = config.layer_rope_theta(layer) if layer is not None else config.rope_theta
     inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
@@ -47,11 +47,19 @@ def rope_angles(
         else:
             raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors)")
     angles = np.outer(pos, inv_freq)
-    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    m = 1.0 if local else config.rope_mscale
+    return (m * np.cos(angles)).astype(dtype), (m * np.sin(angles)).astype(dtype)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
-    """Rotate x: (heads, T, head_dim). NeoX pairs (i, i + d/2); adjacent pairs (2i, 2i + 1)."""
+    """Rotate x: (heads, T, head_dim). NeoX pairs (i, i + d/2); adjacent pairs (2i, 2i + 1).
+
+    With cos/sin narrower than head_dim / 2 only the leading 2 * cos.shape[-1]
+    dims rotate (partial RoPE); the rest pass through.
+    """
+    rd = 2 * cos.shape[-1]
+    if rd < x.shape[-1]:
+        return np.concatenate([apply_rope(x[..., :rd], cos, sin, style), x[..., rd:]], axis=-1)
     if style == "neox":
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:]

@@ -76,6 +76,8 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.norm_eps = cfg.rms_norm_eps
     c.rope_theta = cfg.rope_theta
     c.rope_neox = cfg.rope_style == "neox"
+    c.rope_dim = cfg.rope_dim
+    c.rope_mscale = cfg.rope_mscale
     c.rope_linear_factor = factor
     c.rope_freq_factors = freq_factors
     c.attn_bias = cfg.attn_bias

@@ -10,6 +10,7 @@ full cache with a window mask, at contexts several windows long.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -46,10 +47,18 @@ def family_config(arch: str) -> ModelConfig:
             rope_local_theta=10000.0,
             attn_scale=24.0**-0.5,  # query_pre_attn_scalar 24, not head_dim
         )
+    if arch == "phi3":  # Phi-4-mini's shape: partial RoPE (0.75 of each head) with LongRoPE
+        return tiny_config(
+            "phi3",
+            rope_dim=12,
+            rope_scaling={"type": "freq_factors", "factors": [1.0, 1.1, 1.3, 1.8, 2.5, 4.0]},
+            rope_mscale=float(np.float32(math.sqrt(1 + math.log(4) / math.log(128)))),  # max 4 x original
+            tie_embeddings=True,
+        )
     raise AssertionError(arch)
 
 
-FAMILIES = ["qwen3", "gemma3"]
+FAMILIES = ["qwen3", "gemma3", "phi3"]
 IDS = [5, 70, 123, 9, 200, 31, 31, 88, 250, 17, 4, 140, 66, 99, 12, 180, 7]
 
 
@@ -88,6 +97,11 @@ def test_gguf_and_hf_importers_agree(family):
     assert g.config.sliding_window_pattern == h.config.sliding_window_pattern == cfg.sliding_window_pattern
     assert g.config.rope_local_theta == h.config.rope_local_theta == cfg.rope_local_theta
     assert g.config.embed_scale == pytest.approx(h.config.embed_scale)
+    assert (g.config.rope_dim, g.config.context_length) == (h.config.rope_dim, h.config.context_length)
+    assert g.config.rope_mscale == pytest.approx(h.config.rope_mscale, rel=1e-7)
+    assert g.config.rope_scaling == h.config.rope_scaling or (
+        np.allclose(g.config.rope_scaling["factors"], h.config.rope_scaling["factors"])
+    )
     # GGUF carries no query_pre_attn_scalar (llama.cpp derives 1/sqrt(head_dim)); HF does.
     assert h.config.query_scale == pytest.approx(cfg.query_scale)
     assert set(g.tensors) == set(h.tensors) == set(tensors)
@@ -252,3 +266,33 @@ def test_engine_config_refuses_bad_switches():
         c.validate()
     with pytest.raises(ValueError, match="ffn_act"):
         ModelConfig(**{**family_config("qwen3").__dict__, "ffn_act": "relu"})
+
+
+def test_llama32_style_end_to_end(tmp_path: Path):
+    """Llama 3.2 shape: tied embeddings, llama3 RoPE factors as rope_freqs.weight, the llama-bpe
+    pre-tokenizer; GGUF -> model file -> engine, against the reference."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.quantize.convert import convert
+    from edgelut.quantize.recipe import Recipe
+
+    cfg = tiny_config("llama", n_kv_heads=2, tie_embeddings=True, rope_theta=500000.0)
+    tensors = tiny_weights(cfg, seed=9)
+    factors = np.array([1, 1, 1, 1, 1.5, 3, 8, 8], np.float32)  # head_dim 16 -> 8 frequencies
+    with_freqs = {**tensors, "rope_freqs.weight": factors}
+    gguf_path = write_gguf(tmp_path / "l32.gguf", cfg, with_freqs, pre="llama-bpe")
+    model = load_model(gguf_path)
+    assert model.config.tie_embeddings and model.config.rope_scaling["type"] == "freq_factors"
+    assert model.config.rope_scaling["factors"] == factors.tolist()
+    # The llama3 (tiktoken-style) pre-tokenizer splits digits in runs of at most three.
+    pre = HFTokenizer.from_str(model.tokenizer.tokenizer_json).pre_tokenizer
+    assert [p for p, _ in pre.pre_tokenize_str("year 20251")] == ["year", "Ġ", "202", "51"]
+    recipe = Recipe(method="rtn", qtype="q4", group_size=32)
+    path = convert(model, tmp_path / "l32.elut", recipe, progress=False)
+    mf = read_model_file(path)
+    stored = {k: v if isinstance(v, np.ndarray) else v.dequantize() for k, v in mf.tensors().items()}
+    got = _core.Engine.from_file(str(path), n_ctx=64, n_threads=1, kv_type="f32").eval(
+        np.array(IDS, np.int32), 0, all_logits=True
+    )
+    assert_close(got, forward(Weights(mf.config, stored), IDS, dtype=np.float64))

@@ -37,7 +37,8 @@ std::vector<bool> sliding_layers(const Config& c) {
   for (int64_t l = 0; l < c.n_layers; ++l) out[l] = c.is_sliding(l);
   return out;
 }
-// (head_dim / 2) RoPE frequencies for base theta, each divided by its factor (Llama 3.1) when given.
+// (rd / 2) RoPE frequencies for base theta over rd rotated dims, each divided by its factor
+// (Llama 3.1, LongRoPE) when given.
 std::vector<float> rope_frequencies(double theta, int64_t hd, const std::vector<float>& factors) {
   std::vector<float> f(static_cast<size_t>(hd / 2));
   for (int64_t i = 0; i < hd / 2; ++i)
@@ -90,10 +91,11 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   hb2_.resize(C * n_ffn_);
   cos_sin_.resize(C * hd);
   logits_.resize(c_.vocab_size);
-  inv_freq_ = rope_frequencies(c_.rope_theta, hd, c_.rope_freq_factors);
+  inv_freq_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_freq_factors);
   // Sliding layers (Gemma 3) have their own base and no scaling.
   if (c_.sliding_window > 0) {
-    inv_freq_local_ = rope_frequencies(c_.rope_local_theta > 0 ? c_.rope_local_theta : c_.rope_theta, hd, {});
+    inv_freq_local_ =
+        rope_frequencies(c_.rope_local_theta > 0 ? c_.rope_local_theta : c_.rope_theta, c_.rotary_dim(), {});
     cos_sin_local_.resize(C * hd);
   }
 }
@@ -157,7 +159,7 @@ void Engine::embed(int32_t id, float* row) {
 }
 
 void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_logit, float* out) {
-  const int64_t D = c_.dim, hd = c_.head_dim, half = hd / 2;
+  const int64_t D = c_.dim, hd = c_.head_dim, rd = c_.rotary_dim(), half = rd / 2;
   const int64_t qd = n_q_ * hd, kvd = n_kv_ * hd, F = n_ffn_;
   const int64_t group = c_.n_heads / c_.n_kv_heads;
   const float att_scale = c_.attn_scale > 0 ? c_.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
@@ -201,6 +203,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         for (int64_t i = 0; i < D; ++i) x[t * D + i] *= c_.embed_scale;
       rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
                   static_cast<double>(pos + t) / c_.rope_linear_factor);
+      if (c_.rope_mscale != 1.0f)
+        for (int64_t i = 0; i < 2 * half; ++i) cos_sin_[t * hd + i] *= c_.rope_mscale;
       if (!inv_freq_local_.empty())
         rope_angles(cos_sin_local_.data() + t * hd, inv_freq_local_.data(), half, static_cast<double>(pos + t));
     }
@@ -240,8 +244,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
           for (int64_t h = 0; h < n_q_; ++h) rmsnorm(qt + h * hd, qt + h * hd, lw.q_norm, hd, c_.norm_eps);
         if (lw.k_norm)
           for (int64_t h = 0; h < n_kv_; ++h) rmsnorm(kt + h * hd, kt + h * hd, lw.k_norm, hd, c_.norm_eps);
-        rope_inplace(qt, n_q_, hd, cos_sin + t * hd, c_.rope_neox);
-        rope_inplace(kt, n_kv_, hd, cos_sin + t * hd, c_.rope_neox);
+        rope_inplace(qt, n_q_, hd, rd, cos_sin + t * hd, c_.rope_neox);
+        rope_inplace(kt, n_kv_, hd, rd, cos_sin + t * hd, c_.rope_neox);
         kv_.store(l, pos + t, kt, vt);
       });
     }

@@ -39,9 +39,12 @@ void Config::validate() const {
   require(norm_eps > 0, "config: norm_eps must be positive");
   require(rope_theta > 0, "config: rope_theta must be positive");
   require(rope_linear_factor > 0, "config: rope_linear_factor must be positive");
-  require(rope_freq_factors.empty() || static_cast<int64_t>(rope_freq_factors.size()) == head_dim / 2,
-          "config: rope_freq_factors must have head_dim / 2 = " + std::to_string(head_dim / 2) + " entries, got " +
-              std::to_string(rope_freq_factors.size()));
+  require(rope_mscale > 0, "config: rope_mscale must be positive");
+  require(rope_dim >= 0 && rope_dim <= head_dim && rope_dim % 2 == 0,
+          "config: rope_dim must be even and in [0, head_dim], got " + std::to_string(rope_dim));
+  require(rope_freq_factors.empty() || static_cast<int64_t>(rope_freq_factors.size()) == rotary_dim() / 2,
+          "config: rope_freq_factors must have rope_dim / 2 = " + std::to_string(rotary_dim() / 2) +
+              " entries, got " + std::to_string(rope_freq_factors.size()));
   for (float f : rope_freq_factors) require(f > 0, "config: rope_freq_factors must be positive");
   require(embed_scale > 0, "config: embed_scale must be positive");
   require(attn_scale >= 0, "config: attn_scale must be >= 0 (0: 1 / sqrt(head_dim))");

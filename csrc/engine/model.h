@@ -36,9 +36,13 @@ struct Config {
   int64_t vocab_size = 0;
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  int64_t rope_dim = 0;                // leading dims of each head RoPE rotates; 0: head_dim (partial: Phi-4-mini)
+  float rope_mscale = 1.0f;            // cos and sin times this (LongRoPE's attention factor, Phi-3)
   bool rope_neox = true;               // false: adjacent pairs (GPT-J / Meta layout)
   float rope_linear_factor = 1.0f;     // linear position scaling (positions / factor)
-  std::vector<float> rope_freq_factors; // (head_dim / 2) divisors of each frequency (Llama 3.1), or empty
+  std::vector<float> rope_freq_factors; // (rope_dim / 2) divisors of each frequency (Llama 3.1, LongRoPE), or empty
+
+  int64_t rotary_dim() const { return rope_dim > 0 ? rope_dim : head_dim; }
   bool attn_bias = false;              // q/k/v biases (Qwen2)
   bool tie_embeddings = false;         // lm_head = token_embd
   // Per-family switches (models/config.py ArchTraits): one forward pass for every family.

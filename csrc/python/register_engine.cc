@@ -189,6 +189,8 @@ void register_engine(py::module_& m) {
       .def_readwrite("norm_eps", &Config::norm_eps)
       .def_readwrite("rope_theta", &Config::rope_theta)
       .def_readwrite("rope_neox", &Config::rope_neox)
+      .def_readwrite("rope_dim", &Config::rope_dim)
+      .def_readwrite("rope_mscale", &Config::rope_mscale)
       .def_readwrite("rope_linear_factor", &Config::rope_linear_factor)
       .def_readwrite("rope_freq_factors", &Config::rope_freq_factors)
       .def_readwrite("attn_bias", &Config::attn_bias)

@@ -278,6 +278,25 @@ class GGUFImporter(Importer):
         return load_gguf(path)
 
 
+def _phi3_rope(
+    reader: Any, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray], path: Path
+) -> None:
+    """Partial RoPE and LongRoPE as llama.cpp stores them (Phi-3): within the original context."""
+    rope_dim = field_value(reader, f"{arch}.rope.dimension_count")
+    if rope_dim is not None and int(rope_dim) != config.head_dim:
+        config.rope_dim = int(rope_dim)
+    short = tensors.pop("rope_factors_short.weight", None)
+    tensors.pop("rope_factors_long.weight", None)  # for contexts past the original: not supported yet
+    if short is None:
+        return
+    if config.rope_scaling is not None:
+        raise ValueError(f"{path}: both rope_factors_short.weight and {arch}.rope.scaling.type are set")
+    original = field_value(reader, f"{arch}.rope.scaling.original_context_length", config.context_length)
+    config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in short.reshape(-1)]}
+    config.rope_mscale = f32(field_value(reader, f"{arch}.rope.scaling.attn_factor", 1.0))
+    config.context_length = min(config.context_length, int(original))
+
+
 def _layer_index(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blk.") else None
 
@@ -330,6 +349,12 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
             if n_head is not None:
                 c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
             codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
+    if ARCHITECTURES[arch].fused_qkv:
+        from edgelut.models.importers.huggingface import split_fused
+
+        split_fused(tensors, config)
+        split_fused(codes, config)  # type: ignore[arg-type]
+    _phi3_rope(reader, arch, config, tensors, path)
     tokenizer, turn_ends = _tokenizer_and_turn_ends(reader, path)
     config.eos_token_ids = tuple(dict.fromkeys([*config.eos_token_ids, *turn_ends]))
     freqs = tensors.pop("rope_freqs.weight", None)

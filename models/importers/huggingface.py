@@ -41,6 +41,9 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Phi-3 fuses them; split_fused() cuts them apart after import.
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
 # Families with norms around both blocks (Gemma 3) name them differently: their
 # post_attention_layernorm normalises the attention output, not the FFN input.
@@ -116,6 +119,48 @@ def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int) ->
     return out
 
 
+def split_fused(tensors: dict[str, Any], config: ModelConfig) -> None:
+    """Phi-3's fused tensors, in place: attn_qkv -> attn_q/k/v, an ffn_up of 2F rows -> ffn_gate, ffn_up.
+
+    Works on anything sliceable by rows (float weights, and the codes/scales/mins
+    of a Q4 source), given as a dict name -> array or name -> tuple of arrays.
+    """
+    q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    f = config.intermediate_size
+
+    def rows(t: Any, a: int, b: int) -> Any:
+        return tuple(x[a:b] for x in t) if isinstance(t, tuple) else np.ascontiguousarray(t[a:b])
+
+    for i in range(config.n_layers):
+        p = f"blk.{i}."
+        qkv = tensors.pop(p + "attn_qkv.weight", None)
+        if qkv is not None:
+            tensors[p + "attn_q.weight"] = rows(qkv, 0, q)
+            tensors[p + "attn_k.weight"] = rows(qkv, q, q + kv)
+            tensors[p + "attn_v.weight"] = rows(qkv, q + kv, q + 2 * kv)
+        up = tensors.get(p + "ffn_up.weight")
+        n = None if up is None else (up[0] if isinstance(up, tuple) else up).shape[0]
+        if n == 2 * f and p + "ffn_gate.weight" not in tensors:  # gate first, then up (HF chunk(2))
+            tensors[p + "ffn_gate.weight"] = rows(up, 0, f)
+            tensors[p + "ffn_up.weight"] = rows(up, f, 2 * f)
+
+
+def longrope(scaling: dict[str, Any], max_pos: int, original: int, attn_factor: Any = None) -> dict[str, Any]:
+    """Phi-3 LongRoPE within the original context: the short factors and the cos/sin factor.
+
+    HF multiplies cos and sin by sqrt(1 + ln(scale) / ln(original)), scale =
+    max_position_embeddings / original, unless the config gives attention_factor.
+    """
+    scale = max_pos / original
+    if attn_factor is None:
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+    return {
+        "rope_scaling": {"type": "freq_factors", "factors": [float(x) for x in scaling["short_factor"]]},
+        "rope_mscale": float(attn_factor),
+        "context_length": int(original),
+    }
+
+
 def arch_of(cfg: dict[str, Any], path: Path) -> str:
     """The edgelut architecture of a config.json (its model_type), or a one-line error."""
     model_type = cfg.get("model_type")
@@ -159,15 +204,22 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
     try:
         hidden = int(cfg["hidden_size"])
         n_heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+        extra: dict[str, Any] = {"context_length": int(cfg.get("max_position_embeddings", 2048))}
+        if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+            extra["rope_dim"] = int(head_dim * float(cfg["partial_rotary_factor"]))
         scaling = cfg.get("rope_scaling")
         if scaling:
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind == "default":
                 scaling = None
+            elif kind in ("longrope", "su"):
+                original = int(cfg.get("original_max_position_embeddings") or extra["context_length"])
+                extra |= longrope(scaling, extra["context_length"], original, scaling.get("attention_factor"))
+                scaling = extra.pop("rope_scaling")
             elif kind == "linear":
                 scaling = {"type": "linear", "factor": float(scaling["factor"])}
             elif kind == "llama3":
-                head_dim = int(cfg.get("head_dim") or hidden // n_heads)
                 factors = llama3_freq_factors(scaling, float(cfg.get("rope_theta", 10000.0)), head_dim)
                 scaling = {"type": "freq_factors", "factors": factors}
             else:
@@ -183,18 +235,18 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
             n_layers=int(cfg["num_hidden_layers"]),
             n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            head_dim=int(cfg.get("head_dim") or hidden // n_heads),
+            head_dim=head_dim,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(cfg.get("rope_theta", 10000.0)),
             rope_style="neox",
             rope_scaling=scaling,
-            context_length=int(cfg.get("max_position_embeddings", 2048)),
             tie_embeddings=tied,
             attn_bias=ARCHITECTURES[arch].attn_bias if bias is None else bias,
             bos_token_id=None if bos is None else int(bos),
             eos_token_ids=eos_ids,
             name=str(cfg.get("_name_or_path", path.name)),
             **_sliding(cfg, arch, path),
+            **extra,
         )
     except KeyError as e:
         raise ValueError(f"{path}: config.json lacks {e.args[0]!r}") from e
@@ -292,6 +344,7 @@ def finish_import(
     config = config_from_hf(
         cfg_json, path, tied="output.weight" not in tensors, bias="blk.0.attn_q.bias" in tensors
     )
+    split_fused(tensors, config)
     check_tensors(tensors, config, path)
     return ImportedModel(config=config, tensors=tensors, tokenizer=tokenizer, source=str(path))
 
