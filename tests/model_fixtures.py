@@ -105,7 +105,7 @@ def hf_config_json(config: ModelConfig) -> dict:
         extra |= {
             "partial_rotary_factor": config.rotary_dim / config.head_dim,
             "original_max_position_embeddings": config.context_length,
-            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": [4 * f for f in short]},
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": short[::-1]},
         }
     base = {
         "model_type": config.traits.hf_model_types[0],
