@@ -21,8 +21,9 @@ std::string shape_str(int64_t a, int64_t b = -1) {
 }  // namespace
 
 void Config::validate() const {
-  require(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3" || architecture == "gemma3",
-          "config: architecture must be 'llama', 'qwen2', 'qwen3' or 'gemma3', got '" + architecture + "'");
+  require(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3" || architecture == "gemma3" ||
+              architecture == "phi3",
+          "config: architecture must be 'llama', 'qwen2', 'qwen3', 'gemma3' or 'phi3', got '" + architecture + "'");
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("config: ") + name + " must be positive, got " + std::to_string(v));
   };
