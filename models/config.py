@@ -14,7 +14,42 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+@dataclass(frozen=True)
+class ArchTraits:
+    """What sets one family apart from the llama decoder: one row per architecture.
+
+    The engine runs one forward pass; these become switches in ModelConfig
+    (and in the model file), never a second copy of the pass.
+    """
+
+    hf_model_types: tuple[str, ...]  # config.json model_type values that map here
+    attn_bias: bool = False  # q/k/v biases (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each q and k head before RoPE (Qwen3, Gemma 3)
+    post_norms: bool = False  # RMSNorm of the attention and FFN outputs before each residual (Gemma 3)
+    ffn_act: str = "silu"  # gate activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    embed_scale_sqrt: bool = False  # token embeddings times sqrt(hidden) (Gemma)
+    norm_plus_one: bool = False  # HF stores w of x * (1 + w); importers fold the 1 in (Gemma)
+    gguf_permuted_qk: bool = False  # llama.cpp permuted q/k rows for adjacent-pair RoPE
+    fused_qkv: bool = False  # q/k/v (and gate/up) come as one tensor each; importers split them (Phi-3)
+
+
+ARCHITECTURES: dict[str, ArchTraits] = {
+    "llama": ArchTraits(("llama", "mistral"), gguf_permuted_qk=True),
+    "qwen2": ArchTraits(("qwen2",), attn_bias=True),
+    "qwen3": ArchTraits(("qwen3",), qk_norm=True),
+    "phi3": ArchTraits(("phi3",), fused_qkv=True),
+    "gemma3": ArchTraits(
+        ("gemma3_text", "gemma3"),
+        qk_norm=True,
+        post_norms=True,
+        ffn_act="gelu_tanh",
+        embed_scale_sqrt=True,
+        norm_plus_one=True,
+    ),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+FFN_ACTIVATIONS = ("silu", "gelu_tanh")
 
 # Per-layer tensors, in the order the model file stores them.
 LAYER_TENSORS = (
@@ -25,11 +60,15 @@ LAYER_TENSORS = (
     "attn_k.bias",
     "attn_v.weight",
     "attn_v.bias",
+    "attn_q_norm.weight",
+    "attn_k_norm.weight",
     "attn_output.weight",
+    "post_attention_norm.weight",
     "ffn_norm.weight",
     "ffn_gate.weight",
     "ffn_up.weight",
     "ffn_down.weight",
+    "post_ffw_norm.weight",
 )
 # The linear layers (quantised); the rest stay float.
 LINEAR_TENSORS = (
@@ -45,9 +84,13 @@ LINEAR_TENSORS = (
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of a llama-family decoder (Llama, SmolLM2, Mistral, Qwen2)."""
+    """Hyper-parameters of a llama-family decoder (Llama, SmolLM2, Mistral, Qwen2/3, Gemma 3).
 
-    architecture: str  # "llama" or "qwen2"
+    The per-family switches (``qk_norm`` ... ``ffn_act``) default to the
+    architecture's row in ARCHITECTURES; an importer may override them.
+    """
+
+    architecture: str  # a key of ARCHITECTURES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -58,6 +101,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_style: str = "neox"  # "neox" (rotate half) or "adjacent" (interleaved pairs)
+    rope_dim: int = 0  # leading dims of each head that RoPE rotates; 0: head_dim (partial: Phi-4-mini)
+    rope_mscale: float = 1.0  # cos/sin times this (LongRoPE's attention factor)
     rope_scaling: dict | None = None  # e.g. {"type": "linear", "factor": 2.0}
     context_length: int = 2048
     tie_embeddings: bool = False
@@ -65,6 +110,16 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     name: str = ""
+    qk_norm: bool | None = None  # None: the architecture's default (ArchTraits)
+    post_norms: bool | None = None
+    ffn_act: str | None = None
+    embed_scale: float | None = None  # None: sqrt(hidden) for Gemma, else 1
+    attn_scale: float = 0.0  # softmax scale of q.k; 0 means 1/sqrt(head_dim)
+    sliding_window: int = 0  # positions a sliding-window layer sees (itself included); 0: none
+    # With a window, layer l is global (full attention) iff (l + 1) % pattern == 0;
+    # pattern 0 makes every layer a sliding-window one.
+    sliding_window_pattern: int = 0
+    rope_local_theta: float = 0.0  # RoPE base of sliding-window layers (0: rope_theta)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -76,6 +131,87 @@ class ModelConfig:
             raise ValueError(f"rope_style must be 'neox' or 'adjacent', got {self.rope_style!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
+        traits = ARCHITECTURES[self.architecture]
+        if self.qk_norm is None:
+            self.qk_norm = traits.qk_norm
+        if self.post_norms is None:
+            self.post_norms = traits.post_norms
+        if self.ffn_act is None:
+            self.ffn_act = traits.ffn_act
+        if self.embed_scale is None:
+            scaled = traits.embed_scale_sqrt
+            self.embed_scale = float(np.sqrt(np.float32(self.hidden_size))) if scaled else 1.0
+        if self.ffn_act not in FFN_ACTIVATIONS:
+            raise ValueError(f"ffn_act must be one of {', '.join(FFN_ACTIVATIONS)}, got {self.ffn_act!r}")
+        if self.sliding_window < 0 or self.sliding_window_pattern < 0:
+            raise ValueError("sliding_window and sliding_window_pattern must be >= 0")
+        if self.attn_scale < 0 or self.rope_local_theta < 0:
+            raise ValueError("attn_scale and rope_local_theta must be >= 0")
+        if not (0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
+            raise ValueError(f"rope_dim must be even, in [0, {self.head_dim}], got {self.rope_dim}")
+
+    @property
+    def traits(self) -> ArchTraits:
+        return ARCHITECTURES[self.architecture]
+
+    def is_sliding(self, layer: int) -> bool:
+        """True when ``layer`` attends to the last sliding_window positions only."""
+        if self.sliding_window <= 0:
+            return False
+        return self.sliding_window_pattern <= 0 or (layer + 1) % self.sliding_window_pattern != 0
+
+    def layer_rope_theta(self, layer: int) -> float:
+        if self.is_sliding(layer) and self.rope_local_theta > 0:
+            return self.rope_local_theta
+        return self.rope_theta
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.rope_dim or self.head_dim
+
+    @property
+    def query_scale(self) -> float:
+        return self.attn_scale if self.attn_scale > 0 else float(1.0 / np.sqrt(self.head_dim))
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name the config implies, with its (N, K) or (N,) shape, in file order."""
+    h, hd = config.hidden_size, config.head_dim
+    q, kv = config.n_heads * hd, config.n_kv_heads * hd
+    per_layer = {
+        "attn_norm.weight": (h,),
+        "attn_q.weight": (q, h),
+        "attn_q.bias": (q,),
+        "attn_k.weight": (kv, h),
+        "attn_k.bias": (kv,),
+        "attn_v.weight": (kv, h),
+        "attn_v.bias": (kv,),
+        "attn_q_norm.weight": (hd,),  # one RMSNorm weight shared by every head
+        "attn_k_norm.weight": (hd,),
+        "attn_output.weight": (h, q),
+        "post_attention_norm.weight": (h,),
+        "ffn_norm.weight": (h,),
+        "ffn_gate.weight": (config.intermediate_size, h),
+        "ffn_up.weight": (config.intermediate_size, h),
+        "ffn_down.weight": (h, config.intermediate_size),
+        "post_ffw_norm.weight": (h,),
+    }
+    absent = set()
+    if not config.attn_bias:
+        absent |= {"attn_q.bias", "attn_k.bias", "attn_v.bias"}
+    if not config.qk_norm:
+        absent |= {"attn_q_norm.weight", "attn_k_norm.weight"}
+    if not config.post_norms:
+        absent |= {"post_attention_norm.weight", "post_ffw_norm.weight"}
+    out: dict[str, tuple[int, ...]] = {"token_embd.weight": (config.vocab_size, h)}
+    for i in range(config.n_layers):
+        for name in LAYER_TENSORS:
+            if name not in absent:
+                out[f"blk.{i}.{name}"] = per_layer[name]
+    out["output_norm.weight"] = (h,)
+    if not config.tie_embeddings:
+        out["output.weight"] = (config.vocab_size, h)
+    return out
 
 
 @dataclass

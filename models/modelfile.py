@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgelut.kernels import GROUP_SIZES, QTYPES, PackedMatrix, from_buffer
-from edgelut.models.config import LAYER_TENSORS, ModelConfig, TokenizerData
+from edgelut.models.config import ModelConfig, TokenizerData, expected_tensors
 
 __all__ = [
     "ALIGNMENT",
@@ -85,36 +85,6 @@ class TensorEntry:
     @property
     def n_weights(self) -> int:
         return int(np.prod(self.shape))
-
-
-def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name the config implies, with its (N, K) or (N,) shape, in file order."""
-    h, hd = config.hidden_size, config.head_dim
-    q, kv = config.n_heads * hd, config.n_kv_heads * hd
-    per_layer = {
-        "attn_norm.weight": (h,),
-        "attn_q.weight": (q, h),
-        "attn_q.bias": (q,),
-        "attn_k.weight": (kv, h),
-        "attn_k.bias": (kv,),
-        "attn_v.weight": (kv, h),
-        "attn_v.bias": (kv,),
-        "attn_output.weight": (h, q),
-        "ffn_norm.weight": (h,),
-        "ffn_gate.weight": (config.intermediate_size, h),
-        "ffn_up.weight": (config.intermediate_size, h),
-        "ffn_down.weight": (h, config.intermediate_size),
-    }
-    out: dict[str, tuple[int, ...]] = {"token_embd.weight": (config.vocab_size, h)}
-    for i in range(config.n_layers):
-        for name in LAYER_TENSORS:
-            if name.endswith(".bias") and not config.attn_bias:
-                continue
-            out[f"blk.{i}.{name}"] = per_layer[name]
-    out["output_norm.weight"] = (h,)
-    if not config.tie_embeddings:
-        out["output.weight"] = (config.vocab_size, h)
-    return out
 
 
 def _shape_of(t: PackedMatrix | np.ndarray) -> tuple[int, ...]:
@@ -223,9 +193,28 @@ def write_model_file(
         if "factor" in config.rope_scaling:
             w.add_float32(f"{arch}.rope.scaling.factor", float(config.rope_scaling["factor"]))
         w.add_string("edgelut.rope_scaling", json.dumps(config.rope_scaling, sort_keys=True))
+        if "factors" in config.rope_scaling:  # for the C++ reader, which parses no JSON
+            factors = [float(f) for f in config.rope_scaling["factors"]]
+            f32 = gguf.GGUFValueType.FLOAT32
+            w.add_key_value("edgelut.rope_freq_factors", factors, gguf.GGUFValueType.ARRAY, f32)
     w.add_string("edgelut.rope_style", config.rope_style)
     w.add_bool("edgelut.tie_embeddings", config.tie_embeddings)
     w.add_bool("edgelut.attn_bias", config.attn_bias)
+    # Per-family switches (models/config.py ArchTraits), explicit so the engine needs no table.
+    w.add_bool("edgelut.qk_norm", bool(config.qk_norm))
+    w.add_bool("edgelut.post_norms", bool(config.post_norms))
+    w.add_string("edgelut.ffn_act", str(config.ffn_act))
+    w.add_float32("edgelut.embed_scale", float(config.embed_scale or 1.0))
+    w.add_float32("edgelut.attn_scale", config.attn_scale)
+    if config.rope_dim:
+        w.add_uint32(f"{arch}.rope.dimension_count", config.rope_dim)
+        w.add_uint32("edgelut.rope_dim", config.rope_dim)
+    if config.rope_mscale != 1.0:
+        w.add_float32("edgelut.rope_mscale", config.rope_mscale)
+    if config.sliding_window > 0:
+        w.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window)
+        w.add_uint32("edgelut.sliding_window_pattern", config.sliding_window_pattern)
+        w.add_float32("edgelut.rope_local_theta", config.rope_local_theta)
     if config.bos_token_id is not None:
         w.add_uint32("tokenizer.ggml.bos_token_id", config.bos_token_id)
     if config.eos_token_ids:
@@ -377,6 +366,16 @@ class ModelFile:
             bos_token_id=get("tokenizer.ggml.bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos),
             name=get("general.name", ""),
+            qk_norm=bool(get("edgelut.qk_norm", False)),
+            post_norms=bool(get("edgelut.post_norms", False)),
+            ffn_act=get("edgelut.ffn_act", "silu"),
+            embed_scale=float(get("edgelut.embed_scale", 1.0)),
+            attn_scale=float(get("edgelut.attn_scale", 0.0)),
+            rope_dim=int(get("edgelut.rope_dim", 0)),
+            rope_mscale=float(get("edgelut.rope_mscale", 1.0)),
+            sliding_window=int(get(f"{arch}.attention.sliding_window", 0)),
+            sliding_window_pattern=int(get("edgelut.sliding_window_pattern", 0)),
+            rope_local_theta=float(get("edgelut.rope_local_theta", 0.0)),
         )
 
     def _entry(self, t: Any) -> TensorEntry:

@@ -1,4 +1,4 @@
-"""An independent numpy forward pass for the llama family and Qwen2: the oracle.
+"""An independent numpy forward pass for the llama family, Qwen2/3 and Gemma 3: the oracle.
 
 It reads the importer's float weights (GGUF names, HF orientation) and runs a
 whole sequence at once with a causal mask; nothing here is shared with the C++
@@ -28,12 +28,16 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope_angles(positions: np.ndarray, config: ModelConfig, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables (T, head_dim/2) for the given positions."""
-    d = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+def rope_angles(
+    positions: np.ndarray, config: ModelConfig, dtype: Any, layer: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables (T, head_dim/2) for the given positions (of ``layer``: sliding layers differ)."""
+    d = config.rotary_dim
+    local = layer is not None and config.is_sliding(layer)
+    theta = config.layer_rope_theta(layer) if layer is not None else config.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
     pos = positions.astype(np.float64)
-    scaling = config.rope_scaling
+    scaling = None if local else config.rope_scaling  # sliding-window layers run unscaled (Gemma 3)
     if scaling:
         kind = scaling.get("type", scaling.get("rope_type"))
         if kind == "linear":
@@ -43,11 +47,19 @@ def rope_angles(positions: np.ndarray, config: ModelConfig, dtype: Any) -> tuple
         else:
             raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors)")
     angles = np.outer(pos, inv_freq)
-    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+    m = 1.0 if local else config.rope_mscale
+    return (m * np.cos(angles)).astype(dtype), (m * np.sin(angles)).astype(dtype)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
-    """Rotate x: (heads, T, head_dim). NeoX pairs (i, i + d/2); adjacent pairs (2i, 2i + 1)."""
+    """Rotate x: (heads, T, head_dim). NeoX pairs (i, i + d/2); adjacent pairs (2i, 2i + 1).
+
+    With cos/sin narrower than head_dim / 2 only the leading 2 * cos.shape[-1]
+    dims rotate (partial RoPE); the rest pass through.
+    """
+    rd = 2 * cos.shape[-1]
+    if rd < x.shape[-1]:
+        return np.concatenate([apply_rope(x[..., :rd], cos, sin, style), x[..., rd:]], axis=-1)
     if style == "neox":
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:]
@@ -66,6 +78,10 @@ def _linear(x: np.ndarray, tensors: Mapping[str, np.ndarray], name: str, dtype: 
     if bias is not None:
         y = y + np.asarray(bias, dtype=dtype)
     return y
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x * x * x)))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -96,33 +112,51 @@ def forward(
     t, h, hk, d = ids.size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     eps = cfg.rms_norm_eps
 
-    cos, sin = rope_angles(np.arange(t), cfg, dtype)  # (T, d/2)
-    # Causal mask: position i attends to j <= i.
-    mask = np.triu(np.full((t, t), -np.inf, dtype=dtype), k=1)
+    def norm(y: np.ndarray, name: str) -> np.ndarray:
+        return rms_norm(y, np.asarray(w[name], dtype=dtype), eps)
+
+    # Causal mask: position i attends to j <= i; a sliding-window layer only to i - j < window.
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    mask = np.where(j > i, -np.inf, 0.0).astype(dtype)
+    window_mask = np.where((j > i) | (i - j >= max(cfg.sliding_window, 1)), -np.inf, 0.0).astype(dtype)
     x = np.asarray(w["token_embd.weight"], dtype=dtype)[ids]  # (T, hidden)
+    if cfg.embed_scale != 1.0:
+        x = x * dtype(cfg.embed_scale)
 
     for layer in range(cfg.n_layers):
         p = f"blk.{layer}"
-        # Attention block: RMSNorm, q/k/v projections, RoPE, GQA, output projection.
-        xn = rms_norm(x, np.asarray(w[f"{p}.attn_norm.weight"], dtype=dtype), eps)
+        cos, sin = rope_angles(np.arange(t), cfg, dtype, layer)  # (T, d/2)
+        # Attention block: RMSNorm, q/k/v projections, per-head q/k norms, RoPE, GQA, output projection.
+        xn = norm(x, f"{p}.attn_norm.weight")
         q = _linear(xn, w, f"{p}.attn_q", dtype).reshape(t, h, d).transpose(1, 0, 2)  # (H, T, d)
         k = _linear(xn, w, f"{p}.attn_k", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
         v = _linear(xn, w, f"{p}.attn_v", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
+        if cfg.qk_norm:
+            q = norm(q, f"{p}.attn_q_norm.weight")
+            k = norm(k, f"{p}.attn_k_norm.weight")
         q = apply_rope(q, cos, sin, cfg.rope_style)
         k = apply_rope(k, cos, sin, cfg.rope_style)
         # Query head i reads kv head i // (H / Hkv).
         k = np.repeat(k, h // hk, axis=0)
         v = np.repeat(v, h // hk, axis=0)
-        scores = q @ k.transpose(0, 2, 1) / np.sqrt(dtype(d)) + mask  # (H, T, T)
+        layer_mask = window_mask if cfg.is_sliding(layer) else mask
+        scores = q @ k.transpose(0, 2, 1) * dtype(cfg.query_scale) + layer_mask  # (H, T, T)
         attn = softmax(scores) @ v  # (H, T, d)
-        x = x + _linear(attn.transpose(1, 0, 2).reshape(t, h * d), w, f"{p}.attn_output", dtype)
+        out = _linear(attn.transpose(1, 0, 2).reshape(t, h * d), w, f"{p}.attn_output", dtype)
+        if cfg.post_norms:
+            out = norm(out, f"{p}.post_attention_norm.weight")
+        x = x + out
 
-        # Feed-forward block: RMSNorm, SwiGLU.
-        xn = rms_norm(x, np.asarray(w[f"{p}.ffn_norm.weight"], dtype=dtype), eps)
+        # Feed-forward block: RMSNorm, SwiGLU or GeGLU.
+        xn = norm(x, f"{p}.ffn_norm.weight")
         gate = _linear(xn, w, f"{p}.ffn_gate", dtype)
         up = _linear(xn, w, f"{p}.ffn_up", dtype)
-        act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
-        x = x + _linear(act, w, f"{p}.ffn_down", dtype)
+        gated = gelu_tanh(gate) if cfg.ffn_act == "gelu_tanh" else gate / (1.0 + np.exp(-gate))  # or silu
+        act = gated * up
+        out = _linear(act, w, f"{p}.ffn_down", dtype)
+        if cfg.post_norms:
+            out = norm(out, f"{p}.post_ffw_norm.weight")
+        x = x + out
 
     x = rms_norm(x[logits_from:], np.asarray(w["output_norm.weight"], dtype=dtype), eps)
     head = w.get("output.weight")
@@ -198,4 +232,12 @@ def perplexity(
     return PerplexityResult(float(np.exp(np.mean(all_nll))), all_nll, chunks, ctx)
 
 
-__all__ = ["PerplexityResult", "apply_rope", "forward", "greedy_generate", "perplexity", "rms_norm"]
+__all__ = [
+    "PerplexityResult",
+    "apply_rope",
+    "forward",
+    "gelu_tanh",
+    "greedy_generate",
+    "perplexity",
+    "rms_norm",
+]

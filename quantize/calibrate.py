@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from edgelut.models.config import ImportedModel, ModelConfig
-from edgelut.models.reference import apply_rope, rms_norm, rope_angles, softmax
+from edgelut.models.reference import apply_rope, gelu_tanh, rms_norm, rope_angles, softmax
 from edgelut.quantize.gptq import hessian
 
 __all__ = [
@@ -108,26 +108,28 @@ def calibration_ids(
     return np.stack([arr[s : s + seq_len] for s in starts])
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: ModelConfig, layer: int) -> np.ndarray:
     """Causal GQA attention with RoPE: q (S, T, H, D), k/v (S, T, KV, D) -> (S, T, H*D)."""
     s, t, h, d = q.shape
-    cos, sin = rope_angles(np.arange(t), cfg, np.float32)
+    cos, sin = rope_angles(np.arange(t), cfg, np.float32, layer)
     q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)  # (S, H, T, D)
     k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin, cfg.rope_style)
     rep = cfg.n_heads // cfg.n_kv_heads
     k = np.repeat(k, rep, axis=1)
     v = np.repeat(v.transpose(0, 2, 1, 3), rep, axis=1)
-    mask = np.triu(np.full((t, t), -np.inf, dtype=np.float32), 1)
-    scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(d)) + mask  # (S, H, T, T)
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    hidden = (j > i) | ((i - j >= cfg.sliding_window) if cfg.is_sliding(layer) else False)
+    mask = np.where(hidden, -np.inf, 0.0).astype(np.float32)
+    scores = q @ k.transpose(0, 1, 3, 2) * np.float32(cfg.query_scale) + mask  # (S, H, T, T)
     out = softmax(scores) @ v  # (S, H, T, D)
     return out.transpose(0, 2, 1, 3).reshape(s, t, h * d).astype(np.float32)
 
 
 def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
     cfg, t = model.config, model.tensors
-    h = t["token_embd.weight"][ids].astype(np.float32)  # (S, T, hidden)
+    h = t["token_embd.weight"][ids].astype(np.float32) * np.float32(cfg.embed_scale)  # (S, T, hidden)
     s, n = ids.shape
-    hd = cfg.head_dim
+    hd, eps = cfg.head_dim, cfg.rms_norm_eps
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
 
@@ -143,18 +145,26 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         q = lin(x, "attn_q.weight", wq["attn_q.weight"]).reshape(s, n, cfg.n_heads, hd)
         k = lin(x, "attn_k.weight", wq["attn_k.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
         v = lin(x, "attn_v.weight", wq["attn_v.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
-        a = _attention(q, k, v, cfg)
+        if cfg.qk_norm:
+            q = rms_norm(q, t[p + "attn_q_norm.weight"], eps)
+            k = rms_norm(k, t[p + "attn_k_norm.weight"], eps)
+        a = _attention(q, k, v, cfg, i)
         wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], hessian(a))
-        h = h + a @ wo.T
-        # SwiGLU FFN: gate and up share the normed input.
+        out = a @ wo.T
+        h = h + (rms_norm(out, t[p + "post_attention_norm.weight"], eps) if cfg.post_norms else out)
+        # Gated FFN (SwiGLU or GeGLU): gate and up share the normed input.
         x = rms_norm(h, t[p + "ffn_norm.weight"], cfg.rms_norm_eps)
         hx = hessian(x)
         wg = quantize(p + "ffn_gate.weight", t[p + "ffn_gate.weight"], hx)
         wu = quantize(p + "ffn_up.weight", t[p + "ffn_up.weight"], hx)
         g = x @ wg.T
-        act = (g / (1.0 + np.exp(-g)) * (x @ wu.T)).astype(np.float32)
+        gated = gelu_tanh(g) if cfg.ffn_act == "gelu_tanh" else g / (1.0 + np.exp(-g))
+        act = (gated * (x @ wu.T)).astype(np.float32)
         wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], hessian(act))
-        h = (h + act @ wd.T).astype(np.float32)
+        out = act @ wd.T
+        if cfg.post_norms:
+            out = rms_norm(out, t[p + "post_ffw_norm.weight"], eps)
+        h = (h + out).astype(np.float32)
         yield i
     if "output.weight" in t:
         x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)

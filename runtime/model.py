@@ -29,6 +29,7 @@ import numpy as np
 from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
+from edgelut.thinking import filter_stream, strip_thinking
 
 __all__ = [
     "GenerateOptions",
@@ -78,10 +79,20 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.norm_eps = cfg.rms_norm_eps
     c.rope_theta = cfg.rope_theta
     c.rope_neox = cfg.rope_style == "neox"
+    c.rope_dim = cfg.rope_dim
+    c.rope_mscale = cfg.rope_mscale
     c.rope_linear_factor = factor
     c.rope_freq_factors = freq_factors
     c.attn_bias = cfg.attn_bias
     c.tie_embeddings = cfg.tie_embeddings
+    c.qk_norm = bool(cfg.qk_norm)
+    c.post_norms = bool(cfg.post_norms)
+    c.ffn_gelu = cfg.ffn_act == "gelu_tanh"
+    c.embed_scale = float(cfg.embed_scale or 1.0)
+    c.attn_scale = cfg.attn_scale
+    c.sliding_window = cfg.sliding_window
+    c.sliding_window_pattern = cfg.sliding_window_pattern
+    c.rope_local_theta = cfg.rope_local_theta
     c.validate()
     return c
 
@@ -521,6 +532,8 @@ class Model:
         if self.chunk_aligned_reuse:
             n -= n % self.prefill_chunk
         self._engine.truncate(n)
+        # A sliding-window ring may not hold the window before n any more: the engine then keeps nothing.
+        n = self._engine.n_past
         self._cache_ids = self._cache_ids[:n]
         return n
 
@@ -562,19 +575,28 @@ class Model:
         seed: int | None = None,
         stop: str | Sequence[str] = (),
         stream: bool = False,
+        enable_thinking: bool | None = None,
+        show_thinking: bool = False,
     ) -> str | Iterator[str]:
         """Reply to a conversation ([{"role": ..., "content": ...}]) using the tokenizer's chat template.
 
         Consecutive turns share a prefix, so only the new turn is evaluated.
+        ``enable_thinking`` is handed to the template (Qwen3's switch; None
+        leaves the template's default); a ``<think>...</think>`` block in the
+        reply is dropped from the returned text unless ``show_thinking``.
         """
-        rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True)
+        extra = {} if enable_thinking is None else {"enable_thinking": bool(enable_thinking)}
+        rendered = self._need_tokenizer().apply_chat_template(messages, add_generation_prompt=True, **extra)
         # The template writes any BOS itself.
         ids = (
             self.tokenize(rendered, add_special=False)
             if isinstance(rendered, str)
             else [int(i) for i in rendered]
         )
-        return self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+        out = self._run(ids, max_tokens, self._sampler(**_sampling_args(locals())), stop, stream)
+        if show_thinking:
+            return out
+        return filter_stream(out) if stream else strip_thinking(out)  # type: ignore[arg-type]
 
     @classmethod
     def sampler_params(cls, o: GenerateOptions) -> _core.SamplerParams:

@@ -88,8 +88,27 @@ def tiny_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def hf_config_json(config: ModelConfig) -> dict:
-    return {
-        "model_type": config.architecture,
+    extra: dict = {}
+    if config.head_dim != config.hidden_size // config.n_heads:
+        extra["head_dim"] = config.head_dim
+    if config.architecture == "gemma3":
+        extra |= {
+            "query_pre_attn_scalar": config.attn_scale**-2 if config.attn_scale else config.head_dim,
+            "sliding_window": config.sliding_window,
+            "sliding_window_pattern": config.sliding_window_pattern,
+            "rope_local_base_freq": config.rope_local_theta,
+            "hidden_activation": "gelu_pytorch_tanh",
+        }
+    if config.architecture == "phi3" and config.rope_scaling:
+        # LongRoPE: the config holds the short factors for the original context (4x shorter here).
+        short = config.rope_scaling["factors"]
+        extra |= {
+            "partial_rotary_factor": config.rotary_dim / config.head_dim,
+            "original_max_position_embeddings": config.context_length,
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": short[::-1]},
+        }
+    base = {
+        "model_type": config.traits.hf_model_types[0],
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -103,6 +122,20 @@ def hf_config_json(config: ModelConfig) -> dict:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": list(config.eos_token_ids),
     }
+    if "original_max_position_embeddings" in extra:
+        base["max_position_embeddings"] = 4 * config.context_length
+    return base | extra
+
+
+def fuse_phi3(tensors: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """Phi-3's layout: q/k/v as one attn_qkv, gate and up as one ffn_up of 2F rows (gate first)."""
+    out = dict(tensors)
+    for i in range(config.n_layers):
+        p = f"blk.{i}."
+        out[p + "attn_qkv.weight"] = np.concatenate([out.pop(p + f"attn_{n}.weight") for n in "qkv"])
+        gate_up = [out.pop(p + "ffn_gate.weight"), out.pop(p + "ffn_up.weight")]
+        out[p + "ffn_up.weight"] = np.concatenate(gate_up)
+    return out
 
 
 def tiny_tokenizer_json() -> str:
@@ -143,7 +176,12 @@ def write_hf_dir(
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config_json(config)), encoding="utf-8")
-    hf = {gguf_to_hf_name(k): v for k, v in tensors.items()}
+    arch = config.architecture
+    if config.traits.fused_qkv:
+        tensors = fuse_phi3(tensors, config)
+    hf = {_hf_name(k, arch): v for k, v in tensors.items()}
+    if config.traits.norm_plus_one:  # HF Gemma stores w of x * (1 + w)
+        hf = {k: v - np.float32(1.0) if k.endswith("norm.weight") else v for k, v in hf.items()}
     if bf16:
         write_bf16_safetensors(directory / "model.safetensors", hf)
     else:
@@ -156,12 +194,23 @@ def write_hf_dir(
     return directory
 
 
+def _hf_name(name: str, arch: str) -> str:
+    fused = {"attn_qkv.weight": "self_attn.qkv_proj.weight"}
+    suffix = name.split(".", 2)[-1]
+    if arch == "phi3" and suffix == "ffn_up.weight":
+        fused[suffix] = "mlp.gate_up_proj.weight"
+    if suffix in fused:
+        return f"model.layers.{name.split('.')[1]}.{fused[suffix]}"
+    return gguf_to_hf_name(name, arch)
+
+
 def write_gguf(
     path: Path,
     config: ModelConfig,
     tensors: dict[str, np.ndarray],
     quant: str | None = None,
     arch: str | None = None,
+    pre: str = "default",
 ) -> Path:
     """A GGUF as llama.cpp's converter writes it (q/k rows permuted for llama); ``quant`` e.g. 'Q4_0'."""
     import gguf
@@ -170,16 +219,36 @@ def write_gguf(
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
     w.add_block_count(config.n_layers)
-    w.add_context_length(config.context_length)
+    longrope = config.architecture == "phi3" and config.rope_scaling
+    w.add_context_length(config.context_length * (4 if longrope else 1))
     w.add_embedding_length(config.hidden_size)
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(config.n_heads)
     w.add_head_count_kv(config.n_kv_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    if config.sliding_window:
+        # llama.cpp writes only the window (its loader fixes pattern 6 and local base 10000);
+        # other values go in the keys newer converters write.
+        w.add_sliding_window(config.sliding_window)
+        if config.sliding_window_pattern != 6:
+            w.add_uint32(f"{arch}.attention.sliding_window_pattern", config.sliding_window_pattern)
+        if config.rope_local_theta != 10000.0:
+            w.add_float32(f"{arch}.rope.freq_base_swa", config.rope_local_theta)
+    if config.rope_dim:
+        w.add_rope_dimension_count(config.rope_dim)
+    if config.architecture == "phi3" and config.rope_scaling:  # LongRoPE as llama.cpp's converter writes it
+        w.add_float32(f"{arch}.rope.scaling.attn_factor", config.rope_mscale)
+        w.add_uint32(f"{arch}.rope.scaling.original_context_length", config.context_length)
+        short = np.asarray(config.rope_scaling["factors"], np.float32)
+        tensors = {**tensors, "rope_factors_short.weight": short, "rope_factors_long.weight": 4 * short}
+    if config.traits.fused_qkv:
+        tensors = fuse_phi3(tensors, config)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
     w.add_rope_freq_base(config.rope_theta)
     w.add_vocab_size(config.vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(TINY_TOKENS)
     w.add_token_types([3] * len(SPECIALS) + [1] * len(BYTE_ALPHABET))
     w.add_token_merges([])
@@ -190,7 +259,7 @@ def write_gguf(
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr, dtype=np.float32)
         kind = name.split(".")[-2] if name.startswith("blk.") else ""
-        if arch == "llama" and kind in ("attn_q", "attn_k"):
+        if config.traits.gguf_permuted_qk and kind in ("attn_q", "attn_k"):
             data = permute_rows(data, config.n_heads if kind == "attn_q" else config.n_kv_heads)
         if quant and data.ndim == 2 and name != "token_embd.weight":
             qtype = gguf.GGMLQuantizationType[quant]

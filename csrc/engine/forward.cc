@@ -32,6 +32,19 @@ int64_t checked_ctx(int64_t n_ctx) {
   require(n_ctx > 0, "n_ctx must be positive, got " + std::to_string(n_ctx));
   return n_ctx;
 }
+std::vector<bool> sliding_layers(const Config& c) {
+  std::vector<bool> out(static_cast<size_t>(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l) out[l] = c.is_sliding(l);
+  return out;
+}
+// (rd / 2) RoPE frequencies for base theta over rd rotated dims, each divided by its factor
+// (Llama 3.1, LongRoPE) when given.
+std::vector<float> rope_frequencies(double theta, int64_t hd, const std::vector<float>& factors) {
+  std::vector<float> f(static_cast<size_t>(hd / 2));
+  for (int64_t i = 0; i < hd / 2; ++i)
+    f[i] = static_cast<float>(std::pow(theta, -2.0 * i / hd) / (factors.empty() ? 1.0 : factors[i]));
+  return f;
+}
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -61,7 +74,8 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
       comm_(comm ? std::move(comm) : std::make_shared<NullCommunicator>()),
       keepalive_(std::move(keepalive)),
       pool_(o.n_threads <= 0 ? hardware_threads() : o.n_threads),
-      kv_(c.n_layers, checked_ctx(o.n_ctx), shard_.n_kv_heads(), c.head_dim, o.kv_type) {
+      kv_(c.n_layers, checked_ctx(o.n_ctx), shard_.n_kv_heads(), c.head_dim, o.kv_type, sliding_layers(c),
+          o.swa_full_cache ? 0 : c.sliding_window, o.prefill_chunk) {
   require(o.prefill_chunk >= 1, "prefill_chunk must be >= 1, got " + std::to_string(o.prefill_chunk));
   const int64_t C = opt_.prefill_chunk, hd = c_.head_dim;
   n_kv_ = shard_.n_kv_heads();
@@ -77,10 +91,13 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   hb2_.resize(C * n_ffn_);
   cos_sin_.resize(C * hd);
   logits_.resize(c_.vocab_size);
-  inv_freq_.resize(hd / 2);
-  for (int64_t i = 0; i < hd / 2; ++i)
-    inv_freq_[i] = static_cast<float>(std::pow(static_cast<double>(c_.rope_theta), -2.0 * i / hd) /
-                                      (c_.rope_freq_factors.empty() ? 1.0 : c_.rope_freq_factors[i]));
+  inv_freq_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_freq_factors);
+  // Sliding layers (Gemma 3) have their own base and no scaling.
+  if (c_.sliding_window > 0) {
+    inv_freq_local_ =
+        rope_frequencies(c_.rope_local_theta > 0 ? c_.rope_local_theta : c_.rope_theta, c_.rotary_dim(), {});
+    cos_sin_local_.resize(C * hd);
+  }
 }
 
 void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_t*> layer_bases,
@@ -142,10 +159,10 @@ void Engine::embed(int32_t id, float* row) {
 }
 
 void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_logit, float* out) {
-  const int64_t D = c_.dim, hd = c_.head_dim, half = hd / 2;
+  const int64_t D = c_.dim, hd = c_.head_dim, rd = c_.rotary_dim(), half = rd / 2;
   const int64_t qd = n_q_ * hd, kvd = n_kv_ * hd, F = n_ffn_;
   const int64_t group = c_.n_heads / c_.n_kv_heads;
-  const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float att_scale = c_.attn_scale > 0 ? c_.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
   const AttnHead attn_head_fn = attn_head(isa_, kv_.type());
   float* x = x_.data();
   float* xb = xb_.data();
@@ -176,13 +193,20 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     ++prof_.calls;
   }
 
-  // Token embeddings, and the RoPE angles of each position (shared by all layers).
+  // Token embeddings (scaled for Gemma), and the RoPE angles of each position
+  // (shared by all layers; sliding layers have their own).
   {
     ScopeTimer timer(profiling_, elementwise);
     for (int64_t t = 0; t < T; ++t) {
       embed(ids[t], x + t * D);
+      if (c_.embed_scale != 1.0f)
+        for (int64_t i = 0; i < D; ++i) x[t * D + i] *= c_.embed_scale;
       rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
                   static_cast<double>(pos + t) / c_.rope_linear_factor);
+      if (c_.rope_mscale != 1.0f)
+        for (int64_t i = 0; i < 2 * half; ++i) cos_sin_[t * hd + i] *= c_.rope_mscale;
+      if (!inv_freq_local_.empty())
+        rope_angles(cos_sin_local_.data() + t * hd, inv_freq_local_.data(), half, static_cast<double>(pos + t));
     }
   }
 
@@ -192,6 +216,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     LayerLease lease(pager_.get(), static_cast<int>(l));
     const LayerWeights lw = pager_ ? rebase_layer(w_.layers[l], layer_base_[l], pager_->layer_size(l), lease.data())
                                    : w_.layers[l];
+    const bool sliding = c_.is_sliding(l);
+    const float* cos_sin = sliding && !cos_sin_local_.empty() ? cos_sin_local_.data() : cos_sin_.data();
 
     // Attention rmsnorm.
     {
@@ -203,7 +229,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     matmul_n({MatmulOut{&lw.wq, q_.data(), lw.wq.shape.n}, MatmulOut{&lw.wk, k_.data(), lw.wk.shape.n},
               MatmulOut{&lw.wv, v_.data(), lw.wv.shape.n}},
              xb, T, prof_.matmul_attn);
-    // Biases, RoPE on q and k, then k and v into the cache (each token its own row).
+    // Biases, per-head q/k norms (Qwen3, Gemma 3), RoPE on q and k, then k and v
+    // into the cache (each token its own row).
     {
       ScopeTimer timer(profiling_, elementwise);
       per_token([&](int64_t t) {
@@ -213,13 +240,18 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         if (lw.bq) axpy_f32(1.0f, lw.bq, qt, qd);
         if (lw.bk) axpy_f32(1.0f, lw.bk, kt, kvd);
         if (lw.bv) axpy_f32(1.0f, lw.bv, vt, kvd);
-        rope_inplace(qt, n_q_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
-        rope_inplace(kt, n_kv_, hd, cos_sin_.data() + t * hd, c_.rope_neox);
+        if (lw.q_norm)
+          for (int64_t h = 0; h < n_q_; ++h) rmsnorm(qt + h * hd, qt + h * hd, lw.q_norm, hd, c_.norm_eps);
+        if (lw.k_norm)
+          for (int64_t h = 0; h < n_kv_; ++h) rmsnorm(kt + h * hd, kt + h * hd, lw.k_norm, hd, c_.norm_eps);
+        rope_inplace(qt, n_q_, hd, rd, cos_sin + t * hd, c_.rope_neox);
+        rope_inplace(kt, n_kv_, hd, rd, cos_sin + t * hd, c_.rope_neox);
         kv_.store(l, pos + t, kt, vt);
       });
     }
 
-    // Causal GQA attention over the cache.
+    // Causal GQA attention over the cache; a sliding layer sees the last
+    // sliding_window positions (from a ring or, masked, from a full cache).
     {
       ScopeTimer timer(profiling_, prof_.attention);
       // Work items are (head, token), head-major: a prefill chunk splits evenly
@@ -230,7 +262,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         att.resize(static_cast<size_t>(kv_.n_ctx()));
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t h = i / T, t = i % T;
-          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, h / group, hd), pos + t + 1, hd, att_scale,
+          const int64_t n = sliding ? std::min(pos + t + 1, c_.sliding_window) : pos + t + 1;
+          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, h / group, hd, pos + t + 1 - n), n, hd, att_scale,
                        att.data(), att_out_.data() + t * qd + h * hd);
         }
       });
@@ -241,24 +274,34 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
-      // Residual, then the FFN rmsnorm.
+      // (Gemma: the output's own rmsnorm), residual, then the FFN rmsnorm.
       per_token([&](int64_t t) {
+        if (lw.post_attn_norm) rmsnorm(xb + t * D, xb + t * D, lw.post_attn_norm, D, c_.norm_eps);
         axpy_f32(1.0f, xb + t * D, x + t * D, D);
         rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
       });
     }
-    // gate/up (one shared table build), SwiGLU, down (summed across shards), residual.
+    // gate/up (one shared table build), SwiGLU or GeGLU, down (summed across
+    // shards), (Gemma: its rmsnorm), residual.
     matmul_n({MatmulOut{&lw.w_gate, hb_.data(), F}, MatmulOut{&lw.w_up, hb2_.data(), F}}, xb, T,
              prof_.matmul_ffn);
     {
       ScopeTimer timer(profiling_, elementwise);
-      per_token([&](int64_t t) { swiglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F); });
+      per_token([&](int64_t t) {
+        if (c_.ffn_gelu)
+          geglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F);
+        else
+          swiglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F);
+      });
     }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
     comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
-      per_token([&](int64_t t) { axpy_f32(1.0f, xb + t * D, x + t * D, D); });
+      per_token([&](int64_t t) {
+        if (lw.post_ffn_norm) rmsnorm(xb + t * D, xb + t * D, lw.post_ffn_norm, D, c_.norm_eps);
+        axpy_f32(1.0f, xb + t * D, x + t * D, D);
+      });
     }
   }
 
@@ -308,6 +351,10 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
                                                        std::to_string(c_.vocab_size) + ")");
   const Clock::time_point t0 = Clock::now();
   const double before = prof_.matmul_attn + prof_.matmul_ffn + prof_.lm_head + prof_.attention + prof_.elementwise;
+  // A ring must still hold the window before start_pos (truncate() checks it for callers that reuse a prefix).
+  require(kv_.holds(start_pos - c_.sliding_window + 1, start_pos),
+          "eval: the sliding-window KV ring no longer holds the positions before " + std::to_string(start_pos) +
+              "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {
@@ -330,7 +377,8 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
 void Engine::truncate(int64_t n) {
   require(n >= 0 && n <= n_past_, "truncate: keep count " + std::to_string(n) + " must be in [0, " +
                                        std::to_string(n_past_) + "] (tokens in the KV cache)");
-  n_past_ = n;
+  // A ring overwritten past the window before n cannot continue from n: start over.
+  n_past_ = kv_.holds(n - c_.sliding_window + 1, n) ? n : 0;
 }
 
 GenerateResult Engine::generate(const int32_t* ids, int64_t n, const GenerateOptions& o,

@@ -127,10 +127,37 @@ Config config_from_file(const ModelFile& mf) {
   c.rope_neox = h.rope_style == "neox";
   c.attn_bias = h.attn_bias;
   c.tie_embeddings = h.tie_embeddings;
+  // Per-family switches; a file written before they existed is a llama / qwen2 (all off).
+  auto flag = [&](const std::string& key) { return mf.find(key) && mf.get_int(key) != 0; };
+  auto number = [&](const std::string& key, double fallback) { return mf.find(key) ? mf.get_float(key) : fallback; };
+  c.rope_dim = static_cast<int64_t>(number("edgelut.rope_dim", 0));
+  c.rope_mscale = static_cast<float>(number("edgelut.rope_mscale", 1.0));
+  c.qk_norm = flag("edgelut.qk_norm");
+  c.post_norms = flag("edgelut.post_norms");
+  if (const GgufValue* act = mf.find("edgelut.ffn_act")) {
+    require(act->s == "silu" || act->s == "gelu_tanh",
+            mf.path() + ": edgelut.ffn_act '" + act->s + "' is not supported (silu, gelu_tanh)");
+    c.ffn_gelu = act->s == "gelu_tanh";
+  }
+  c.embed_scale = static_cast<float>(number("edgelut.embed_scale", 1.0));
+  c.attn_scale = static_cast<float>(number("edgelut.attn_scale", 0.0));
+  const std::string window_key = h.architecture + ".attention.sliding_window";
+  if (mf.find(window_key)) {
+    c.sliding_window = mf.get_int(window_key);
+    c.sliding_window_pattern = static_cast<int64_t>(number("edgelut.sliding_window_pattern", 0));
+    c.rope_local_theta = static_cast<float>(number("edgelut.rope_local_theta", 0.0));
+  }
   const std::string scaling = h.architecture + ".rope.scaling.";
   if (const GgufValue* type = mf.find(scaling + "type"); type && !type->s.empty()) {
-    require(type->s == "linear", mf.path() + ": rope scaling '" + type->s + "' is not supported (edgelut supports 'linear')");
-    c.rope_linear_factor = static_cast<float>(mf.get_float(scaling + "factor"));
+    require(type->s == "linear" || type->s == "freq_factors",
+            mf.path() + ": rope scaling '" + type->s + "' is not supported (linear, freq_factors)");
+    if (type->s == "linear") {
+      c.rope_linear_factor = static_cast<float>(mf.get_float(scaling + "factor"));
+    } else {  // Llama 3.1+: one divisor per frequency
+      const GgufValue* f = mf.find("edgelut.rope_freq_factors");
+      require(f != nullptr, mf.path() + ": rope scaling 'freq_factors' without edgelut.rope_freq_factors");
+      c.rope_freq_factors.assign(f->floats.begin(), f->floats.end());
+    }
   }
   if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
     require(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +

@@ -37,13 +37,32 @@ void quantize_q8_row(const float* x, int64_t n, int64_t block, int8_t* q, float*
   }
 }
 
-KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type)
+KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type,
+                 const std::vector<bool>& sliding, int64_t window, int64_t chunk)
     : n_ctx_(n_ctx),
       row_(static_cast<size_t>(n_kv_heads * head_dim)),
       type_(type),
       q8_block_(head_dim % 32 == 0 ? 32 : head_dim) {
   if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
-  const size_t elems = static_cast<size_t>(n_layers) * n_ctx * row_;
+  if (!sliding.empty() && static_cast<int64_t>(sliding.size()) != n_layers)
+    throw std::invalid_argument("kv cache: sliding has " + std::to_string(sliding.size()) + " entries for " +
+                                std::to_string(n_layers) + " layers");
+  const int64_t ring = window > 0 ? window + std::max<int64_t>(chunk, 1) - 1 : 0;
+  // A ring (with its mirror) only where it is smaller than the full cache.
+  const bool rings = ring > 0 && ring + window - 1 < n_ctx;
+  ring_layer_.assign(static_cast<size_t>(n_layers), false);
+  int64_t rows = 0;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    layer_row0_.push_back(rows);
+    ring_layer_[l] = rings && sliding[l];
+    rows += ring_layer_[l] ? ring + window - 1 : n_ctx;
+  }
+  if (rings && std::find(sliding.begin(), sliding.end(), true) != sliding.end()) {
+    ring_ = ring;
+    window_ = window;
+    ring_pos_.assign(static_cast<size_t>(ring), -1);
+  }
+  const size_t elems = static_cast<size_t>(rows) * row_;
   k_.assign(elems * elem_bytes(), 0);
   v_.assign(elems * elem_bytes(), 0);
   if (type_ == KvType::kQ8) {
@@ -52,8 +71,15 @@ KvCache::KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t he
   }
 }
 
-KvHeadRows KvCache::head(int64_t layer, int64_t kv_head, int64_t head_dim) const {
-  const size_t off = offset(layer, 0) + static_cast<size_t>(kv_head * head_dim);
+bool KvCache::holds(int64_t begin, int64_t end) const {
+  if (ring_ == 0) return true;
+  for (int64_t p = std::max<int64_t>(begin, 0); p < end; ++p)
+    if (ring_pos_[p % ring_] != p) return false;
+  return true;
+}
+
+KvHeadRows KvCache::head(int64_t layer, int64_t kv_head, int64_t head_dim, int64_t first) const {
+  const size_t off = offset(layer, first) + static_cast<size_t>(kv_head * head_dim);
   KvHeadRows r;
   r.k = k_.data() + off * elem_bytes();
   r.v = v_.data() + off * elem_bytes();
@@ -67,7 +93,15 @@ KvHeadRows KvCache::head(int64_t layer, int64_t kv_head, int64_t head_dim) const
 }
 
 void KvCache::store(int64_t layer, int64_t pos, const float* k, const float* v) {
-  const size_t off = offset(layer, pos);
+  store_row(offset(layer, pos), k, v);
+  if (!ring_layer_[layer]) return;
+  const int64_t r = pos % ring_;
+  ring_pos_[r] = pos;
+  // The mirror after the end keeps any window-long run of rows contiguous.
+  if (r < window_ - 1) store_row((static_cast<size_t>(layer_row0_[layer]) + ring_ + r) * row_, k, v);
+}
+
+void KvCache::store_row(size_t off, const float* k, const float* v) {
   if (type_ == KvType::kF32) {
     std::memcpy(k_.data() + off * 4, k, row_ * 4);
     std::memcpy(v_.data() + off * 4, v, row_ * 4);

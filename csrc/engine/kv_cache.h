@@ -4,6 +4,14 @@
 // fp32 scale per block of q8_block() values (symmetric, scale = amax / 127),
 // quantised once when the row is stored. With head_dim 64 that is 72 bytes per
 // head and position against 128 for fp16 (0.5625x).
+//
+// Sliding-window layers (Gemma 3) can keep a ring instead of every position:
+// R = window + chunk - 1 rows (a prefill chunk of `chunk` tokens writes all
+// of its rows before any of them attends, and its first token still needs
+// the window - 1 positions before the chunk), position p in row p % R. The
+// first window - 1 rows are written a second time after the end, so the
+// window of any position is one contiguous run of rows and the attention
+// kernels read it as they read a full cache.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -36,7 +44,10 @@ void quantize_q8_row(const float* x, int64_t n, int64_t block, int8_t* q, float*
 
 class KvCache {
  public:
-  KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type);
+  // sliding[l] marks a sliding-window layer; with window > 0 such a layer keeps a
+  // ring of window + chunk - 1 positions (when that and the mirror take fewer rows than n_ctx).
+  KvCache(int64_t n_layers, int64_t n_ctx, int64_t n_kv_heads, int64_t head_dim, KvType type,
+          const std::vector<bool>& sliding = {}, int64_t window = 0, int64_t chunk = 1);
 
   int64_t n_ctx() const { return n_ctx_; }
   KvType type() const { return type_; }
@@ -49,6 +60,11 @@ class KvCache {
 
   // Writes k and v (n_kv_heads * head_dim floats each) at (layer, pos).
   void store(int64_t layer, int64_t pos, const float* k, const float* v);
+  // Positions a ring layer holds (0: no layer is a ring).
+  int64_t ring_size() const { return ring_; }
+  // True when every position in [begin, end) is still in the cache (a ring
+  // forgets a position R positions later).
+  bool holds(int64_t begin, int64_t end) const;
 
   // Raw rows (n_kv_heads * head_dim elements) at (layer, pos): float*,
   // uint16_t* or int8_t* depending on type().
@@ -58,18 +74,25 @@ class KvCache {
   // row has scale [i / q8_block()]).
   const float* key_scales(int64_t layer, int64_t pos) const { return ks_.data() + offset(layer, pos) / q8_block_; }
   const float* value_scales(int64_t layer, int64_t pos) const { return vs_.data() + offset(layer, pos) / q8_block_; }
-  // The rows of kv head `kv_head` (of head_dim elements) in `layer`, for the attention kernels.
-  KvHeadRows head(int64_t layer, int64_t kv_head, int64_t head_dim) const;
+  // The rows of kv head `kv_head` (of head_dim elements) in `layer` from
+  // position `first` on (contiguous up to the window in a ring), for the attention kernels.
+  KvHeadRows head(int64_t layer, int64_t kv_head, int64_t head_dim, int64_t first = 0) const;
 
  private:
+  int64_t row_of(int64_t layer, int64_t pos) const { return ring_layer_[layer] ? pos % ring_ : pos; }
   size_t offset(int64_t layer, int64_t pos) const {
-    return (static_cast<size_t>(layer) * n_ctx_ + pos) * row_;
+    return (static_cast<size_t>(layer_row0_[layer]) + static_cast<size_t>(row_of(layer, pos))) * row_;
   }
+  void store_row(size_t off, const float* k, const float* v);
   int64_t n_ctx_;
   size_t row_;  // n_kv_heads * head_dim
   KvType type_;
   int64_t q8_block_;
-  // (layer, n_ctx, n_kv_heads, head_dim) elements of elem_bytes() each.
+  int64_t ring_ = 0, window_ = 0;       // ring positions R and the window (0: no rings)
+  std::vector<bool> ring_layer_;        // (n_layers)
+  std::vector<int64_t> layer_row0_;     // (n_layers) first row of each layer
+  std::vector<int64_t> ring_pos_;       // (R) the position each ring row holds, -1: none
+  // (rows of all layers, n_kv_heads, head_dim) elements of elem_bytes() each.
   std::vector<uint8_t> k_, v_;
   // q8 scales: (layer, n_ctx, n_kv_heads * head_dim / q8_block); empty otherwise.
   std::vector<float> ks_, vs_;

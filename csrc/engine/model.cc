@@ -21,8 +21,9 @@ std::string shape_str(int64_t a, int64_t b = -1) {
 }  // namespace
 
 void Config::validate() const {
-  require(architecture == "llama" || architecture == "qwen2",
-          "config: architecture must be 'llama' or 'qwen2', got '" + architecture + "'");
+  require(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3" || architecture == "gemma3" ||
+              architecture == "phi3",
+          "config: architecture must be 'llama', 'qwen2', 'qwen3', 'gemma3' or 'phi3', got '" + architecture + "'");
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("config: ") + name + " must be positive, got " + std::to_string(v));
   };
@@ -39,10 +40,18 @@ void Config::validate() const {
   require(norm_eps > 0, "config: norm_eps must be positive");
   require(rope_theta > 0, "config: rope_theta must be positive");
   require(rope_linear_factor > 0, "config: rope_linear_factor must be positive");
-  require(rope_freq_factors.empty() || static_cast<int64_t>(rope_freq_factors.size()) == head_dim / 2,
-          "config: rope_freq_factors must have head_dim / 2 = " + std::to_string(head_dim / 2) + " entries, got " +
-              std::to_string(rope_freq_factors.size()));
+  require(rope_mscale > 0, "config: rope_mscale must be positive");
+  require(rope_dim >= 0 && rope_dim <= head_dim && rope_dim % 2 == 0,
+          "config: rope_dim must be even and in [0, head_dim], got " + std::to_string(rope_dim));
+  require(rope_freq_factors.empty() || static_cast<int64_t>(rope_freq_factors.size()) == rotary_dim() / 2,
+          "config: rope_freq_factors must have rope_dim / 2 = " + std::to_string(rotary_dim() / 2) +
+              " entries, got " + std::to_string(rope_freq_factors.size()));
   for (float f : rope_freq_factors) require(f > 0, "config: rope_freq_factors must be positive");
+  require(embed_scale > 0, "config: embed_scale must be positive");
+  require(attn_scale >= 0, "config: attn_scale must be >= 0 (0: 1 / sqrt(head_dim))");
+  require(sliding_window >= 0 && sliding_window_pattern >= 0,
+          "config: sliding_window and sliding_window_pattern must be >= 0");
+  require(rope_local_theta >= 0, "config: rope_local_theta must be >= 0 (0: rope_theta)");
 }
 
 ShardSpec ShardSpec::resolved(const Config& c) const {
@@ -118,11 +127,16 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     lw.bq = vec(p + "attn_q.bias", qd, c.attn_bias);
     lw.bk = vec(p + "attn_k.bias", kvd, c.attn_bias);
     lw.bv = vec(p + "attn_v.bias", kvd, c.attn_bias);
+    // The q/k norms act on one head at a time, so every shard holds them whole.
+    lw.q_norm = c.qk_norm ? vec(p + "attn_q_norm.weight", c.head_dim, true) : nullptr;
+    lw.k_norm = c.qk_norm ? vec(p + "attn_k_norm.weight", c.head_dim, true) : nullptr;
     lw.wo = packed(p + "attn_output.weight", D, qd);
+    lw.post_attn_norm = c.post_norms ? vec(p + "post_attention_norm.weight", D, true) : nullptr;
     lw.ffn_norm = vec(p + "ffn_norm.weight", D, true);
     lw.w_gate = packed(p + "ffn_gate.weight", F, D);
     lw.w_up = packed(p + "ffn_up.weight", F, D);
     lw.w_down = packed(p + "ffn_down.weight", D, F);
+    lw.post_ffn_norm = c.post_norms ? vec(p + "post_ffw_norm.weight", D, true) : nullptr;
     w.layers.push_back(lw);
   }
   return w;
@@ -151,7 +165,11 @@ LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t 
   out.bq = move(lw.bq);
   out.bk = move(lw.bk);
   out.bv = move(lw.bv);
+  out.q_norm = move(lw.q_norm);
+  out.k_norm = move(lw.k_norm);
   out.wo = move_view(lw.wo);
+  out.post_attn_norm = move(lw.post_attn_norm);
+  out.post_ffn_norm = move(lw.post_ffn_norm);
   out.ffn_norm = move(lw.ffn_norm);
   out.w_gate = move_view(lw.w_gate);
   out.w_up = move_view(lw.w_up);

@@ -1,4 +1,4 @@
-// The llama-family decoder (Llama, SmolLM2, Mistral, Qwen2) on LUT kernels,
+// The llama-family decoder (Llama, SmolLM2, Mistral, Qwen2/3, Gemma 3) on LUT kernels,
 // in the shape of llama2.c's run.c: Config, Weights and State with the shape
 // of every buffer, and one forward() that reads straight down.
 //
@@ -26,7 +26,7 @@
 namespace edgelut {
 
 struct Config {
-  std::string architecture = "llama";  // "llama" or "qwen2"
+  std::string architecture = "llama";  // "llama", "qwen2", "qwen3" or "gemma3" (the switches below say what differs)
   int64_t dim = 0;                     // hidden size
   int64_t hidden_dim = 0;              // FFN intermediate size
   int64_t n_layers = 0;
@@ -36,11 +36,28 @@ struct Config {
   int64_t vocab_size = 0;
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  int64_t rope_dim = 0;                // leading dims of each head RoPE rotates; 0: head_dim (partial: Phi-4-mini)
+  float rope_mscale = 1.0f;            // cos and sin times this (LongRoPE's attention factor, Phi-3)
   bool rope_neox = true;               // false: adjacent pairs (GPT-J / Meta layout)
   float rope_linear_factor = 1.0f;     // linear position scaling (positions / factor)
-  std::vector<float> rope_freq_factors; // (head_dim / 2) divisors of each frequency (Llama 3.1), or empty
+  std::vector<float> rope_freq_factors; // (rope_dim / 2) divisors of each frequency (Llama 3.1, LongRoPE), or empty
+
+  int64_t rotary_dim() const { return rope_dim > 0 ? rope_dim : head_dim; }
   bool attn_bias = false;              // q/k/v biases (Qwen2)
   bool tie_embeddings = false;         // lm_head = token_embd
+  // Per-family switches (models/config.py ArchTraits): one forward pass for every family.
+  bool qk_norm = false;                // RMSNorm over each q and k head before RoPE (Qwen3, Gemma 3)
+  bool post_norms = false;             // RMSNorm of the attention / FFN output before the residual (Gemma 3)
+  bool ffn_gelu = false;               // GeGLU with the tanh GELU instead of SwiGLU (Gemma)
+  float embed_scale = 1.0f;            // token embeddings times this (Gemma: sqrt(dim))
+  float attn_scale = 0.0f;             // q.k scale; 0: 1 / sqrt(head_dim)
+  int64_t sliding_window = 0;          // positions a sliding layer sees, itself included; 0: none
+  int64_t sliding_window_pattern = 0;  // layer l is global iff (l + 1) % pattern == 0 (0: all sliding)
+  float rope_local_theta = 0.0f;       // RoPE base of sliding layers (0: rope_theta); they run unscaled
+
+  bool is_sliding(int64_t layer) const {
+    return sliding_window > 0 && (sliding_window_pattern <= 0 || (layer + 1) % sliding_window_pattern != 0);
+  }
 
   // Throws std::invalid_argument naming the bad field.
   void validate() const;
@@ -95,11 +112,15 @@ struct LayerWeights {
   const float* bq;          // (n_q * head_dim) or null
   const float* bk;          // (n_kv * head_dim) or null
   const float* bv;          // (n_kv * head_dim) or null
+  const float* q_norm;      // (head_dim) shared by every q head, or null
+  const float* k_norm;      // (head_dim) or null
   PackedView wo;            // (dim, n_q * head_dim)      local columns
+  const float* post_attn_norm;  // (dim) or null
   const float* ffn_norm;    // (dim)
   PackedView w_gate;        // (n_ffn, dim)               local rows
   PackedView w_up;          // (n_ffn, dim)
   PackedView w_down;        // (dim, n_ffn)               local columns
+  const float* post_ffn_norm;   // (dim) or null
 };
 
 struct Weights {
@@ -144,6 +165,9 @@ struct EngineOptions {
   int64_t prefill_chunk = 64;   // tokens per GEMM pass during prefill
   std::string isa;              // "" = best for this CPU
   std::string matmul_path;      // "" / "auto": per call (lut_ops.h); "lut" or "int8" force one
+  // Sliding-window layers keep every position and mask to the window, instead
+  // of a ring of the window (the reference the ring is tested against).
+  bool swa_full_cache = false;
 };
 
 // Time per part of the forward pass, accumulated (seconds).
@@ -189,7 +213,9 @@ class Engine {
   // forgotten). Throws std::invalid_argument for bad ids or positions.
   void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits);
 
-  // Forgets positions >= n (prompt-cache reuse keeps a common prefix).
+  // Forgets positions >= n (prompt-cache reuse keeps a common prefix). With
+  // sliding-window rings it forgets everything when the ring no longer holds
+  // the window before n (it was overwritten by later positions): read n_past().
   void truncate(int64_t n);
   void reset() { truncate(0); }
 
@@ -254,6 +280,8 @@ class Engine {
   std::vector<float> hb2_;      // (C, n_ffn) up
   std::vector<float> inv_freq_; // (head_dim / 2) RoPE frequencies
   std::vector<float> cos_sin_;  // (C, head_dim / 2, 2)
+  std::vector<float> inv_freq_local_;  // (head_dim / 2) of sliding layers, when they differ
+  std::vector<float> cos_sin_local_;   // (C, head_dim / 2, 2)
   std::vector<float> logits_;   // (vocab) for generate
 };
 

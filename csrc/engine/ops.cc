@@ -36,8 +36,8 @@ void rope_angles(float* cos_sin, const float* inv_freq, int64_t half, double pos
   }
 }
 
-void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin, bool neox) {
-  const int64_t half = head_dim / 2;
+void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float* cos_sin, bool neox) {
+  const int64_t half = rope_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     float* v = x + h * head_dim;
     for (int64_t i = 0; i < half; ++i) {
@@ -66,6 +66,14 @@ void swiglu_inplace(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void geglu_inplace(float* gate, const float* up, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
   }
 }
 

@@ -12,10 +12,11 @@ namespace edgelut {
 // out = x / rms(x) * w, over n elements.
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps);
 
-// Rotary position embedding for one token, applied in place to n_heads
-// vectors of head_dim. cos_sin holds head_dim/2 (cos, sin) pairs for this
-// position. neox: pairs (i, i + head_dim/2); adjacent: pairs (2i, 2i + 1).
-void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin, bool neox);
+// Rotary position embedding for one token, applied in place to the first
+// rope_dim values of n_heads vectors of head_dim (the rest pass unchanged:
+// partial RoPE, Phi-4-mini). cos_sin holds rope_dim/2 (cos, sin) pairs for
+// this position. neox: pairs (i, i + rope_dim/2); adjacent: pairs (2i, 2i + 1).
+void rope_inplace(float* x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float* cos_sin, bool neox);
 
 // (cos, sin) of pos * inv_freq[i] for i < head_dim/2, with linear scaling
 // already folded into pos (pos / factor).
@@ -26,6 +27,10 @@ void softmax_inplace(float* x, int64_t n);
 
 // gate = silu(gate) * up, over n elements (SwiGLU).
 void swiglu_inplace(float* gate, const float* up, int64_t n);
+
+// gate = gelu_tanh(gate) * up, over n elements (GeGLU, Gemma):
+// gelu_tanh(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+void geglu_inplace(float* gate, const float* up, int64_t n);
 
 // KV cache element access: fp32 or fp16 (portable conversion).
 float dot_f32(const float* a, const float* b, int64_t n);

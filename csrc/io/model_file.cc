@@ -328,7 +328,9 @@ void ModelFile::read_tensor_meta() {
 void ModelFile::read_hparams() {
   ModelHParams& h = hparams_;
   h.architecture = get_string("general.architecture");
-  if (h.architecture != "llama" && h.architecture != "qwen2") fail("unsupported architecture " + h.architecture);
+  if (h.architecture != "llama" && h.architecture != "qwen2" && h.architecture != "qwen3" &&
+      h.architecture != "gemma3" && h.architecture != "phi3")
+    fail("unsupported architecture " + h.architecture);
   const std::string a = h.architecture + ".";
   h.vocab_size = get_int(a + "vocab_size");
   h.hidden_size = get_int(a + "embedding_length");

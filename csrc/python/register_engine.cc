@@ -65,13 +65,14 @@ std::shared_ptr<TensorStore> store_from_dict(const py::dict& tensors) {
 
 Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int n_threads, const std::string& kv_type,
                     int64_t prefill_chunk, const std::string& isa, std::optional<ShardSpec> shard,
-                    std::shared_ptr<Communicator> comm) {
+                    std::shared_ptr<Communicator> comm, bool swa_full_cache) {
   EngineOptions o;
   o.n_ctx = n_ctx;
   o.n_threads = n_threads;
   o.kv_type = kv_type_from_name(kv_type);
   o.prefill_chunk = prefill_chunk;
   o.isa = isa;
+  o.swa_full_cache = swa_full_cache;
   auto st = store_from_dict(tensors);
   WeightLookup lookup = [st](const std::string& name, WeightRef* r) { return st->lookup(name, r); };
   py::gil_scoped_release release;
@@ -188,10 +189,20 @@ void register_engine(py::module_& m) {
       .def_readwrite("norm_eps", &Config::norm_eps)
       .def_readwrite("rope_theta", &Config::rope_theta)
       .def_readwrite("rope_neox", &Config::rope_neox)
+      .def_readwrite("rope_dim", &Config::rope_dim)
+      .def_readwrite("rope_mscale", &Config::rope_mscale)
       .def_readwrite("rope_linear_factor", &Config::rope_linear_factor)
       .def_readwrite("rope_freq_factors", &Config::rope_freq_factors)
       .def_readwrite("attn_bias", &Config::attn_bias)
       .def_readwrite("tie_embeddings", &Config::tie_embeddings)
+      .def_readwrite("qk_norm", &Config::qk_norm)
+      .def_readwrite("post_norms", &Config::post_norms)
+      .def_readwrite("ffn_gelu", &Config::ffn_gelu)
+      .def_readwrite("embed_scale", &Config::embed_scale)
+      .def_readwrite("attn_scale", &Config::attn_scale)
+      .def_readwrite("sliding_window", &Config::sliding_window)
+      .def_readwrite("sliding_window_pattern", &Config::sliding_window_pattern)
+      .def_readwrite("rope_local_theta", &Config::rope_local_theta)
       .def("validate", &Config::validate);
 
   py::class_<ShardSpec>(m, "ShardSpec")
@@ -236,7 +247,7 @@ void register_engine(py::module_& m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init(&make_engine), py::arg("config"), py::arg("tensors"), py::kw_only(), py::arg("n_ctx") = 2048,
            py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64, py::arg("isa") = "",
-           py::arg("shard") = py::none(), py::arg("communicator") = nullptr)
+           py::arg("shard") = py::none(), py::arg("communicator") = nullptr, py::arg("swa_full_cache") = false)
       .def_static("from_file", &engine_from_path, py::arg("path"), py::kw_only(), py::arg("n_ctx") = 2048,
                   py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
                   py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,

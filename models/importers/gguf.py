@@ -5,7 +5,10 @@ metadata to :class:`ModelConfig`, reshapes tensors to (N, K) float32 and undoes
 llama.cpp's Q/K row permutation. llama.cpp's converter permutes the rows of
 HF ``q_proj``/``k_proj`` of ``llama`` models so that RoPE can rotate adjacent
 pairs; we invert it so every importer returns HF orientation (NeoX RoPE).
-Qwen2 GGUFs are not permuted (llama.cpp runs NeoX RoPE for them).
+Qwen2/3 and Gemma 3 GGUFs are not permuted (llama.cpp runs NeoX RoPE for
+them); ``ArchTraits.gguf_permuted_qk`` says which are. llama.cpp's converter
+already folded Gemma's ``(1 + w)`` into the norm weights, so they are read as
+they are.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
+from edgelut.models.config import (
+    ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ImportedModel,
+    ModelConfig,
+    TokenizerData,
+)
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 GGUF_MAGIC = b"GGUF"
@@ -115,6 +124,31 @@ def _rope_scaling(reader: Any, arch: str) -> dict | None:
     return {"type": "linear", "factor": f32(factor)}
 
 
+# llama.cpp's Gemma 3 GGUFs carry the window but neither the layer pattern nor the RoPE base
+# of the sliding layers: its loader fixes them, as Gemma 3's config.json does (every 6th
+# layer global, local base 10000). Newer converters may write them; those keys win.
+_SWA_DEFAULTS = {"gemma3": (6, 10000.0)}
+
+
+def _sliding(reader: Any, arch: str) -> dict[str, Any]:
+    window = field_value(reader, f"{arch}.attention.sliding_window")
+    if not window:
+        return {}
+    pattern, local_theta = _SWA_DEFAULTS.get(arch, (0, 0.0))
+    pattern = field_value(reader, f"{arch}.attention.sliding_window_pattern", pattern)
+    local_theta = field_value(reader, f"{arch}.rope.freq_base_swa", local_theta)
+    if isinstance(pattern, list):  # per-layer booleans (true = sliding): recover the period
+        period = next((i + 1 for i, sliding in enumerate(pattern) if not sliding), 0)
+        if [bool(v) for v in pattern] != [period == 0 or (i + 1) % period != 0 for i in range(len(pattern))]:
+            raise ValueError(f"sliding-window layer pattern {pattern} is not periodic")
+        pattern = period
+    return {
+        "sliding_window": int(window),
+        "sliding_window_pattern": int(pattern),
+        "rope_local_theta": f32(local_theta),
+    }
+
+
 def config_from_metadata(reader: Any, path: Path, n_vocab_tensor: int, tied: bool, bias: bool) -> ModelConfig:
     arch = field_value(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -155,10 +189,17 @@ def config_from_metadata(reader: Any, path: Path, n_vocab_tensor: int, tied: boo
         bos_token_id=None if bos is None else int(bos),
         eos_token_ids=eos_ids,
         name=str(field_value(reader, "general.name", path.stem)),
+        **_sliding(reader, arch),
     )
 
 
 def tokenizer_from_metadata(reader: Any, path: Path) -> TokenizerData:
+    return _tokenizer_and_turn_ends(reader, path)[0]
+
+
+def _tokenizer_and_turn_ends(reader: Any, path: Path) -> tuple[TokenizerData, list[int]]:
+    """The tokenizer, and the ids of its end-of-turn tokens (stop tokens for chat)."""
+    from edgelut.models.chat_templates import DEFAULT_TEMPLATES, end_of_turn_ids
     from edgelut.tokenizer import tokenizer_json_from_gguf_vocab
 
     kind = field_value(reader, "tokenizer.ggml.model")
@@ -185,13 +226,17 @@ def tokenizer_from_metadata(reader: Any, path: Path) -> TokenizerData:
         )
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    return TokenizerData(
+    template = field_value(reader, "tokenizer.chat_template")
+    if template is None:
+        template = DEFAULT_TEMPLATES.get(str(field_value(reader, "general.architecture")))
+    data = TokenizerData(
         tokenizer_json=text,
-        chat_template=field_value(reader, "tokenizer.chat_template"),
+        chat_template=template,
         bos_token=None if bos_id is None else tokens[int(bos_id)],
         eos_token=None if eos_id is None else tokens[int(eos_id)],
         add_bos=bool(add_bos),
     )
+    return data, end_of_turn_ids(tokens)
 
 
 def open_reader(path: Path) -> Any:
@@ -233,6 +278,25 @@ class GGUFImporter(Importer):
         return load_gguf(path)
 
 
+def _phi3_rope(
+    reader: Any, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray], path: Path
+) -> None:
+    """Partial RoPE and LongRoPE as llama.cpp stores them (Phi-3): within the original context."""
+    rope_dim = field_value(reader, f"{arch}.rope.dimension_count")
+    if rope_dim is not None and int(rope_dim) != config.head_dim:
+        config.rope_dim = int(rope_dim)
+    short = tensors.pop("rope_factors_short.weight", None)
+    tensors.pop("rope_factors_long.weight", None)  # for contexts past the original: not supported yet
+    if short is None:
+        return
+    if config.rope_scaling is not None:
+        raise ValueError(f"{path}: both rope_factors_short.weight and {arch}.rope.scaling.type are set")
+    original = field_value(reader, f"{arch}.rope.scaling.original_context_length", config.context_length)
+    config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in short.reshape(-1)]}
+    config.rope_mscale = f32(field_value(reader, f"{arch}.rope.scaling.attn_factor", 1.0))
+    config.context_length = min(config.context_length, int(original))
+
+
 def _layer_index(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blk.") else None
 
@@ -259,7 +323,8 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
             raise ValueError(f"layers must be 1..{config.n_layers}, got {layers}")
         config.n_layers = layers
     # llama.cpp permutes q/k rows only for the llama architecture.
-    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if arch == "llama" else {}
+    permuted = ARCHITECTURES[arch].gguf_permuted_qk
+    heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if permuted else {}
 
     tensors: dict[str, np.ndarray] = {}
     codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -284,6 +349,14 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
             if n_head is not None:
                 c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
             codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
+    if ARCHITECTURES[arch].fused_qkv:
+        from edgelut.models.importers.huggingface import split_fused
+
+        split_fused(tensors, config)
+        split_fused(codes, config)  # type: ignore[arg-type]
+    _phi3_rope(reader, arch, config, tensors, path)
+    tokenizer, turn_ends = _tokenizer_and_turn_ends(reader, path)
+    config.eos_token_ids = tuple(dict.fromkeys([*config.eos_token_ids, *turn_ends]))
     freqs = tensors.pop("rope_freqs.weight", None)
     if freqs is not None:
         # Llama 3.1-style scaling: llama.cpp stores the per-frequency divisors as a tensor.
@@ -293,7 +366,7 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     return ImportedModel(
         config=config,
         tensors=tensors,
-        tokenizer=tokenizer_from_metadata(reader, path),
+        tokenizer=tokenizer,
         source=str(path),
         source_codes=codes,
     )

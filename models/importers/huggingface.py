@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.models.config import SUPPORTED_ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData
+from edgelut.models.config import ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 # HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+MODEL_TYPES = {t: arch for arch, traits in ARCHITECTURES.items() for t in traits.hf_model_types}
 
 _GLOBAL_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -34,33 +34,54 @@ _LAYER_NAMES = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "self_attn.o_proj.weight": "attn_output.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Phi-3 fuses them; split_fused() cuts them apart after import.
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
+}
+# Families with norms around both blocks (Gemma 3) name them differently: their
+# post_attention_layernorm normalises the attention output, not the FFN input.
+_POST_NORM_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# A multimodal checkpoint (Gemma 3 4B+) keeps the text decoder under this prefix.
+_TEXT_PREFIX = "language_model."
 
 
-def hf_to_gguf_name(name: str) -> str | None:
+def _layer_names(arch: str) -> dict[str, str]:
+    return _POST_NORM_NAMES if ARCHITECTURES[arch].post_norms else _LAYER_NAMES
+
+
+def hf_to_gguf_name(name: str, arch: str = "llama") -> str | None:
     """GGUF name for an HF parameter name, or None if it is not a model weight we use."""
+    name = name.removeprefix(_TEXT_PREFIX)
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     m = _LAYER_RE.match(name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    names = _layer_names(arch)
+    if m and m.group(2) in names:
+        return f"blk.{m.group(1)}.{names[m.group(2)]}"
     return None
 
 
-def gguf_to_hf_name(name: str) -> str:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str:
     """Inverse of :func:`hf_to_gguf_name` (for writers and tests)."""
     for hf, gg in _GLOBAL_NAMES.items():
         if gg == name:
             return hf
     m = re.match(r"^blk\.(\d+)\.(.+)$", name)
     if m:
-        for hf, gg in _LAYER_NAMES.items():
+        for hf, gg in _layer_names(arch).items():
             if gg == m.group(2):
                 return f"model.layers.{m.group(1)}.{hf}"
     raise ValueError(f"no Hugging Face name for tensor {name!r}")
@@ -98,26 +119,107 @@ def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int) ->
     return out
 
 
-def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
-    """ModelConfig from a transformers config.json dictionary."""
+def split_fused(tensors: dict[str, Any], config: ModelConfig) -> None:
+    """Phi-3's fused tensors, in place: attn_qkv -> attn_q/k/v, an ffn_up of 2F rows -> ffn_gate, ffn_up.
+
+    Works on anything sliceable by rows (float weights, and the codes/scales/mins
+    of a Q4 source), given as a dict name -> array or name -> tuple of arrays.
+    """
+    q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    f = config.intermediate_size
+
+    def rows(t: Any, a: int, b: int) -> Any:
+        return tuple(x[a:b] for x in t) if isinstance(t, tuple) else np.ascontiguousarray(t[a:b])
+
+    for i in range(config.n_layers):
+        p = f"blk.{i}."
+        qkv = tensors.pop(p + "attn_qkv.weight", None)
+        if qkv is not None:
+            tensors[p + "attn_q.weight"] = rows(qkv, 0, q)
+            tensors[p + "attn_k.weight"] = rows(qkv, q, q + kv)
+            tensors[p + "attn_v.weight"] = rows(qkv, q + kv, q + 2 * kv)
+        up = tensors.get(p + "ffn_up.weight")
+        n = None if up is None else (up[0] if isinstance(up, tuple) else up).shape[0]
+        if n == 2 * f and p + "ffn_gate.weight" not in tensors:  # gate first, then up (HF chunk(2))
+            tensors[p + "ffn_gate.weight"] = rows(up, 0, f)
+            tensors[p + "ffn_up.weight"] = rows(up, f, 2 * f)
+
+
+def longrope(scaling: dict[str, Any], max_pos: int, original: int, attn_factor: Any = None) -> dict[str, Any]:
+    """Phi-3 LongRoPE within the original context: the short factors and the cos/sin factor.
+
+    HF multiplies cos and sin by sqrt(1 + ln(scale) / ln(original)), scale =
+    max_position_embeddings / original, unless the config gives attention_factor.
+    """
+    scale = max_pos / original
+    if attn_factor is None:
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+    return {
+        "rope_scaling": {"type": "freq_factors", "factors": [float(x) for x in scaling["short_factor"]]},
+        "rope_mscale": float(attn_factor),
+        "context_length": int(original),
+    }
+
+
+def arch_of(cfg: dict[str, Any], path: Path) -> str:
+    """The edgelut architecture of a config.json (its model_type), or a one-line error."""
     model_type = cfg.get("model_type")
     arch = MODEL_TYPES.get(str(model_type))
-    if arch is None or arch not in SUPPORTED_ARCHITECTURES:
+    if arch is None:
         raise ValueError(
             f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
         )
+    return arch
+
+
+def _sliding(cfg: dict[str, Any], arch: str, path: Path) -> dict[str, Any]:
+    """Gemma 3's sliding-window layers: window, period of global layers, local RoPE base."""
+    if arch != "gemma3":
+        return {}
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(key) is not None:
+            raise ValueError(f"{path}: {key} is set; edgelut runs Gemma 3, which has no soft-capping")
+    window = int(cfg.get("sliding_window") or 0)
+    pattern = int(cfg.get("sliding_window_pattern") or 6)
+    layer_types = cfg.get("layer_types")
+    if layer_types:  # newer configs list every layer: "sliding_attention" / "full_attention"
+        sliding = [t == "sliding_attention" for t in layer_types]
+        pattern = next((i + 1 for i, s in enumerate(sliding) if not s), 0)
+        if sliding != [pattern == 0 or (i + 1) % pattern != 0 for i in range(len(sliding))]:
+            raise ValueError(f"{path}: layer_types is not a periodic sliding/full pattern")
+    scalar = cfg.get("query_pre_attn_scalar")
+    return {
+        "sliding_window": window,
+        "sliding_window_pattern": pattern,
+        "rope_local_theta": float(cfg.get("rope_local_base_freq", 10000.0)),
+        "attn_scale": float(scalar) ** -0.5 if scalar else 0.0,
+    }
+
+
+def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | None = None) -> ModelConfig:
+    """ModelConfig from a transformers config.json dictionary."""
+    arch = arch_of(cfg, path)
+    if "text_config" in cfg:  # multimodal Gemma 3: the decoder's hyper-parameters are nested
+        cfg = {**cfg["text_config"], "model_type": cfg.get("model_type")}
     try:
         hidden = int(cfg["hidden_size"])
         n_heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+        extra: dict[str, Any] = {"context_length": int(cfg.get("max_position_embeddings", 2048))}
+        if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+            extra["rope_dim"] = int(head_dim * float(cfg["partial_rotary_factor"]))
         scaling = cfg.get("rope_scaling")
         if scaling:
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind == "default":
                 scaling = None
+            elif kind in ("longrope", "su"):
+                original = int(cfg.get("original_max_position_embeddings") or extra["context_length"])
+                extra |= longrope(scaling, extra["context_length"], original, scaling.get("attention_factor"))
+                scaling = extra.pop("rope_scaling")
             elif kind == "linear":
                 scaling = {"type": "linear", "factor": float(scaling["factor"])}
             elif kind == "llama3":
-                head_dim = int(cfg.get("head_dim") or hidden // n_heads)
                 factors = llama3_freq_factors(scaling, float(cfg.get("rope_theta", 10000.0)), head_dim)
                 scaling = {"type": "freq_factors", "factors": factors}
             else:
@@ -133,17 +235,18 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
             n_layers=int(cfg["num_hidden_layers"]),
             n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            head_dim=int(cfg.get("head_dim") or hidden // n_heads),
+            head_dim=head_dim,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(cfg.get("rope_theta", 10000.0)),
             rope_style="neox",
             rope_scaling=scaling,
-            context_length=int(cfg.get("max_position_embeddings", 2048)),
             tie_embeddings=tied,
-            attn_bias=(arch == "qwen2") if bias is None else bias,
+            attn_bias=ARCHITECTURES[arch].attn_bias if bias is None else bias,
             bos_token_id=None if bos is None else int(bos),
             eos_token_ids=eos_ids,
             name=str(cfg.get("_name_or_path", path.name)),
+            **_sliding(cfg, arch, path),
+            **extra,
         )
     except KeyError as e:
         raise ValueError(f"{path}: config.json lacks {e.args[0]!r}") from e
@@ -222,53 +325,38 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 def finish_import(
     raw: dict[str, np.ndarray], cfg_json: dict[str, Any], path: Path, tokenizer: TokenizerData
 ) -> ImportedModel:
-    """HF-named tensors -> ImportedModel (renamed, float32, shape-checked)."""
+    """HF-named tensors -> ImportedModel (renamed, float32, shape-checked).
+
+    Gemma's norms compute x * (1 + w) in float32; the float32 sum is stored,
+    so x * w' is the same product bit for bit.
+    """
+    arch = arch_of(cfg_json, path)
+    plus_one = ARCHITECTURES[arch].norm_plus_one
     tensors = {}
     for name, arr in raw.items():
-        gg = hf_to_gguf_name(name)
+        gg = hf_to_gguf_name(name, arch)
         if gg is not None:
             tensors[gg] = np.ascontiguousarray(arr, dtype=np.float32)
+            if plus_one and gg.endswith("norm.weight"):
+                tensors[gg] = tensors[gg] + np.float32(1.0)
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{path}: no model.embed_tokens.weight among the weights")
     config = config_from_hf(
         cfg_json, path, tied="output.weight" not in tensors, bias="blk.0.attn_q.bias" in tensors
     )
+    split_fused(tensors, config)
     check_tensors(tensors, config, path)
     return ImportedModel(config=config, tensors=tensors, tokenizer=tokenizer, source=str(path))
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    c = config
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (c.vocab_size, c.hidden_size),
-        "output_norm.weight": (c.hidden_size,),
-    }
-    if not c.tie_embeddings:
-        shapes["output.weight"] = (c.vocab_size, c.hidden_size)
-    per_layer = {
-        "attn_norm.weight": (c.hidden_size,),
-        "attn_q.weight": (q, c.hidden_size),
-        "attn_k.weight": (kv, c.hidden_size),
-        "attn_v.weight": (kv, c.hidden_size),
-        "attn_output.weight": (c.hidden_size, q),
-        "ffn_norm.weight": (c.hidden_size,),
-        "ffn_gate.weight": (c.intermediate_size, c.hidden_size),
-        "ffn_up.weight": (c.intermediate_size, c.hidden_size),
-        "ffn_down.weight": (c.hidden_size, c.intermediate_size),
-    }
-    if c.attn_bias:
-        per_layer.update({"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)})
-    for i in range(c.n_layers):
-        for name, shape in per_layer.items():
-            shapes[f"blk.{i}.{name}"] = shape
-    return shapes
+    return expected_tensors(config)
 
 
 def check_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: Path) -> None:
     for name, shape in expected_shapes(config).items():
         if name not in tensors:
-            raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name)} ({name})")
+            raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name, config.architecture)} ({name})")
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.models.config import ImportedModel
+from edgelut.models.config import ARCHITECTURES, ImportedModel
 from edgelut.models.importers import Importer, register_importer
 from edgelut.models.importers.huggingface import (
+    arch_of,
     check_tensors,
     config_from_hf,
     expected_shapes,
@@ -58,14 +59,17 @@ def find_onnx_file(path: Path) -> Path:
     return found[0]
 
 
-def weights_from_graph(graph: Any, onnx_path: Path) -> dict[str, np.ndarray]:
-    """GGUF-named float32 arrays from a graph's initializers (orientation not yet checked)."""
+def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict[str, np.ndarray]:
+    """GGUF-named float32 arrays from a graph's initializers (orientation not yet checked).
+
+    Gemma's ``(1 + w)`` norms are folded as the HF importer does.
+    """
     from onnx import numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
     out: dict[str, np.ndarray] = {}
     for name, t in inits.items():
-        gg = hf_to_gguf_name(name)
+        gg = hf_to_gguf_name(name, arch)
         if gg is not None:
             out[gg] = numpy_helper.to_array(t).astype(np.float32)
     # Anonymous linear weights: name them after the MatMul/Gemm node that reads them.
@@ -76,16 +80,18 @@ def weights_from_graph(graph: Any, onnx_path: Path) -> dict[str, np.ndarray]:
             )
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        if hf_to_gguf_name(node.input[1]) is not None:
+        if hf_to_gguf_name(node.input[1], arch) is not None:
             continue  # named; taken above
         param = module_param_from_node(node.name)
-        gg = hf_to_gguf_name(param) if param else None
+        gg = hf_to_gguf_name(param, arch) if param else None
         if gg is None or gg in out:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         # MatMul computes x @ B, so B is W^T (K, N); Gemm with transB=1 stores W (N, K).
         out[gg] = w if trans_b else w.T
+    if ARCHITECTURES[arch].norm_plus_one:
+        out = {k: v + np.float32(1.0) if k.endswith("norm.weight") else v for k, v in out.items()}
     return out
 
 
@@ -118,7 +124,8 @@ class ONNXImporter(Importer):
             proto = onnx.load(str(onnx_path), load_external_data=True)
         except Exception as e:  # protobuf and onnx raise assorted types on bad bytes
             raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-        tensors = weights_from_graph(proto.graph, onnx_path)
+        cfg_json = read_json(cfg_path)
+        tensors = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path))
         if "token_embd.weight" not in tensors:
             raise ValueError(
                 f"{onnx_path}: no model.embed_tokens.weight initializer; export with parameter names"
@@ -128,7 +135,7 @@ class ONNXImporter(Importer):
         if head is not None and (np.array_equal(head, emb) or np.array_equal(head.T, emb)):
             del tensors["output.weight"]
         config = config_from_hf(
-            read_json(cfg_path),
+            cfg_json,
             onnx_path,
             tied="output.weight" not in tensors,
             bias="blk.0.attn_q.bias" in tensors,

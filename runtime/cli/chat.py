@@ -22,6 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(p)
     p.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="longest reply in tokens")
+    think = p.add_mutually_exclusive_group()
+    think.add_argument(
+        "--think",
+        dest="enable_thinking",
+        action="store_const",
+        const=True,
+        default=None,
+        help="ask a reasoning model (Qwen3) to think first (its template's enable_thinking)",
+    )
+    think.add_argument(
+        "--no-think",
+        dest="enable_thinking",
+        action="store_const",
+        const=False,
+        help="ask a reasoning model to answer without thinking",
+    )
+    p.add_argument(
+        "--show-thinking", action="store_true", help="print the <think>...</think> block (hidden by default)"
+    )
     p.set_defaults(func=run)
 
 
@@ -72,7 +91,15 @@ def run(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": text})
         reply = []
         try:
-            for piece in model.chat(messages, max_tokens=args.max_tokens, stream=True, **sampling):
+            pieces = model.chat(
+                messages,
+                max_tokens=args.max_tokens,
+                stream=True,
+                enable_thinking=args.enable_thinking,
+                show_thinking=args.show_thinking,
+                **sampling,
+            )
+            for piece in pieces:
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:

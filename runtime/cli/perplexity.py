@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"text file {args.text!r} does not exist")
     model = load_model(args)
-    ids = model.tokenize(path.read_text(encoding="utf-8"), add_special=False)
+    # As llama-perplexity: a model whose tokenizer adds BOS gets BOS as the first token of
+    # every window (Gemma's attention leans on it; without it Gemma 3 270M scores 22.8, not 18.3).
+    tok = model.tokenizer
+    bos = getattr(tok, "bos_id", None) if getattr(getattr(tok, "data", None), "add_bos", False) else None
+    ids = model.tokenize(path.read_text(encoding="utf-8"), add_special=bos is not None)
     ctx = args.ctx
     n_windows = len(ids) // ctx
     if args.chunks:
@@ -45,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.text} has {len(ids)} tokens, fewer than one window of --ctx {ctx}")
     nll, count = 0.0, 0
     for w in range(n_windows):
-        window = ids[w * ctx : (w + 1) * ctx]
+        window = list(ids[w * ctx : (w + 1) * ctx])
+        if bos is not None:
+            window[0] = bos
         model.reset()
         logp = log_softmax(model.eval(window).astype(np.float64))
         first = ctx // 2
