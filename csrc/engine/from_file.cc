@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,11 @@ namespace {
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
+}
+
+// A problem with the file's content (EDGELUT_ERR_INVALID_MODEL in the C ABI).
+void require_file(bool ok, const std::string& msg) {
+  if (!ok) throw ModelFileError(msg);
 }
 
 // Bytes in a page-aligned allocation (packed tensors copied out of the mapping).
@@ -70,7 +76,7 @@ void verify_crcs_bounded(const ModelFile& mf) {
     if (crc != t.crc32) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", crc, t.crc32);
-      throw std::invalid_argument(mf.path() + " is corrupt: tensor " + t.name + " " + buf);
+      throw ModelFileError(mf.path() + ": corrupt: tensor " + t.name + " " + buf);
     }
   }
 }
@@ -129,13 +135,20 @@ Config config_from_file(const ModelFile& mf) {
   c.tie_embeddings = h.tie_embeddings;
   const std::string scaling = h.architecture + ".rope.scaling.";
   if (const GgufValue* type = mf.find(scaling + "type"); type && !type->s.empty()) {
-    require(type->s == "linear", mf.path() + ": rope scaling '" + type->s + "' is not supported (edgelut supports 'linear')");
-    c.rope_linear_factor = static_cast<float>(mf.get_float(scaling + "factor"));
+    require_file(type->s == "linear", mf.path() + ": rope scaling '" + type->s + "' is not supported (edgelut supports 'linear')");
+    const double factor = mf.get_float(scaling + "factor");
+    require_file(std::isfinite(factor) && factor > 0 && factor <= 1024,
+                 mf.path() + ": field '" + scaling + "factor' has impossible value " + std::to_string(factor));
+    c.rope_linear_factor = static_cast<float>(factor);
   }
   if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
-    require(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
+    require_file(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
                                "); open it with its shard spec, not as a whole model");
-  c.validate();
+  try {
+    c.validate();
+  } catch (const std::invalid_argument& e) {
+    throw ModelFileError(mf.path() + ": " + e.what());
+  }
   return c;
 }
 
@@ -156,10 +169,10 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   const bool paging = p.window > 0 || p.budget_bytes > 0;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
   const ModelFile& mf = *store->file;
-  require(!mf.tensors().empty(), path + ": the model file holds no tensors");
+  require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
   if (p.verify_crc && paging) verify_crcs_bounded(mf);
   const Config c = config_from_file(mf);
-  require(mf.layers().size() == static_cast<size_t>(c.n_layers),
+  require_file(mf.layers().size() == static_cast<size_t>(c.n_layers),
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
 
@@ -198,7 +211,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
       out->data = reinterpret_cast<const float*>(bytes);
       return true;
     }
-    require(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
+    require_file(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
     // Norms and biases only: small, converted once and pinned.
     std::vector<float>& f = store->converted[name];
     const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes);
@@ -207,7 +220,17 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     out->data = f.data();
     return true;
   };
-  auto engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+  // The options are checked first, so whatever the constructor refuses after
+  // them is about the file's tensors (missing, misshapen, of the wrong type).
+  Engine::check_options(o);
+  std::unique_ptr<Engine> engine;
+  try {
+    engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+  } catch (const ModelFileError&) {
+    throw;
+  } catch (const std::invalid_argument& e) {
+    throw ModelFileError(path + ": " + e.what());
+  }
 
   if (!paging) return engine;
 
