@@ -154,7 +154,7 @@ class Cursor {
     // Every element takes at least one byte (a string or an array at least 8, 12).
     const uint64_t min_each = v.elem == GgufType::String ? 8 : v.elem == GgufType::Array ? 12 : scalar_size(v.elem);
     if (v.count > left() / min_each)
-      fail("array length " + std::to_string(v.count) + " at byte " + std::to_string(pos_ - 8) + " (in " + where_ +
+      fail("truncated or corrupt: array length " + std::to_string(v.count) + " at byte " + std::to_string(pos_ - 8) + " (in " + where_ +
            ") needs at least " + std::to_string(min_each) + " bytes per element, only " + std::to_string(left()) +
            " bytes are left");
     if (v.elem == GgufType::String) {
@@ -226,7 +226,7 @@ GgufContents parse_gguf(const uint8_t* p, uint64_t size, const std::string& path
   Cursor c(p, size, path);
   GgufContents g;
   c.set_where("the GGUF magic");
-  if (size < 4 || c.read<uint32_t>() != kGgufMagic) c.fail("not a GGUF file (no GGUF magic)");
+  if (size < 4 || c.read<uint32_t>() != kGgufMagic) throw ModelFileError(path + " is not an edgelut model file or any GGUF (no GGUF magic)");
   c.set_where("the GGUF version");
   g.version = c.read<uint32_t>();
   if (g.version < 2 || g.version > 3) c.fail("unsupported GGUF version " + std::to_string(g.version) + " (reads 2 and 3)");
@@ -237,9 +237,9 @@ GgufContents parse_gguf(const uint8_t* p, uint64_t size, const std::string& path
   // A key/value takes at least 13 bytes (key length, type, one byte of value);
   // a tensor info at least 32 (name length, rank, one dimension, type, offset).
   if (n_kv > c.left() / 13)
-    c.fail("metadata count " + std::to_string(n_kv) + " does not fit in the " + std::to_string(size) + "-byte file");
+    c.fail("truncated or corrupt: metadata count " + std::to_string(n_kv) + " does not fit in the " + std::to_string(size) + "-byte file");
   if (n_tensors > c.left() / 32)
-    c.fail("tensor count " + std::to_string(n_tensors) + " does not fit in the " + std::to_string(size) +
+    c.fail("truncated or corrupt: tensor count " + std::to_string(n_tensors) + " does not fit in the " + std::to_string(size) +
            "-byte file");
 
   g.keys.reserve(n_kv);

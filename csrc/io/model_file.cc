@@ -43,8 +43,8 @@ void ModelFile::parse() {
   const GgufValue* version = find("edgelut.format_version");
   if (!version) {
     if (find("general.architecture"))
-      fail("a llama.cpp GGUF, not an edgelut model file; convert it with edgelut quantize");
-    fail("a GGUF file without edgelut metadata; convert it with edgelut quantize");
+      throw ModelFileError(path_ + " is a llama.cpp GGUF, not an edgelut model file; convert it with edgelut quantize");
+    throw ModelFileError(path_ + " is a GGUF file without edgelut metadata; convert it with edgelut quantize");
   }
   const int64_t fv = get_int("edgelut.format_version");
   if (fv < 1) fail("field 'edgelut.format_version' has impossible value " + std::to_string(fv));
@@ -75,6 +75,7 @@ void ModelFile::parse() {
       const uint64_t o = static_cast<uint64_t>(offs[i]), s = static_cast<uint64_t>(sizes[i]);
       if (o > size || data_offset_ > size - o || s > size - data_offset_ - o)
         fail("truncated: layer " + std::to_string(i) + " ends past the end of the file");
+      if (s == 0) fail("field 'edgelut.layer.sizes' gives layer " + std::to_string(i) + " size 0");
       layers_.push_back({data_offset_ + o, s});
     }
   }
@@ -149,6 +150,26 @@ void ModelFile::read_hparams() {
     fail("field 'edgelut.rope_style' has impossible value '" + h.rope_style + "' (neox or adjacent)");
   if (find("edgelut.tie_embeddings")) h.tie_embeddings = get_int("edgelut.tie_embeddings") != 0;
   if (find("edgelut.attn_bias")) h.attn_bias = get_int("edgelut.attn_bias") != 0;
+
+  // Keys that only the Python side and the tokenizer use are checked here too, so
+  // that every entry point accepts and refuses the same files.
+  auto ids_below = [&](const std::string& key, int64_t n) {
+    if (!find(key)) return;
+    for (int64_t v : get_int_array(key))
+      if (v < 0 || v >= n) fail("field '" + key + "' holds " + std::to_string(v) + ", outside 0.." + std::to_string(n - 1));
+  };
+  for (const char* key : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"})
+    if (find(key)) ranged(key, 0, h.vocab_size - 1);
+  ids_below("edgelut.eos_token_ids", h.vocab_size);
+  const int64_t world = find("edgelut.shard.world_size") ? ranged("edgelut.shard.world_size", 1, 1024) : 1;
+  if (find("edgelut.shard.rank")) ranged("edgelut.shard.rank", 0, world - 1);
+  ids_below("edgelut.shard.heads", h.n_heads);
+  ids_below("edgelut.shard.kv_heads", h.n_kv_heads);
+  ids_below("edgelut.shard.ffn_columns", h.intermediate_size + 1);
+  for (const char* key : {"general.name", "tokenizer.chat_template", "edgelut.recipe", "edgelut.rope_scaling",
+                          "edgelut.tokenizer.json", "edgelut.tokenizer.bos_token", "edgelut.tokenizer.eos_token"})
+    if (find(key)) get_string(key);
+  if (find("tokenizer.ggml.add_bos_token")) get_int("tokenizer.ggml.add_bos_token");
 }
 
 const GgufValue* ModelFile::find(const std::string& key) const {
