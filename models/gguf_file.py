@@ -57,15 +57,14 @@ def check_regular_file(path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise FileAccessError(f"{p}: cannot open: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(st.st_mode)
-            else "a device"
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "not a regular file"
-        )
+        kinds = {
+            stat.S_ISDIR: "a directory",
+            stat.S_ISFIFO: "a FIFO",
+            stat.S_ISCHR: "a character device",
+            stat.S_ISBLK: "a block device",
+            stat.S_ISSOCK: "a socket",
+        }
+        kind = next((k for test, k in kinds.items() if test(st.st_mode)), "not a regular file")
         raise FileAccessError(f"{p} is {kind}, not a model file")
     return p
 

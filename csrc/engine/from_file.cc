@@ -76,7 +76,7 @@ void verify_crcs_bounded(const ModelFile& mf) {
     if (crc != t.crc32) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", crc, t.crc32);
-      throw ModelFileError(mf.path() + ": corrupt: tensor " + t.name + " " + buf);
+      throw ModelFileError(mf.path() + " is corrupt: tensor " + printable(t.name) + " " + buf);
     }
   }
 }

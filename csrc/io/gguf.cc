@@ -226,7 +226,7 @@ GgufContents parse_gguf(const uint8_t* p, uint64_t size, const std::string& path
   Cursor c(p, size, path);
   GgufContents g;
   c.set_where("the GGUF magic");
-  if (size < 4 || c.read<uint32_t>() != kGgufMagic) throw ModelFileError(path + " is not an edgelut model file or any GGUF (no GGUF magic)");
+  if (size < 4 || c.read<uint32_t>() != kGgufMagic) c.fail("not a GGUF file (no GGUF magic)");
   c.set_where("the GGUF version");
   g.version = c.read<uint32_t>();
   if (g.version < 2 || g.version > 3) c.fail("unsupported GGUF version " + std::to_string(g.version) + " (reads 2 and 3)");

@@ -34,6 +34,8 @@ ModelFile::ModelFile(const std::string& path, bool verify_crc)
 void ModelFile::fail(const std::string& what) const { throw ModelFileError(path_ + ": " + printable(what)); }
 
 void ModelFile::parse() {
+  if (file_->size() < 4 || std::memcmp(file_->data(), "GGUF", 4) != 0)
+    throw ModelFileError(path_ + " is not an edgelut model file (no GGUF magic)");
   GgufContents g = parse_gguf(file_->data(), file_->size(), path_);
   kv_ = std::move(g.kv);
   keys_ = std::move(g.keys);
@@ -223,7 +225,7 @@ void ModelFile::verify_crcs() const {
     if (got != t.crc32) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", got, t.crc32);
-      fail("corrupt: tensor " + t.name + " " + buf);
+      throw ModelFileError(path_ + " is corrupt: tensor " + printable(t.name) + " " + buf);
     }
   }
 }
