@@ -305,9 +305,16 @@ def test_every_value_type_reads_back(tmp_path):
         "u64": (1 << 64) - 1, "i64": -(1 << 62), "strs": ["x", "é"], "nested": [[7], ["a"]],
     }  # fmt: skip
     assert g["types"]["nested"] == "array[array]" and g["types"]["u64"] == "u64"
-    assert g["tensors"] == [
-        {"name": "w", "shape": (8,), "type": 0, "type_name": "F32", "offset": 128, "nbytes": 32}
-    ]
+    assert g["data_offset"] % 32 == 0 and g["file_size"] == g["data_offset"] + 32
+    want = {
+        "name": "w",
+        "shape": (8,),
+        "type": 0,
+        "type_name": "F32",
+        "offset": g["data_offset"],
+        "nbytes": 32,
+    }
+    assert g["tensors"] == [want]
 
 
 def test_ggml_type_table_matches_the_gguf_package():
