@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mfile_helpers import tiny_model
 
 import edgelut
-from edgelut import _core, capi
+from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.modelfile import read_model_file, write_model_file
 from edgelut.quantize.rtn import quantize_rtn
@@ -56,32 +56,7 @@ def tiny_fields(tiny_file: Path) -> list[fz.Field]:
 @pytest.fixture(scope="module")
 def capi_load() -> Any:
     """edgelut_model_load through cffi: path -> (status, message)."""
-    import cffi
-
-    text = (capi.include_dir() / "edgelut.h").read_text()
-    body = text[text.index("typedef enum edgelut_status") : text.rindex("#ifdef __cplusplus")]
-    ffi = cffi.FFI()
-    ffi.cdef(
-        "\n".join(ln for ln in body.splitlines() if not ln.lstrip().startswith("#")).replace(
-            "EDGELUT_API ", ""
-        )
-    )
-    lib = ffi.dlopen(str(capi.library_path()))
-
-    def load(path: str) -> tuple[int, str]:
-        params = ffi.new("edgelut_load_params*")
-        lib.edgelut_load_params_init(params)
-        params.n_ctx = 64
-        no_tok = ffi.new("char[]", b"")
-        params.tokenizer_lib = no_tok
-        out = ffi.new("edgelut_model**")
-        status = lib.edgelut_model_load(path.encode(), params, out)
-        if status == lib.EDGELUT_OK:
-            lib.edgelut_model_free(out[0])
-        return int(status), ffi.string(lib.edgelut_last_error()).decode()
-
-    load.lib = lib
-    return load
+    return fz.capi_loader()
 
 
 @pytest.fixture
@@ -170,25 +145,21 @@ def test_mutations_load_and_capi_long(tiny_file, capi_load, tmp_path, watchdog, 
     _fuzz_one(tiny_file, capi_load, tmp_path, random.Random(case))
 
 
-def _cli_cases(tiny_file: Path, n: int, seed_: int) -> list[tuple[str, bytes]]:
-    return fz.mutations(tiny_file, n, seed_)
-
-
-def test_mutations_cli(tiny_file, tmp_path):
-    for i, (desc, data) in enumerate(_cli_cases(tiny_file, 4, 7)):
-        path = tmp_path / f"cli-{i}.elut"
+def _cli_mutations(tiny_file: Path, tmp: Path, n: int, seed_: int) -> None:
+    for i, (desc, data) in enumerate(fz.mutations(tiny_file, n, seed_)):
+        path = tmp / f"cli-{i}.elut"
         path.write_bytes(data)
         for args in (["info", str(path)], ["run", str(path), "-p", "hi", "-n", "1", "-c", "64"]):
             assert _check_cli(args, path) in ("ok", "clean"), desc
+
+
+def test_mutations_cli(tiny_file, tmp_path):
+    _cli_mutations(tiny_file, tmp_path, 4, 7)
 
 
 @pytest.mark.slow
 def test_mutations_cli_long(tiny_file, tmp_path):
-    for i, (desc, data) in enumerate(_cli_cases(tiny_file, 80, 8)):
-        path = tmp_path / f"cli-{i}.elut"
-        path.write_bytes(data)
-        for args in (["info", str(path)], ["run", str(path), "-p", "hi", "-n", "1", "-c", "64"]):
-            assert _check_cli(args, path) in ("ok", "clean"), desc
+    _cli_mutations(tiny_file, tmp_path, 80, 8)
 
 
 # -- the bugs of issue 12, each with its message ------------------------------------------------

@@ -16,7 +16,7 @@ unnamed (a documented error whose message does not name the file or spans lines)
 traceback (any other exception), wrong-status (C ABI: not INVALID_MODEL/IO for
 a bad file), crash (killed by a signal), hang (timeout).
 
-    python tools/fuzz_modelfile.py --model M.elut --cases 300 --targets load,capi,info,run
+    python tools/fuzz_modelfile.py --model M.elut --cases 300 --targets load,capi,info,run [--special]
     python tools/fuzz_modelfile.py ... --python /work/main/.venv/bin/python   # another build ("before")
 
 tests/test_fuzz_modelfile.py uses the walker and mutators from here.
@@ -35,6 +35,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCALAR_FMT = {
     0: "<B",
@@ -184,33 +185,42 @@ def _child_load(path: str) -> tuple[str, str]:
     return "ok", ""
 
 
-def _child_capi(path: str) -> tuple[str, str]:
+def capi_loader() -> Any:
+    """edgelut_model_load through cffi (declarations from the installed edgelut.h): path -> (status, message).
+
+    The returned function has the library as ``.lib`` (for the EDGELUT_* constants).
+    """
     import cffi
 
     from edgelut import capi
 
+    text = (capi.include_dir() / "edgelut.h").read_text()
+    body = text[text.index("typedef enum edgelut_status") : text.rindex("#ifdef __cplusplus")]
+    decls = "\n".join(ln for ln in body.splitlines() if not ln.lstrip().startswith("#"))
     ffi = cffi.FFI()
-    ffi.cdef(
-        "typedef struct edgelut_model edgelut_model;"
-        "typedef struct { size_t struct_size; int32_t n_ctx; int32_t n_threads; const char* kv_type;"
-        " int32_t window; uint64_t memory_budget; int32_t drop_cache; int32_t direct_io; int32_t verify_crc;"
-        " const char* tokenizer_lib; } edgelut_load_params;"
-        "void edgelut_load_params_init(edgelut_load_params*);"
-        "int edgelut_model_load(const char*, const edgelut_load_params*, edgelut_model**);"
-        "void edgelut_model_free(edgelut_model*); const char* edgelut_last_error(void);"
-    )
+    ffi.cdef(decls.replace("EDGELUT_API ", ""))
     lib = ffi.dlopen(str(capi.library_path()))
-    params = ffi.new("edgelut_load_params*")
-    lib.edgelut_load_params_init(params)
-    params.n_ctx = 64
-    no_tok = ffi.new("char[]", b"")
-    params.tokenizer_lib = no_tok
-    out = ffi.new("edgelut_model**")
-    status = lib.edgelut_model_load(path.encode(), params, out)
+
+    def load(path: str) -> tuple[int, str]:
+        params = ffi.new("edgelut_load_params*")
+        lib.edgelut_load_params_init(params)
+        params.n_ctx = 64
+        no_tok = ffi.new("char[]", b"")  # no tokenizer backend: the file is what is tested
+        params.tokenizer_lib = no_tok
+        out = ffi.new("edgelut_model**")
+        status = lib.edgelut_model_load(path.encode(), params, out)
+        if status == lib.EDGELUT_OK:
+            lib.edgelut_model_free(out[0])
+        return int(status), ffi.string(lib.edgelut_last_error()).decode("utf-8", "replace")
+
+    load.lib = lib  # type: ignore[attr-defined]
+    return load
+
+
+def _child_capi(path: str) -> tuple[str, str]:
+    status, msg = capi_loader()(path)
     if status == 0:
-        lib.edgelut_model_free(out[0])
         return "ok", ""
-    msg = ffi.string(lib.edgelut_last_error()).decode("utf-8", "replace")
     if status not in (2, 3):  # EDGELUT_ERR_IO, EDGELUT_ERR_INVALID_MODEL
         return "wrong-status", f"status {status}: {msg}"
     return classify_error("ValueError", msg, path), f"status {status}: {msg}"
@@ -277,7 +287,7 @@ def run_case(target: str, path: str, timeout: float, python: str = sys.executabl
 
 def _worker(args: argparse.Namespace) -> None:
     """Runs every case file in args.worker for the targets; prints one JSON line per case."""
-    for f in sorted(Path(args.worker).glob("case-*.elut")):
+    for f in sorted(Path(args.worker).glob("case-*.elut"), key=lambda p: p.name):
         for target in args.targets.split(","):
             outcome, detail = run_case(target, str(f), args.timeout, sys.executable)
             print(json.dumps({"case": f.name, "target": target, "outcome": outcome, "detail": detail[:300]}))
@@ -294,6 +304,7 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable, help="interpreter whose edgelut is tested")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--show", type=int, default=5, help="examples printed per bad outcome")
+    ap.add_argument("--special", action="store_true", help="add a directory, a FIFO and /dev/null")
     args = ap.parse_args()
     if args.worker:
         _worker(args)
@@ -304,6 +315,11 @@ def main() -> None:
         descs = {
             f"case-{i:05d}.elut": d for i, (d, _) in enumerate(mutations(args.model, args.cases, args.seed))
         }
+        if args.special:  # a directory, a FIFO and a character device, under model-file names
+            (Path(tmp) / "case-dir.elut").mkdir()
+            os.mkfifo(Path(tmp) / "case-fifo.elut")
+            (Path(tmp) / "case-null.elut").symlink_to("/dev/null")
+            descs |= {f"case-{k}.elut": f"special file: {k}" for k in ("dir", "fifo", "null")}
         cmd = [args.python, str(Path(__file__).resolve()), "--worker", tmp, "--targets", args.targets]
         cmd += ["--timeout", str(args.timeout)]
         rows = [
