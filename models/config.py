@@ -10,6 +10,7 @@ RoPE in the NeoX (rotate-half) layout unless ``rope_style`` says otherwise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,21 @@ class ModelConfig:
             )
         if self.rope_style not in ("neox", "adjacent"):
             raise ValueError(f"rope_style must be 'neox' or 'adjacent', got {self.rope_style!r}")
+        # The same checks the C++ reader makes on a model file (csrc/io/model_file.cc),
+        # for configs that come from an importer.
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "n_layers", "n_heads", "n_kv_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} has impossible value {getattr(self, name)} (must be positive)")
+        if self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"head_dim has impossible value {self.head_dim} (RoPE needs an even head size)")
+        if self.context_length < 1:
+            raise ValueError(f"context_length has impossible value {self.context_length}")
+        if not (math.isfinite(self.rms_norm_eps) and 0 < self.rms_norm_eps < 1):
+            raise ValueError(
+                f"rms_norm_eps has impossible value {self.rms_norm_eps} (a finite number in (0, 1))"
+            )
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ValueError(f"rope_theta has impossible value {self.rope_theta} (a finite positive number)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads})")
         traits = ARCHITECTURES[self.architecture]

@@ -7,6 +7,7 @@ weights are raw 1-D I8 tensors holding exactly the bytes of a
 ``edgelut.tensor.<name>.*`` keys. Every tensor carries a CRC32. Tensors are
 ordered by layer so that one layer is one contiguous byte range, which is also
 recorded (``edgelut.layer.offsets`` / ``edgelut.layer.sizes``) for the pager.
+The reader is the bounded C++ one (``_core.ModelFileReader``), never gguf's.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from edgelut.kernels import GROUP_SIZES, QTYPES, PackedMatrix, from_buffer
+from edgelut import _core
+from edgelut.kernels import PackedMatrix, from_buffer
 from edgelut.models.config import ModelConfig, TokenizerData, expected_tensors
+from edgelut.models.gguf_file import Metadata, ModelFileError, check_regular_file
 
 __all__ = [
     "ALIGNMENT",
     "FORMAT_VERSION",
     "ModelFile",
+    "ModelFileError",
     "ShardSpec",
     "TensorEntry",
     "expected_tensors",
@@ -137,7 +141,7 @@ def write_model_file(
     progress: bool = False,
 ) -> Path:
     """Writes a model file; tensors are PackedMatrix (linear layers) or float arrays."""
-    import gguf  # deferred: only the writer and the reader need it
+    import gguf  # deferred: only the writer needs it
 
     if float_type not in FLOAT_TYPES:
         raise ValueError(f"float_type must be 'f32' or 'f16', got {float_type!r}")
@@ -268,140 +272,122 @@ def write_model_file(
 
 
 class ModelFile:
-    """A memory-mapped edgelut model file; open with :func:`read_model_file`."""
+    """A memory-mapped edgelut model file; open with :func:`read_model_file`.
+
+    The container and the edgelut structure are checked by the C++ reader
+    (``_core.ModelFileReader``: bounds, types, alignment, per-tensor metadata,
+    hyper-parameters in range, CRC32s); this class reads the config, tokenizer,
+    recipe and shard back through typed getters that name the file and the key.
+    Raises :class:`~edgelut.models.gguf_file.ModelFileError` (a ValueError) for a
+    bad file and ``FileNotFoundError`` / ``FileAccessError`` (OSErrors) for a
+    path that cannot be read as one.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, verify_crc: bool = True) -> None:
-        self.path = Path(path)
-        self._reader = _open_gguf(self.path)
+        self.path = check_regular_file(path)
+        self._reader = _core.ModelFileReader(str(self.path), verify_crc)
         r = self._reader
-        fields = r.fields
-
-        def get(key: str, default: Any = None) -> Any:
-            f = fields.get(key)
-            return default if f is None else f.contents()
-
-        self._get = get
-        if get(KEY_VERSION) is None:
-            if get("general.architecture") is not None:
-                raise ValueError(
-                    f"{self.path} is a llama.cpp GGUF, not an edgelut model file; "
-                    "convert it with edgelut quantize"
-                )
-            raise ValueError(
-                f"{self.path} is a GGUF file without edgelut metadata; convert it with edgelut quantize"
-            )
-        self.format_version = int(get(KEY_VERSION))
-        if self.format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"{self.path} has format version {self.format_version}, this edgelut reads up to "
-                f"{FORMAT_VERSION}; upgrade edgelut"
-            )
-        if r.alignment != ALIGNMENT:
-            raise ValueError(f"{self.path} has alignment {r.alignment}, expected {ALIGNMENT}")
-        try:
-            self.config = self._read_config()
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{self.path} has a bad config: {e}") from e
+        values, types = r.metadata()
+        self.meta = Metadata(self.path, values, types)
+        self.format_version = int(r.format_version)
+        self.config = self._read_config(r.hparams)
+        m = self.meta
         self.tokenizer = TokenizerData(
-            tokenizer_json=get("edgelut.tokenizer.json", ""),
-            chat_template=get("tokenizer.chat_template"),
-            bos_token=get("edgelut.tokenizer.bos_token"),
-            eos_token=get("edgelut.tokenizer.eos_token"),
-            add_bos=bool(get("tokenizer.ggml.add_bos_token", False)),
+            tokenizer_json=m.str("edgelut.tokenizer.json", ""),
+            chat_template=m.str("tokenizer.chat_template", None),
+            bos_token=m.str("edgelut.tokenizer.bos_token", None),
+            eos_token=m.str("edgelut.tokenizer.eos_token", None),
+            add_bos=m.bool("tokenizer.ggml.add_bos_token", False),
         )
-        self.recipe: dict[str, Any] = json.loads(get("edgelut.recipe", "{}"))
-        cols = get("edgelut.shard.ffn_columns", [])
+        self.recipe: dict[str, Any] = self._json_object("edgelut.recipe") or {}
+        c = self.config
+        world = m.int("edgelut.shard.world_size", 1, lo=1, hi=1024)
+        cols = m.list("edgelut.shard.ffn_columns", int, [])
         self.shard = ShardSpec(
-            int(get("edgelut.shard.rank", 0)),
-            int(get("edgelut.shard.world_size", 1)),
-            list(get("edgelut.shard.heads", [])),
-            list(get("edgelut.shard.kv_heads", [])),
+            m.int("edgelut.shard.rank", 0, lo=0, hi=world - 1),
+            world,
+            self._ids("edgelut.shard.heads", c.n_heads),
+            self._ids("edgelut.shard.kv_heads", c.n_kv_heads),
             [(int(cols[i]), int(cols[i + 1])) for i in range(0, len(cols) - 1, 2)],
         )
         self.data_offset = int(r.data_offset)
-        self.file_size = os.path.getsize(self.path)
+        self.file_size = int(r.file_size)
         self.entries: dict[str, TensorEntry] = {}
-        for t in r.tensors:
-            self.entries[t.name] = self._entry(t)
-        offs, sizes = get("edgelut.layer.offsets", []), get("edgelut.layer.sizes", [])
-        self.layer_ranges = [(self.data_offset + int(o), int(s)) for o, s in zip(offs, sizes, strict=False)]
-        for o, s in self.layer_ranges:
-            if o + s > self.file_size:
-                raise ValueError(f"{self.path} is truncated: a layer range ends at {o + s} past the file end")
-        if verify_crc:
-            self.verify()
+        for t in r.tensors():
+            self.entries[t["name"]] = TensorEntry(
+                t["name"],
+                t["qtype"],
+                tuple(int(d) for d in t["shape"]),
+                int(t["offset"]),
+                int(t["nbytes"]),
+                int(t["crc32"]),
+                int(t["group_size"]),
+                bool(t["asym"]),
+            )
+        self.layer_ranges = [(int(o), int(s)) for o, s in r.layers()]
+        self._map: np.memmap | None = None
 
-    def _read_config(self) -> ModelConfig:
-        get = self._get
-        arch = get("general.architecture")
-        scaling = get("edgelut.rope_scaling")
-        eos = get("edgelut.eos_token_ids")
+    def _json_object(self, key: str) -> dict[str, Any] | None:
+        text = self.meta.str(key, None)
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise self.meta.fail(f"field '{key}' is not valid JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise self.meta.fail(f"field '{key}' is JSON but not an object")
+        return value
+
+    def _ids(self, key: str, n: int) -> list[int]:
+        ids = self.meta.list(key, int, [])
+        if any(not 0 <= i < n for i in ids):
+            raise self.meta.fail(f"field '{key}' holds an index outside 0..{n - 1}")
+        return ids
+
+    def _read_config(self, h: dict[str, Any]) -> ModelConfig:
+        """The hyper-parameters the C++ reader checked, plus the keys only Python reads."""
+        m = self.meta
+        vocab = int(h["vocab_size"])
+        eos = m.list("edgelut.eos_token_ids", int, None)
+        one = m.token_id("tokenizer.ggml.eos_token_id", vocab)
         if eos is None:
-            eos = [] if get("tokenizer.ggml.eos_token_id") is None else [get("tokenizer.ggml.eos_token_id")]
-        required = {
-            "vocab_size": "vocab_size",
-            "hidden_size": "embedding_length",
-            "intermediate_size": "feed_forward_length",
-            "n_layers": "block_count",
-            "n_heads": "attention.head_count",
-            "n_kv_heads": "attention.head_count_kv",
-            "head_dim": "attention.key_length",
-        }
-        values = {}
-        for attr, key in required.items():
-            v = get(f"{arch}.{key}")
-            if v is None:
-                raise ValueError(f"missing key {arch}.{key}")
-            values[attr] = int(v)
-        return ModelConfig(
-            architecture=arch,
-            **values,
-            rms_norm_eps=float(get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(get(f"{arch}.rope.freq_base", 10000.0)),
-            rope_style=get("edgelut.rope_style", "neox"),
-            rope_scaling=json.loads(scaling) if scaling else None,
-            context_length=int(get(f"{arch}.context_length", 2048)),
-            tie_embeddings=bool(get("edgelut.tie_embeddings", False)),
-            attn_bias=bool(get("edgelut.attn_bias", False)),
-            bos_token_id=get("tokenizer.ggml.bos_token_id"),
-            eos_token_ids=tuple(int(e) for e in eos),
-            name=get("general.name", ""),
-            qk_norm=bool(get("edgelut.qk_norm", False)),
-            post_norms=bool(get("edgelut.post_norms", False)),
-            ffn_act=get("edgelut.ffn_act", "silu"),
-            embed_scale=float(get("edgelut.embed_scale", 1.0)),
-            attn_scale=float(get("edgelut.attn_scale", 0.0)),
-            rope_dim=int(get("edgelut.rope_dim", 0)),
-            rope_mscale=float(get("edgelut.rope_mscale", 1.0)),
-            sliding_window=int(get(f"{arch}.attention.sliding_window", 0)),
-            sliding_window_pattern=int(get("edgelut.sliding_window_pattern", 0)),
-            rope_local_theta=float(get("edgelut.rope_local_theta", 0.0)),
-        )
-
-    def _entry(self, t: Any) -> TensorEntry:
-        key = f"edgelut.tensor.{t.name}"
-        qtype = self._get(f"{key}.qtype")
-        crc = self._get(f"{key}.crc32")
-        if qtype is None or crc is None:
-            raise ValueError(f"{self.path}: tensor {t.name} has no edgelut.tensor metadata")
-        offset, nbytes = int(t.data_offset), int(t.n_bytes)
-        if offset + nbytes > self.file_size:
-            raise ValueError(f"{self.path} is truncated: tensor {t.name} ends past the end of the file")
-        if qtype in FLOAT_TYPES:
-            want = {"f32": 0, "f16": 1}[qtype]
-            if int(t.tensor_type) != want:
-                raise ValueError(
-                    f"{self.path}: tensor {t.name} is stored as GGML type {int(t.tensor_type)}, not {qtype}"
-                )
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            return TensorEntry(t.name, qtype, shape, offset, nbytes, int(crc))
-        if qtype not in QTYPES:
-            raise ValueError(f"{self.path}: tensor {t.name} has unknown type {qtype!r}")
-        n, k = int(self._get(f"{key}.n", 0)), int(self._get(f"{key}.k", 0))
-        group, asym = int(self._get(f"{key}.group", 0)), bool(self._get(f"{key}.asym", False))
-        if group not in GROUP_SIZES:
-            raise ValueError(f"{self.path}: tensor {t.name} has bad group size {group}")
-        return TensorEntry(t.name, qtype, (n, k), offset, nbytes, int(crc), group, asym)
+            eos = [] if one is None else [one]
+        elif any(not 0 <= e < vocab for e in eos):
+            raise m.fail(f"field 'edgelut.eos_token_ids' holds a token id outside 0..{vocab - 1}")
+        try:
+            return ModelConfig(
+                architecture=h["architecture"],
+                vocab_size=vocab,
+                hidden_size=int(h["hidden_size"]),
+                intermediate_size=int(h["intermediate_size"]),
+                n_layers=int(h["n_layers"]),
+                n_heads=int(h["n_heads"]),
+                n_kv_heads=int(h["n_kv_heads"]),
+                head_dim=int(h["head_dim"]),
+                rms_norm_eps=float(h["rms_norm_eps"]),
+                rope_theta=float(h["rope_theta"]),
+                rope_style=h["rope_style"],
+                rope_scaling=self._json_object("edgelut.rope_scaling"),
+                context_length=int(h["context_length"]),
+                tie_embeddings=bool(h["tie_embeddings"]),
+                attn_bias=bool(h["attn_bias"]),
+                bos_token_id=m.token_id("tokenizer.ggml.bos_token_id", vocab),
+                eos_token_ids=tuple(int(e) for e in eos),
+                name=m.str("general.name", ""),
+                qk_norm=m.bool("edgelut.qk_norm", False),
+                post_norms=m.bool("edgelut.post_norms", False),
+                ffn_act=m.str("edgelut.ffn_act", "silu"),
+                embed_scale=m.float("edgelut.embed_scale", 1.0, lo=0.0, hi=1e6),
+                attn_scale=m.float("edgelut.attn_scale", 0.0, lo=0.0, hi=1e6),
+                rope_dim=m.int("edgelut.rope_dim", 0, lo=0, hi=int(h["head_dim"])),
+                rope_mscale=m.float("edgelut.rope_mscale", 1.0, lo=0.0, hi=100.0),
+                sliding_window=m.int(f"{h['architecture']}.attention.sliding_window", 0, lo=0, hi=1 << 24),
+                sliding_window_pattern=m.int("edgelut.sliding_window_pattern", 0, lo=0, hi=1 << 12),
+                rope_local_theta=m.float("edgelut.rope_local_theta", 0.0, lo=0.0, hi=1e12),
+            )
+        except ValueError as e:
+            raise m.fail(f"bad config: {e}") from None
 
     # -- access -------------------------------------------------------------------------------
 
@@ -411,7 +397,9 @@ class ModelFile:
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of one tensor (a read-only view of the map)."""
         e = self.entries[name]
-        return self._reader.data[e.offset : e.offset + e.nbytes]
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map[e.offset : e.offset + e.nbytes]
 
     def tensor(self, name: str) -> PackedMatrix | np.ndarray:
         """A packed tensor as a zero-copy PackedMatrix over the map, a float one as an array."""
@@ -423,53 +411,25 @@ class ModelFile:
             try:
                 return from_buffer(raw, e.shape[0], e.shape[1], e.qtype, e.group_size, e.asym)
             except ValueError as err:
-                raise ValueError(f"{self.path}: tensor {name}: {err}") from err
+                raise ModelFileError(f"{self.path}: tensor {name}: {err}") from err
         return raw.view(np.float32 if e.qtype == "f32" else np.float16).reshape(e.shape)
 
     def tensors(self) -> dict[str, PackedMatrix | np.ndarray]:
         return {n: self.tensor(n) for n in self.entries}
 
     def verify(self) -> None:
-        """Checks every tensor's CRC32; raises ValueError naming the first corrupt tensor."""
-        for name, e in self.entries.items():
-            got = zlib.crc32(self.raw(name)) & 0xFFFFFFFF
-            if got != e.crc32:
-                raise ValueError(
-                    f"{self.path} is corrupt: tensor {name} has CRC32 {got:08x}, expected {e.crc32:08x}"
-                )
+        """Checks every tensor's CRC32; raises ModelFileError naming the first corrupt tensor."""
+        self._reader.verify_crcs()
 
     def close(self) -> None:
         self._reader = None  # type: ignore[assignment]
+        self._map = None
 
     def __enter__(self) -> ModelFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _open_gguf(path: Path) -> Any:
-    import gguf
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path} is not an edgelut model file (no GGUF magic)")
-    if size < 24:
-        raise ValueError(f"{path} is truncated ({size} bytes)")
-    # Structural check first with the C++ parser: it is bounded (never allocates or loops
-    # on a corrupt count) and fast on foreign files with large vocabularies, where
-    # gguf.GGUFReader would parse every token string in Python before we could say no.
-    from edgelut import _core
-
-    _core.ModelFileReader(str(path), False)
-    try:
-        return gguf.GGUFReader(path, "r")
-    except Exception as e:  # the gguf reader raises many types on damaged input
-        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
 def read_model_file(path: str | os.PathLike[str], *, verify_crc: bool = True) -> ModelFile:

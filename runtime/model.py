@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -1044,21 +1045,22 @@ def _load(
 
 
 def _is_model_file(path: str) -> bool:
-    """An edgelut model file: a GGUF container with the edgelut format version key."""
-    if not os.path.isfile(path):
+    """Meant as an edgelut model file: a regular file named .elut, or a GGUF carrying edgelut's
+    format version key. Only sniffs (the reader checks the whole file as it opens it); a
+    directory or a missing path is for the importers, any other special file is refused here."""
+    from edgelut.models.gguf_file import check_regular_file
+    from edgelut.models.importers.elut import ELUT_SUFFIX
+    from edgelut.models.importers.gguf import is_edgelut_model_file
+
+    if not os.path.exists(path) or os.path.isdir(path):
         return False
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            return False
-    import gguf
-
-    from edgelut.models.modelfile import KEY_VERSION
-
-    return KEY_VERSION in gguf.GGUFReader(path).fields
+    check_regular_file(path)
+    return path.lower().endswith(ELUT_SUFFIX) or is_edgelut_model_file(Path(path))
 
 
 def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
     """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    from edgelut.models.gguf_file import ModelFileError
     from edgelut.models.modelfile import read_model_file
     from edgelut.tokenizer import Tokenizer
 
@@ -1067,5 +1069,8 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
         config, tok_data = mf.config, mf.tokenizer
     engine = _core.Engine.from_file(path, **engine_kw)
     if tokenizer is None and tok_data.tokenizer_json:
-        tokenizer = Tokenizer(tok_data)
+        try:
+            tokenizer = Tokenizer(tok_data)
+        except ValueError as e:
+            raise ModelFileError(f"{path}: field 'edgelut.tokenizer.json' is unusable: {e}") from None
     return Model(engine, config, tokenizer)

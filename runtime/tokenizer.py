@@ -218,7 +218,7 @@ class Tokenizer:
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such file or directory")
         if GGUFImporter.can_load(path):
-            return cls(tokenizer_from_metadata(open_reader(path), path))
+            return cls(tokenizer_from_metadata(open_reader(path)))
         return cls(tokenizer_from_dir(path if path.is_dir() else path.parent))
 
     @classmethod

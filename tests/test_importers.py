@@ -18,6 +18,7 @@ from model_fixtures import (
     write_tokenizer_files,
 )
 
+from edgelut.models.gguf_file import ModelFileError
 from edgelut.models.importers import IMPORTERS, Importer, find_importer, load_model
 from edgelut.models.importers.gguf import permute_rows, unpermute_rows
 from edgelut.models.importers.huggingface import gguf_to_hf_name, hf_to_gguf_name
@@ -131,7 +132,7 @@ def test_gguf_errors(tmp_path: Path) -> None:
     for cut in (len(data) // 2, 40, len(data) - 16):
         truncated = tmp_path / f"cut{cut}.gguf"
         truncated.write_bytes(data[:cut])
-        with pytest.raises(RuntimeError, match=rf"cut{cut}\.gguf: truncated"):
+        with pytest.raises(ModelFileError, match=rf"cut{cut}\.gguf: truncated"):
             load_model(truncated)
 
     other = write_gguf(tmp_path / "phi.gguf", cfg, tiny_weights(cfg), arch="phi3")
@@ -144,7 +145,7 @@ def test_real_truncated_gguf_error(tmp_path: Path) -> None:
     cut = tmp_path / "smol-cut.gguf"
     with open(src, "rb") as fh:
         cut.write_bytes(fh.read(1_000_000))  # inside the vocabulary
-    with pytest.raises(RuntimeError, match="smol-cut.gguf: truncated"):
+    with pytest.raises(ModelFileError, match="smol-cut.gguf: truncated"):
         load_model(cut)
 
 

@@ -254,7 +254,7 @@ def test_bad_files_are_rejected_with_one_clear_line(written, tmp_path):
     # Missing file.
     with pytest.raises(FileNotFoundError):
         read_model_file(tmp_path / "nope.elut")
-    with pytest.raises(RuntimeError, match="nope.elut"):
+    with pytest.raises(OSError, match="nope.elut"):
         _core.ModelFileReader(str(tmp_path / "nope.elut"))
 
 

@@ -298,7 +298,7 @@ def test_llama_cpp_vocabulary_suite(vocab_dir: Path, name: str) -> None:
     from edgelut.models.importers.gguf import open_reader, tokenizer_from_metadata
 
     path = vocab_dir / f"ggml-vocab-{name}.gguf"
-    tok = Tokenizer(tokenizer_from_metadata(open_reader(path), path))
+    tok = Tokenizer(tokenizer_from_metadata(open_reader(path)))
     texts = path.with_name(path.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     lines = path.with_name(path.name + ".out").read_text(encoding="utf-8").split("\n")
     assert len(texts) >= 40 and len(lines) in (len(texts), len(texts) + 1)  # + the final newline

@@ -74,6 +74,10 @@ edgelut_status guarded(edgelut_status invalid, const std::function<void()>& body
     return set_error(EDGELUT_ERR_NO_TOKENIZER, e.what());
   } catch (const edgelut::TokenizerError& e) {
     return set_error(EDGELUT_ERR_TOKENIZER, e.what());
+  } catch (const edgelut::ModelFileError& e) {
+    return set_error(EDGELUT_ERR_INVALID_MODEL, e.what());
+  } catch (const edgelut::FileAccessError& e) {
+    return set_error(EDGELUT_ERR_IO, e.what());
   } catch (const std::invalid_argument& e) {
     return set_error(invalid, e.what());
   } catch (const std::bad_alloc&) {
@@ -280,14 +284,11 @@ edgelut_status edgelut_model_load(const char* path, const edgelut_load_params* p
     po.verify_crc = p.verify_crc != 0;
 
     auto m = std::make_unique<edgelut_model>();
-    try {
-      m->engine = edgelut::engine_from_file(path, eo, po);
-    } catch (const std::invalid_argument& e) {
-      // The reader's messages about the file's content start with its path;
-      // the rest (a window or budget that cannot work) are about the parameters.
-      const bool about_file = std::string(e.what()).rfind(path, 0) == 0;
-      fail(about_file ? EDGELUT_ERR_INVALID_MODEL : EDGELUT_ERR_INVALID_ARGUMENT, e.what());
-    }
+    // The file's content problems are edgelut::ModelFileError (EDGELUT_ERR_INVALID_MODEL),
+    // a path that cannot be read edgelut::FileAccessError (EDGELUT_ERR_IO); guarded()
+    // maps the other std::invalid_argument (a window or budget that cannot work) to
+    // EDGELUT_ERR_INVALID_ARGUMENT.
+    m->engine = edgelut::engine_from_file(path, eo, po);
     // A second, unchecked mapping for the metadata (the engine keeps its own).
     edgelut::ModelFile mf(path, false);
     const edgelut::GgufValue* eos_list = mf.find("edgelut.eos_token_ids");

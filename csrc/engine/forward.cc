@@ -63,6 +63,13 @@ struct ScopeTimer {
 };
 }  // namespace
 
+void Engine::check_options(const EngineOptions& o) {
+  pick_isa(o.isa);
+  matmul_path_from_name(o.matmul_path);
+  checked_ctx(o.n_ctx);
+  require(o.prefill_chunk >= 1, "prefill_chunk must be >= 1, got " + std::to_string(o.prefill_chunk));
+}
+
 Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions& o, const ShardSpec& shard,
                std::shared_ptr<Communicator> comm, std::shared_ptr<void> keepalive)
     : c_(validated(c)),

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,11 @@ namespace {
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
+}
+
+// A problem with the file's content (EDGELUT_ERR_INVALID_MODEL in the C ABI).
+void require_file(bool ok, const std::string& msg) {
+  if (!ok) throw ModelFileError(msg);
 }
 
 // Bytes in a page-aligned allocation (packed tensors copied out of the mapping).
@@ -70,7 +76,7 @@ void verify_crcs_bounded(const ModelFile& mf) {
     if (crc != t.crc32) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", crc, t.crc32);
-      throw std::invalid_argument(mf.path() + " is corrupt: tensor " + t.name + " " + buf);
+      throw ModelFileError(mf.path() + " is corrupt: tensor " + printable(t.name) + " " + buf);
     }
   }
 }
@@ -135,8 +141,8 @@ Config config_from_file(const ModelFile& mf) {
   c.qk_norm = flag("edgelut.qk_norm");
   c.post_norms = flag("edgelut.post_norms");
   if (const GgufValue* act = mf.find("edgelut.ffn_act")) {
-    require(act->s == "silu" || act->s == "gelu_tanh",
-            mf.path() + ": edgelut.ffn_act '" + act->s + "' is not supported (silu, gelu_tanh)");
+    require_file(act->s == "silu" || act->s == "gelu_tanh",
+                 mf.path() + ": edgelut.ffn_act '" + act->s + "' is not supported (silu, gelu_tanh)");
     c.ffn_gelu = act->s == "gelu_tanh";
   }
   c.embed_scale = static_cast<float>(number("edgelut.embed_scale", 1.0));
@@ -149,20 +155,27 @@ Config config_from_file(const ModelFile& mf) {
   }
   const std::string scaling = h.architecture + ".rope.scaling.";
   if (const GgufValue* type = mf.find(scaling + "type"); type && !type->s.empty()) {
-    require(type->s == "linear" || type->s == "freq_factors",
-            mf.path() + ": rope scaling '" + type->s + "' is not supported (linear, freq_factors)");
+    require_file(type->s == "linear" || type->s == "freq_factors",
+                 mf.path() + ": rope scaling '" + type->s + "' is not supported (linear, freq_factors)");
     if (type->s == "linear") {
-      c.rope_linear_factor = static_cast<float>(mf.get_float(scaling + "factor"));
+      const double factor = mf.get_float(scaling + "factor");
+      require_file(std::isfinite(factor) && factor > 0 && factor <= 1024,
+                   mf.path() + ": field '" + scaling + "factor' has impossible value " + std::to_string(factor));
+      c.rope_linear_factor = static_cast<float>(factor);
     } else {  // Llama 3.1+: one divisor per frequency
       const GgufValue* f = mf.find("edgelut.rope_freq_factors");
-      require(f != nullptr, mf.path() + ": rope scaling 'freq_factors' without edgelut.rope_freq_factors");
+      require_file(f != nullptr, mf.path() + ": rope scaling 'freq_factors' without edgelut.rope_freq_factors");
       c.rope_freq_factors.assign(f->floats.begin(), f->floats.end());
     }
   }
   if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
-    require(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
+    require_file(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
                                "); open it with its shard spec, not as a whole model");
-  c.validate();
+  try {
+    c.validate();
+  } catch (const std::invalid_argument& e) {
+    throw ModelFileError(mf.path() + ": " + e.what());
+  }
   return c;
 }
 
@@ -183,10 +196,10 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   const bool paging = p.window > 0 || p.budget_bytes > 0;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
   const ModelFile& mf = *store->file;
-  require(!mf.tensors().empty(), path + ": the model file holds no tensors");
+  require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
   if (p.verify_crc && paging) verify_crcs_bounded(mf);
   const Config c = config_from_file(mf);
-  require(mf.layers().size() == static_cast<size_t>(c.n_layers),
+  require_file(mf.layers().size() == static_cast<size_t>(c.n_layers),
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
 
@@ -225,7 +238,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
       out->data = reinterpret_cast<const float*>(bytes);
       return true;
     }
-    require(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
+    require_file(t->qtype == "f16", store->file->path() + ": tensor " + name + " has unsupported type " + t->qtype);
     // Norms and biases only: small, converted once and pinned.
     std::vector<float>& f = store->converted[name];
     const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes);
@@ -234,7 +247,17 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     out->data = f.data();
     return true;
   };
-  auto engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+  // The options are checked first, so whatever the constructor refuses after
+  // them is about the file's tensors (missing, misshapen, of the wrong type).
+  Engine::check_options(o);
+  std::unique_ptr<Engine> engine;
+  try {
+    engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+  } catch (const ModelFileError&) {
+    throw;
+  } catch (const std::invalid_argument& e) {
+    throw ModelFileError(path + ": " + e.what());
+  }
 
   if (!paging) return engine;
 

@@ -199,6 +199,9 @@ class Engine {
   // keepalive owns whatever the WeightLookup's pointers point into.
   Engine(const Config& c, const WeightLookup& lookup, const EngineOptions& o, const ShardSpec& shard = {},
          std::shared_ptr<Communicator> comm = nullptr, std::shared_ptr<void> keepalive = nullptr);
+  // Throws std::invalid_argument for options the constructor would refuse, so a
+  // caller can tell bad options from bad weights before building an engine.
+  static void check_options(const EngineOptions& o);
 
   const Config& config() const { return c_; }
   const ShardSpec& shard() const { return shard_; }

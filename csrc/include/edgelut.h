@@ -41,17 +41,30 @@ extern "C" {
 /* Bumped when an existing declaration changes incompatibly. */
 #define EDGELUT_ABI_VERSION 1
 
+/* Status codes. Every failing call also sets edgelut_last_error(): one line
+ * that, for a file, starts with its path. */
 typedef enum edgelut_status {
   EDGELUT_OK = 0,
-  EDGELUT_ERR_INVALID_ARGUMENT = 1, /* null pointer, bad id, bad sampling or load parameter */
-  EDGELUT_ERR_IO = 2,               /* a file could not be opened or read */
-  EDGELUT_ERR_INVALID_MODEL = 3,    /* corrupt, truncated, foreign or unsupported model file */
+  /* A NULL pointer, an id outside the vocabulary, a sampling parameter out of
+   * range, a load parameter that cannot work (n_ctx < 1, an unknown kv_type, a
+   * window or memory_budget too small for the model, page_output without
+   * paging), or a call on a model in the wrong state. */
+  EDGELUT_ERR_INVALID_ARGUMENT = 1,
+  /* The path cannot be read as a file: missing, unreadable, a directory, FIFO,
+   * socket or device (refused after a stat, before it is opened, so a FIFO
+   * never blocks), or a read of a paged layer failed. */
+  EDGELUT_ERR_IO = 2,
+  /* Anything wrong with the file's content: not GGUF, a llama.cpp GGUF not
+   * converted, a newer format version, truncated, a count/length/offset/type
+   * that does not fit the file, duplicate keys or tensors, a hyper-parameter out
+   * of range, a missing or misshapen tensor, a CRC32 mismatch. */
+  EDGELUT_ERR_INVALID_MODEL = 3,
   EDGELUT_ERR_CONTEXT_FULL = 4,     /* the tokens do not fit the context (n_ctx) */
   EDGELUT_ERR_NO_TOKENIZER = 5,     /* no tokenizer backend (or the model has no tokenizer/template) */
   EDGELUT_ERR_TOKENIZER = 6,        /* the tokenizer backend reported an error */
   EDGELUT_ERR_BUFFER_TOO_SMALL = 7, /* the caller's buffer is too small; the size needed was stored */
-  EDGELUT_ERR_OUT_OF_MEMORY = 8,
-  EDGELUT_ERR_INTERNAL = 9
+  EDGELUT_ERR_OUT_OF_MEMORY = 8,    /* an allocation failed */
+  EDGELUT_ERR_INTERNAL = 9          /* a bug in edgelut: please report it with edgelut_last_error() */
 } edgelut_status;
 
 /* Why a generation stopped. */

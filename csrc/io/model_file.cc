@@ -1,14 +1,7 @@
-// GGUF parsing with a bounds-checked cursor: every length and count is checked
-// against the bytes left before anything is allocated or read, so truncated or
-// corrupt files end in std::invalid_argument, never in a crash or a huge allocation.
+// An edgelut model file on top of the bounded GGUF reader (gguf.h).
 #include "model_file.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -20,277 +13,71 @@ namespace edgelut {
 
 namespace {
 
-constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" little-endian
-constexpr int kMaxDims = 4;
-constexpr int kMaxArrayDepth = 4;
-
-// Bytes per element of the GGUF tensor types an edgelut file may hold.
-int64_t ggml_type_size(uint32_t t) {
-  switch (t) {
-    case 0: return 4;   // F32
-    case 1: return 2;   // F16
-    case 24: return 1;  // I8
-    case 25: return 2;  // I16
-    case 26: return 4;  // I32
-    case 27: return 8;  // I64
-    case 28: return 8;  // F64
-    case 30: return 2;  // BF16
-    default: return 0;
-  }
-}
-
-// Size of a scalar metadata value; 0 for strings and arrays.
-uint64_t scalar_size(GgufType t) {
-  switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::Bool: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
-    default: return 0;
-  }
-}
+// Upper bounds of the hyper-parameters: far above any model edgelut targets,
+// low enough that sizes computed from them cannot overflow.
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxWidth = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 1 << 12;
+constexpr int64_t kMaxHeads = 1 << 12;
+constexpr int64_t kMaxContext = int64_t{1} << 24;
 
 bool is_float(GgufType t) { return t == GgufType::F32 || t == GgufType::F64; }
 
-class Cursor {
- public:
-  Cursor(const uint8_t* p, uint64_t size, const std::string& path) : p_(p), size_(size), path_(path) {}
-
-  uint64_t pos() const { return pos_; }
-  uint64_t left() const { return size_ - pos_; }
-
-  void need(uint64_t n, const char* what) const {
-    if (n > left())
-      throw std::invalid_argument(path_ + " is truncated or corrupt: " + what + " at byte " + std::to_string(pos_) +
-                                  " needs " + std::to_string(n) + " bytes, " + std::to_string(left()) + " left");
-  }
-  template <typename T>
-  T read(const char* what) {
-    need(sizeof(T), what);
-    T v;
-    std::memcpy(&v, p_ + pos_, sizeof(T));  // the format is little-endian, as are all targets
-    pos_ += sizeof(T);
-    return v;
-  }
-  std::string string(const char* what) {
-    const uint64_t n = read<uint64_t>(what);
-    need(n, what);
-    std::string s(reinterpret_cast<const char*>(p_ + pos_), n);
-    pos_ += n;
-    return s;
-  }
-  void skip(uint64_t n, const char* what) {
-    need(n, what);
-    pos_ += n;
-  }
-
-  // A scalar as int64 or double.
-  void scalar(GgufType t, int64_t* i, double* f) {
-    switch (t) {
-      case GgufType::U8: *i = read<uint8_t>("u8"); break;
-      case GgufType::I8: *i = read<int8_t>("i8"); break;
-      case GgufType::Bool: *i = read<uint8_t>("bool") != 0; break;
-      case GgufType::U16: *i = read<uint16_t>("u16"); break;
-      case GgufType::I16: *i = read<int16_t>("i16"); break;
-      case GgufType::U32: *i = read<uint32_t>("u32"); break;
-      case GgufType::I32: *i = read<int32_t>("i32"); break;
-      case GgufType::U64: *i = static_cast<int64_t>(read<uint64_t>("u64")); break;
-      case GgufType::I64: *i = read<int64_t>("i64"); break;
-      case GgufType::F32: *f = read<float>("f32"); break;
-      case GgufType::F64: *f = read<double>("f64"); break;
-      default: throw std::invalid_argument(path_ + " is corrupt: bad scalar type");
-    }
-  }
-
-  GgufType type(const char* what) {
-    const uint32_t t = read<uint32_t>(what);
-    if (t > static_cast<uint32_t>(GgufType::F64))
-      throw std::invalid_argument(path_ + " is corrupt: unknown metadata type " + std::to_string(t) + " at byte " +
-                                  std::to_string(pos_ - 4));
-    return static_cast<GgufType>(t);
-  }
-
-  // Reads one value of type t into v (arrays of arrays are skipped but bounds-checked).
-  void value(GgufType t, GgufValue& v, int depth) {
-    v.type = t;
-    if (t == GgufType::String) {
-      v.s = string("string value");
-      return;
-    }
-    if (t != GgufType::Array) {
-      scalar(t, &v.i, &v.f);
-      return;
-    }
-    if (depth >= kMaxArrayDepth) throw std::invalid_argument(path_ + " is corrupt: arrays nested too deeply");
-    v.elem = type("array type");
-    v.count = read<uint64_t>("array length");
-    const uint64_t each = scalar_size(v.elem);
-    // Every element takes at least one byte (8 for a string's length).
-    const uint64_t min_each = each ? each : 8;
-    if (v.count > left() / min_each)
-      throw std::invalid_argument(path_ + " is truncated or corrupt: array of " + std::to_string(v.count) +
-                                  " elements does not fit in the file");
-    if (v.elem == GgufType::String) {
-      v.strings.reserve(v.count);
-      for (uint64_t j = 0; j < v.count; ++j) v.strings.push_back(string("array string"));
-    } else if (v.elem == GgufType::Array) {
-      for (uint64_t j = 0; j < v.count; ++j) {
-        GgufValue inner;
-        value(GgufType::Array, inner, depth + 1);
-      }
-    } else if (is_float(v.elem)) {
-      v.floats.resize(v.count);
-      int64_t dummy = 0;
-      for (uint64_t j = 0; j < v.count; ++j) scalar(v.elem, &dummy, &v.floats[j]);
-    } else {
-      v.ints.resize(v.count);
-      double dummy = 0;
-      for (uint64_t j = 0; j < v.count; ++j) scalar(v.elem, &v.ints[j], &dummy);
-    }
-  }
-
- private:
-  const uint8_t* p_;
-  uint64_t size_;
-  uint64_t pos_ = 0;
-  const std::string& path_;
-};
-
 }  // namespace
 
-ModelFile::ModelFile(const std::string& path, bool verify_crc) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd_, &st) != 0) {
-    const int err = errno;
-    ::close(fd_);
-    throw std::runtime_error(path + ": cannot stat: " + std::strerror(err));
-  }
-  size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ < 4) {
-    ::close(fd_);
-    throw std::invalid_argument(path + " is not an edgelut model file (" + std::to_string(size_) + " bytes)");
-  }
-  void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-  if (m == MAP_FAILED) {
-    const int err = errno;
-    ::close(fd_);
-    throw std::runtime_error(path + ": cannot map: " + std::strerror(err));
-  }
-  map_ = static_cast<const uint8_t*>(m);
-  try {
-    parse();
-    if (verify_crc) verify_crcs();
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(map_), size_);
-    ::close(fd_);
-    throw;
-  }
+ModelFile::ModelFile(const std::string& path, bool verify_crc)
+    : path_(path), file_(std::make_unique<MappedFile>(path)) {
+  parse();
+  if (verify_crc) verify_crcs();
 }
 
-ModelFile::~ModelFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-  if (fd_ >= 0) ::close(fd_);
-}
-
-void ModelFile::fail(const std::string& what) const {
-  // Names and keys come from the file: escape bytes that are not printable ASCII so a
-  // corrupt name cannot produce an invalid UTF-8 message.
-  std::string clean;
-  for (unsigned char ch : what) {
-    if (ch >= 0x20 && ch < 0x7f) {
-      clean += static_cast<char>(ch);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", ch);
-      clean += buf;
-    }
-  }
-  throw std::invalid_argument(path_ + ": " + clean);
-}
+void ModelFile::fail(const std::string& what) const { throw ModelFileError(path_ + ": " + printable(what)); }
 
 void ModelFile::parse() {
-  Cursor c(map_, size_, path_);
-  if (c.read<uint32_t>("magic") != kGgufMagic)
-    throw std::invalid_argument(path_ + " is not an edgelut model file (no GGUF magic)");
-  const uint32_t gguf_version = c.read<uint32_t>("GGUF version");
-  if (gguf_version < 2 || gguf_version > 3) fail("unsupported GGUF version " + std::to_string(gguf_version));
-  const uint64_t n_tensors = c.read<uint64_t>("tensor count");
-  const uint64_t n_kv = c.read<uint64_t>("metadata count");
-  // Each key/value takes at least 12 bytes, each tensor info at least 24.
-  if (n_kv > c.left() / 12 || n_tensors > c.left() / 24)
-    throw std::invalid_argument(path_ + " is truncated or corrupt: counts (" + std::to_string(n_kv) + " keys, " +
-                                std::to_string(n_tensors) + " tensors) exceed the file size");
-  for (uint64_t i = 0; i < n_kv; ++i) {
-    std::string key = c.string("metadata key");
-    GgufValue v;
-    c.value(c.type("metadata type"), v, 0);
-    kv_[std::move(key)] = std::move(v);
-  }
+  if (file_->size() < 4 || std::memcmp(file_->data(), "GGUF", 4) != 0)
+    throw ModelFileError(path_ + " is not an edgelut model file (no GGUF magic)");
+  GgufContents g = parse_gguf(file_->data(), file_->size(), path_);
+  kv_ = std::move(g.kv);
+  keys_ = std::move(g.keys);
+  alignment_ = g.alignment;
+  data_offset_ = g.data_offset;
   // Foreign and newer files are told apart before their tensors are looked at.
   const GgufValue* version = find("edgelut.format_version");
   if (!version) {
     if (find("general.architecture"))
-      throw std::invalid_argument(path_ + " is a llama.cpp GGUF, not an edgelut model file; convert it with "
-                                  "edgelut quantize");
-    throw std::invalid_argument(path_ + " is a GGUF file without edgelut metadata; convert it with edgelut quantize");
+      throw ModelFileError(path_ + " is a llama.cpp GGUF, not an edgelut model file; convert it with edgelut quantize");
+    throw ModelFileError(path_ + " is a GGUF file without edgelut metadata; convert it with edgelut quantize");
   }
-  format_version_ = static_cast<uint32_t>(get_int("edgelut.format_version"));
-  if (format_version_ > kModelFormatVersion)
-    fail("format version " + std::to_string(format_version_) + " is newer than this edgelut reads (" +
+  const int64_t fv = get_int("edgelut.format_version");
+  if (fv < 1) fail("field 'edgelut.format_version' has impossible value " + std::to_string(fv));
+  if (fv > static_cast<int64_t>(kModelFormatVersion))
+    fail("format version " + std::to_string(fv) + " is newer than this edgelut reads (" +
          std::to_string(kModelFormatVersion) + "); upgrade edgelut");
-  if (const GgufValue* a = find("general.alignment")) {
-    if (a->type != GgufType::U32) fail("general.alignment must be a uint32");
-    alignment_ = static_cast<uint64_t>(a->i);
-  }
+  format_version_ = static_cast<uint32_t>(fv);
   if (alignment_ != kModelAlignment) fail("alignment " + std::to_string(alignment_) + " is not 4096");
 
-  std::vector<uint64_t> rel_offsets;
-  for (uint64_t i = 0; i < n_tensors; ++i) {
+  for (GgufTensorInfo& gt : g.tensors) {
     FileTensor t;
-    t.name = c.string("tensor name");
-    const uint32_t n_dims = c.read<uint32_t>("tensor rank");
-    if (n_dims == 0 || n_dims > kMaxDims) fail("tensor " + t.name + " has rank " + std::to_string(n_dims));
-    int64_t elems = 1;
-    std::vector<int64_t> dims(n_dims);
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      const uint64_t dim = c.read<uint64_t>("tensor dimension");
-      if (dim == 0 || dim > (uint64_t{1} << 40) || static_cast<uint64_t>(elems) > (uint64_t{1} << 48) / dim)
-        fail("tensor " + t.name + " has a bad dimension " + std::to_string(dim));
-      dims[d] = static_cast<int64_t>(dim);
-      elems *= static_cast<int64_t>(dim);
-    }
-    t.shape.assign(dims.rbegin(), dims.rend());  // GGUF lists the fastest dimension first
-    t.ggml_type = c.read<uint32_t>("tensor type");
-    const int64_t esize = ggml_type_size(t.ggml_type);
-    if (!esize) fail("tensor " + t.name + " has GGUF type " + std::to_string(t.ggml_type) + ", not F32/F16/I8");
-    t.nbytes = static_cast<uint64_t>(elems * esize);
-    rel_offsets.push_back(c.read<uint64_t>("tensor offset"));
-    if (tensor_index_.count(t.name)) fail("duplicate tensor " + t.name);
+    t.name = std::move(gt.name);
+    t.shape.assign(gt.ne.rbegin(), gt.ne.rend());  // GGUF lists the fastest dimension first
+    t.ggml_type = gt.type;
+    t.offset = gt.offset;
+    t.nbytes = gt.nbytes;
     tensor_index_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));
   }
-  data_offset_ = align_up(c.pos(), alignment_);
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    FileTensor& t = tensors_[i];
-    const uint64_t rel = rel_offsets[i];
-    if (rel % alignment_) fail("tensor " + t.name + " is not aligned to " + std::to_string(alignment_));
-    if (rel > size_ || data_offset_ > size_ - rel || t.nbytes > size_ - data_offset_ - rel)
-      fail("is truncated: tensor " + t.name + " ends past the end of the file (" + std::to_string(size_) +
-           " bytes)");
-    t.offset = data_offset_ + rel;
-  }
   read_tensor_meta();
   read_hparams();
-  if (find("edgelut.layer.offsets")) {
+  if (find("edgelut.layer.offsets") || find("edgelut.layer.sizes")) {
     const auto& offs = get_int_array("edgelut.layer.offsets");
     const auto& sizes = get_int_array("edgelut.layer.sizes");
     if (offs.size() != sizes.size()) fail("edgelut.layer.offsets and edgelut.layer.sizes differ in length");
+    const uint64_t size = file_size();
     for (size_t i = 0; i < offs.size(); ++i) {
       const uint64_t o = static_cast<uint64_t>(offs[i]), s = static_cast<uint64_t>(sizes[i]);
-      if (o > size_ || data_offset_ > size_ - o || s > size_ - data_offset_ - o)
-        fail("is truncated: layer " + std::to_string(i) + " ends past the end of the file");
+      if (o > size || data_offset_ > size - o || s > size - data_offset_ - o)
+        fail("truncated: layer " + std::to_string(i) + " ends past the end of the file");
+      if (s == 0) fail("field 'edgelut.layer.sizes' gives layer " + std::to_string(i) + " size 0");
       layers_.push_back({data_offset_ + o, s});
     }
   }
@@ -330,24 +117,62 @@ void ModelFile::read_hparams() {
   h.architecture = get_string("general.architecture");
   if (h.architecture != "llama" && h.architecture != "qwen2" && h.architecture != "qwen3" &&
       h.architecture != "gemma3" && h.architecture != "phi3")
-    fail("unsupported architecture " + h.architecture);
+    fail("unsupported architecture '" + h.architecture + "' (edgelut runs llama, qwen2, qwen3, gemma3 and phi3)");
   const std::string a = h.architecture + ".";
-  h.vocab_size = get_int(a + "vocab_size");
-  h.hidden_size = get_int(a + "embedding_length");
-  h.intermediate_size = get_int(a + "feed_forward_length");
-  h.n_layers = get_int(a + "block_count");
-  h.n_heads = get_int(a + "attention.head_count");
-  h.n_kv_heads = get_int(a + "attention.head_count_kv");
-  h.head_dim = get_int(a + "attention.key_length");
-  h.context_length = get_int(a + "context_length");
+  // Every integer in [lo, hi]; a key named in the message.
+  auto ranged = [&](const std::string& key, int64_t lo, int64_t hi) {
+    const int64_t v = get_int(key);
+    if (v < lo || v > hi)
+      fail("field '" + key + "' has impossible value " + std::to_string(v) + " (expected " + std::to_string(lo) +
+           ".." + std::to_string(hi) + ")");
+    return v;
+  };
+  h.vocab_size = ranged(a + "vocab_size", 1, kMaxVocab);
+  h.hidden_size = ranged(a + "embedding_length", 1, kMaxWidth);
+  h.intermediate_size = ranged(a + "feed_forward_length", 1, kMaxWidth);
+  h.n_layers = ranged(a + "block_count", 1, kMaxLayers);
+  h.n_heads = ranged(a + "attention.head_count", 1, kMaxHeads);
+  h.n_kv_heads = ranged(a + "attention.head_count_kv", 1, h.n_heads);
+  h.head_dim = ranged(a + "attention.key_length", 2, kMaxWidth);
+  h.context_length = ranged(a + "context_length", 1, kMaxContext);
+  if (h.n_heads % h.n_kv_heads)
+    fail("field '" + a + "attention.head_count' (" + std::to_string(h.n_heads) + ") is not a multiple of '" + a +
+         "attention.head_count_kv' (" + std::to_string(h.n_kv_heads) + ")");
+  if (h.head_dim % 2) fail("field '" + a + "attention.key_length' has impossible value " +
+                           std::to_string(h.head_dim) + " (RoPE needs an even head size)");
   h.rms_norm_eps = get_float(a + "attention.layer_norm_rms_epsilon");
+  if (!std::isfinite(h.rms_norm_eps) || !(h.rms_norm_eps > 0) || !(h.rms_norm_eps < 1))
+    fail("field '" + a + "attention.layer_norm_rms_epsilon' has impossible value " + std::to_string(h.rms_norm_eps) +
+         " (expected a finite number in (0, 1))");
   h.rope_theta = get_float(a + "rope.freq_base");
+  if (!std::isfinite(h.rope_theta) || !(h.rope_theta >= 1) || !(h.rope_theta <= 1e12))
+    fail("field '" + a + "rope.freq_base' has impossible value " + std::to_string(h.rope_theta) +
+         " (expected a finite number in [1, 1e12])");
   if (find("edgelut.rope_style")) h.rope_style = get_string("edgelut.rope_style");
+  if (h.rope_style != "neox" && h.rope_style != "adjacent")
+    fail("field 'edgelut.rope_style' has impossible value '" + h.rope_style + "' (neox or adjacent)");
   if (find("edgelut.tie_embeddings")) h.tie_embeddings = get_int("edgelut.tie_embeddings") != 0;
   if (find("edgelut.attn_bias")) h.attn_bias = get_int("edgelut.attn_bias") != 0;
-  if (h.n_layers < 0 || h.n_heads <= 0 || h.n_kv_heads <= 0 || h.n_heads % h.n_kv_heads)
-    fail("bad head counts (" + std::to_string(h.n_heads) + " heads, " + std::to_string(h.n_kv_heads) +
-         " kv heads)");
+
+  // Keys that only the Python side and the tokenizer use are checked here too, so
+  // that every entry point accepts and refuses the same files.
+  auto ids_below = [&](const std::string& key, int64_t n) {
+    if (!find(key)) return;
+    for (int64_t v : get_int_array(key))
+      if (v < 0 || v >= n) fail("field '" + key + "' holds " + std::to_string(v) + ", outside 0.." + std::to_string(n - 1));
+  };
+  for (const char* key : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"})
+    if (find(key)) ranged(key, 0, h.vocab_size - 1);
+  ids_below("edgelut.eos_token_ids", h.vocab_size);
+  const int64_t world = find("edgelut.shard.world_size") ? ranged("edgelut.shard.world_size", 1, 1024) : 1;
+  if (find("edgelut.shard.rank")) ranged("edgelut.shard.rank", 0, world - 1);
+  ids_below("edgelut.shard.heads", h.n_heads);
+  ids_below("edgelut.shard.kv_heads", h.n_kv_heads);
+  ids_below("edgelut.shard.ffn_columns", h.intermediate_size + 1);
+  for (const char* key : {"general.name", "tokenizer.chat_template", "edgelut.recipe", "edgelut.rope_scaling",
+                          "edgelut.tokenizer.json", "edgelut.tokenizer.bos_token", "edgelut.tokenizer.eos_token"})
+    if (find(key)) get_string(key);
+  if (find("tokenizer.ggml.add_bos_token")) get_int("tokenizer.ggml.add_bos_token");
 }
 
 const GgufValue* ModelFile::find(const std::string& key) const {
@@ -357,31 +182,31 @@ const GgufValue* ModelFile::find(const std::string& key) const {
 
 int64_t ModelFile::get_int(const std::string& key) const {
   const GgufValue* v = find(key);
-  if (!v) fail("missing key " + key);
+  if (!v) fail("missing key '" + key + "'");
   if (v->type == GgufType::String || v->type == GgufType::Array || is_float(v->type))
-    fail("key " + key + " is not an integer");
+    fail("field '" + key + "' is a " + gguf_type_name(v->type) + ", expected an integer");
   return v->i;
 }
 
 double ModelFile::get_float(const std::string& key) const {
   const GgufValue* v = find(key);
-  if (!v) fail("missing key " + key);
+  if (!v) fail("missing key '" + key + "'");
   if (is_float(v->type)) return v->f;
   return static_cast<double>(get_int(key));
 }
 
 const std::string& ModelFile::get_string(const std::string& key) const {
   const GgufValue* v = find(key);
-  if (!v) fail("missing key " + key);
-  if (v->type != GgufType::String) fail("key " + key + " is not a string");
+  if (!v) fail("missing key '" + key + "'");
+  if (v->type != GgufType::String) fail("field '" + key + "' is a " + gguf_type_name(v->type) + ", expected a string");
   return v->s;
 }
 
 const std::vector<int64_t>& ModelFile::get_int_array(const std::string& key) const {
   const GgufValue* v = find(key);
-  if (!v) fail("missing key " + key);
+  if (!v) fail("missing key '" + key + "'");
   if (v->type != GgufType::Array || v->elem == GgufType::String || v->elem == GgufType::Array || is_float(v->elem))
-    fail("key " + key + " is not an integer array");
+    fail("field '" + key + "' is not an integer array");
   return v->ints;
 }
 
@@ -401,7 +226,7 @@ void ModelFile::verify_crcs() const {
     if (got != t.crc32) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "has CRC32 %08x, expected %08x", got, t.crc32);
-      throw std::invalid_argument(path_ + " is corrupt: tensor " + t.name + " " + buf);
+      throw ModelFileError(path_ + " is corrupt: tensor " + printable(t.name) + " " + buf);
     }
   }
 }

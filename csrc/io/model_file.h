@@ -1,45 +1,31 @@
 // The edgelut model file reader (spec: docs/FORMAT.md, "Model file").
 //
-// Parses the GGUF container itself (no Python: the C ABI uses it), maps the
-// file read-only and checks every offset and size against the file before
-// exposing a byte. Unknown metadata keys of any GGUF type are parsed and kept,
-// so a newer writer's extra keys never break an older reader.
+// The container is read by parse_gguf (gguf.h: bounded, every offset and size
+// checked against the file); this class adds what makes a GGUF an edgelut
+// model: the format version, 4096-byte alignment, per-tensor edgelut metadata
+// and CRC32s, the layer byte ranges and hyper-parameters in range. Unknown
+// metadata keys of any GGUF type are parsed and kept, so a newer writer's
+// extra keys never break an older reader.
 //
-// Errors: std::runtime_error when the file cannot be opened or mapped,
-// std::invalid_argument when its content is wrong (truncated, corrupt, foreign,
-// newer format version); every message starts with the file path.
+// Errors: FileAccessError (a std::runtime_error) when the path cannot be read
+// as a file (missing, unreadable, directory, FIFO, device), ModelFileError (a
+// std::invalid_argument) when its content is wrong (truncated, corrupt,
+// foreign, newer format version, impossible hyper-parameters); every message
+// is one line and starts with the file path.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "../kernels/layout.h"
+#include "gguf.h"
 
 namespace edgelut {
 
 constexpr uint32_t kModelFormatVersion = 1;
 constexpr uint64_t kModelAlignment = 4096;
-
-// GGUF metadata value types (the numbering of the GGUF spec).
-enum class GgufType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7,
-  String = 8, Array = 9, U64 = 10, I64 = 11, F64 = 12,
-};
-
-// One metadata value. Integers and bools are widened to int64 (a uint64 above
-// 2^63 wraps), floats to double; arrays keep their elements in the matching vector.
-struct GgufValue {
-  GgufType type = GgufType::U8;
-  GgufType elem = GgufType::U8;  // element type of an array
-  int64_t i = 0;
-  double f = 0.0;
-  std::string s;
-  std::vector<int64_t> ints;
-  std::vector<double> floats;
-  std::vector<std::string> strings;
-  uint64_t count = 0;  // array length (nested arrays are skipped, count kept)
-};
 
 // One tensor: where its bytes are and what they mean.
 struct FileTensor {
@@ -74,12 +60,11 @@ class ModelFile {
  public:
   // Maps and parses `path`; verifies every tensor's CRC32 unless verify_crc is false.
   explicit ModelFile(const std::string& path, bool verify_crc = true);
-  ~ModelFile();
   ModelFile(const ModelFile&) = delete;
   ModelFile& operator=(const ModelFile&) = delete;
 
   const std::string& path() const { return path_; }
-  uint64_t file_size() const { return size_; }
+  uint64_t file_size() const { return file_->size(); }
   uint64_t data_offset() const { return data_offset_; }
   uint64_t alignment() const { return alignment_; }
   uint32_t format_version() const { return format_version_; }
@@ -88,6 +73,7 @@ class ModelFile {
   // Metadata. The typed getters throw std::invalid_argument naming the key when
   // it is missing or has another type.
   const std::map<std::string, GgufValue>& metadata() const { return kv_; }
+  const std::vector<std::string>& keys() const { return keys_; }  // in file order
   const GgufValue* find(const std::string& key) const;
   int64_t get_int(const std::string& key) const;
   double get_float(const std::string& key) const;  // also accepts integers
@@ -98,7 +84,7 @@ class ModelFile {
   const FileTensor* tensor(const std::string& name) const;  // nullptr when absent
   const std::vector<LayerRange>& layers() const { return layers_; }
 
-  const uint8_t* bytes(const FileTensor& t) const { return map_ + t.offset; }
+  const uint8_t* bytes(const FileTensor& t) const { return file_->data() + t.offset; }
   // The packed bytes of a packed tensor, ready for the kernels.
   PackedView packed_view(const FileTensor& t) const;
   // Throws std::invalid_argument naming the first tensor whose CRC32 differs.
@@ -111,13 +97,12 @@ class ModelFile {
   [[noreturn]] void fail(const std::string& what) const;
 
   std::string path_;
-  int fd_ = -1;
-  const uint8_t* map_ = nullptr;
-  uint64_t size_ = 0;
+  std::unique_ptr<MappedFile> file_;
   uint64_t data_offset_ = 0;
   uint64_t alignment_ = 32;
   uint32_t format_version_ = 0;
   std::map<std::string, GgufValue> kv_;
+  std::vector<std::string> keys_;
   std::vector<FileTensor> tensors_;
   std::map<std::string, size_t> tensor_index_;
   std::vector<LayerRange> layers_;

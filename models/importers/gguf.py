@@ -1,6 +1,7 @@
-"""GGUF importer (llama.cpp's format), built on the ``gguf`` package's reader.
+"""GGUF importer (llama.cpp's format).
 
-The reader and dequantisation come from ``gguf``; this file only maps
+The file is read by edgelut's bounded GGUF reader (models/gguf_file.py, the C++
+parser) and dequantised by ``gguf.quants``; this file only maps
 metadata to :class:`ModelConfig`, reshapes tensors to (N, K) float32 and undoes
 llama.cpp's Q/K row permutation. llama.cpp's converter permutes the rows of
 HF ``q_proj``/``k_proj`` of ``llama`` models so that RoPE can rotate adjacent
@@ -25,6 +26,7 @@ from edgelut.models.config import (
     ModelConfig,
     TokenizerData,
 )
+from edgelut.models.gguf_file import GGUFFile, Metadata, ModelFileError
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
 
 GGUF_MAGIC = b"GGUF"
@@ -37,23 +39,6 @@ def _require_gguf() -> Any:
     except ImportError as e:  # a hard dependency, but say what to do
         raise RuntimeError("reading GGUF files needs the `gguf` package (pip install gguf)") from e
     return gguf
-
-
-def field_value(reader: Any, key: str, default: Any = None) -> Any:
-    """A metadata value as a Python object (str, int, float, bool or list)."""
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    if hasattr(f, "contents"):  # gguf >= 0.14
-        return f.contents()
-    # Older gguf: data indexes the parts that hold the value(s).
-    gguf = _require_gguf()
-    vtype = f.types[-1]
-    values = [
-        bytes(f.parts[i]).decode("utf-8") if vtype == gguf.GGUFValueType.STRING else f.parts[i].tolist()[0]
-        for i in f.data
-    ]
-    return values if f.types[0] == gguf.GGUFValueType.ARRAY else values[0]
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -101,6 +86,8 @@ def q4_codes(
 
 def is_edgelut_model_file(path: Path) -> bool:
     """A GGUF container whose metadata carries edgelut's format version key (cheap: reads 64 KiB)."""
+    if not path.is_file():  # never open a FIFO or device: it could block or never end
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(1 << 16)
@@ -114,13 +101,13 @@ def f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def _rope_scaling(reader: Any, arch: str) -> dict | None:
-    kind = field_value(reader, f"{arch}.rope.scaling.type")
-    factor = field_value(reader, f"{arch}.rope.scaling.factor")
+def _rope_scaling(meta: Metadata, arch: str) -> dict | None:
+    kind = meta.str(f"{arch}.rope.scaling.type", None)
+    factor = meta.float(f"{arch}.rope.scaling.factor", None, lo=0.0, hi=1024.0)
     if kind in (None, "none") or not factor or float(factor) == 1.0:
         return None
     if kind != "linear":
-        raise ValueError(f"rope scaling type {kind!r} is not supported (only linear)")
+        raise meta.fail(f"rope scaling type {kind!r} is not supported (only linear)")
     return {"type": "linear", "factor": f32(factor)}
 
 
@@ -129,19 +116,27 @@ def _rope_scaling(reader: Any, arch: str) -> dict | None:
 # layer global, local base 10000). Newer converters may write them; those keys win.
 _SWA_DEFAULTS = {"gemma3": (6, 10000.0)}
 
+# Upper bounds for hyper-parameters read from a source GGUF (the model file
+# reader's, csrc/io/model_file.cc).
+MAX_VOCAB, MAX_WIDTH, MAX_LAYERS, MAX_HEADS, MAX_CONTEXT = 1 << 24, 1 << 20, 1 << 12, 1 << 12, 1 << 24
 
-def _sliding(reader: Any, arch: str) -> dict[str, Any]:
-    window = field_value(reader, f"{arch}.attention.sliding_window")
+
+def _sliding(meta: Metadata, arch: str) -> dict[str, Any]:
+    window = meta.int(f"{arch}.attention.sliding_window", None, lo=0, hi=MAX_CONTEXT)
     if not window:
         return {}
     pattern, local_theta = _SWA_DEFAULTS.get(arch, (0, 0.0))
-    pattern = field_value(reader, f"{arch}.attention.sliding_window_pattern", pattern)
-    local_theta = field_value(reader, f"{arch}.rope.freq_base_swa", local_theta)
-    if isinstance(pattern, list):  # per-layer booleans (true = sliding): recover the period
-        period = next((i + 1 for i, sliding in enumerate(pattern) if not sliding), 0)
-        if [bool(v) for v in pattern] != [period == 0 or (i + 1) % period != 0 for i in range(len(pattern))]:
-            raise ValueError(f"sliding-window layer pattern {pattern} is not periodic")
+    key = f"{arch}.attention.sliding_window_pattern"
+    if key in meta and isinstance(meta.values[key], list):
+        # per-layer booleans (true = sliding): recover the period
+        flags = [bool(v) for v in meta.values[key]]
+        period = next((i + 1 for i, sliding in enumerate(flags) if not sliding), 0)
+        if flags != [period == 0 or (i + 1) % period != 0 for i in range(len(flags))]:
+            raise meta.fail(f"sliding-window layer pattern {flags} is not periodic")
         pattern = period
+    elif key in meta:
+        pattern = meta.int(key, lo=0, hi=MAX_LAYERS)
+    local_theta = meta.float(f"{arch}.rope.freq_base_swa", local_theta, lo=0.0, hi=1e12)
     return {
         "sliding_window": int(window),
         "sliding_window_pattern": int(pattern),
@@ -149,114 +144,115 @@ def _sliding(reader: Any, arch: str) -> dict[str, Any]:
     }
 
 
-def config_from_metadata(reader: Any, path: Path, n_vocab_tensor: int, tied: bool, bias: bool) -> ModelConfig:
-    arch = field_value(reader, "general.architecture")
+def config_from_metadata(
+    meta: Metadata, path: Path, n_vocab_tensor: int, tied: bool, bias: bool
+) -> ModelConfig:
+    arch = meta.str("general.architecture", None)
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
+        raise ModelFileError(
             f"{path}: architecture {arch!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-
-    def get(key: str, default: Any = None) -> Any:
-        value = field_value(reader, f"{arch}.{key}", default)
-        if value is None:
-            raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
-        return value
-
-    hidden = int(get("embedding_length"))
-    n_heads = int(get("attention.head_count"))
-    head_dim = int(field_value(reader, f"{arch}.attention.key_length", hidden // n_heads))
-    eos = field_value(reader, "tokenizer.ggml.eos_token_id")
-    eot = field_value(reader, "tokenizer.ggml.eot_token_id")
+    a = f"{arch}."
+    hidden = meta.int(a + "embedding_length", lo=1, hi=MAX_WIDTH)
+    n_heads = meta.int(a + "attention.head_count", lo=1, hi=MAX_HEADS)
+    head_dim = meta.int(a + "attention.key_length", hidden // n_heads, lo=2, hi=MAX_WIDTH)
+    vocab = meta.int(a + "vocab_size", n_vocab_tensor, lo=1, hi=MAX_VOCAB)
+    eos = meta.token_id("tokenizer.ggml.eos_token_id", vocab)
+    eot = meta.token_id("tokenizer.ggml.eot_token_id", vocab)
     eos_ids = tuple(dict.fromkeys(int(t) for t in (eos, eot) if t is not None))
-    bos = field_value(reader, "tokenizer.ggml.bos_token_id")
-    return ModelConfig(
-        architecture=arch,
-        vocab_size=int(field_value(reader, f"{arch}.vocab_size", n_vocab_tensor)),
-        hidden_size=hidden,
-        intermediate_size=int(get("feed_forward_length")),
-        n_layers=int(get("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(field_value(reader, f"{arch}.attention.head_count_kv", n_heads)),
-        head_dim=head_dim,
-        rms_norm_eps=f32(get("attention.layer_norm_rms_epsilon")),
-        rope_theta=f32(field_value(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rope_style="neox",  # after un-permuting, every supported GGUF is in HF (NeoX) order
-        rope_scaling=_rope_scaling(reader, arch),
-        context_length=int(field_value(reader, f"{arch}.context_length", 2048)),
-        tie_embeddings=tied,
-        attn_bias=bias,
-        bos_token_id=None if bos is None else int(bos),
-        eos_token_ids=eos_ids,
-        name=str(field_value(reader, "general.name", path.stem)),
-        **_sliding(reader, arch),
-    )
+    try:
+        return ModelConfig(
+            architecture=arch,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=meta.int(a + "feed_forward_length", lo=1, hi=MAX_WIDTH),
+            n_layers=meta.int(a + "block_count", lo=1, hi=MAX_LAYERS),
+            n_heads=n_heads,
+            n_kv_heads=meta.int(a + "attention.head_count_kv", n_heads, lo=1, hi=n_heads),
+            head_dim=head_dim,
+            rms_norm_eps=f32(meta.float(a + "attention.layer_norm_rms_epsilon", lo=1e-30, hi=0.5)),
+            rope_theta=f32(meta.float(a + "rope.freq_base", 10000.0, lo=1.0, hi=1e12)),
+            rope_style="neox",  # after un-permuting, every supported GGUF is in HF (NeoX) order
+            rope_scaling=_rope_scaling(meta, arch),
+            context_length=meta.int(a + "context_length", 2048, lo=1, hi=MAX_CONTEXT),
+            tie_embeddings=tied,
+            attn_bias=bias,
+            bos_token_id=meta.token_id("tokenizer.ggml.bos_token_id", vocab),
+            eos_token_ids=eos_ids,
+            name=meta.str("general.name", path.stem),
+            **_sliding(meta, arch),
+        )
+    except ValueError as e:
+        if isinstance(e, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: bad config: {e}") from None
 
 
-def tokenizer_from_metadata(reader: Any, path: Path) -> TokenizerData:
-    return _tokenizer_and_turn_ends(reader, path)[0]
+def tokenizer_from_metadata(f: GGUFFile) -> TokenizerData:
+    return _tokenizer_and_turn_ends(f)[0]
 
 
-def _tokenizer_and_turn_ends(reader: Any, path: Path) -> tuple[TokenizerData, list[int]]:
+def _tokenizer_and_turn_ends(f: GGUFFile) -> tuple[TokenizerData, list[int]]:
     """The tokenizer, and the ids of its end-of-turn tokens (stop tokens for chat)."""
     from edgelut.models.chat_templates import DEFAULT_TEMPLATES, end_of_turn_ids
     from edgelut.tokenizer import tokenizer_json_from_gguf_vocab
 
-    kind = field_value(reader, "tokenizer.ggml.model")
+    meta, path = f.meta, f.path
+    kind = meta.str("tokenizer.ggml.model", None)
     if kind is None:
-        raise ValueError(f"{path}: GGUF has no tokenizer (tokenizer.ggml.model missing)")
-    tokens = field_value(reader, "tokenizer.ggml.tokens")
-    bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
-    eos_id = field_value(reader, "tokenizer.ggml.eos_token_id")
-    add_bos = field_value(reader, "tokenizer.ggml.add_bos_token")
+        raise ModelFileError(f"{path}: GGUF has no tokenizer (tokenizer.ggml.model missing)")
+    tokens = meta.list("tokenizer.ggml.tokens", str)
+    n = len(tokens)
+    if n == 0:
+        raise ModelFileError(f"{path}: field 'tokenizer.ggml.tokens' is empty")
+    types = meta.list("tokenizer.ggml.token_type", int, None)
+    scores = meta.list("tokenizer.ggml.scores", float, None)
+    for key, arr in (("tokenizer.ggml.token_type", types), ("tokenizer.ggml.scores", scores)):
+        if arr is not None and len(arr) != n:
+            raise ModelFileError(f"{path}: field '{key}' has {len(arr)} entries for {n} tokens")
+    bos_id = meta.token_id("tokenizer.ggml.bos_token_id", n)
+    eos_id = meta.token_id("tokenizer.ggml.eos_token_id", n)
+    add_bos = meta.bool("tokenizer.ggml.add_bos_token", None)
     if add_bos is None:
         add_bos = kind == "llama"  # llama.cpp's default for SentencePiece vocabularies
     try:
         text = tokenizer_json_from_gguf_vocab(
             model=kind,
             tokens=tokens,
-            token_types=field_value(reader, "tokenizer.ggml.token_type"),
-            scores=field_value(reader, "tokenizer.ggml.scores"),
-            merges=field_value(reader, "tokenizer.ggml.merges"),
-            pre=field_value(reader, "tokenizer.ggml.pre"),
+            token_types=types,
+            scores=scores,
+            merges=meta.list("tokenizer.ggml.merges", str, None),
+            pre=meta.str("tokenizer.ggml.pre", None),
             bos_id=bos_id,
-            unk_id=field_value(reader, "tokenizer.ggml.unknown_token_id"),
+            unk_id=meta.token_id("tokenizer.ggml.unknown_token_id", n),
             add_bos=bool(add_bos),
-            add_space_prefix=field_value(reader, "tokenizer.ggml.add_space_prefix"),
+            add_space_prefix=meta.bool("tokenizer.ggml.add_space_prefix", None),
         )
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    template = field_value(reader, "tokenizer.chat_template")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        # The vocabulary is the file's content: any way it fails to make a tokenizer is a bad file.
+        raise ModelFileError(
+            f"{path}: the tokenizer metadata is unusable ({type(e).__name__}: {e})"
+        ) from None
+    template = meta.str("tokenizer.chat_template", None)
     if template is None:
-        template = DEFAULT_TEMPLATES.get(str(field_value(reader, "general.architecture")))
+        template = DEFAULT_TEMPLATES.get(str(meta.str("general.architecture", "")))
     data = TokenizerData(
         tokenizer_json=text,
         chat_template=template,
-        bos_token=None if bos_id is None else tokens[int(bos_id)],
-        eos_token=None if eos_id is None else tokens[int(eos_id)],
+        bos_token=None if bos_id is None else tokens[bos_id],
+        eos_token=None if eos_id is None else tokens[eos_id],
         add_bos=bool(add_bos),
     )
     return data, end_of_turn_ids(tokens)
 
 
-def open_reader(path: Path) -> Any:
-    """GGUFReader on ``path`` with one-line errors for missing, foreign and truncated files."""
-    gguf = _require_gguf()
-    if not path.is_file():
+def open_reader(path: Path) -> GGUFFile:
+    """A source GGUF through the bounded reader; one-line errors for missing, foreign and corrupt files."""
+    path = Path(path)
+    if not path.exists():
         raise ModelNotFoundError(f"{path}: no such GGUF file")
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as e:  # the reader raises assorted types on bad bytes
-        raise RuntimeError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from e
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise RuntimeError(f"{path}: truncated GGUF file (tensor {t.name} extends past the end)")
-    return reader
+    return GGUFFile(path)
 
 
 @register_importer("gguf")
@@ -279,10 +275,10 @@ class GGUFImporter(Importer):
 
 
 def _phi3_rope(
-    reader: Any, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray], path: Path
+    meta: Metadata, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray], path: Path
 ) -> None:
     """Partial RoPE and LongRoPE as llama.cpp stores them (Phi-3): within the original context."""
-    rope_dim = field_value(reader, f"{arch}.rope.dimension_count")
+    rope_dim = meta.int(f"{arch}.rope.dimension_count", None, lo=2, hi=MAX_WIDTH)
     if rope_dim is not None and int(rope_dim) != config.head_dim:
         config.rope_dim = int(rope_dim)
     short = tensors.pop("rope_factors_short.weight", None)
@@ -290,10 +286,12 @@ def _phi3_rope(
     if short is None:
         return
     if config.rope_scaling is not None:
-        raise ValueError(f"{path}: both rope_factors_short.weight and {arch}.rope.scaling.type are set")
-    original = field_value(reader, f"{arch}.rope.scaling.original_context_length", config.context_length)
+        raise ModelFileError(f"{path}: both rope_factors_short.weight and {arch}.rope.scaling.type are set")
+    original = meta.int(
+        f"{arch}.rope.scaling.original_context_length", config.context_length, lo=1, hi=MAX_CONTEXT
+    )
     config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in short.reshape(-1)]}
-    config.rope_mscale = f32(field_value(reader, f"{arch}.rope.scaling.attn_factor", 1.0))
+    config.rope_mscale = f32(meta.float(f"{arch}.rope.scaling.attn_factor", 1.0, lo=0.0, hi=100.0))
     config.context_length = min(config.context_length, int(original))
 
 
@@ -309,14 +307,14 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     """
     gguf = _require_gguf()
     path = Path(path)
-    reader = open_reader(path)
-    arch = field_value(reader, "general.architecture")
-    names = {t.name for t in reader.tensors}
-    if "token_embd.weight" not in names:
-        raise ValueError(f"{path}: GGUF has no token_embd.weight tensor")
-    n_vocab = next(int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight")
+    f = open_reader(path)
+    arch = f.meta.str("general.architecture", None)
+    embd = f.tensor("token_embd.weight")
+    if embd is None:
+        raise ModelFileError(f"{path}: GGUF has no token_embd.weight tensor")
+    names = {t.name for t in f.tensors}
     config = config_from_metadata(
-        reader, path, n_vocab, tied="output.weight" not in names, bias="blk.0.attn_q.bias" in names
+        f.meta, path, int(embd.shape[0]), tied="output.weight" not in names, bias="blk.0.attn_q.bias" in names
     )
     if layers is not None:
         if not 1 <= layers <= config.n_layers:
@@ -328,24 +326,28 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
 
     tensors: dict[str, np.ndarray] = {}
     codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for t in reader.tensors:
+    for t in f.tensors:
         layer = _layer_index(t.name)
         if layer is not None and layer >= config.n_layers:
             continue
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (K) first
-        qname = t.tensor_type.name
+        qname = t.type_name
         try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
-        except NotImplementedError as e:
-            raise ValueError(f"{path}: tensor {t.name} has unsupported type {qname}") from e
-        w = np.asarray(w, dtype=np.float32).reshape(shape)
+            qtype = gguf.GGMLQuantizationType(t.type)
+            w = gguf.quants.dequantize(f.data(t), qtype)
+        except (NotImplementedError, ValueError) as e:
+            raise ModelFileError(f"{path}: tensor {t.name} has unsupported type {qname}") from e
+        w = np.asarray(w, dtype=np.float32).reshape(t.shape)
         kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
         n_head = heads.get(kind)
         if n_head is not None:
+            if t.shape[0] % (2 * n_head):
+                raise ModelFileError(
+                    f"{path}: tensor {t.name} has {t.shape[0]} rows, not a multiple of 2 x {n_head} heads"
+                )
             w = unpermute_rows(w, n_head)
         tensors[t.name] = np.ascontiguousarray(w)
-        if qname in ("Q4_0", "Q4_1") and len(shape) == 2:
-            c, s, m = q4_codes(t.data, qname, shape[0], shape[1])
+        if qname in ("Q4_0", "Q4_1") and len(t.shape) == 2:
+            c, s, m = q4_codes(f.raw(t), qname, t.shape[0], t.shape[1])
             if n_head is not None:
                 c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
             codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
@@ -354,15 +356,15 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
 
         split_fused(tensors, config)
         split_fused(codes, config)  # type: ignore[arg-type]
-    _phi3_rope(reader, arch, config, tensors, path)
-    tokenizer, turn_ends = _tokenizer_and_turn_ends(reader, path)
+    _phi3_rope(f.meta, arch, config, tensors, path)
+    tokenizer, turn_ends = _tokenizer_and_turn_ends(f)
     config.eos_token_ids = tuple(dict.fromkeys([*config.eos_token_ids, *turn_ends]))
     freqs = tensors.pop("rope_freqs.weight", None)
     if freqs is not None:
         # Llama 3.1-style scaling: llama.cpp stores the per-frequency divisors as a tensor.
         if config.rope_scaling is not None:
-            raise ValueError(f"{path}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
-        config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in freqs.reshape(-1)]}
+            raise ModelFileError(f"{path}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
+        config.rope_scaling = {"type": "freq_factors", "factors": [float(x) for x in freqs.reshape(-1)]}
     return ImportedModel(
         config=config,
         tensors=tensors,

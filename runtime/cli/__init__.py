@@ -38,17 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"edgelut {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader of our stdout went away (`edgelut info F | head`): stop quietly, like
         # coreutils do; point stdout at devnull so the interpreter's final flush does not fail too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except (UserError, ValueError, OSError, RuntimeError) as e:
+        # OSError: a path that cannot be read (FileNotFoundError, the model reader's FileAccessError).
+        print(f"edgelut {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

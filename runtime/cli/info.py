@@ -23,6 +23,24 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _check_tensors(f) -> None:  # noqa: ANN001 (a ModelFile; imported lazily)
+    """The tensor set the engine binds: every name the config implies, with its shape."""
+    from edgelut.models.modelfile import ModelFileError, expected_tensors
+
+    if f.shard.world_size > 1:
+        return  # a shard holds a slice of each tensor; `edgelut shard` checks those
+    want = expected_tensors(f.config)
+    for name, shape in want.items():
+        e = f.entries.get(name)
+        if e is None:
+            raise ModelFileError(f"{f.path}: missing tensor '{name}' required by its config")
+        if e.shape != shape:
+            raise ModelFileError(f"{f.path}: tensor '{name}' has shape {e.shape}, the config implies {shape}")
+    extra = [n for n in f.entries if n not in want]
+    if extra:
+        raise ModelFileError(f"{f.path}: unexpected tensor(s) {', '.join(extra[:5])}")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import re
@@ -31,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.file):
         raise UserError(f"{args.file} does not exist")
+    # The same reader and checks as `edgelut run` (csrc/io/model_file.cc): a file info
+    # describes is one the engine would open, except for its tensor shapes, checked below.
     f = read_model_file(args.file, verify_crc=not args.no_verify)
+    _check_tensors(f)
     c = f.config
     entries = list(f.entries.values())
     n_params = sum(e.n_weights for e in entries)
@@ -47,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         f"bits/weight:   {8 * tensor_bytes / n_params:.3f} (all tensors), "
         f"{8 * f.file_size / n_params:.3f} (whole file)"
     )
-    rec = f.recipe
+    rec = f.recipe  # a JSON object: the reader refuses anything else
     if rec:
         print(
             f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
