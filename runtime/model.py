@@ -127,34 +127,43 @@ def pack_tensors(
     group_size: int = 32,
     asym: bool | None = None,
     clip_search: bool = True,
+    source_codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Quantise (RTN) and pack every linear layer and the embedding; norms and biases stay float32.
 
     The packed embedding serves both the row lookup and, when the model ties
-    embeddings (or has no output.weight), the lm_head. ``asym=None`` takes the
-    recipe's default for the type (asymmetric groups for q1..q4; see
-    ``edgelut.quantize.recipe.default_asym``), so this path and
-    ``edgelut quantize`` agree.
+    embeddings (or has no output.weight), the lm_head. Each matrix goes through
+    ``edgelut.quantize.convert.quantize_tensor``, the quantiser ``edgelut
+    quantize`` runs, so this path and a converted file agree: Q4_0/Q4_1 codes
+    of the source (``source_codes``) are kept as they are at q4 g32, and the
+    embedding gets the plain clip search. ``asym=None`` takes the recipe's
+    default for the type (see ``edgelut.quantize.recipe.default_asym``).
+    ``clip_search=False`` (tests that only need some quantised model) is plain
+    min/max RTN.
     """
-    from edgelut.quantize.recipe import default_asym
-    from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
+    from edgelut.quantize.convert import quantize_tensor
+    from edgelut.quantize.recipe import TensorSpec, default_asym
+    from edgelut.quantize.rtn import quantize_rtn
 
     qtype = f"q{bits}"
     if asym is None:
         asym = default_asym(qtype)
-    grid = DEFAULT_CLIP_GRID if clip_search else None
+    spec = TensorSpec(qtype, group_size, asym)
     linear = {f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LINEAR_TENSORS}
     linear |= {"token_embd.weight", "output.weight"}
+    codes_of = source_codes or {}
     out: dict[str, Any] = {}
     for name, t in tensors.items():
         if name == "output.weight" and cfg.tie_embeddings:
             continue  # the packed token_embd is the lm_head
         t = np.asarray(t, dtype=np.float32)
-        if name in linear:
-            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=grid)
-            out[name] = pack(codes, scales, mins, qtype, group_size)
-        else:
+        if name not in linear:
             out[name] = np.ascontiguousarray(t)
+        elif clip_search:
+            out[name] = quantize_tensor(name, t, spec, "rtn", source_codes=codes_of.get(name))
+        else:
+            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=None, refine=0)
+            out[name] = pack(codes, scales, mins, qtype, group_size)
     return out
 
 
@@ -350,16 +359,25 @@ class Model:
         prefill_chunk: int = 64,
         shard: _core.ShardSpec | None = None,
         communicator: _core.Communicator | None = None,
+        source_codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> Model:
         """Quantise float weights (GGUF names, (N, K) orientation) with RTN and build the engine.
 
         ``shard`` keeps only one shard's slice of every layer; ``communicator``
         sums the partial results across shards (see ``_core.make_local_group``).
+        ``source_codes`` are an import's Q4_0/Q4_1 codes, kept as they are (not with a shard).
         """
         if shard is not None:
             tensors = shard_tensors(config, tensors, shard)
+            source_codes = None
         packed = pack_tensors(
-            config, tensors, bits=bits, group_size=group_size, asym=asym, clip_search=clip_search
+            config,
+            tensors,
+            bits=bits,
+            group_size=group_size,
+            asym=asym,
+            clip_search=clip_search,
+            source_codes=source_codes,
         )
         return cls.from_packed(
             config,
@@ -749,11 +767,13 @@ def load(
 ) -> Model:
     """Load a model.
 
-    ``source`` is an edgelut model file (.elut), an ImportedModel-like object
-    (``.config`` and float ``.tensors``), or a path / hub id the importers in
-    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which
-    is then quantised on the fly (RTN at ``bits``, groups of ``group_size``). The tokenizer comes
-    from the file or the import unless one is given.
+    ``source`` is a registry model name (``edgelut list``; pulled and converted
+    once), an edgelut model file (.elut), a path / hub id the importers in
+    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which is
+    converted once into the cache (RTN at ``bits``, groups of ``group_size``;
+    see ``edgelut.store``) and loaded from there, or an ImportedModel-like object
+    (``.config`` and float ``.tensors``, quantised in memory by the same
+    quantiser). The tokenizer comes from the file or the import unless one is given.
 
     For a model file, ``window`` (1..n_layers) pages the layer weights through
     that many slots, a loader thread reading ahead while the engine computes.
@@ -800,9 +820,13 @@ def _load(
     direct_io: bool,
     page_output: bool = False,
 ) -> Model:
-    if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
+    if isinstance(source, (str, os.PathLike)):
+        # One way in: a registry name or a source path becomes a cached model file first.
+        from edgelut import store
+
+        path = store.resolve(os.fspath(source), store.ConvertOptions(bits=bits, group_size=group_size))
         return _load_file(
-            os.fspath(source),
+            os.fspath(path),
             tokenizer,
             n_ctx=n_ctx,
             n_threads=n_threads,
@@ -818,15 +842,6 @@ def _load(
             "window, memory_budget and page_output page the weights of an edgelut model file; "
             "convert the model first (edgelut quantize)"
         )
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            from edgelut.models.importers import load_model
-        except ImportError as e:
-            raise NotImplementedError(
-                f"cannot load {os.fspath(source)!r}: this build has no importers; "
-                "pass an ImportedModel-like object (config + float tensors)"
-            ) from e
-        source = load_model(source)
     if not hasattr(source, "config") or not hasattr(source, "tensors"):
         raise TypeError("load() takes a path or an ImportedModel-like object with .config and .tensors")
     if tokenizer is None and getattr(source, "tokenizer", None) is not None:
@@ -845,21 +860,8 @@ def _load(
         n_ctx=n_ctx,
         n_threads=n_threads,
         kv_type=kv_type,
+        source_codes=getattr(source, "source_codes", None),
     )
-
-
-def _is_model_file(path: str) -> bool:
-    """An edgelut model file: a GGUF container with the edgelut format version key."""
-    if not os.path.isfile(path):
-        return False
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            return False
-    import gguf
-
-    from edgelut.models.modelfile import KEY_VERSION
-
-    return KEY_VERSION in gguf.GGUFReader(path).fields
 
 
 def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
