@@ -189,7 +189,8 @@ def write_model_file(
         t = tensors[name]
         if isinstance(t, SpilledTensor):
             if not t.packed and t.meta["qtype"] != float_type:
-                raise ValueError(f"tensor {name} was spilled as {t.meta['qtype']}, the file stores {float_type}")
+                spilled = t.meta["qtype"]
+                raise ValueError(f"tensor {name} was spilled as {spilled}, the file stores {float_type}")
             data: Any = t
             meta = dict(t.meta, crc32=t.crc32)
         elif isinstance(t, PackedMatrix):

@@ -51,7 +51,7 @@ class TensorSpill:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.TemporaryFile(dir=directory)
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close())
         self._end = 0
 
     def put(self, name: str, t: PackedMatrix | np.ndarray, float_type: str = "f32") -> SpilledTensor:

@@ -189,9 +189,7 @@ def quantize_model(
     total = sum(int(np.prod(tensor_shape(model.tensors, n))) for n in matrices)
     # Progress in weights, not tensors: the first tensor (the embedding) is the largest, so a
     # per-tensor rate would promise a far too long (or short) remainder after one tick.
-    bar = tqdm(
-        total=total, desc="quantize", unit="w", unit_scale=True, smoothing=0.1, disable=not progress
-    )
+    bar = tqdm(total=total, desc="quantize", unit="w", unit_scale=True, smoothing=0.1, disable=not progress)
 
     def calibrated(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
         spec = recipe.spec_for(name)

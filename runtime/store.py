@@ -207,4 +207,3 @@ def remove(name: str) -> list[Path]:
         listed = ", ".join(sorted({m.name for m in cached_models()})) or "none"
         raise UnknownModelError(f"no cached model {name!r} (cached: {listed}); `edgelut list` shows them")
     return gone
-

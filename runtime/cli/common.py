@@ -20,9 +20,7 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
             "into the cache (GGUF, HF dir, ONNX); default: smollm2-135m-instruct",
         )
     else:
-        p.add_argument(
-            "model", help="a model name, a model file, or a source converted once into the cache"
-        )
+        p.add_argument("model", help="a model name, a model file, or a source converted once into the cache")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     p.add_argument("-c", "--ctx", type=int, default=2048, help="context length in tokens")
     p.add_argument(
