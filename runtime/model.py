@@ -470,6 +470,23 @@ class Model:
         self._cache_ids = ids
         return logits
 
+    def eval_tail(self, ids: Sequence[int], first: int) -> np.ndarray:
+        """Logits (len(ids) - first, vocab) of positions first.. of ids, evaluated from position 0.
+
+        Positions before ``first`` are evaluated for their KV cache only, so their
+        logits never exist (perplexity scores the second half of each window).
+        """
+        ids = [int(i) for i in ids]
+        if not 0 <= first < len(ids):
+            raise ValueError(f"eval_tail: first must be in [0, {len(ids)}), got {first}")
+        self._cache_ids = []
+        self._engine.reset()
+        if first:
+            self._engine.eval(np.asarray(ids[:first], dtype=np.int32), 0, all_logits=False)
+        logits = self._engine.eval(np.asarray(ids[first:], dtype=np.int32), first, all_logits=True)
+        self._cache_ids = ids
+        return logits
+
     def reset(self) -> None:
         """Forget the KV cache (the next call evaluates its whole prompt)."""
         self._engine.reset()
@@ -872,7 +889,22 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
     # The config and tokenizer only; the engine checks the CRCs as it opens the file.
     with read_model_file(path, verify_crc=False) as mf:
         config, tok_data = mf.config, mf.tokenizer
-    engine = _core.Engine.from_file(path, **engine_kw)
+    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     if tokenizer is None and tok_data.tokenizer_json:
         tokenizer = Tokenizer(tok_data)
+    budget = int(engine_kw.get("budget_bytes", 0))
+    if budget > 0:
+        from edgelut import budget as mem
+
+        baseline = mem.rss_bytes()
+        engine_kw["budget_bytes"] = mem.engine_budget(budget, baseline, config.vocab_size)
+        try:
+            engine = _core.Engine.from_file(path, **engine_kw)
+        except ValueError as e:
+            restated = mem.too_small(e, budget, baseline, engine_kw["budget_bytes"])
+            if restated is None:
+                raise
+            raise restated from None
+    else:
+        engine = _core.Engine.from_file(path, **engine_kw)
     return Model(engine, config, tokenizer)
