@@ -155,6 +155,8 @@ def resolve(model: str, opts: ConvertOptions | None = None) -> Path:
     (GGUF, HF directory, ONNX, hf:org/name) converted once into the cache, or a registry name."""
     opts = opts or ConvertOptions()
     if model.startswith("hf:"):
+        if model[3:].count("/") != 1:
+            raise ValueError(f"hf: models are named hf:org/name, got {model!r}")
         key = hashlib.sha256(model.encode()).hexdigest()[:16]
         out = _models_dir() / f"{_stem(Path(model[3:]))}-{key}-{opts.tag}.elut"
         return out if out.is_file() else convert_source(model, out, opts)

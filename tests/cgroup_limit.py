@@ -46,7 +46,9 @@ def available() -> str:
     return ""
 
 
-def run_limited(cmd: list[str], limit_bytes: int, timeout: float = 300, **kw) -> tuple[subprocess.CompletedProcess, dict]:
+def run_limited(
+    cmd: list[str], limit_bytes: int, timeout: float = 300, **kw
+) -> tuple[subprocess.CompletedProcess, dict]:
     """Runs cmd inside a fresh memory cgroup limited to limit_bytes; returns the result and the
     group's counters (max_usage_in_bytes, failcnt, oom_kill from memory.oom_control)."""
     group = _own_group()
