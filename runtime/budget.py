@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["PYTHON_RESERVE", "BudgetError", "engine_budget", "rss_bytes", "too_small"]
+__all__ = ["PYTHON_RESERVE", "BudgetError", "engine_budget", "reserve_bytes", "rss_bytes", "too_small"]
 
 # Bytes kept back for the Python side's allocations after start-up (measured on SmolLM2 and
 # Qwen2.5-Coder-1.5B: docs/ARCHITECTURE.md "One way in", "A budget that holds").
@@ -43,26 +43,27 @@ def _mib(n: int) -> str:
 
 
 def engine_budget(budget: int, baseline: int, vocab_size: int) -> int:
-    """The bytes the engine may use out of ``budget`` when the process already holds ``baseline``."""
-    reserve = PYTHON_RESERVE + 2 * 4 * vocab_size  # plus two float32 logits rows
-    left = budget - baseline - reserve
-    if left <= 0:
-        raise BudgetError(
-            f"memory budget {_mib(budget)} cannot be honoured: the process already holds "
-            f"{_mib(baseline)} (Python, libraries, model metadata, tokenizer) and keeps "
-            f"{_mib(reserve)} in reserve before loading any weights"
-        )
-    return left
+    """The bytes the engine may use out of ``budget`` when the process already holds ``baseline``.
+
+    At least 1, so that a budget already spent at start-up reaches the engine, whose
+    "too small" error (restated by :func:`too_small`) names the minimum.
+    """
+    return max(1, budget - baseline - reserve_bytes(vocab_size))
 
 
-def too_small(err: ValueError, budget: int, baseline: int, given: int) -> BudgetError | None:
+def reserve_bytes(vocab_size: int) -> int:
+    return PYTHON_RESERVE + 2 * 4 * vocab_size  # plus two float32 logits rows
+
+
+def too_small(err: ValueError, budget: int, baseline: int, vocab_size: int) -> BudgetError | None:
     """The engine's "budget too small" error restated for the whole process, or None if it is another."""
     m = re.search(r"the minimum is (\d+) bytes", str(err))
     if not m:
         return None
-    minimum = budget - given + int(m.group(1))
+    minimum = baseline + reserve_bytes(vocab_size) + int(m.group(1))
     return BudgetError(
         f"memory budget {_mib(budget)} cannot be honoured: the minimum is {_mib(minimum)} "
-        f"({minimum} bytes: {_mib(baseline)} measured at start-up, a reserve, and the engine's "
+        f"({minimum} bytes: {_mib(baseline)} measured at start-up, a {_mib(reserve_bytes(vocab_size))} "
+        f"reserve, and the engine's "
         f"{_mib(int(m.group(1)))} for the pinned tensors, KV cache, scratch and one layer slot)"
     )

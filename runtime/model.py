@@ -901,7 +901,7 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
         try:
             engine = _core.Engine.from_file(path, **engine_kw)
         except ValueError as e:
-            restated = mem.too_small(e, budget, baseline, engine_kw["budget_bytes"])
+            restated = mem.too_small(e, budget, baseline, config.vocab_size)
             if restated is None:
                 raise
             raise restated from None

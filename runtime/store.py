@@ -85,10 +85,11 @@ def convert_source(source: Path | str, out: Path, opts: ConvertOptions) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
+    model = load_source(str(source))  # downloads an hf: source first
     if opts.progress:
         print(f"edgelut: converting {source} (once) into {out}", file=sys.stderr, flush=True)
     try:
-        convert(load_source(str(source)), tmp, opts.recipe(), progress=opts.progress)
+        convert(model, tmp, opts.recipe(), progress=opts.progress)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

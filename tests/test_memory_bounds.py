@@ -33,7 +33,8 @@ def test_quantize_streams_a_model_larger_than_its_peak(tmp_path) -> None:
     """A 201 MB float32 model converts with a peak of import overhead plus far less than the model."""
     # A wide embedding (the largest tensor, as in real models): 16384 rows, ids past the
     # tokenizer's 260 unused.
-    shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=3, n_heads=8, vocab_size=16384)
+    shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=3, n_heads=8, head_dim=128)
+    shape["vocab_size"] = 16384
     cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=True, **shape)
     weights = tiny_weights(cfg)
     src = write_gguf(tmp_path / "big.gguf", cfg, weights)
