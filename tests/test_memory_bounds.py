@@ -42,10 +42,13 @@ def test_quantize_streams_a_model_larger_than_its_peak(tmp_path) -> None:
     del weights
     assert float_bytes > 190 * MIB
     out = tmp_path / "big.elut"
-    # What importing the converter costs by itself (numpy, numba, tokenizers, gguf).
-    imports = "import edgelut.cli.quantize, edgelut.quantize.convert, edgelut.quantize.rtn, "
-    imports += "edgelut.models.importers.gguf, edgelut.models.modelfile, tqdm"
-    baseline = _child_peak(imports)
+    # What the converter costs by itself: its imports and the numba JIT of the RTN kernel.
+    baseline = _child_peak(
+        "import numpy as np, tqdm, edgelut.cli.quantize, edgelut.models.modelfile\n"
+        "from edgelut.quantize.convert import quantize_tensor\n"
+        "from edgelut.quantize.recipe import TensorSpec\n"
+        "quantize_tensor('w', np.ones((64, 64), np.float32), TensorSpec('q4', 32, True), 'rtn')"
+    )
     script = f"""
 from edgelut.cli import main
 assert main(["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q"]) == 0
@@ -54,7 +57,8 @@ assert main(["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q"]) == 0
     assert out.is_file()
     # One row block (4 Mi weights), its quantiser's temporaries and one packed tensor at a time;
     # the in-memory converter this replaced held the whole float model (> float_bytes).
-    assert peak - baseline < 96 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
+    # (Measured: 53 MiB over the baseline for this 238 MiB model.)
+    assert peak - baseline < 80 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
     assert peak - baseline < float_bytes / 2
 
 

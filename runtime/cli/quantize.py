@@ -89,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"-o: {out} is a directory")
     source = args.source
-    if not source.startswith("hf:") and not Path(source).expanduser().exists():
-        from edgelut import cache
-        from edgelut.registry import lookup
+    from edgelut.registry import known_names
 
-        lookup(source)  # a one-line error listing the known names when it is not one
+    if source.lower() in known_names() and not Path(source).exists():
+        from edgelut import cache
+
         source = str(cache.pull(source, progress=not args.quiet))
     model = load_source(source)
     calib_ids = None
