@@ -470,22 +470,29 @@ class Model:
         self._cache_ids = ids
         return logits
 
-    def eval_tail(self, ids: Sequence[int], first: int) -> np.ndarray:
-        """Logits (len(ids) - first, vocab) of positions first.. of ids, evaluated from position 0.
+    def eval_tail(self, ids: Sequence[int], first: int, block: int = 256) -> Iterator[np.ndarray]:
+        """Logits of positions first.. of ids, evaluated from position 0, ``block`` rows at a time.
 
-        Positions before ``first`` are evaluated for their KV cache only, so their
-        logits never exist (perplexity scores the second half of each window).
+        Positions before ``first`` are evaluated for their KV cache only and the
+        rest in blocks, so at most ``block`` rows of logits exist at once (perplexity
+        scores the second half of each window: for a 151936-token vocabulary a
+        whole 2048-token window of logits is 1.2 GB, a block of 256 rows 148 MiB).
         """
         ids = [int(i) for i in ids]
         if not 0 <= first < len(ids):
             raise ValueError(f"eval_tail: first must be in [0, {len(ids)}), got {first}")
+        if block < 1:
+            raise ValueError(f"eval_tail: block must be >= 1, got {block}")
         self._cache_ids = []
         self._engine.reset()
         if first:
             self._engine.eval(np.asarray(ids[:first], dtype=np.int32), 0, all_logits=False)
-        logits = self._engine.eval(np.asarray(ids[first:], dtype=np.int32), first, all_logits=True)
-        self._cache_ids = ids
-        return logits
+        self._cache_ids = ids[:first]
+        for a in range(first, len(ids), block):
+            chunk = ids[a : a + block]
+            logits = self._engine.eval(np.asarray(chunk, dtype=np.int32), a, all_logits=True)
+            self._cache_ids = ids[: a + len(chunk)]
+            yield logits
 
     def reset(self) -> None:
         """Forget the KV cache (the next call evaluates its whole prompt)."""

@@ -143,3 +143,35 @@ assert 0 < m.engine.window < m.config.n_layers, m.engine.window
 m.generate("The capital of France is", max_tokens=8, temperature=0.0)
 """
     assert _child_peak(script, env) <= 200 * MIB
+
+
+# ---- perplexity holds a block of logits, not a window -----------------------------------------
+
+
+def test_perplexity_scores_blocks_of_logits_with_the_whole_window_result(smol_file, tmp_path, capsys) -> None:
+    import math
+
+    import edgelut
+    from edgelut.cli import main
+    from edgelut.cli.perplexity import log_softmax
+
+    text = (Path(cache.cache_dir()) / "lee_background.cor").read_text()[:20000]
+    if not text:
+        pytest.skip("the Lee corpus is not in the cache")
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    m = edgelut.load(str(smol_file), n_ctx=256, n_threads=2)
+    ids = m.tokenize(text, add_special=False)
+    blocks = [b.shape for b in m.eval_tail(ids[:256], 128, block=48)]
+    assert blocks == [(48, m.config.vocab_size)] * 2 + [(32, m.config.vocab_size)]
+    nll, count = 0.0, 0
+    for w in range(2):  # what the command used to compute from a whole window of logits
+        window = ids[w * 256 : (w + 1) * 256]
+        m.reset()
+        lp = log_softmax(m.eval(window).astype(np.float64))
+        targets = np.asarray(window[129:])
+        nll -= lp[np.arange(128, 255), targets].sum()
+        count += len(targets)
+    assert main(["perplexity", str(smol_file), str(path), "--ctx", "256", "--chunks", "2", "-t", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith(f"perplexity: {math.exp(nll / count):.4f} over {count} tokens"), out

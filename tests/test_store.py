@@ -206,11 +206,12 @@ def smol_converted(tmp_path_factory) -> tuple[Path, Path]:
     source = smollm2_gguf()  # from the shared cache, before the private one is set
     root = tmp_path_factory.mktemp("smolcache")
     mp = pytest.MonkeyPatch()
-    mp.setenv("EDGELUT_CACHE", str(root))
+    mp.setenv("EDGELUT_CACHE", str(root))  # only while converting: tests set it again themselves
     try:
-        yield store.resolve(str(source), store.ConvertOptions(progress=False)), root
+        path = store.resolve(str(source), store.ConvertOptions(progress=False))
     finally:
         mp.undo()
+    return path, root
 
 
 def test_smollm2_source_and_cached_file_are_the_same_model(smol_converted, monkeypatch) -> None:

@@ -61,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
     for w in range(n_windows):
         window = ids[w * ctx : (w + 1) * ctx]
         first = ctx // 2
-        # Logits of positions first .. ctx-2 predict tokens first+1 .. ctx-1: only that half
-        # window's logits are ever held (its last row, predicting past the window, is unused).
-        logits = model.eval_tail(window, first)
+        # Logits of positions first .. ctx-2 predict tokens first+1 .. ctx-1; they come a block
+        # of rows at a time (the last row, predicting past the window, is unused).
         targets = np.asarray(window[first + 1 :])
-        nll += negative_log_likelihood(logits[: len(targets)], targets)
-        del logits
+        at = 0
+        for logits in model.eval_tail(window, first):
+            rows = min(len(logits), len(targets) - at)
+            nll += negative_log_likelihood(logits[:rows], targets[at : at + rows])
+            at += rows
         count += len(targets)
         print(f"[{w + 1}/{n_windows}] ppl so far {math.exp(nll / count):.4f}", flush=True)
     print(f"perplexity: {math.exp(nll / count):.4f} over {count} tokens ({n_windows} windows of {ctx})")
