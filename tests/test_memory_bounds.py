@@ -154,10 +154,9 @@ def test_perplexity_scores_blocks_of_logits_with_the_whole_window_result(smol_fi
     import edgelut
     from edgelut.cli import main
     from edgelut.cli.perplexity import log_softmax
+    from edgelut.models.datasets import lee_text
 
-    text = (Path(cache.cache_dir()) / "lee_background.cor").read_text()[:20000]
-    if not text:
-        pytest.skip("the Lee corpus is not in the cache")
+    text = lee_text()[:20000]
     path = tmp_path / "t.txt"
     path.write_text(text)
     m = edgelut.load(str(smol_file), n_ctx=256, n_threads=2)
