@@ -138,8 +138,8 @@ def pack_tensors(
     of the source (``source_codes``) are kept as they are at q4 g32, and the
     embedding gets the plain clip search. ``asym=None`` takes the recipe's
     default for the type (see ``edgelut.quantize.recipe.default_asym``).
-    ``clip_search=False`` (tests that only need some quantised model) is plain
-    min/max RTN.
+    ``clip_search=False`` (tests that only need some quantised model) skips the
+    clip grid.
     """
     from edgelut.quantize.convert import quantize_tensor
     from edgelut.quantize.recipe import TensorSpec, default_asym
@@ -162,7 +162,7 @@ def pack_tensors(
         elif clip_search:
             out[name] = quantize_tensor(name, t, spec, "rtn", source_codes=codes_of.get(name))
         else:
-            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=None, refine=0)
+            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=None)
             out[name] = pack(codes, scales, mins, qtype, group_size)
     return out
 
