@@ -894,16 +894,24 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
     from edgelut.tokenizer import Tokenizer
 
     # The config and tokenizer only; the engine checks the CRCs as it opens the file.
+    budget = int(engine_kw.get("budget_bytes", 0))
     with read_model_file(path, verify_crc=False) as mf:
         config, tok_data = mf.config, mf.tokenizer
+        early = 0
+        if budget > 0 and not engine_kw.get("page_output") and not engine_kw.get("window"):
+            from edgelut import budget as mem
+
+            early = mem.engine_minimum(mf, int(engine_kw["n_ctx"]), str(engine_kw["kv_type"]))
     # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     if tokenizer is None and tok_data.tokenizer_json:
         tokenizer = Tokenizer(tok_data)
-    budget = int(engine_kw.get("budget_bytes", 0))
     if budget > 0:
         from edgelut import budget as mem
 
         baseline = mem.rss_bytes()
+        refused = mem.refuse_early(budget, baseline, config.vocab_size, early)
+        if refused is not None:
+            raise refused
         engine_kw["budget_bytes"] = mem.engine_budget(budget, baseline, config.vocab_size)
         try:
             engine = _core.Engine.from_file(path, **engine_kw)
