@@ -25,6 +25,7 @@ from edgelut import _core
 from edgelut.kernels import PackedMatrix, from_buffer
 from edgelut.models.config import ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.gguf_file import Metadata, ModelFileError, check_regular_file
+from edgelut.models.spill import SpilledTensor
 
 __all__ = [
     "ALIGNMENT",
@@ -91,8 +92,10 @@ class TensorEntry:
         return int(np.prod(self.shape))
 
 
-def _shape_of(t: PackedMatrix | np.ndarray) -> tuple[int, ...]:
-    return (t.n, t.k) if isinstance(t, PackedMatrix) else tuple(np.shape(t))
+def _shape_of(t: PackedMatrix | SpilledTensor | np.ndarray) -> tuple[int, ...]:
+    if isinstance(t, PackedMatrix):
+        return (t.n, t.k)
+    return t.shape if isinstance(t, SpilledTensor) else tuple(np.shape(t))
 
 
 def _check_spec(config: ModelConfig, tensors: dict[str, Any], shard: ShardSpec) -> None:
@@ -109,7 +112,7 @@ def _check_spec(config: ModelConfig, tensors: dict[str, Any], shard: ShardSpec) 
         got = _shape_of(t)
         if shard.world_size == 1 and got != want[name]:
             raise ValueError(f"tensor {name} has shape {got}, the config implies {want[name]}")
-        if not isinstance(t, PackedMatrix):
+        if not isinstance(t, (PackedMatrix, SpilledTensor)):  # a spill checked its floats already
             a = np.asarray(t)
             if not np.issubdtype(a.dtype, np.floating):
                 raise ValueError(f"tensor {name} must be float or packed, got dtype {a.dtype}")
@@ -133,14 +136,15 @@ def write_model_file(
     path: str | os.PathLike[str],
     config: ModelConfig,
     tokenizer: TokenizerData,
-    tensors: dict[str, PackedMatrix | np.ndarray],
+    tensors: dict[str, PackedMatrix | SpilledTensor | np.ndarray],
     *,
     recipe: dict[str, Any] | None = None,
     shard: ShardSpec | None = None,
     float_type: str = "f32",
     progress: bool = False,
 ) -> Path:
-    """Writes a model file; tensors are PackedMatrix (linear layers) or float arrays."""
+    """Writes a model file; tensors are PackedMatrix (linear layers), float arrays, or either
+    parked in a spill file (:class:`~edgelut.models.spill.SpilledTensor`, read back one at a time)."""
     import gguf  # deferred: only the writer needs it
 
     if float_type not in FLOAT_TYPES:
@@ -151,20 +155,27 @@ def write_model_file(
 
     # Tensor payloads in file order, their CRCs and their offsets in the data section
     # (GGUFWriter pads each tensor to the alignment, in insertion order).
-    payloads: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+    payloads: list[tuple[str, Any, dict[str, Any]]] = []  # (name, array or spilled, meta)
     offset = 0
     layer_start: dict[int, int] = {}
     layer_end: dict[int, int] = {}
     for name in order:
         t = tensors[name]
-        if isinstance(t, PackedMatrix):
+        if isinstance(t, SpilledTensor):
+            if not t.packed and t.meta["qtype"] != float_type:
+                spilled = t.meta["qtype"]
+                raise ValueError(f"tensor {name} was spilled as {spilled}, the file stores {float_type}")
+            data: Any = t
+            meta = dict(t.meta, crc32=t.crc32)
+        elif isinstance(t, PackedMatrix):
             data = np.asarray(t.data).view(np.int8)
             meta = {"qtype": t.qtype, "n": t.n, "k": t.k, "group": t.group_size, "asym": t.asym}
         else:
             dtype = np.float32 if float_type == "f32" else np.float16
             data = np.ascontiguousarray(np.asarray(t, dtype=dtype))
             meta = {"qtype": float_type}
-        meta["crc32"] = zlib.crc32(data.view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+        if "crc32" not in meta:
+            meta["crc32"] = zlib.crc32(data.view(np.uint8).reshape(-1)) & 0xFFFFFFFF
         payloads.append((name, data, meta))
         layer = _layer_of(name)
         if layer is not None:
@@ -260,12 +271,20 @@ def write_model_file(
             w.add_uint64(f"{key}.k", meta["k"])
             w.add_uint32(f"{key}.group", meta["group"])
             w.add_bool(f"{key}.asym", meta["asym"])
-        w.add_tensor(name, data)
+        # numpy order (the writer reverses it into GGUF's ne order); packed bytes are 1-D.
+        if isinstance(data, SpilledTensor):
+            shape = (data.nbytes // data.dtype.itemsize,) if data.packed else data.shape
+            w.add_tensor_info(name, shape, data.dtype, data.nbytes)
+        else:
+            w.add_tensor_info(name, data.shape, data.dtype, data.nbytes)
     path = Path(path)
     try:
-        w.write_header_to_file()
+        w.write_header_to_file(path)
         w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=progress)
+        w.write_ti_data_to_file()
+        # One tensor in memory at a time: a spilled one is read back just before it is written.
+        for _, data, _ in payloads:
+            w.write_tensor_data(data.read() if isinstance(data, SpilledTensor) else data)
     finally:
         w.close()
     return path

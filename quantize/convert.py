@@ -17,16 +17,18 @@ least-squares refit.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgelut.kernels import PackedMatrix, pack
+from edgelut.kernels import PLANES, PackedMatrix, from_buffer, pack
 from edgelut.models.config import ImportedModel
+from edgelut.models.lazy import tensor_rows, tensor_shape
 from edgelut.quantize.recipe import Recipe, TensorSpec
 
-__all__ = ["convert", "load_source", "quantize_model", "quantize_tensor"]
+__all__ = ["convert", "join_row_blocks", "load_source", "quantize_model", "quantize_rows", "quantize_tensor"]
 
 
 def load_source(source: str) -> ImportedModel:
@@ -85,19 +87,94 @@ def _dequantized(t: PackedMatrix | np.ndarray) -> np.ndarray:
     return t.dequantize() if isinstance(t, PackedMatrix) else t
 
 
+# Rows per block of a row-blocked RTN: about this many weights, a multiple of the 64-row tile.
+ROW_BLOCK_WEIGHTS = 1 << 22
+
+
+def _packed_sections(rows: int, k: int, qtype: str, group: int, asym: bool) -> tuple[int, int]:
+    """Bytes of the codes and of the scales (= of the mins) sections of a packed matrix (FORMAT.md)."""
+    tiles, groups = -(-rows // 64), -(-k // group)
+    return tiles * groups * (group // 4) * PLANES[qtype] * 32, tiles * groups * 64 * 2
+
+
+def join_row_blocks(parts: list[PackedMatrix], n: int, k: int) -> PackedMatrix:
+    """Packed row blocks (each a multiple of 64 rows but the last) -> the packed whole matrix.
+
+    The layout is tile-major in each of its three sections (codes, scales, mins),
+    and every section's size is a multiple of 64 bytes, so the whole is the
+    blocks' codes, then their scales, then their mins.
+    """
+    first = parts[0]
+    qtype, group, asym = first.qtype, first.group_size, first.asym
+    sections: list[list[np.ndarray]] = [[], [], []]
+    for p in parts:
+        data = np.asarray(p.data).view(np.uint8).reshape(-1)
+        c, sc = _packed_sections(p.n, k, qtype, group, asym)
+        if data.nbytes != c + sc * (2 if asym else 1):
+            raise AssertionError(f"packed block of {p.n} rows has {data.nbytes} bytes, expected the layout's")
+        sections[0].append(data[:c])
+        sections[1].append(data[c : c + sc])
+        if asym:
+            sections[2].append(data[c + sc :])
+    pieces = [x for sec in sections for x in sec]
+    total = sum(x.nbytes for x in pieces)
+    raw = np.empty(total + 64, dtype=np.uint8)  # the kernels want the buffer 64-byte aligned
+    start = -raw.ctypes.data % 64
+    whole, at = raw[start : start + total], 0
+    for x in pieces:
+        whole[at : at + x.nbytes] = x
+        at += x.nbytes
+    return from_buffer(whole, n, k, qtype, group, asym)
+
+
+def quantize_rows(
+    name: str,
+    tensors: Mapping[str, Any],
+    spec: TensorSpec,
+    method: str,
+    source_codes: Mapping[str, Any],
+) -> PackedMatrix | np.ndarray:
+    """RTN / ternary / lossless quantisation of one matrix, a block of rows at a time.
+
+    Each row's groups are quantised on their own, so the blocks give the same
+    bytes as the whole matrix at once, in a fraction of the memory (the float
+    matrix of a large embedding is most of a conversion's peak otherwise).
+    """
+    n, k = tensor_shape(tensors, name)
+    step = max(64, ROW_BLOCK_WEIGHTS // max(k, 1) // 64 * 64)
+    lossless = (spec.qtype, spec.group_size, spec.asym) == ("q4", 32, True)
+    codes = source_codes if lossless and name in source_codes else None
+    if spec.is_float or n <= step:
+        sc = None if codes is None else codes[name]
+        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc)
+    parts = []
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        sc = None if codes is None else tensor_rows(codes, name, a, b)
+        parts.append(quantize_tensor(name, tensor_rows(tensors, name, a, b), spec, method, source_codes=sc))
+    return join_row_blocks(parts, n, k)
+
+
 def quantize_model(
     model: ImportedModel,
     recipe: Recipe,
     *,
     calib_ids: np.ndarray | None = None,
     progress: bool = True,
-) -> dict[str, PackedMatrix | np.ndarray]:
-    """Every tensor of the model, quantised per recipe (1-D tensors stay float)."""
+    sink: Callable[[str, PackedMatrix | np.ndarray], Any] | None = None,
+) -> dict[str, Any]:
+    """Every tensor of the model, quantised per recipe (1-D tensors stay float).
+
+    One tensor is quantised at a time (RTN a block of rows at a time) and
+    handed to ``sink`` (e.g. ``TensorSpill.put``), whose results are returned;
+    without a sink the quantised tensors themselves are.
+    """
     from tqdm import tqdm
 
     from edgelut.quantize.gptq import gptq_factor
 
-    out: dict[str, PackedMatrix | np.ndarray] = {}
+    store = sink or (lambda name, t: t)
+    out: dict[str, Any] = {}
     # The calibration runner hands Q/K/V (and gate/up) the same Hessian object: factorise it once.
     shared: dict[str, Any] = {"h": None, "factor": None}
 
@@ -108,11 +185,17 @@ def quantize_model(
             shared["h"], shared["factor"] = h, gptq_factor(h)
         return shared["factor"]
 
-    def one(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
+    matrices = [n for n in model.tensors if len(tensor_shape(model.tensors, n)) == 2]
+    total = sum(int(np.prod(tensor_shape(model.tensors, n))) for n in matrices)
+    # Progress in weights, not tensors: the first tensor (the embedding) is the largest, so a
+    # per-tensor rate would promise a far too long (or short) remainder after one tick.
+    bar = tqdm(total=total, desc="quantize", unit="w", unit_scale=True, smoothing=0.1, disable=not progress)
+
+    def calibrated(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
         spec = recipe.spec_for(name)
         lossless = name in model.source_codes and (spec.qtype, spec.group_size, spec.asym) == ("q4", 32, True)
         uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
-        out[name] = quantize_tensor(
+        t = quantize_tensor(
             name,
             w,
             spec,
@@ -122,24 +205,26 @@ def quantize_model(
             act_order=recipe.act_order,
             factor=factor_of(h) if uses_factor else None,
         )
-        return _dequantized(out[name])
+        out[name] = store(name, t)
+        bar.update(int(np.prod(w.shape)))
+        return _dequantized(t)
 
-    matrices = [n for n, t in model.tensors.items() if np.ndim(t) == 2]
     if recipe.method == "gptq" and calib_ids is None:
         raise ValueError("GPTQ needs calibration tokens")
     if calib_ids is not None:
         from edgelut.quantize.calibrate import run_calibrated
 
-        layers = run_calibrated(model, calib_ids, one)
-        bar = tqdm(layers, total=model.config.n_layers, desc="calibrate", unit="layer", disable=not progress)
-        for _ in bar:
+        for _ in run_calibrated(model, calib_ids, calibrated):
             pass
-    for name in tqdm(matrices, desc="quantize", unit="tensor", disable=not progress):
+    for name in matrices:
         if name not in out:
-            one(name, model.tensors[name], None)
-    for name, t in model.tensors.items():
+            t = quantize_rows(name, model.tensors, recipe.spec_for(name), recipe.method, model.source_codes)
+            out[name] = store(name, t)
+            bar.update(int(np.prod(tensor_shape(model.tensors, name))))
+    bar.close()
+    for name in model.tensors:
         if name not in out:
-            out[name] = np.asarray(t, dtype=np.float32)
+            out[name] = store(name, np.asarray(model.tensors[name], dtype=np.float32))
     return out
 
 
@@ -153,20 +238,33 @@ def convert(
     progress: bool = True,
     extra_recipe: dict[str, Any] | None = None,
 ) -> Path:
-    """Quantises the model per recipe and writes the model file; returns its path."""
-    from edgelut.models.modelfile import write_model_file
+    """Quantises the model per recipe and writes the model file; returns its path.
 
-    tensors = quantize_model(model, recipe, calib_ids=calib_ids, progress=progress)
+    Streams: each tensor goes to a spill file beside ``out_path`` as soon as it
+    is quantised, and the model file is written from there one tensor at a
+    time, so memory holds one tensor, not the model.
+    """
+    from edgelut.models.modelfile import write_model_file
+    from edgelut.models.spill import TensorSpill
+
     info = recipe.to_json()
     info["calibration_tokens"] = 0 if calib_ids is None else int(np.size(calib_ids))
     info["source"] = model.source
     info.update(extra_recipe or {})
-    return write_model_file(
-        out_path,
-        model.config,
-        model.tokenizer,
-        tensors,
-        recipe=info,
-        float_type=float_type,
-        progress=progress,
-    )
+    with TensorSpill(Path(out_path).resolve().parent) as spill:
+        tensors = quantize_model(
+            model,
+            recipe,
+            calib_ids=calib_ids,
+            progress=progress,
+            sink=lambda name, t: spill.put(name, t, float_type),
+        )
+        return write_model_file(
+            out_path,
+            model.config,
+            model.tokenizer,
+            tensors,
+            recipe=info,
+            float_type=float_type,
+            progress=progress,
+        )

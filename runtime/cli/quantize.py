@@ -15,7 +15,9 @@ DEFAULT_CALIB_TOKENS = 4096
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantise a model into an edgelut model file")
-    p.add_argument("source", metavar="SRC", help="GGUF, HF directory, ONNX or hf:org/name")
+    p.add_argument(
+        "source", metavar="SRC", help="GGUF, HF directory, ONNX, hf:org/name, or a model name (downloaded)"
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="model file to write")
     p.add_argument("--bits", default="4", help="1, 2, 3, 4 or ternary (default 4)")
     p.add_argument(
@@ -86,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise UserError(f"-o: {out} is a directory")
-    model = load_source(args.source)
+    source = args.source
+    from edgelut.registry import known_names
+
+    if source.lower() in known_names() and not Path(source).exists():
+        from edgelut import cache
+
+        source = str(cache.pull(source, progress=not args.quiet))
+    model = load_source(source)
     calib_ids = None
     if args.method == "gptq" or args.calib:
         from edgelut.quantize.calibrate import calibration_ids

@@ -1,0 +1,74 @@
+"""Tensors read from the source when asked for, never all at once.
+
+An importer that can read a tensor (or a range of its rows) on its own fills a
+:class:`LazyTensors` with one :class:`RowSource` per tensor, so the streaming
+quantiser holds one tensor, or a block of rows of one, at a time: converting
+a model needs memory for its largest tensor, not for the whole model in float.
+Setting a name stores a concrete value (tests and importers may override).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LazyTensors", "RowSource", "tensor_rows", "tensor_shape"]
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """A tensor of ``shape`` whose rows [a, b) ``read_rows(a, b)`` produces (float32, or any value)."""
+
+    shape: tuple[int, ...]
+    read_rows: Callable[[int, int], Any]
+
+    def read(self) -> Any:
+        return self.read_rows(0, self.shape[0])
+
+
+class LazyTensors(MutableMapping[str, Any]):
+    """name -> value, computed from its RowSource on every access (nothing is kept)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, RowSource | Any] = {}
+
+    def add(self, name: str, source: RowSource) -> None:
+        self._items[name] = source
+
+    def __getitem__(self, name: str) -> Any:
+        v = self._items[name]
+        return v.read() if isinstance(v, RowSource) else v
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._items[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def source(self, name: str) -> RowSource | Any:
+        return self._items[name]
+
+
+def tensor_shape(tensors: Mapping[str, Any], name: str) -> tuple[int, ...]:
+    """The shape of a tensor without reading it (when the mapping is lazy)."""
+    v = tensors.source(name) if isinstance(tensors, LazyTensors) else tensors[name]
+    return tuple(v.shape) if isinstance(v, RowSource) else tuple(np.shape(v))
+
+
+def tensor_rows(tensors: Mapping[str, Any], name: str, a: int, b: int) -> Any:
+    """Rows [a, b) of a tensor, reading only those from a lazy source."""
+    v = tensors.source(name) if isinstance(tensors, LazyTensors) else tensors[name]
+    if isinstance(v, RowSource):
+        return v.read_rows(a, b)
+    if isinstance(v, tuple):  # (codes, scales, mins) of a source-quantised tensor
+        return tuple(x[a:b] for x in v)
+    return v[a:b]
