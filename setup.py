@@ -14,7 +14,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
@@ -120,6 +120,10 @@ class BuildExt(build_ext):
             mapping.update(self._capi_mapping())
         return mapping
 
+
+# EDGELUT_BUILD_JOBS=N compiles N sources at a time (default one; the
+# aarch64 cross-build uses two).
+ParallelCompile("EDGELUT_BUILD_JOBS", default=1).install()
 
 ext = Pybind11Extension(
     "edgelut._core",

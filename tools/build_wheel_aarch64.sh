@@ -19,6 +19,8 @@ case "${1:-}" in -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;; -*) ec
 OUT="$(mkdir -p "${1:-$ROOT/dist/aarch64}" && cd "${1:-$ROOT/dist/aarch64}" && pwd)"
 SYSROOT="$(bash "$ROOT/tools/aarch64_sysroot.sh")"
 TOOLENV="$(bash "$ROOT/tools/aarch64_toolenv.sh")"
+# zig's cache (its libc++ and libc builds per target) lives with the rest, so CI keeps it.
+export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$CACHE/zig}"
 PY="$TOOLENV/bin/python"
 
 work="$(mktemp -d)"
@@ -69,14 +71,14 @@ rm -f "$OUT"/edgelut-*.whl
 (
   cd "$work/src"
   export _PYTHON_HOST_PLATFORM=linux-aarch64 _PYTHON_SYSCONFIGDATA_NAME=$name PYTHONPATH="$work/sysconfig"
-  # setuptools runs its compile jobs one at a time; nice keeps the shared machine usable.
-  nice "$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$work/raw"
+  # Two compile jobs (setup.py's EDGELUT_BUILD_JOBS); nice keeps a shared machine usable.
+  EDGELUT_BUILD_JOBS="${EDGELUT_BUILD_JOBS:-2}" nice "$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$work/raw"
 )
 raw="$(ls "$work"/raw/edgelut-*linux_aarch64.whl)"
 # auditwheel lists only the build machine's architecture for --plat; `auto`
 # takes the wheel's (aarch64) and the oldest glibc its symbols allow, which
 # must come out as manylinux_2_17 (manylinux2014).
-PATH="$TOOLENV/bin:$PATH" "$TOOLENV/bin/auditwheel" repair --plat auto -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
+PATH="$TOOLENV/bin:$PATH" "$TOOLENV/bin/auditwheel" repair --plat auto --strip -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
   { cat "$work/auditwheel.log" >&2; exit 1; }
 wheel="$(ls "$OUT"/edgelut-*_aarch64.whl)"
 case "$wheel" in

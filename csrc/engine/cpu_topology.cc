@@ -55,9 +55,9 @@ int fast_core_count(const std::string& cpu_dir) {
   }
   // Capacity is the scheduler's own measure of relative speed (1024 = the
   // fastest core); max frequency is the fallback, a weaker one, hence the
-  // tighter bar: little cores run at ~55-65% of the big ones' clock.
+  // tighter bar: little cores run at ~55-75% of the big ones' clock.
   if (const int n = count_fast(capacity, 0.5)) return n;
-  return count_fast(freq, 0.7);
+  return count_fast(freq, 0.8);
 }
 
 }  // namespace edgelut

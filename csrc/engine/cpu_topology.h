@@ -8,7 +8,7 @@ namespace edgelut {
 
 // Cores of the fast kind under `cpu_dir` (a /sys/devices/system/cpu tree):
 // online CPUs whose cpu_capacity is at least half the largest, or, where the
-// kernel gives no capacity, whose cpufreq/cpuinfo_max_freq is at least 70% of
+// kernel gives no capacity, whose cpufreq/cpuinfo_max_freq is at least 80% of
 // the highest. 0 when the tree says neither for some CPU (unknown topology).
 int fast_core_count(const std::string& cpu_dir);
 
