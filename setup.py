@@ -9,12 +9,12 @@ wheel runs on any x86-64 or aarch64 CPU and picks its kernels at run time.
 
 from __future__ import annotations
 
-import platform
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
@@ -30,7 +30,9 @@ def _read_table(name: str) -> list[list[str]]:
 
 
 def _arch() -> str:
-    machine = platform.machine().lower()
+    # sysconfig's platform, not platform.machine(): a cross-build
+    # (tools/build_wheel_aarch64.sh) sets _PYTHON_HOST_PLATFORM to the target.
+    machine = sysconfig.get_platform().rsplit("-", 1)[-1].lower()
     if machine in ("x86_64", "amd64"):
         return "x86_64"
     if machine in ("aarch64", "arm64"):
@@ -118,6 +120,10 @@ class BuildExt(build_ext):
             mapping.update(self._capi_mapping())
         return mapping
 
+
+# EDGELUT_BUILD_JOBS=N compiles N sources at a time (default one; the
+# aarch64 cross-build uses two).
+ParallelCompile("EDGELUT_BUILD_JOBS", default=1).install()
 
 ext = Pybind11Extension(
     "edgelut._core",

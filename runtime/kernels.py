@@ -32,7 +32,9 @@ __all__ = [
     "PLANE_ICOEF",
     "QTYPES",
     "PackedMatrix",
+    "cpu_features",
     "cpu_isa",
+    "default_threads",
     "dequantize_reference",
     "from_buffer",
     "gemm",
@@ -131,6 +133,16 @@ def tables(w: PackedMatrix, x: np.ndarray, *, isa: str = "") -> tuple[np.ndarray
 def cpu_isa() -> str:
     """The kernel ISA used by default (EDGELUT_ISA overrides it)."""
     return _core.cpu_isa()
+
+
+def cpu_features() -> list[str]:
+    """CPU features the kernels look at, by their Linux names (avx2, avx512, asimd, asimddp, i8mm)."""
+    return list(_core.cpu_features())
+
+
+def default_threads() -> int:
+    """Threads used when a thread count of 0 is asked for: every core but the little ones of big.LITTLE."""
+    return _core.hardware_threads()
 
 
 def supported_isas() -> list[str]:

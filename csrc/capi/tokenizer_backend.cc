@@ -100,6 +100,14 @@ void resolve(void* lib, const std::string& path, const char* name, F* fn) {
 // One resolved backend per library path, kept for the life of the process
 // (the backend has process-wide state; unloading it is not supported).
 const BackendApi* load_backend(const std::string& requested) {
+#if defined(EDGELUT_NO_DLOPEN)
+  // A static executable (tools/build_static_aarch64.sh, musl) cannot dlopen,
+  // and onnxruntime-genai has no static build to link in instead.
+  (void)requested;
+  throw TokenizerUnavailable(
+      "this is a static build of edgelut, which cannot load the tokenizer library (onnxruntime-genai); "
+      "give token ids instead (edgelut-chat --ids; tools/token_ids.py makes them)");
+#endif
   static std::mutex mu;
   static std::map<std::string, BackendApi> loaded;
   std::string path = requested;

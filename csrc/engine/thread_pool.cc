@@ -2,6 +2,8 @@
 
 #include <memory>
 
+#include "cpu_topology.h"
+
 namespace edgelut {
 
 ThreadPool::ThreadPool(int n_threads) {
@@ -81,7 +83,12 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
 
 int hardware_threads() {
   const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
+  const int all = n == 0 ? 1 : static_cast<int>(n);
+#if defined(__linux__)
+  const int fast = fast_core_count("/sys/devices/system/cpu");
+  if (fast > 0 && fast < all) return fast;
+#endif
+  return all;
 }
 
 ThreadPool& default_pool(int n_threads) {

@@ -46,7 +46,8 @@ class ThreadPool {
 // The process-wide pool used when the caller gives none; resized on demand.
 ThreadPool& default_pool(int n_threads);
 
-// Threads to use when the user says 0: the number of cores.
+// Threads to use when the user says 0: the number of cores, without the
+// little cores of a big.LITTLE CPU (cpu_topology.h).
 int hardware_threads();
 
 }  // namespace edgelut

@@ -1,6 +1,7 @@
 #include "cpu_isa.h"
 
 #include <cstdlib>
+#include <utility>
 #include <stdexcept>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -17,7 +18,22 @@ struct Features {
   bool avx2 = false;
   bool avx512 = false;  // F + BW + VL + VBMI + VNNI, what the AVX-512 kernel uses
   bool neon = false;
+  // AArch64 extensions no kernel uses yet, detected and reported
+  // (cpu_features()) for the int8 paths that could (docs/ARCHITECTURE.md).
+  bool dotprod = false;  // SDOT/UDOT, Armv8.2 optional, Armv8.4 mandatory
+  bool i8mm = false;     // SMMLA/USDOT, Armv8.6
 };
+
+#if defined(__aarch64__) && defined(__linux__)
+// Linux's HWCAP bits (arch/arm64/include/uapi/asm/hwcap.h), spelled out
+// because old glibc headers (the manylinux2014 / glibc 2.17 build) lack them.
+constexpr unsigned long kHwcapAsimd = 1ul << 1;
+constexpr unsigned long kHwcapAsimdDp = 1ul << 20;
+constexpr unsigned long kHwcap2I8mm = 1ul << 13;
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
+#endif
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 uint64_t xgetbv0() {
@@ -42,6 +58,11 @@ Features detect() {
              avx512vl = b & (1u << 31), vbmi = c & (1u << 1), vnni = c & (1u << 11);
   f.avx2 = ymm_ok && avx2 && fma && f16c;
   f.avx512 = f.avx2 && zmm_ok && avx512f && avx512bw && avx512vl && vbmi && vnni;
+#elif defined(__aarch64__) && defined(__linux__)
+  const unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  f.neon = hwcap & kHwcapAsimd;
+  f.dotprod = f.neon && (hwcap & kHwcapAsimdDp);
+  f.i8mm = f.neon && (hwcap2 & kHwcap2I8mm);
 #elif defined(__aarch64__)
   f.neon = true;  // Advanced SIMD is mandatory on AArch64.
 #endif
@@ -79,6 +100,18 @@ bool isa_supported(CpuIsa isa) {
     case CpuIsa::kNeon: return features().neon;
   }
   return false;
+}
+
+std::vector<std::string> cpu_features() {
+  const Features& f = features();
+  std::vector<std::string> out;
+  for (const auto& [on, name] : {std::pair<bool, const char*>{f.avx2, "avx2"},
+                                 {f.avx512, "avx512"},
+                                 {f.neon, "asimd"},
+                                 {f.dotprod, "asimddp"},
+                                 {f.i8mm, "i8mm"}})
+    if (on) out.emplace_back(name);
+  return out;
 }
 
 std::vector<CpuIsa> supported_isas() {

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "../engine/cpu_topology.h"
 #include "../engine/thread_pool.h"
 #include "../kernels/cpu_isa.h"
 #include "../kernels/dispatch.h"
@@ -144,7 +145,9 @@ void register_kernels(py::module_& m) {
     for (CpuIsa i : supported_isas()) out.emplace_back(isa_name(i));
     return out;
   });
+  m.def("cpu_features", &cpu_features);
   m.def("hardware_threads", &hardware_threads);
+  m.def("fast_core_count", &fast_core_count, py::arg("cpu_dir"));
 }
 
 }  // namespace edgelut::python

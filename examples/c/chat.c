@@ -1,11 +1,16 @@
 /* Chat with an edgelut model from C, through the C ABI of edgelut.h.
  *
- *   chat MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N]
+ *   chat MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N] [--ids]
  *
  * Reads one user message per line from stdin (a terminal or a pipe) and
  * streams the reply as it is generated. /reset starts a new conversation,
  * /quit (or end of input) ends. Consecutive turns share a prefix, which the
  * library keeps in its KV cache, so each turn only evaluates the new text.
+ *
+ * --ids skips the tokenizer (a static build has none: it cannot load the
+ * tokenizer library): each line is a whole prompt as token ids separated by
+ * spaces, and the reply is printed as token ids. tools/token_ids.py makes and
+ * reads them on any machine with Python.
  *
  * Build: see README.md in this directory.
  */
@@ -20,6 +25,74 @@ typedef struct {
   char* text; /* the reply so far (NUL-terminated) */
   size_t length, capacity;
 } reply_buffer;
+
+/* --ids: prints each sampled token id. */
+static int on_token_id(int32_t token, const char* piece, size_t piece_length, void* user_data) {
+  (void)piece;
+  (void)piece_length;
+  printf("%s%d", *(int*)user_data ? " " : "", (int)token);
+  *(int*)user_data = 1;
+  fflush(stdout);
+  return 0;
+}
+
+/* Parses a line of token ids; returns the count, or -1 naming the bad word. */
+static long parse_ids(const char* line, int32_t** ids, size_t* capacity) {
+  size_t n = 0;
+  const char* p = line;
+  for (;;) {
+    char* end;
+    long v;
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    if (!*p) return (long)n;
+    v = strtol(p, &end, 10);
+    if (end == p || (*end && *end != ' ' && *end != '\t' && *end != ',') || v < 0 || v > 0x7fffffff) {
+      fprintf(stderr, "error: '%s' is not a token id (--ids wants non-negative integers separated by spaces)\n", p);
+      return -1;
+    }
+    if (n == *capacity) {
+      size_t grown_capacity = *capacity ? 2 * *capacity : 256;
+      int32_t* grown = (int32_t*)realloc(*ids, grown_capacity * sizeof *grown);
+      if (!grown) return -1;
+      *ids = grown;
+      *capacity = grown_capacity;
+    }
+    (*ids)[n++] = (int32_t)v;
+    p = end;
+  }
+}
+
+/* The --ids loop: one prompt of token ids per line, the reply as token ids. */
+static int run_ids(edgelut_model* model, edgelut_generate_params* gen) {
+  char* line = NULL;
+  size_t line_capacity = 0, ids_capacity = 0;
+  int32_t* ids = NULL;
+  int status = 0, printed;
+  ssize_t n;
+  gen->on_token = on_token_id;
+  gen->user_data = &printed;
+  while ((n = getline(&line, &line_capacity, stdin)) >= 0) {
+    long count = parse_ids(line, &ids, &ids_capacity);
+    edgelut_status st;
+    if (count < 0) {
+      status = 2;
+      break;
+    }
+    if (count == 0) continue;
+    printed = 0;
+    st = edgelut_generate(model, ids, (size_t)count, gen, NULL);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (st != EDGELUT_OK) {
+      fprintf(stderr, "error: %s\n", edgelut_last_error());
+      status = 1;
+      break;
+    }
+  }
+  free(ids);
+  free(line);
+  return status;
+}
 
 static int on_token(int32_t token, const char* piece, size_t piece_length, void* user_data) {
   reply_buffer* reply = (reply_buffer*)user_data;
@@ -71,7 +144,8 @@ static void truncate_conversation(conversation* c, size_t keep) {
 
 static int usage(const char* argv0) {
   fprintf(stderr,
-          "usage: %s MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N]\n",
+          "usage: %s MODEL.elut [-s SYSTEM] [-n MAX_TOKENS] [-t TEMPERATURE] [-c N_CTX] [--seed N] [--threads N] "
+          "[--ids]\n",
           argv0);
   return 2;
 }
@@ -89,6 +163,7 @@ int main(int argc, char** argv) {
   size_t line_capacity = 0;
   int interactive = isatty(STDIN_FILENO);
   int status = 0;
+  int ids_mode = 0;
   int i;
 
   edgelut_load_params_init(&load);
@@ -100,6 +175,10 @@ int main(int argc, char** argv) {
     if (arg[0] != '-') {
       if (model_path) return usage(argv[0]);
       model_path = arg;
+      continue;
+    }
+    if (strcmp(arg, "--ids") == 0) {
+      ids_mode = 1;
       continue;
     }
     if (!value) return usage(argv[0]);
@@ -118,8 +197,14 @@ int main(int argc, char** argv) {
     fprintf(stderr, "error: %s\n", edgelut_last_error());
     return 1;
   }
+  if (ids_mode) {
+    status = run_ids(model, &gen);
+    edgelut_model_free(model);
+    return status;
+  }
   if (!edgelut_model_has_tokenizer(model)) {
     fprintf(stderr, "error: %s\n", edgelut_last_error());
+    fprintf(stderr, "(chat without a tokenizer: run with --ids and give token ids; see examples/c/README.md)\n");
     edgelut_model_free(model);
     return 1;
   }

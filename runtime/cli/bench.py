@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "model": model.config.name or model.config.architecture,
         "threads": model.n_threads,
         "isa": kernels.cpu_isa(),
+        "cpu_features": kernels.cpu_features(),
         "prompt_tokens": args.prompt_tokens,
         "prefill_tokens_per_s": statistics.median(prefill),
         "gen_tokens": args.gen_tokens,
