@@ -367,9 +367,7 @@ def test_info_on_a_file_without_tensors(tiny_file, tiny_fields, tmp_path):
     p = _edited(tiny_file, tiny_fields, tmp_path, "tensor count", U64(0))
     r = _info(p)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert (
-        f"{p}: missing tensor 'token_embd.weight'" in r.stderr or f"{p}: the model file holds no" in r.stderr
-    )
+    assert f"{p}: model is missing tensor(s) token_embd.weight" in r.stderr
 
 
 # -- the real SmolLM2 files ---------------------------------------------------------------------
