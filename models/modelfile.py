@@ -36,6 +36,7 @@ __all__ = [
     "TensorEntry",
     "expected_tensors",
     "read_model_file",
+    "tensor_set_problem",
     "write_model_file",
 ]
 
@@ -98,20 +99,30 @@ def _shape_of(t: PackedMatrix | SpilledTensor | np.ndarray) -> tuple[int, ...]:
     return t.shape if isinstance(t, SpilledTensor) else tuple(np.shape(t))
 
 
+def tensor_set_problem(config: ModelConfig, shapes: dict[str, tuple[int, ...]], whole: bool) -> str | None:
+    """What is wrong with a tensor set for ``config`` (missing, unexpected, misshapen), or None.
+
+    ``whole`` is False for a shard, which holds a subset of slices."""
+    want = expected_tensors(config)
+    if whole:
+        missing = [n for n in want if n not in shapes]
+        if missing:
+            return f"model is missing tensor(s) {', '.join(missing[:5])} required by its config"
+    extra = [n for n in shapes if n not in want]
+    if extra:
+        return f"unexpected tensor(s) {', '.join(extra[:5])} for a {config.architecture} config"
+    for name, got in shapes.items():
+        if whole and got != want[name]:
+            return f"tensor {name} has shape {got}, the config implies {want[name]}"
+    return None
+
+
 def _check_spec(config: ModelConfig, tensors: dict[str, Any], shard: ShardSpec) -> None:
     """Refuses, before a byte is written, a tensor set that does not match the config."""
-    want = expected_tensors(config)
-    if shard.world_size == 1:
-        missing = [n for n in want if n not in tensors]
-        if missing:
-            raise ValueError(f"model is missing tensor(s) {', '.join(missing[:5])} required by its config")
-    extra = [n for n in tensors if n not in want]
-    if extra:
-        raise ValueError(f"unexpected tensor(s) {', '.join(extra[:5])} for a {config.architecture} config")
+    problem = tensor_set_problem(config, {n: _shape_of(t) for n, t in tensors.items()}, shard.world_size == 1)
+    if problem:
+        raise ValueError(problem)
     for name, t in tensors.items():
-        got = _shape_of(t)
-        if shard.world_size == 1 and got != want[name]:
-            raise ValueError(f"tensor {name} has shape {got}, the config implies {want[name]}")
         if not isinstance(t, (PackedMatrix, SpilledTensor)):  # a spill checked its floats already
             a = np.asarray(t)
             if not np.issubdtype(a.dtype, np.floating):
@@ -435,6 +446,13 @@ class ModelFile:
 
     def tensors(self) -> dict[str, PackedMatrix | np.ndarray]:
         return {n: self.tensor(n) for n in self.entries}
+
+    def check_tensor_set(self) -> None:
+        """Raises ModelFileError unless the tensors are those the config implies (the engine's check)."""
+        shapes = {n: e.shape for n, e in self.entries.items()}
+        problem = tensor_set_problem(self.config, shapes, self.shard.world_size == 1)
+        if problem:
+            raise ModelFileError(f"{self.path}: {problem}")
 
     def verify(self) -> None:
         """Checks every tensor's CRC32; raises ModelFileError naming the first corrupt tensor."""

@@ -104,11 +104,12 @@ def walk(data: bytes) -> list[Field]:
     u("u32", "version")
     n_tensors = u("u64", "tensor count")
     n_kv = u("u64", "metadata count")
-    keys = []
+    alignment = 32  # GGUF's default
     for _ in range(n_kv):
         key = string("a key")
-        keys.append(key)
         t = u("type", f"type of {key}")
+        if key == "general.alignment" and t == 4:
+            (alignment,) = struct.unpack_from("<I", data, pos)
         value(t, f"value of {key}")
     for _ in range(n_tensors):
         name = string("a tensor name")
@@ -117,7 +118,7 @@ def walk(data: bytes) -> list[Field]:
             u("u64", f"dimension {d} of {name}")
         u("u32", f"ggml type of {name}")
         u("u64", f"offset of {name}")
-    data_start = (pos + 4095) // 4096 * 4096
+    data_start = (pos + alignment - 1) // alignment * alignment
     if data_start < len(data):
         fields.append(Field(data_start, len(data) - data_start, "data", "tensor data"))
     return fields

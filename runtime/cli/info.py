@@ -23,24 +23,6 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _check_tensors(f) -> None:  # noqa: ANN001 (a ModelFile; imported lazily)
-    """The tensor set the engine binds: every name the config implies, with its shape."""
-    from edgelut.models.modelfile import ModelFileError, expected_tensors
-
-    if f.shard.world_size > 1:
-        return  # a shard holds a slice of each tensor; `edgelut shard` checks those
-    want = expected_tensors(f.config)
-    for name, shape in want.items():
-        e = f.entries.get(name)
-        if e is None:
-            raise ModelFileError(f"{f.path}: missing tensor '{name}' required by its config")
-        if e.shape != shape:
-            raise ModelFileError(f"{f.path}: tensor '{name}' has shape {e.shape}, the config implies {shape}")
-    extra = [n for n in f.entries if n not in want]
-    if extra:
-        raise ModelFileError(f"{f.path}: unexpected tensor(s) {', '.join(extra[:5])}")
-
-
 def run(args: argparse.Namespace) -> int:
     import os
     import re
@@ -49,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.file):
         raise UserError(f"{args.file} does not exist")
-    # The same reader and checks as `edgelut run` (csrc/io/model_file.cc): a file info
-    # describes is one the engine would open, except for its tensor shapes, checked below.
+    # The same reader and checks as `edgelut run` (csrc/io/model_file.cc), and the tensor
+    # set the engine binds: a file info describes is one the engine would open.
     f = read_model_file(args.file, verify_crc=not args.no_verify)
-    _check_tensors(f)
+    f.check_tensor_set()
     c = f.config
     entries = list(f.entries.values())
     n_params = sum(e.n_weights for e in entries)
