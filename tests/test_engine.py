@@ -550,5 +550,5 @@ def test_load_from_imported_model():
     )
     with pytest.raises(TypeError, match="ImportedModel-like"):
         load(42)
-    with pytest.raises(RuntimeError, match="nonexistent"):  # no importer here, or no such file
+    with pytest.raises(FileNotFoundError, match="nonexistent"):
         load("/nonexistent/model.gguf")
