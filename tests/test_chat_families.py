@@ -97,3 +97,29 @@ def test_gemma_template():
 
 def test_end_of_turn_ids():
     assert end_of_turn_ids(["<pad>", "<eos>", "a", "<end_of_turn>", "<|im_end|>"]) == [3, 4]
+
+
+def test_cli_chat_thinking_flags(tmp_path):
+    import subprocess
+    import sys
+
+    from model_fixtures import write_gguf
+
+    from edgelut.models.importers import load_model
+    from edgelut.quantize.convert import convert
+    from edgelut.quantize.recipe import Recipe
+
+    cfg = tiny_config("qwen3", tie_embeddings=True)
+    model = load_model(write_gguf(tmp_path / "q3.gguf", cfg, tiny_weights(cfg)))
+    model.tokenizer.chat_template = QWEN3_LIKE
+    recipe = Recipe(method="rtn", qtype="q4", group_size=32)
+    path = convert(model, tmp_path / "q3.elut", recipe, progress=False)
+
+    def chat(*flags: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "edgelut.cli", "chat", str(path), "-n", "4", "--temp", "0", *flags]
+        return subprocess.run(cmd, input="hi\n", capture_output=True, text=True, timeout=120)
+
+    r = chat("--no-think", "--show-thinking")
+    assert r.returncode == 0, r.stderr
+    r = chat("--think", "--no-think")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr

@@ -12,25 +12,19 @@ import functools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from real_model import gemma_gguf, gemma_q4_file
 
-from edgelut import _core, cache
+from edgelut import _core
 from edgelut.model import engine_config
 from edgelut.models.datasets import lee_corpus
 
 pytestmark = pytest.mark.slow
 
-GEMMA = "gemma-3-270m"
 LLAMA_BIN_ENV = "EDGELUT_LLAMA_CPP_BIN"
-
-
-@functools.lru_cache(maxsize=1)
-def gemma_gguf() -> Path:
-    return cache.pull(GEMMA)
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,18 +32,6 @@ def gemma_model():
     from edgelut.models.importers import load_model
 
     return load_model(str(gemma_gguf()))
-
-
-@functools.lru_cache(maxsize=1)
-def gemma_q4_file() -> Path:
-    """The 4-bit edgelut file, made once per cache with the CLI a user would run."""
-    out = cache.cache_dir() / "models" / f"{GEMMA}-q4g32.elut"
-    if not out.is_file():
-        tmp = out.with_name(out.name + ".part")
-        cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(gemma_gguf()), "-o", str(tmp), "-q"]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        tmp.replace(out)
-    return out
 
 
 def llama_tool(name: str) -> str:
