@@ -120,7 +120,7 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
         path = "/v1/completions"
         body["prompt"] = PROMPT.format(i=i)
         body["ignore_eos"] = True
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     t0 = time.perf_counter()
     c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = c.getresponse()
@@ -192,6 +192,7 @@ class Rows:
 
     def add(self, key: str, v: float) -> None:
         self.values.setdefault(key, []).append(v)
+        print(f"  {key}: {v:.2f}", file=sys.stderr, flush=True)  # progress; figures of a cut-short run
 
     def med(self, key: str) -> float:
         return statistics.median(self.values[key])

@@ -299,7 +299,7 @@ class Server:
         except ValueError as e:
             raise bad_request(f"sampling: {e}") from None
         ticket = self.scheduler.reserve()
-        answer = _Answer(self.config.model_id, chat, len(ids))
+        answer = _Answer(self.config.model_id, chat)
         if req.stream:
             return SSEResponse(
                 self._sse(ticket, work, answer, req.include_usage, names),
@@ -398,7 +398,7 @@ def _event(obj: dict[str, Any]) -> str:
 class _Answer:
     """The response objects of one request (chat.completion or text_completion, whole or in chunks)."""
 
-    def __init__(self, model_id: str, chat: bool, n_prompt: int) -> None:
+    def __init__(self, model_id: str, chat: bool) -> None:
         self.chat = chat
         self.model_id = model_id
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
