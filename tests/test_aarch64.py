@@ -147,23 +147,38 @@ def _greedy(
 
 @pytest.fixture(scope="module")
 def x86_greedy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[int], np.ndarray, str]]:
-    """The greedy path on this (x86-64) machine, per prefill matmul path."""
+    """The greedy path on this (x86-64) machine, per prefill matmul path, and
+    with the scalar kernels ("scalar", LUT path) for the spread between ISAs."""
     out = tmp_path_factory.mktemp("greedy")
-    return {path: _greedy(out / f"x86-{path}.npz", path) for path in ("lut", "auto")}
+    runs = {path: _greedy(out / f"x86-{path}.npz", path) for path in ("lut", "auto")}
+    os.environ["EDGELUT_ISA"] = "scalar"
+    try:
+        runs["scalar"] = _greedy(out / "x86-scalar.npz", "lut")
+    finally:
+        del os.environ["EDGELUT_ISA"]
+    return runs
 
 
 @pytest.mark.parametrize("cpu", CPUS)
 def test_real_model_greedy_tokens_match_x86(wheel: Path, cpu: str, x86_greedy: dict, tmp_path: Path) -> None:
-    # The LUT path on both: NEON and AVX-512 LUT kernels are bit-exact to the
-    # same scalar reference, so what differs is the float code around them
-    # (NEON vs AVX-512 reductions in norms, attention, softmax; libm exp).
+    # The LUT path on both. NEON and AVX-512 LUT GEMMs are bit-exact to the
+    # scalar reference for the same tables; what differs is the float code
+    # around them (table scales, norms, attention, softmax, libm exp).
     ids, logits, stdout = _greedy(tmp_path / "a64.npz", "lut", wheel, cpu)
     assert f"isa: neon  features: {' '.join(FEATURES[cpu])}" in stdout
     x86_ids, x86_logits, _ = x86_greedy["lut"]
     assert ids == x86_ids, (ids, x86_ids)
     diff = float(np.max(np.abs(logits - x86_logits)))
-    print(f"{cpu}: {N_TOKENS} greedy tokens equal to x86-64 (LUT path); largest logit difference {diff:.3g}")
-    assert diff < 0.05, diff
+    # The int8 tables round float activations; a last-bit change in a table
+    # scale moves entries by one level, so ISAs differ by up to ~1 logit on
+    # SmolLM2 (logits up to ~34). The bound is the spread between two x86-64
+    # ISAs (AVX-512 vs scalar) in the same run, with room for one more flip.
+    spread = float(np.max(np.abs(x86_greedy["scalar"][1] - x86_logits)))
+    print(
+        f"{cpu}: {N_TOKENS} greedy tokens equal to x86-64 (LUT path); largest logit difference "
+        f"{diff:.3g} (x86-64 AVX-512 vs scalar: {spread:.3g})"
+    )
+    assert diff <= 2 * max(spread, 0.05), (diff, spread)
 
 
 def test_default_prefill_path_on_neon_is_the_lut_path(wheel: Path, x86_greedy: dict, tmp_path: Path) -> None:

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in report.problems:
         print(f"FAIL: {problem}")
     if not report.problems:
-        print("ok: 16 KB-aligned LOAD segments, NEEDED only libc/libm/libdl")
+        extra = f" (and {', '.join(args.allow)} as allowed)" if args.allow else ""
+        print(f"ok: 16 KB-aligned LOAD segments, NEEDED only libc/libm/libdl{extra}")
     return 1 if report.problems else 0
 
 
