@@ -35,7 +35,9 @@ def _cross_lib(tmp_path: Path, name: str, *flags: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     src = tmp_path / "f.cc"
-    src.write_text('#include <string>\nextern "C" int f(const char* s) { return (int)std::string(s).size(); }\n')
+    src.write_text(
+        '#include <string>\nextern "C" int f(const char* s) { return (int)std::string(s).size(); }\n'
+    )
     out = tmp_path / name
     proc = _run(CROSS_CXX, "-shared", "-fPIC", "-O1", str(src), "-o", str(out), *flags)
     assert proc.returncode == 0, proc.stderr
@@ -77,7 +79,11 @@ def test_check_elf_rejects_other_machines_and_bad_input(tmp_path: Path) -> None:
         ("build_wheel_aarch64.sh", ["--fast"], "unknown option '--fast'"),
         ("build_static_aarch64.sh", ["--fast"], "unknown option '--fast'"),
         ("qemu_aarch64_python.sh", ["--", "-c", "1"], "--wheel WHEEL is required"),
-        ("qemu_aarch64_python.sh", ["--wheel", "/nonexistent.whl"], "wheel '/nonexistent.whl' does not exist"),
+        (
+            "qemu_aarch64_python.sh",
+            ["--wheel", "/nonexistent.whl"],
+            "wheel '/nonexistent.whl' does not exist",
+        ),
         ("qemu_aarch64_python.sh", ["--cpus", "max"], "unknown option '--cpus'"),
         ("android_build.sh", ["--fast"], "unknown option '--fast'"),
     ],
@@ -96,7 +102,9 @@ def test_android_build_needs_an_ndk(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "android.toolchain.cmake does not exist" in proc.stderr
     (tmp_path / "build" / "cmake").mkdir(parents=True)
     (tmp_path / "build" / "cmake" / "android.toolchain.cmake").write_text("")
-    proc = _run("bash", str(TOOLS / "android_build.sh"), "out", "v24", env={**env, "ANDROID_NDK_HOME": str(tmp_path)})
+    proc = _run(
+        "bash", str(TOOLS / "android_build.sh"), "out", "v24", env={**env, "ANDROID_NDK_HOME": str(tmp_path)}
+    )
     assert proc.returncode == 2 and "API_LEVEL must be a number, got 'v24'" in proc.stderr
 
 

@@ -53,7 +53,7 @@ src, dst, sysroot, work = sys.argv[1:]
 v = runpy.run_path(src)["build_time_vars"]
 cc, cxx = f"{work}/zig-cc", f"{work}/zig-c++"
 v.update(
-    CC=cc, CXX=cxx, LDSHARED=f"{cc} -shared", LDCXXSHARED=f"{cxx} -shared",
+    CC=cc, CXX=cxx, LDSHARED=f"{cc} -shared -s", LDCXXSHARED=f"{cxx} -shared -s",  # -s: zig strips (auditwheel --strip runs the host strip)
     CFLAGS=f"-DNDEBUG -O2 -Wall -I{work}/pyinc", CCSHARED="-fPIC", LDFLAGS="", CPPFLAGS="", OPT="-DNDEBUG -O2",
     INCLUDEPY=f"{sysroot}/usr/include/python3.11", CONFINCLUDEPY=f"{sysroot}/usr/include/python3.11",
     # Not Py_ENABLE_SHARED: no -L to the sysroot's glibc 2.36 libraries.
@@ -78,7 +78,7 @@ raw="$(ls "$work"/raw/edgelut-*linux_aarch64.whl)"
 # auditwheel lists only the build machine's architecture for --plat; `auto`
 # takes the wheel's (aarch64) and the oldest glibc its symbols allow, which
 # must come out as manylinux_2_17 (manylinux2014).
-PATH="$TOOLENV/bin:$PATH" "$TOOLENV/bin/auditwheel" repair --plat auto --strip -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
+PATH="$TOOLENV/bin:$PATH" "$TOOLENV/bin/auditwheel" repair --plat auto -w "$OUT" "$raw" >"$work/auditwheel.log" 2>&1 ||
   { cat "$work/auditwheel.log" >&2; exit 1; }
 wheel="$(ls "$OUT"/edgelut-*_aarch64.whl)"
 case "$wheel" in

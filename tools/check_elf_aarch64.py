@@ -70,7 +70,9 @@ def inspect(path: str, allow: tuple[str, ...] = ()) -> ElfReport:
         if align < PAGE:
             report.problems.append(f"LOAD at 0x{vaddr:x} is aligned to {align} bytes, not {PAGE}")
         elif offset % PAGE != vaddr % PAGE:
-            report.problems.append(f"LOAD at 0x{vaddr:x}: offset 0x{offset:x} and address differ modulo {PAGE}")
+            report.problems.append(
+                f"LOAD at 0x{vaddr:x}: offset 0x{offset:x} and address differ modulo {PAGE}"
+            )
     for name in needed:
         if not ALLOWED_NEEDED.match(name) and name not in allow:
             report.problems.append(f"NEEDED {name}: only libc, libm and libdl are allowed")
@@ -80,7 +82,9 @@ def inspect(path: str, allow: tuple[str, ...] = ()) -> ElfReport:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("library")
-    ap.add_argument("--allow", action="append", default=[], metavar="NAME", help="another allowed NEEDED name")
+    ap.add_argument(
+        "--allow", action="append", default=[], metavar="NAME", help="another allowed NEEDED name"
+    )
     args = ap.parse_args(argv)
     try:
         report = inspect(args.library, tuple(args.allow))
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in report.problems:
         print(f"FAIL: {problem}")
     if not report.problems:
-        print("ok: 16 KB-aligned LOAD segments, NEEDED only libc/libm/libdl")
+        extra = f" (and {', '.join(args.allow)} as allowed)" if args.allow else ""
+        print(f"ok: 16 KB-aligned LOAD segments, NEEDED only libc/libm/libdl{extra}")
     return 1 if report.problems else 0
 
 

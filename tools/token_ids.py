@@ -22,7 +22,9 @@ from edgelut.cli.common import DEFAULT_SYSTEM
 def encode(model: edgelut.Model, text: str, system: str, raw: bool) -> list[int]:
     if raw:
         return model.tokenize(text)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
     rendered = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     if not isinstance(rendered, str):
         return [int(i) for i in rendered]

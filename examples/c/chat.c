@@ -36,6 +36,8 @@ static int on_token_id(int32_t token, const char* piece, size_t piece_length, vo
   return 0;
 }
 
+#define SEPARATORS " \t,\r\n"
+
 /* Parses a line of token ids; returns the count, or -1 naming the bad word. */
 static long parse_ids(const char* line, int32_t** ids, size_t* capacity) {
   size_t n = 0;
@@ -43,11 +45,12 @@ static long parse_ids(const char* line, int32_t** ids, size_t* capacity) {
   for (;;) {
     char* end;
     long v;
-    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    while (*p && strchr(SEPARATORS, *p)) p++;
     if (!*p) return (long)n;
     v = strtol(p, &end, 10);
-    if (end == p || (*end && *end != ' ' && *end != '\t' && *end != ',') || v < 0 || v > 0x7fffffff) {
-      fprintf(stderr, "error: '%s' is not a token id (--ids wants non-negative integers separated by spaces)\n", p);
+    if (end == p || (*end && !strchr(SEPARATORS, *end)) || v < 0 || v > 0x7fffffff) {
+      fprintf(stderr, "error: '%.*s' is not a token id (--ids wants non-negative integers separated by spaces)\n",
+              (int)strcspn(p, SEPARATORS), p);
       return -1;
     }
     if (n == *capacity) {
