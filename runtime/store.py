@@ -173,7 +173,9 @@ def resolve(model: str, opts: ConvertOptions | None = None) -> Path:
         out = _models_dir() / f"{_stem(path)}-{source_digest(path)[:16]}-{opts.tag}.elut"
         return out if out.is_file() else convert_source(path, out, opts)
     if os.sep in model or model.endswith((".gguf", ".elut", ".onnx")):
-        raise FileNotFoundError(f"model file {model!r} does not exist")
+        from edgelut.models.importers import ModelNotFoundError  # a FileNotFoundError and a RuntimeError
+
+        raise ModelNotFoundError(f"model file {model!r} does not exist")
     return model_file(model, opts)
 
 

@@ -95,7 +95,7 @@ def test_cli_memory_budget_too_small_names_the_minimum(model_path: Path) -> None
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "cannot be honoured: the minimum is" in lines[0]
+    assert "cannot be honoured: the minimum is" in lines[0] and "measured at start-up" in lines[0]
 
 
 def test_cli_bench_paged_runs(model_path: Path) -> None:
