@@ -39,6 +39,14 @@ TOOLS = [
 ASK = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Serving a GGUF by path converts it into the cache: keep the user's cache clean.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGELUT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_tools_model(tmp_path_factory.mktemp("serve") / "tiny-tools")
