@@ -298,7 +298,9 @@ def _phi3_rope(
     config.context_length = min(config.context_length, int(original))
 
 
-_DEQUANTIZABLE = {q.name for q in _require_gguf().GGMLQuantizationType} - {"I8", "I16", "I32", "I64"}
+# ggml types the gguf package cannot dequantise; load_gguf asks gguf for the rest there, since
+# importing gguf costs ~70 ms and this module is imported on every start to sniff model files.
+_NOT_DEQUANTIZABLE = {"I8", "I16", "I32", "I64"}
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,7 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     # rows of one, at a time), not through the reader's map: touched map pages would count in
     # this process's RSS until the end.
     gguf = _require_gguf()
+    dequantizable = {q.name for q in gguf.GGMLQuantizationType} - _NOT_DEQUANTIZABLE
     tensors = LazyTensors()
     codes = LazyTensors()
     for t in f.tensors:
@@ -401,7 +404,7 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
             continue
         shape = tuple(int(s) for s in t.shape)
         qname = t.type_name
-        if qname not in _DEQUANTIZABLE:
+        if qname not in dequantizable:
             raise ModelFileError(f"{path}: tensor {t.name} has unsupported type {qname}")
         kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
         n_head = heads.get(kind)
