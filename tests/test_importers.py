@@ -470,3 +470,29 @@ def test_real_qwen2_gguf_k_quants_and_bias() -> None:
         if t.name in m.tensors and t.name.startswith("blk.") and len(t.shape) == 2:
             raw = gguf.quants.dequantize(t.data, t.tensor_type).reshape(m.tensors[t.name].shape)
             np.testing.assert_array_equal(raw, m.tensors[t.name], err_msg=t.name)  # qwen2: not permuted
+
+
+def test_gguf_row_blocks_of_permuted_qk_equal_the_whole_tensor(tmp_path: Path) -> None:
+    # The streaming converter reads a permuted q/k tensor a block of rows at a time; each block
+    # is widened to whole heads and un-permuted alone, and must equal the same rows of the whole.
+    import gguf
+
+    from edgelut.models.importers.gguf import _code_rows, _float_rows, _RawRows, unpermute_rows
+
+    rng = np.random.default_rng(0)
+    n_head, hd, k = 4, 8, 64
+    w = rng.standard_normal((n_head * hd, k)).astype(np.float32)
+    q1 = gguf.GGMLQuantizationType.Q4_1
+    q = gguf.quants.quantize(w, q1)
+    f = tmp_path / "rows.bin"
+    f.write_bytes(q.tobytes())
+    raw = _RawRows(f, 0, q.nbytes, w.shape)
+    floats, codes = _float_rows(raw, q1, n_head), _code_rows(raw, "Q4_1", n_head)
+    whole, whole_codes = floats(0, w.shape[0]), codes(0, w.shape[0])
+    np.testing.assert_array_equal(
+        whole, unpermute_rows(gguf.quants.dequantize(q, q1).reshape(w.shape), n_head)
+    )
+    for a, b in [(0, 5), (3, 17), (8, 16), (13, 32), (31, 32)]:
+        np.testing.assert_array_equal(floats(a, b), whole[a:b])
+        for part, full in zip(codes(a, b), whole_codes, strict=True):
+            np.testing.assert_array_equal(part, full[a:b])

@@ -326,6 +326,14 @@ class _RawRows:
         return np.frombuffer(buf, dtype=np.uint8).reshape(b - a, row)
 
 
+def _whole_heads(a: int, b: int, rows: int, n_head: int) -> tuple[int, int, int]:
+    """Rows [a, b) widened to whole heads: (start, end, heads in it). The q/k permutation mixes
+    rows within a head only, so a block of whole heads un-permutes on its own."""
+    per = rows // n_head
+    a0, b0 = a // per * per, -(-b // per) * per
+    return a0, b0, (b0 - a0) // per
+
+
 def _float_rows(raw: _RawRows, qtype: Any, n_head: int | None):
     """read_rows(a, b) -> float32 rows in HF orientation (llama's q/k rows un-permuted)."""
     gguf = _require_gguf()
@@ -341,10 +349,11 @@ def _float_rows(raw: _RawRows, qtype: Any, n_head: int | None):
             w = dequantize(raw.read(0, 1).reshape(-1))
             w = w.reshape(raw.shape)
             return np.ascontiguousarray((unpermute_rows(w, n_head) if n_head is not None else w)[a:b])
-        if n_head is not None and (a, b) != (0, raw.rows):
-            return read(0, raw.rows)[a:b]  # the permutation mixes rows within a head
-        w = dequantize(raw.read(a, b)).reshape(b - a, raw.shape[1])
-        return np.ascontiguousarray(unpermute_rows(w, n_head) if n_head is not None else w)
+        if n_head is None:
+            return np.ascontiguousarray(dequantize(raw.read(a, b)).reshape(b - a, raw.shape[1]))
+        a0, b0, heads = _whole_heads(a, b, raw.rows, n_head)
+        w = dequantize(raw.read(a0, b0)).reshape(b0 - a0, raw.shape[1])
+        return np.ascontiguousarray(unpermute_rows(w, heads)[a - a0 : b - a0])
 
     return read
 
@@ -353,12 +362,12 @@ def _code_rows(raw: _RawRows, qname: str, n_head: int | None):
     """read_rows(a, b) -> the Q4_0/Q4_1 (codes, scales, mins) of rows [a, b)."""
 
     def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if n_head is not None and (a, b) != (0, raw.rows):
-            return tuple(x[a:b] for x in read(0, raw.rows))
-        c, s, m = q4_codes(raw.read(a, b), qname, b - a, raw.shape[1])
-        if n_head is not None:
-            c, s, m = (unpermute_rows(x, n_head) for x in (c, s, m))
-        return np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m)
+        if n_head is None:
+            c, s, m = q4_codes(raw.read(a, b), qname, b - a, raw.shape[1])
+            return np.ascontiguousarray(c), np.ascontiguousarray(s), np.ascontiguousarray(m)
+        a0, b0, heads = _whole_heads(a, b, raw.rows, n_head)
+        c, s, m = q4_codes(raw.read(a0, b0), qname, b0 - a0, raw.shape[1])
+        return tuple(np.ascontiguousarray(unpermute_rows(x, heads)[a - a0 : b - a0]) for x in (c, s, m))
 
     return read
 
