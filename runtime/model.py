@@ -16,8 +16,9 @@ on; an over-long prompt is cut the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -375,6 +376,163 @@ class _TextStream:
         return piece
 
 
+class Completion:
+    """One generation as a producer (the engine loop) and a consumer (text pieces).
+
+    ``run`` blocks in the engine loop. With ``inline`` every token is consumed
+    in the loop's own callback on the same thread, and run's ``emit`` gets the
+    text pieces as they come. Otherwise the tokens go through a TokenChannel:
+    the loop never takes the GIL, and a consumer on another thread calls
+    ``pieces`` whenever ``fileno`` is readable, until ``finished``. Either way
+    ``finish`` (after run returned) gives the last pieces, sets the model's
+    stats and raises what run raised. A stop string seen by the consumer
+    cancels the loop; it may have sampled a token more, which the reply drops
+    (the KV cache keeps it, and the model knows it did).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        ids: list[int],
+        max_tokens: int,
+        sampler: _core.SamplerParams,
+        stops: list[str],
+        *,
+        constraint: TokenConstraint | None = None,
+        ignore_eos: bool = False,
+        cancel: threading.Event | None = None,
+        inline: bool = False,
+    ) -> None:
+        self._m = model
+        self._ids, self._max_tokens, self._sampler = ids, max_tokens, sampler
+        self._constraint = constraint
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self._text = _TextStream(model.tokenizer, stops) if model.tokenizer is not None else None
+        self._eos = [] if ignore_eos else model._eos_ids()
+        self.channel = None if inline else _core.TokenChannel()
+        self._tokens: list[int] = []  # the tokens of the reply, as consumed
+        self._stopped = False
+        self._finished = inline
+        self._decode_start: dict | None = None
+        self._cached = 0
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self.stats: GenerationStats | None = None  # set by finish
+
+    # ---- producer ----------------------------------------------------------
+    def run(self, emit: Callable[[str], None] | None = None) -> None:
+        """The engine loop, from reusing the cached prefix to the last token; raises its failure."""
+        m = self._m
+        try:
+            self._cached = m._reuse_prefix(self._ids)
+            if self.channel is not None:
+                sink: Any = self.channel
+            else:
+
+                def sink(tok: int) -> bool:
+                    piece = self._consume(tok)
+                    if piece and emit is not None:
+                        emit(piece)
+                    return not self._stopped
+
+            args = (self._ids, self._cached, self._max_tokens, self._eos, self._sampler)
+            if self._constraint is not None:
+                push = sink.push if self.channel is not None else sink
+                self._result = m._masked_generate(*args, push, self._constraint)
+            else:
+                self._result = m._engine_generate(*args, sink)
+        except BaseException as e:
+            self._error = e
+            raise
+        finally:
+            if self.channel is not None:
+                self.channel.finish()
+
+    def run_quietly(self) -> None:
+        """``run`` for a worker thread: a failure is kept for ``finish`` to raise."""
+        with contextlib.suppress(BaseException):
+            self.run()
+
+    # ---- consumer ----------------------------------------------------------
+    def fileno(self) -> int:
+        assert self.channel is not None, "an inline completion has no channel"
+        return self.channel.fileno()
+
+    @property
+    def finished(self) -> bool:
+        """The producer is done and every token it made went through ``pieces``."""
+        return self._finished
+
+    def cancel(self) -> None:
+        """Stop the loop before its next token (finish_reason "cancelled"); any thread."""
+        self._cancel.set()
+        if self.channel is not None:
+            self.channel.cancel()
+
+    def pieces(self) -> list[str]:
+        """The text of the tokens that arrived since the last call."""
+        assert self.channel is not None, "an inline completion's pieces go to run's emit"
+        tokens, self._finished = self.channel.drain()
+        out = [p for p in map(self._consume, tokens) if p]
+        if self._stopped:
+            self.channel.cancel()
+        return out
+
+    def finish(self) -> list[str]:
+        """The last pieces once ``run`` returned; sets the model's stats and last_tokens."""
+        out = self.pieces() if self.channel is not None else []
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RuntimeError("the completion has not run")
+        if self._text is not None:
+            tail = self._text.flush()
+            if tail:
+                out.append(tail)
+        m, r = self._m, self._result
+        reason = r["stop_reason"]
+        if self._text is not None and self._text.done:
+            reason = "stop"  # a stop string, whether or not the loop saw it before it ended
+        elif reason == "callback":
+            reason = "cancelled" if self._cancel.is_set() else "stop"
+        decode_start = self._decode_start
+        self.stats = m.stats = GenerationStats(
+            prompt_tokens=len(self._ids),
+            cached_tokens=self._cached,
+            completion_tokens=len(self._tokens),
+            prefill_s=r["prefill_s"],
+            decode_s=r["decode_s"],
+            finish_reason=reason,
+            peak_rss_mb=_peak_rss_mb(),
+            paging=PagingStats.between(
+                m._engine.window, decode_start, m._engine.pager_stats(), r["n_decode"], r["decode_s"]
+            )
+            if decode_start is not None
+            else None,
+        )
+        m.last_tokens = list(self._tokens)
+        return out
+
+    def _consume(self, tok: int) -> str:
+        if self._stopped:
+            return ""  # sampled after the consumer stopped the loop: not part of the reply
+        engine = self._m._engine
+        if engine.window and not self._tokens:
+            # Pager counters at the first token (prefill done): the paging stats
+            # cover the decode phase only. (From the consumer thread they are
+            # read up to one token late.)
+            self._decode_start = engine.pager_stats()
+        self._tokens.append(tok)
+        if self._cancel.is_set():
+            self._stopped = True
+            return ""
+        if self._text is None or tok in self._eos:
+            return ""  # an EOS token ends the loop in C++ and adds no text
+        piece = self._text.push(tok)
+        self._stopped = self._text.done
+        return piece
+
+
 CONTEXT_OVERFLOW = ("error", "slide")
 
 
@@ -728,11 +886,28 @@ class Model:
         token (finish_reason "cancelled"). A ``constraint`` in the options
         masks every step. Returns the call's stats (also in ``self.stats``).
         """
+        c = self.completion(ids, options, inline=True, cancel=cancel)
+        c.run(on_text)
+        for piece in c.finish():
+            on_text(piece)
+        return self.stats
+
+    def completion(
+        self,
+        ids: Sequence[int],
+        options: GenerateOptions,
+        *,
+        inline: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        """One request's generation, checked but not started (see :class:`Completion`)."""
         o = options
         sampler = self.sampler_params(o)
         prompt, stops = self._prepare([int(i) for i in ids], o.max_tokens, o.stop)
-        self._generate(prompt, o.max_tokens, sampler, stops, on_text, cancel, o.constraint, o.ignore_eos)
-        return self.stats
+        return Completion(
+            self, prompt, o.max_tokens, sampler, stops,
+            constraint=o.constraint, ignore_eos=o.ignore_eos, cancel=cancel, inline=inline,
+        )  # fmt: skip
 
     def _generate(
         self,
@@ -740,60 +915,13 @@ class Model:
         max_tokens: int,
         sampler: _core.SamplerParams,
         stops: list[str],
-        emit,
-        cancel: threading.Event | None = None,
-        constraint: TokenConstraint | None = None,
-        ignore_eos: bool = False,
+        emit: Callable[[str], None],
     ) -> None:
-        """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
-        cached = self._reuse_prefix(ids)
-        text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
-        sampled: list[int] = []
-        eos = [] if ignore_eos else self._eos_ids()
-        # Pager counters when the first token is sampled (prefill done), so the
-        # paging stats cover the decode phase only.
-        window = self._engine.window
-        decode_start: list[dict] = []
-
-        def on_token(tok: int) -> bool:
-            if window and not sampled:
-                decode_start.append(self._engine.pager_stats())
-            sampled.append(tok)
-            if cancel is not None and cancel.is_set():
-                return False
-            if text is None or tok in eos:
-                return True  # an EOS token ends the loop in C++ and adds no text
-            piece = text.push(tok)
-            if piece:
-                emit(piece)
-            return not text.done
-
-        if constraint is not None:
-            r = self._masked_generate(ids, cached, max_tokens, eos, sampler, on_token, constraint)
-        else:
-            r = self._engine_generate(ids, cached, max_tokens, eos, sampler, on_token, sampled)
-        if text is not None:
-            tail = text.flush()
-            if tail:
-                emit(tail)
-        reason = r["stop_reason"]
-        if reason == "callback":
-            reason = "cancelled" if cancel is not None and cancel.is_set() else "stop"
-        self.stats = GenerationStats(
-            prompt_tokens=len(ids),
-            cached_tokens=cached,
-            completion_tokens=len(r["tokens"]),
-            prefill_s=r["prefill_s"],
-            decode_s=r["decode_s"],
-            finish_reason=reason,
-            peak_rss_mb=_peak_rss_mb(),
-            paging=PagingStats.between(
-                window, decode_start[0], self._engine.pager_stats(), r["n_decode"], r["decode_s"]
-            )
-            if decode_start
-            else None,
-        )
-        self.last_tokens = list(r["tokens"])
+        """A checked prompt's generation on this thread, text pieces to emit as they come."""
+        c = Completion(self, ids, max_tokens, sampler, stops, inline=True)
+        c.run(emit)
+        for piece in c.finish():
+            emit(piece)
 
     # ---- context overflow ---------------------------------------------------
     def set_context_overflow(self, mode: str, n_keep: int | None = None) -> None:
@@ -824,11 +952,13 @@ class Model:
         max_tokens: int,
         eos: list[int],
         sampler: _core.SamplerParams,
-        on_token,
-        sampled: list[int],
+        sink: Callable[[int], bool] | _core.TokenChannel,
     ) -> dict[str, Any]:
         """The C++ loop, run again on a slid window each time it fills the context
-        (context_overflow == "slide"); returns its result summed over the runs."""
+        (context_overflow == "slide"); returns its result summed over the runs.
+
+        ``sink`` takes every sampled token: a Python callback (run with the GIL,
+        on this thread) or a TokenChannel (no GIL; the consumer is elsewhere)."""
         total: dict[str, Any] = {
             "tokens": [],
             "prefill_s": 0.0,
@@ -836,9 +966,9 @@ class Model:
             "n_decode": 0,
             "stop_reason": "",
         }
+        channel = sink if isinstance(sink, _core.TokenChannel) else None
         prompt = ids
         while True:
-            start = len(sampled)
             try:
                 r = self._engine.generate(
                     np.asarray(prompt[cached:], dtype=np.int32),
@@ -846,12 +976,17 @@ class Model:
                     eos=eos,
                     sampler=sampler,
                     history=prompt[:cached],
-                    on_token=on_token,
+                    on_token=None if channel is not None else sink,
+                    channel=channel,
                 )
-            finally:
-                # The KV cache holds what the engine evaluated: the prompt and every
-                # sampled token but the last (whatever happened, n_past says how much).
-                self._cache_ids = (prompt + sampled[start:])[: self._engine.n_past]
+            except BaseException:
+                # Which sampled tokens reached the cache is not known here: keep the prompt's part.
+                self._engine.truncate(min(self._engine.n_past, len(prompt)))
+                self._cache_ids = prompt[: self._engine.n_past]
+                raise
+            # The KV cache holds what the engine evaluated: the prompt and every
+            # sampled token but the last.
+            self._cache_ids = (prompt + list(r["tokens"]))[: self._engine.n_past]
             total["tokens"] += list(r["tokens"])
             total["prefill_s"] += r["prefill_s"]
             total["decode_s"] += r["decode_s"]
@@ -860,7 +995,7 @@ class Model:
             if r["stop_reason"] != "context" or self.context_overflow != "slide":
                 return total
             # The last sampled token is not in the cache yet: it ends the new prompt.
-            prompt = self._slide(prompt + sampled[start:])
+            prompt = self._slide(prompt + list(r["tokens"]))
             cached = self._reuse_prefix(prompt)
 
     def _masked_generate(
@@ -921,44 +1056,21 @@ class Model:
     def _stream(
         self, ids: list[int], max_tokens: int, sampler: _core.SamplerParams, stops: list[str]
     ) -> Iterator[str]:
-        # The C++ loop runs on a worker thread (it holds the GIL only inside the
-        # callback) and hands text pieces over a queue; closing the iterator early
-        # makes the callback ask the loop to stop.
-        q: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-
-        def emit(piece: str) -> None:
-            q.put(("text", piece))
-            if cancel.is_set():
-                raise _Cancelled
-
-        def work() -> None:
-            try:
-                self._generate(ids, max_tokens, sampler, stops, emit)
-                q.put(("done", None))
-            except _Cancelled:
-                q.put(("done", None))
-            except BaseException as e:  # handed to the consumer thread
-                q.put(("error", e))
-
-        worker = threading.Thread(target=work, name="edgelut-generate", daemon=True)
+        # The C++ loop runs on a worker thread without the GIL and hands tokens
+        # over a TokenChannel; this generator turns them into text. Closing it
+        # early stops the loop after its current token.
+        c = Completion(self, ids, max_tokens, sampler, stops)
+        worker = threading.Thread(target=c.run_quietly, name="edgelut-generate", daemon=True)
         worker.start()
         try:
-            while True:
-                kind, val = q.get()
-                if kind == "text":
-                    yield val
-                elif kind == "error":
-                    raise val
-                else:
-                    return
-        finally:
-            cancel.set()
+            while not c.finished:
+                select.select([c.fileno()], [], [])
+                yield from c.pieces()
             worker.join()
-
-
-class _Cancelled(Exception):
-    """Raised inside the token callback when a stream's consumer went away."""
+            yield from c.finish()
+        finally:
+            c.cancel()
+            worker.join()
 
 
 def _sampling_args(scope: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ models) and pick the same top tokens. Paths that compute the same thing
 
 from __future__ import annotations
 
+import select
 import threading
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import real_model
 
 from edgelut import Model, _core
-from edgelut.model import _TextStream, pack_tensors, shard_tensors
+from edgelut.model import GenerateOptions, _TextStream, pack_tensors, shard_tensors
 from edgelut.models.config import ModelConfig
 
 # Engine vs numpy over dequantised weights: max |diff| / max |logit|.
@@ -475,6 +476,81 @@ def test_context_overflow():
     m.generate(list(range(6)), 10, temperature=0.0)
     assert m.stats.finish_reason == "context"
     assert len(m.last_tokens) == 3  # positions 6 and 7 were filled, then one more token sampled
+
+
+def test_token_channel_hands_tokens_over_with_one_wakeup():
+    ch = _core.TokenChannel()
+    assert select.select([ch.fileno()], [], [], 0)[0] == []  # nothing pending: not readable
+    assert ch.push(5) and ch.push(7)
+    assert select.select([ch.fileno()], [], [], 0)[0] == [ch.fileno()]
+    assert ch.drain() == ([5, 7], False)
+    assert select.select([ch.fileno()], [], [], 0)[0] == []  # the drain took the wake-up too
+    ch.cancel()
+    assert ch.cancelled and not ch.push(9)  # a cancelled channel tells the producer to stop
+    ch.finish()
+    assert ch.drain() == ([9], True)
+
+
+def test_generate_takes_one_sink():
+    cfg = tiny_config()
+    m = Model.from_float(cfg, random_tensors(cfg), n_ctx=32, n_threads=1)
+    sampler = Model.sampler_params(GenerateOptions(temperature=0.0))
+    ids = np.asarray([1, 2, 3], dtype=np.int32)
+    for kw in ({}, {"on_token": lambda t: True, "channel": _core.TokenChannel()}):
+        with pytest.raises(ValueError, match="exactly one of on_token and channel"):
+            m._engine.generate(ids, max_tokens=2, eos=[], sampler=sampler, history=[], **kw)
+
+
+def test_completion_over_a_channel_equals_inline_and_stops_early():
+    cfg = tiny_config()
+    m = Model.from_float(cfg, random_tensors(cfg), CharTokenizer(), n_ctx=64, n_threads=1)
+    ids = m.tokenize("abc")
+    opts = GenerateOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
+    inline: list[str] = []
+    m.complete(ids, opts, inline.append)
+    want, want_tokens = "".join(inline), list(m.last_tokens)
+    m.reset()
+    # The producer on a thread, the consumer here: the pieces are the same text.
+    c = m.completion(ids, opts)
+    worker = threading.Thread(target=c.run_quietly)
+    worker.start()
+    got: list[str] = []
+    while not c.finished:
+        select.select([c.fileno()], [], [], 10)
+        got += c.pieces()
+    worker.join()
+    got += c.finish()
+    assert "".join(got) == want and m.last_tokens == want_tokens
+    assert c.stats is m.stats and m.stats.completion_tokens == 12 and m.stats.finish_reason == "length"
+    # A stop string seen by the consumer cancels the loop; a token sampled
+    # meanwhile is not part of the reply.
+    if len(want) >= 4:
+        stop = want[2:4]
+        c = m.completion(ids, GenerateOptions(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop]))
+        c.run()  # everything is queued in the channel before the consumer looks
+        pieces = c.finish()
+        assert "".join(pieces) == want[: want.find(stop)]
+        assert m.stats.finish_reason == "stop"
+        assert len(m.last_tokens) < 12
+    # Cancelling before the first token: the loop stops after one token.
+    c = m.completion(ids, opts)
+    c.cancel()
+    c.run()
+    assert c.finish() == [] and m.stats.finish_reason == "cancelled"
+    assert m.stats.completion_tokens == 1
+
+
+def test_completion_failure_reaches_the_consumer():
+    cfg = tiny_config()
+    m = Model.from_float(cfg, random_tensors(cfg), CharTokenizer(), n_ctx=64, n_threads=1)
+    c = m.completion(m.tokenize("abc"), GenerateOptions(max_tokens=4))
+    c._sampler = None  # the engine refuses it inside run
+    c.run_quietly()
+    assert c.finished is False and c.pieces() == [] and c.finished
+    with pytest.raises(TypeError):
+        c.finish()
+    # The model is usable afterwards, and its cache still matches.
+    assert m.generate("abc", 3, temperature=0.0) == m.generate("abc", 3, temperature=0.0)
 
 
 def test_text_stream_holds_back_partial_stop():

@@ -1,6 +1,7 @@
 // Bindings for the engine and the sampler. Only type conversion lives here:
 // keyword arguments become the C++ options structs, and the GIL is released
-// around every forward pass (re-acquired only for the per-token callback).
+// around every forward pass (re-acquired only for a per-token Python callback;
+// a TokenChannel hands tokens over without it).
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -14,6 +15,7 @@
 #include "../engine/ops.h"
 #include "../kernels/cpu_isa.h"
 #include "../kernels/packed_matrix.h"
+#include "token_channel.h"
 
 namespace py = pybind11;
 
@@ -112,17 +114,25 @@ py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) 
 }
 
 py::dict generate(Engine& e, I32 ids, int64_t max_tokens, std::vector<int32_t> eos, const SamplerParams& sampler,
-                  std::vector<int32_t> history, const std::function<bool(int32_t)>& on_token) {
+                  std::vector<int32_t> history, const std::function<bool(int32_t)>& on_token,
+                  std::shared_ptr<TokenChannel> channel) {
+  if (static_cast<bool>(on_token) == static_cast<bool>(channel))
+    throw std::invalid_argument("generate: give exactly one of on_token and channel");
   GenerateOptions o;
   o.max_tokens = max_tokens;
   o.eos = std::move(eos);
   o.sampler = sampler;
   o.history = std::move(history);
-  // pybind11's std::function wrapper takes the GIL itself for each call.
   GenerateResult r;
   {
     py::gil_scoped_release release;
-    r = e.generate(ids.data(), ids.shape(0), o, on_token);
+    if (channel) {
+      TokenChannel* ch = channel.get();
+      r = e.generate(ids.data(), ids.shape(0), o, [ch](int32_t t) { return ch->push(t); });
+    } else {
+      // pybind11's std::function wrapper takes the GIL itself for each call.
+      r = e.generate(ids.data(), ids.shape(0), o, on_token);
+    }
   }
   py::dict d;
   d["tokens"] = r.tokens;
@@ -244,6 +254,24 @@ void register_engine(py::module_& m) {
   m.def("make_local_group", &make_local_group, py::arg("n_ranks"),
         "Communicators for n shards running on n threads of this process.");
 
+  py::class_<TokenChannel, std::shared_ptr<TokenChannel>>(
+      m, "TokenChannel", "Sampled tokens from a generation on one thread to a consumer on another, without the GIL.")
+      .def(py::init<>())
+      .def("fileno", &TokenChannel::fileno, "A pipe that is readable once tokens (or the end) are pending.")
+      .def("push", &TokenChannel::push, py::arg("token"),
+           "Hand over one token (a Python decode loop's producer side); False once cancelled.")
+      .def("finish", &TokenChannel::finish, "No more tokens will come.")
+      .def(
+          "drain",
+          [](TokenChannel& c) {
+            bool finished = false;
+            std::vector<int32_t> t = c.drain(&finished);
+            return py::make_tuple(t, finished);
+          },
+          "(tokens pushed since the last drain, whether the producer finished).")
+      .def("cancel", &TokenChannel::cancel, "Ask the producer to stop after its current token.")
+      .def_property_readonly("cancelled", &TokenChannel::cancelled);
+
   py::class_<Engine>(m, "Engine")
       .def(py::init(&make_engine), py::arg("config"), py::arg("tensors"), py::kw_only(), py::arg("n_ctx") = 2048,
            py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64, py::arg("isa") = "",
@@ -269,7 +297,8 @@ void register_engine(py::module_& m) {
       .def("truncate", &Engine::truncate, py::arg("n"))
       .def("reset", &Engine::reset)
       .def("generate", &generate, py::arg("ids"), py::kw_only(), py::arg("max_tokens"), py::arg("eos"),
-           py::arg("sampler"), py::arg("history"), py::arg("on_token"))
+           py::arg("sampler"), py::arg("history"), py::arg("on_token") = nullptr,
+           py::arg("channel") = nullptr)
       .def_property_readonly("n_past", &Engine::n_past)
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)

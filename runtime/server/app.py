@@ -14,7 +14,6 @@ import contextlib
 import hmac
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edgelut.model import GenerateOptions, GenerationStats, Model
+from edgelut.model import Completion, GenerateOptions, GenerationStats, Model
 from edgelut.server import tools
 from edgelut.server.errors import APIError, bad_request
 from edgelut.server.grammar import Grammars, response_format_schema
@@ -291,29 +290,30 @@ class Server:
         chat: bool,
         names: set[str] | None,
     ) -> Response:
-        def work(emit: Callable[[str], None], cancel: threading.Event) -> GenerationStats:
-            return model.complete(ids, opts, emit, cancel)
-
         try:
             model.sampler_params(opts)
         except ValueError as e:
             raise bad_request(f"sampling: {e}") from None
+        try:
+            job = model.completion(ids, opts)
+        except ValueError as e:
+            raise bad_request(str(e)) from None
         ticket = self.scheduler.reserve()
         answer = _Answer(self.config.model_id, chat)
         if req.stream:
             return SSEResponse(
-                self._sse(ticket, work, answer, req.include_usage, names),
+                self._sse(ticket, job, answer, req.include_usage, names),
                 ticket.cancel,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text, stats = await self._collect(request, ticket, work)
+        text, stats = await self._collect(request, ticket, job)
         if stats is None:  # the client went away; nobody reads this
             return Response(status_code=499)
         return JSONResponse(answer.whole(text, stats, names))
 
     async def _collect(
-        self, request: Request, ticket: Ticket, work: Any
+        self, request: Request, ticket: Ticket, job: Completion
     ) -> tuple[str, GenerationStats | None]:
         """The whole reply, given up as soon as the client disconnects."""
         pieces: list[str] = []
@@ -329,7 +329,7 @@ class Server:
 
                 tg.start_soon(watch)
                 try:
-                    async for kind, value in ticket.run(work):
+                    async for kind, value in ticket.run(job):
                         if kind == "text":
                             pieces.append(value)
                         else:
@@ -344,13 +344,13 @@ class Server:
         return "".join(pieces), (stats[0] if stats else None)
 
     async def _sse(
-        self, ticket: Ticket, work: Any, answer: _Answer, include_usage: bool, names: set[str] | None
+        self, ticket: Ticket, job: Completion, answer: _Answer, include_usage: bool, names: set[str] | None
     ) -> AsyncIterator[str]:
         try:
             if answer.chat:
                 yield _event(answer.chunk({"role": "assistant", "content": ""}))
             held: list[str] = []  # with tools the reply is held back until it can be parsed
-            async for kind, value in ticket.run(work):
+            async for kind, value in ticket.run(job):
                 if kind == "text":
                     if names is not None:
                         held.append(value)

@@ -2,10 +2,11 @@
 
 A request first takes a place in the queue (refused at once when the queue
 is full, so the client gets a 429 before any streaming starts), then waits
-for the model. The generation runs on its own thread (the C++ loop releases
-the GIL while it computes) and hands text pieces to the event loop. Whoever
-stops listening (a client that disconnects, a server shutting down) sets the
-job's cancel flag; the model checks it after every token, and the model is
+for the model. The generation runs on its own thread and hands its tokens
+over a pipe-signalled channel that the event loop reads (``add_reader``), so
+the C++ loop never waits for the GIL; the text is made on the event loop.
+Whoever stops listening (a client that disconnects, a server shutting down)
+cancels the job; the loop checks that after every token, and the model is
 handed to the next request only once the thread has really stopped.
 """
 
@@ -13,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
+from edgelut.model import Completion
 from edgelut.server.errors import APIError
-
-# work(emit, cancel) runs on the generation thread and returns the result.
-Work = Callable[[Callable[[str], None], threading.Event], Any]
 
 
 class Scheduler:
@@ -32,7 +31,7 @@ class Scheduler:
         self.served = 0
         self.closing = False
         self._lock: asyncio.Lock | None = None  # made on the event loop's thread
-        self._running: threading.Event | None = None  # the running job's cancel flag
+        self._running: Ticket | None = None
 
     @property
     def busy(self) -> bool:
@@ -57,7 +56,7 @@ class Scheduler:
         """Refuse new requests and stop the running generation (safe from a signal handler)."""
         self.closing = True
         if self._running is not None:
-            self._running.set()
+            self._running.cancel()
 
     def lock(self) -> asyncio.Lock:
         if self._lock is None:
@@ -66,12 +65,13 @@ class Scheduler:
 
 
 class Ticket:
-    """One request's place in the queue; ``run`` waits for its turn and streams the work's events."""
+    """One request's place in the queue; ``run`` waits for its turn and streams the job's events."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._s = scheduler
         self._queued = True
-        self._cancel = threading.Event()  # read by the generation after every token
+        self._cancelled = False
+        self._job: Completion | None = None
 
     def _leave_queue(self) -> None:
         if self._queued:
@@ -85,10 +85,12 @@ class Ticket:
         listening calls it (a response that never started streaming included).
         """
         self._leave_queue()
-        self._cancel.set()
+        self._cancelled = True
+        if self._job is not None:
+            self._job.cancel()
 
-    async def run(self, work: Work) -> AsyncIterator[tuple[str, Any]]:
-        """Events ("text", piece) ... then ("done", result); a failure of the work is raised."""
+    async def run(self, job: Completion) -> AsyncIterator[tuple[str, Any]]:
+        """Events ("text", piece) ... then ("done", stats); a failure of the job is raised."""
         s = self._s
         lock = s.lock()
         try:
@@ -100,21 +102,36 @@ class Ticket:
             raise APIError(503, "the server is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        cancel = self._cancel
-        s._running = cancel
+        self._job = job
+        if self._cancelled:
+            job.cancel()
+        s._running = self
+        fd = job.fileno()
 
-        def post(kind: str, value: Any) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def readable() -> None:
+            for piece in job.pieces():
+                events.put_nowait(("text", piece))
+
+        def ended() -> None:
+            # On the event loop, after the thread: the last pieces, then the
+            # stats (or the failure); the model is free only now.
+            loop.remove_reader(fd)
+            try:
+                for piece in job.finish():
+                    events.put_nowait(("text", piece))
+                events.put_nowait(("done", job.stats))
+            except BaseException as e:  # raised again by the consumer below
+                events.put_nowait(("error", e))
+            finally:
+                self._release(lock)
 
         def thread() -> None:
             try:
-                post("done", work(lambda piece: post("text", piece), cancel))
-            except BaseException as e:  # raised again on the event loop
-                post("error", e)
+                job.run_quietly()
             finally:
-                # The model is free only now, whatever became of the listener.
-                loop.call_soon_threadsafe(self._release, lock)
+                loop.call_soon_threadsafe(ended)
 
+        loop.add_reader(fd, readable)
         threading.Thread(target=thread, name="edgelut-serve-generate", daemon=True).start()
         try:
             while True:
@@ -125,7 +142,7 @@ class Ticket:
                 if kind == "done":
                     return
         finally:
-            cancel.set()
+            self.cancel()
 
     def _release(self, lock: asyncio.Lock) -> None:
         self._s._running = None
