@@ -107,7 +107,7 @@ def _attention_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) 
 
 
 @pytest.mark.parametrize("n", [1, 7, 200])
-@pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256, 384])
 @pytest.mark.parametrize("kv_type", ["f32", "f16", "q8-32", "q8-head"])
 def test_attention_head_kernels_against_numpy(kv_type: str, head_dim: int, n: int) -> None:
     """Every ISA's attention kernel for every cache type and head size against float64 numpy."""

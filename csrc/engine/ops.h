@@ -61,10 +61,11 @@ void attn_head_q8_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t h
                       float* out);
 #if defined(__x86_64__)
 // AVX2 + FMA + F16C (attn_avx2.cc): query and output held in registers for
-// head_dim 32/64/128, a vectorised exp in the softmax; other head sizes (and
-// q8 blocks that are not a multiple of 8) fall back to the reference. The
-// sums run in another order and the exp differs by < 2e-7 relative, so SIMD
-// and reference agree to rounding.
+// head_dim 32/64/128, and for multiples of 128 (Gemma 3's 256) chunk by chunk;
+// a vectorised exp in the softmax; other head sizes (and q8 blocks that are
+// not a multiple of 8) fall back to the reference. The sums run in another
+// order and the exp differs by < 2e-7 relative, so SIMD and reference agree
+// to rounding.
 void attn_head_f16_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale,
                         float* att, float* out);
 void attn_head_q8_avx2(const float* q, const KvHeadRows& kv, int64_t n, int64_t head_dim, float scale, float* att,
