@@ -282,3 +282,29 @@ def test_cli_chat_slides_past_a_small_context(smol_path) -> None:
     p = subprocess.run(cmd, input=qs, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.lower().count("paris") >= 2, p.stdout
+
+
+@pytest.mark.parametrize("kind", ["silu", "gelu_tanh"])
+def test_gated_activation_kernels_against_numpy(kind: str) -> None:
+    """Every ISA's SwiGLU / GeGLU against float64 numpy, over the range a model sees and far past it."""
+    rng = np.random.default_rng(7)
+    # 1003 values: whole vectors and a scalar tail; magnitudes up to 200 reach the exp clamp.
+    gate = np.concatenate([rng.standard_normal(900) * 4, np.linspace(-200, 200, 103)]).astype(np.float32)
+    up = rng.standard_normal(gate.size).astype(np.float32)
+    g = gate.astype(np.float64)
+    if kind == "silu":
+        act = g / (1 + np.exp(-g))
+    else:
+        act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+    want = act * up
+    # float32 rounding of the arguments: relative to the result, and (GeGLU) to
+    # g * up where 1 + tanh(u) cancels for negative g, in libm's version too.
+    tol = 2e-6 * np.abs(want) + 5e-7 * np.abs(g * up) + 1e-30
+    for isa in _core.supported_isas():
+        got = _core.gated_activation(gate, up, kind=kind, isa=isa)
+        bad = np.abs(got - want) > tol
+        assert not bad.any(), (
+            f"{isa}: {bad.sum()} values off, e.g. gate {gate[bad][:3]}: {got[bad][:3]} vs {want[bad][:3]}"
+        )
+    with pytest.raises(ValueError, match="kind must be"):
+        _core.gated_activation(gate, up, kind="relu")

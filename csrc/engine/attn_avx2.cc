@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "avx2_math.h"
 #include "ops.h"
 
 namespace edgelut {
@@ -27,28 +28,6 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// exp(x) for x <= 0 (softmax after subtracting the max): x = n ln2 + r with
-// |r| <= ln2/2, e^r by its Taylor series to r^6 (relative error < 2e-7 on that
-// range), 2^n put into the exponent bits. Inputs below -87 are clamped, which
-// keeps 2^n a normal float; their weight after normalisation is < 1e-37.
-inline __m256 exp_nonpos(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln2 split in two so that n * ln2_hi is exact.
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -66,7 +45,7 @@ void softmax_avx2(float* att, int64_t n) {
   const __m256 m8 = _mm256_set1_ps(mx);
   __m256 vs = _mm256_setzero_ps();
   for (i = 0; i + 8 <= n; i += 8) {
-    const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(att + i), m8));
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(att + i), m8));
     _mm256_storeu_ps(att + i, e);
     vs = _mm256_add_ps(vs, e);
   }

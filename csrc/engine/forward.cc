@@ -171,6 +171,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const int64_t group = c_.n_heads / c_.n_kv_heads;
   const float att_scale = c_.attn_scale > 0 ? c_.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
   const AttnHead attn_head_fn = attn_head(isa_, kv_.type());
+  const GatedAct act_fn = gated_act(isa_, c_.ffn_gelu);
   float* x = x_.data();
   float* xb = xb_.data();
   // Weights that read the same input go in one call: the activation tables
@@ -294,12 +295,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
              prof_.matmul_ffn);
     {
       ScopeTimer timer(profiling_, elementwise);
-      per_token([&](int64_t t) {
-        if (c_.ffn_gelu)
-          geglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F);
-        else
-          swiglu_inplace(hb_.data() + t * F, hb2_.data() + t * F, F);
-      });
+      per_token([&](int64_t t) { act_fn(hb_.data() + t * F, hb2_.data() + t * F, F); });
     }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
     comm_->all_reduce(xb, T * D);

@@ -62,14 +62,14 @@ void softmax_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-void swiglu_inplace(float* gate, const float* up, int64_t n) {
+void swiglu_ref(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     gate[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
 }
 
-void geglu_inplace(float* gate, const float* up, int64_t n) {
+void geglu_ref(float* gate, const float* up, int64_t n) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
@@ -160,6 +160,15 @@ void attn_head_q8_ref(const float* q, const KvHeadRows& kv, int64_t n, int64_t h
   std::fill(out, out + head_dim, 0.0f);
   for (int64_t s = 0; s < n; ++s)
     axpy_q8_ref(att[s], v + s * kv.stride, kv.v_scales + s * sstride, out, head_dim, kv.block);
+}
+
+GatedAct gated_act(CpuIsa isa, bool gelu) {
+#if defined(__x86_64__)
+  if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx512) return gelu ? geglu_avx2 : swiglu_avx2;
+#else
+  (void)isa;
+#endif
+  return gelu ? geglu_ref : swiglu_ref;
 }
 
 AttnHead attn_head(CpuIsa isa, KvType type) {

@@ -25,12 +25,21 @@ void rope_angles(float* cos_sin, const float* inv_freq, int64_t half, double pos
 // In-place softmax over n elements.
 void softmax_inplace(float* x, int64_t n);
 
-// gate = silu(gate) * up, over n elements (SwiGLU).
-void swiglu_inplace(float* gate, const float* up, int64_t n);
-
-// gate = gelu_tanh(gate) * up, over n elements (GeGLU, Gemma):
+// The gated FFN activation, in place over n elements: SwiGLU gate =
+// silu(gate) * up, or GeGLU (Gemma) gate = gelu_tanh(gate) * up with
 // gelu_tanh(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
-void geglu_inplace(float* gate, const float* up, int64_t n);
+using GatedAct = void (*)(float* gate, const float* up, int64_t n);
+// The scalar oracles (libm exp / tanh), and the path on every ISA without AVX2.
+void swiglu_ref(float* gate, const float* up, int64_t n);
+void geglu_ref(float* gate, const float* up, int64_t n);
+#if defined(__x86_64__)
+// AVX2 + FMA (act_avx2.cc): exp by a polynomial (relative error < 2e-7),
+// tanh from it; within 1e-6 relative of the oracles (tested).
+void swiglu_avx2(float* gate, const float* up, int64_t n);
+void geglu_avx2(float* gate, const float* up, int64_t n);
+#endif
+// The one dispatch point of the activation for this CPU.
+GatedAct gated_act(CpuIsa isa, bool gelu);
 
 // KV cache element access: fp32 or fp16 (portable conversion).
 float dot_f32(const float* a, const float* b, int64_t n);

@@ -183,6 +183,19 @@ F32 attention_head(F32 q, py::array k, py::array v, py::object k_scales, py::obj
   return out;
 }
 
+// The gated FFN activation of an ISA on (gate, up): a test hook.
+F32 gated_activation(F32 gate, F32 up, const std::string& kind, const std::string& isa) {
+  if (kind != "silu" && kind != "gelu_tanh")
+    throw std::invalid_argument("gated_activation: kind must be 'silu' or 'gelu_tanh', got '" + kind + "'");
+  if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0))
+    throw std::invalid_argument("gated_activation: gate and up must be 1-D of one length");
+  F32 out(gate.shape(0));
+  std::copy(gate.data(), gate.data() + gate.shape(0), out.mutable_data());
+  gated_act(isa.empty() ? cpu_isa() : isa_from_name(isa), kind == "gelu_tanh")(out.mutable_data(), up.data(),
+                                                                                  gate.shape(0));
+  return out;
+}
+
 }  // namespace
 
 void register_engine(py::module_& m) {
@@ -249,6 +262,8 @@ void register_engine(py::module_& m) {
 
   m.def("attention_head", &attention_head, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_scales") = py::none(),
         py::arg("v_scales") = py::none(), py::kw_only(), py::arg("kv_type"), py::arg("scale"), py::arg("isa") = "");
+  m.def("gated_activation", &gated_activation, py::arg("gate"), py::arg("up"), py::kw_only(), py::arg("kind"),
+        py::arg("isa") = "");
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator");
   m.def("make_local_group", &make_local_group, py::arg("n_ranks"),
