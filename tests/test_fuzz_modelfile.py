@@ -5,6 +5,7 @@ exact message, special files, and the real SmolLM2 file."""
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import os
 import random
@@ -332,6 +333,35 @@ def test_cli_info_and_run_on_special_files(special_files):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=CASE_TIMEOUT)
             assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
             assert r.stderr.count("\n") == 1 and str(p) in r.stderr
+
+
+def _without_file_override() -> None:
+    """preexec_fn: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set,
+    so that the exec'd child, even as root, is held to the file's permission bits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_unreadable_file_is_one_line_naming_it(tiny_file, tmp_path):
+    """A model file without read permission: the CLI and the Python API say so in one line.
+
+    Root reads any file, so the children run without the two capabilities
+    that let it (a plain user is refused by the mode alone).
+    """
+    p = tmp_path / "locked.elut"
+    shutil.copyfile(tiny_file, p)
+    p.chmod(0o000)
+    kw: dict[str, Any] = {"preexec_fn": _without_file_override} if os.geteuid() == 0 else {}
+    kw.update(capture_output=True, text=True, timeout=CASE_TIMEOUT)
+    for args in (["info", str(p)], ["run", str(p), "-p", "hi", "-n", "1"]):
+        r = subprocess.run([sys.executable, "-m", "edgelut.cli", *args], **kw)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and f"{p}: cannot open: Permission denied" in r.stderr, r.stderr
+    code = "import sys, edgelut\ntry:\n    edgelut.load(sys.argv[1])\nexcept edgelut.FileAccessError as e:\n    print(e)"
+    r = subprocess.run([sys.executable, "-c", code, str(p)], **kw)
+    assert r.stdout.strip() == f"{p}: cannot open: Permission denied", r.stdout + r.stderr
 
 
 # -- `edgelut info` -----------------------------------------------------------------------------
