@@ -359,7 +359,15 @@ def test_unreadable_file_is_one_line_naming_it(tiny_file, tmp_path):
         r = subprocess.run([sys.executable, "-m", "edgelut.cli", *args], **kw)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and f"{p}: cannot open: Permission denied" in r.stderr, r.stderr
-    code = "import sys, edgelut\ntry:\n    edgelut.load(sys.argv[1])\nexcept edgelut.FileAccessError as e:\n    print(e)"
+    code = "\n".join(
+        [
+            "import sys, edgelut",
+            "try:",
+            "    edgelut.load(sys.argv[1])",
+            "except edgelut.FileAccessError as e:",
+            "    print(e)",
+        ]
+    )
     r = subprocess.run([sys.executable, "-c", code, str(p)], **kw)
     assert r.stdout.strip() == f"{p}: cannot open: Permission denied", r.stdout + r.stderr
 
