@@ -16,7 +16,7 @@ from edgelut.quantize.calibrate import (
     default_calibration_text,
     run_calibrated,
 )
-from edgelut.quantize.gptq import quantize_gptq
+from edgelut.quantize.gptq import gptq_factor, hessian, quantize_gptq
 from edgelut.quantize.recipe import DEFAULT_OVERRIDES, Recipe, parse_overrides
 from edgelut.quantize.rtn import quantize_rtn
 
@@ -162,3 +162,22 @@ def test_cli_gptq_defaults_to_the_built_in_set_at_4096_tokens(tmp_path, monkeypa
     assert main(["quantize", "tiny", "-o", str(out), "--method", "gptq", "--bits", "3", "-q"]) == 0
     assert seen["text"] is None  # None = default_calibration_text()
     assert read_model_file(out).recipe["calibration_tokens"] == 4096
+
+
+@pytest.mark.parametrize("k", [5, 256, 300, 600])
+def test_gptq_factor_is_the_upper_cholesky_of_the_damped_inverse(k):
+    """The in-place blocked triangular inverse (block 256: one, whole and partial blocks)
+    gives U with U^T U = (H + damp)^-1, dead inputs set to 1 first."""
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((2 * k, k))
+    x[:, 1] = 0  # a dead input
+    h = hessian(x)
+    assert np.allclose(h, 2 * x.T @ x / (2 * k))
+    f = gptq_factor(h, damp=0.01)
+    want = h.copy()
+    want[1, 1] = 1.0
+    assert f.dead[1] and f.dead.sum() == 1 and np.array_equal(f.diag, np.diag(want))
+    want[np.diag_indices(k)] += 0.01 * np.mean(np.diag(want))
+    u = f.hinv_upper
+    assert np.allclose(np.triu(u), u)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(want), rtol=1e-7, atol=1e-9)
