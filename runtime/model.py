@@ -100,17 +100,18 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
 def shard_tensors(
     cfg: ModelConfig, tensors: dict[str, np.ndarray], shard: _core.ShardSpec
 ) -> dict[str, np.ndarray]:
-    """The slice of every layer one shard holds: its kv heads (with their q heads) and FFN columns.
+    """The slice of every layer one shard holds: its q heads, the kv heads they read, its FFN columns.
 
-    Splits at multiples of the quantisation group size keep the quantised
-    shards bit-identical to slices of the quantised whole model.
+    A kv head whose q heads straddle two shards is held by both. Splits at
+    multiples of the quantisation group size keep the quantised shards
+    bit-identical to slices of the quantised whole model. Without the
+    lm_head (a worker), output.weight is left out.
     """
-    hd, rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
-    kv_end = cfg.n_kv_heads if shard.kv_head_end < 0 else shard.kv_head_end
-    ffn_end = cfg.intermediate_size if shard.ffn_end < 0 else shard.ffn_end
-    q = slice(shard.kv_head_begin * rep * hd, kv_end * rep * hd)
-    kv = slice(shard.kv_head_begin * hd, kv_end * hd)
-    ffn = slice(shard.ffn_begin, ffn_end)
+    hd = cfg.head_dim
+    s = shard.resolved(engine_config(cfg))
+    q = slice(s.q_head_begin * hd, s.q_head_end * hd)
+    kv = slice(s.kv_head_begin * hd, s.kv_head_end * hd)
+    ffn = slice(s.ffn_begin, s.ffn_end)
     rows = {
         "attn_q.weight": q,
         "attn_q.bias": q,
@@ -124,6 +125,8 @@ def shard_tensors(
     cols = {"attn_output.weight": q, "ffn_down.weight": ffn}
     out = {}
     for name, t in tensors.items():
+        if name == "output.weight" and not s.lm_head:
+            continue
         suffix = name.split(".", 2)[2] if name.startswith("blk.") else ""
         if suffix in rows:
             t = t[rows[suffix]]

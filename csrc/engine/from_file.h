@@ -43,6 +43,15 @@ Config config_from_file(const ModelFile& mf);
 uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
                               bool page_output = false);
 
-std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p);
+// The shard a file holds (edgelut.shard.*, written by `edgelut shard`), or the
+// whole model (ShardSpec{}) for a plain model file. Throws ModelFileError for
+// shard keys that do not describe one contiguous q-head range with the kv heads
+// it needs and one FFN column range.
+ShardSpec shard_from_file(const ModelFile& mf, const Config& c);
+
+// A shard file (world size > 1) needs `comm`, the communicator that joins it
+// to the other shards; a whole model ignores it.
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         std::shared_ptr<Communicator> comm = nullptr);
 
 }  // namespace edgelut
