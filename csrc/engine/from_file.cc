@@ -14,6 +14,7 @@
 
 #include "../io/crc32.h"
 #include "../kernels/fp16.h"
+#include "shard_slice.h"
 
 namespace edgelut {
 
@@ -191,7 +192,8 @@ uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const Engine
   return pinned + kv_bytes + scratch;
 }
 
-std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p) {
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         const std::optional<ShardSpec>& shard, std::shared_ptr<Communicator> comm) {
   auto store = std::make_shared<FileStore>();
   const bool paging = p.window > 0 || p.budget_bytes > 0;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
@@ -252,7 +254,14 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   Engine::check_options(o);
   std::unique_ptr<Engine> engine;
   try {
-    engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+    if (shard) {
+      require(!paging, path + ": paging a slice of a whole model file is not supported; make shard files (edgelut shard)");
+      auto keep = std::make_shared<std::vector<std::shared_ptr<void>>>();
+      keep->push_back(store);
+      engine = std::make_unique<Engine>(c, slicing_lookup(c, *shard, lookup, keep), o, *shard, std::move(comm), keep);
+    } else {
+      engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, std::move(comm), store);
+    }
   } catch (const ModelFileError&) {
     throw;
   } catch (const std::invalid_argument& e) {

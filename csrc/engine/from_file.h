@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "../io/model_file.h"
@@ -43,6 +44,10 @@ Config config_from_file(const ModelFile& mf);
 uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
                               bool page_output = false);
 
-std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p);
+// With `shard`, the engine holds that shard's slice of the whole model in the
+// file (shard_slice.h; no paging) and sums through `comm`.
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         const std::optional<ShardSpec>& shard = std::nullopt,
+                                         std::shared_ptr<Communicator> comm = nullptr);
 
 }  // namespace edgelut
