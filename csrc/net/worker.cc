@@ -57,7 +57,7 @@ void WorkerLink::monitor_event() {
 bool WorkerLink::wait(Message& m, int timeout_ms) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
-    if (stop_) throw std::runtime_error("worker stopped");
+    if (stop_ || (o_.should_stop && o_.should_stop())) throw std::runtime_error("worker stopped");
     ZmqPollItem items[2] = {{sock_->get(), 0, zmqc::POLLIN, 0}, {mon_->get(), 0, zmqc::POLLIN, 0}};
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     const long step = timeout_ms < 0 ? 200 : std::max<long>(0, std::min<long>(200, left));

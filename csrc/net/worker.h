@@ -18,6 +18,7 @@ struct WorkerOptions {
   std::string connect;                        // tcp://HOST:PORT of the coordinator
   std::map<std::string, std::string> hello;   // what this worker holds (see Coordinator's expect)
   double join_timeout_s = 30.0;               // waiting for the coordinator to answer the hello
+  std::function<bool()> should_stop;          // polled every ~0.2 s: true ends serve() (C ABI's stop flag)
   std::function<void(const std::string&)> log;
 };
 
