@@ -65,7 +65,7 @@ def greedy(engine, steps: int = STEPS) -> tuple[list[int], np.ndarray]:
     return tokens, np.array(logits)
 
 
-def in_process(path: str, shards: int) -> np.ndarray:
+def in_process(path: str, shards: int, steps: int = STEPS) -> np.ndarray:
     """The same split run on threads of this process (make_local_group)."""
     cfg = engine_config(read_model_file(path, verify_crc=False).config)
     comms = _core.make_local_group(shards)
@@ -78,7 +78,7 @@ def in_process(path: str, shards: int) -> np.ndarray:
     out: list = [None] * shards
 
     def work(r: int) -> None:
-        out[r] = greedy(engines[r])[1]
+        out[r] = greedy(engines[r], steps)[1]
 
     threads = [threading.Thread(target=work, args=(r,)) for r in range(shards)]
     for t in threads:
@@ -320,3 +320,28 @@ def test_options_and_key_files_are_checked(tmp_path):
     (tmp_path / "mixed.key").write_text(f"public-key = {pair.public}\nsecret-key = {other.secret}\n")
     with pytest.raises(ValueError, match="does not belong"):
         read_keypair(tmp_path / "mixed.key")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["fp32", "int8"])
+def test_soak_long_generation_and_rejoins(model_path, workers, sync):
+    """Three devices over many tokens, with a worker killed and restarted between requests."""
+    where = url()
+    for r in (1, 2):
+        workers.start(model_path, where, r, 3, "--insecure")
+    model = coordinator(model_path, where, 3, sync=sync)
+    first, _ = greedy(model.engine, 128)
+    if sync == "fp32":
+        np.testing.assert_array_equal(greedy(model.engine, 16)[1], in_process(model_path, 3, 16))
+    for _ in range(3):
+        workers.procs[-1].kill()
+        workers.start(model_path, where, 2, 3, "--insecure")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                again, _ = greedy(model.engine, 128)
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the restarted worker did not rejoin"
+        assert again == first
+    model.group.close()
