@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 from edgelut.thinking import filter_stream, strip_thinking
+
+if TYPE_CHECKING:
+    from edgelut.distributed.options import DistributedOptions
 
 __all__ = [
     "GenerateOptions",
@@ -275,6 +278,9 @@ class GenerationStats:
     peak_rss_mb: float = 0.0
     # Decode-phase paging numbers when the layers are paged (window > 0), else None.
     paging: PagingStats | None = None
+    # Tensor-parallel transport of the call (coordinator's view) when the model
+    # coordinates a group, else None: comm_s, bytes_sent / bytes_received per device.
+    comm: dict[str, Any] | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -396,6 +402,8 @@ class Model:
     # alone goes through the decode GEMV instead of the prefill GEMM (int8 activations), and
     # a close greedy choice can flip. Costs up to prefill_chunk - 1 re-evaluated tokens.
     chunk_aligned_reuse: bool = False
+    # The tensor-parallel link when this model coordinates a group (edgelut.distributed), else None.
+    group: Any = None
 
     def __init__(
         self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
@@ -750,6 +758,8 @@ class Model:
     ) -> None:
         """The one generation path: reuse the cached prefix, run the C++ loop, emit text pieces."""
         cached = self._reuse_prefix(ids)
+        if self.group is not None:
+            self.group.reset_stats()
         text = _TextStream(self.tokenizer, stops) if self.tokenizer is not None else None
         sampled: list[int] = []
         eos = [] if ignore_eos else self._eos_ids()
@@ -795,6 +805,7 @@ class Model:
             )
             if decode_start
             else None,
+            comm=self.group.stats() if self.group is not None else None,
         )
         self.last_tokens = list(r["tokens"])
 
@@ -851,6 +862,11 @@ class Model:
                     history=prompt[:cached],
                     on_token=on_token,
                 )
+            except ConnectionError:
+                # A device of the group failed (PeerError): a worker that comes back
+                # has an empty cache, so the next request starts from position 0.
+                self._engine.reset()
+                raise
             finally:
                 # The KV cache holds what the engine evaluated: the prompt and every
                 # sampled token but the last (whatever happened, n_past says how much).
@@ -986,6 +1002,7 @@ def load(
     page_output: bool = False,
     context_overflow: str = "error",
     n_keep: int = 32,
+    distributed: DistributedOptions | None = None,
 ) -> Model:
     """Load a model.
 
@@ -1009,7 +1026,30 @@ def load(
     (int8 with a scale per 32 values, 0.56x the memory of f16).
     ``context_overflow`` "slide" keeps the first ``n_keep`` tokens and the
     recent half when the context fills (see :meth:`Model.set_context_overflow`).
+
+    ``distributed`` (with ``listen`` and ``shards``) makes this process the
+    coordinator of a tensor-parallel group: it holds its slice of the model
+    and waits for the workers (``edgelut worker``) to dial in; see
+    :mod:`edgelut.distributed`.
     """
+    if distributed is not None:
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError("a distributed load takes a model name or path")
+        if window or memory_budget or page_output:
+            raise ValueError("paging a slice of a whole model file is not supported (make shard files)")
+        from edgelut import store
+
+        path = store.resolve(os.fspath(source), store.ConvertOptions(bits=bits, group_size=group_size))
+        model = _load_file(
+            os.fspath(path),
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            distributed=distributed,
+        )
+        model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
+        return model
     model = _load(
         source,
         n_threads,
@@ -1122,6 +1162,14 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
             if restated is None:
                 raise
             raise restated from None
+    elif "distributed" in engine_kw:
+        from edgelut.distributed.group import open_coordinator
+
+        opts = engine_kw.pop("distributed")
+        engine, group = open_coordinator(path, opts, engine_kw)
+        model = Model(engine, config, tokenizer)
+        model.group = group
+        return model
     else:
         engine = _core.Engine.from_file(path, **engine_kw)
     return Model(engine, config, tokenizer)

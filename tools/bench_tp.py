@@ -119,27 +119,18 @@ def has_worker() -> bool:
 
 
 def edgelut_two(
-    lab: netlab.NetLab, shards: Path, delay: float, sync: str, p: int, n: int, r: int, keydir: Path
+    lab: netlab.NetLab, shards: Path, delay: float, sync: str, p: int, n: int, r: int, budget: list[str]
 ) -> tuple[float, float]:
     """Coordinator (`edgelut bench --shards`) in host 0; `edgelut worker` in host 1 dials via the relay."""
     files = sorted(shards.glob("shard-*.elut"))
     listen = f"tcp://{lab.addr(0)}:{TP_PORT}"
     relay = lab.relay(1, (lab.addr(0), TP_PORT), delay)
-    auth = ["--insecure"]
-    coord_cmd = [*EDGELUT, "bench", "--shards", str(shards), "--listen", listen, "--sync", sync, *auth]
+    auth = ["--insecure"]  # the CURVE cost is the same for both rows of a pair; keys are tp's tests
+    coord_cmd = [*EDGELUT, "bench", str(files[0]), "--shards", "2", "--listen", listen, "--sync", sync, *auth]
     coord_cmd += ["-t", "1", "-p", str(p), "-n", str(n), "-r", str(r), "--json"]
     coord = lab.popen(0, coord_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    worker_cmd = [
-        *EDGELUT,
-        "worker",
-        str(files[1]),
-        "--connect",
-        f"tcp://127.0.0.1:{relay}",
-        "-t",
-        "1",
-        *auth,
-    ]
+    worker_cmd = [*EDGELUT, "worker", str(files[1]), "--connect", f"tcp://127.0.0.1:{relay}"]
+    worker_cmd += ["--rank", "1", "--shards", "2", "-t", "1", *auth, *budget]
     worker = lab.popen(1, worker_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         out, err = coord.communicate(timeout=1800)
@@ -262,9 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", type=int, default=64, help="prompt tokens")
     ap.add_argument("-n", type=int, default=32, help="decoded tokens")
     ap.add_argument("-r", type=int, default=2, help="repeats (median)")
-    ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument(
+        "--rows",
+        default="one,inproc,tp,llama",
+        help="which rows: one (edgelut 1 device), inproc, tp (2 devices over the links), llama",
+    )
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
+    want = set(args.rows.split(","))
+    args.skip_llama = "llama" not in want
     why = netlab.available()
     if why:
         raise SystemExit(f"bench_tp: {why}")
@@ -297,17 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
         files = prepare(name, args.workdir, llama_bin)
-        emit(Row(name, "edgelut", 1, "local", "-", *edgelut_one(files["elut"], args.p, args.n, args.r)))
-        emit(
-            Row(
-                name,
-                "edgelut",
-                2,
-                "in-process",
-                "fp32",
-                *edgelut_in_process(files["shards"], args.p, args.n, args.r),
-            )
-        )
+        if "one" in want:
+            emit(Row(name, "edgelut", 1, "local", "-", *edgelut_one(files["elut"], args.p, args.n, args.r)))
+        if "inproc" in want:
+            res = edgelut_in_process(files["shards"], args.p, args.n, args.r)
+            emit(Row(name, "edgelut", 2, "in-process", "fp32", *res))
         if not args.skip_llama:
             emit(
                 Row(
@@ -322,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         for delay, rate in links:
             link = f"{delay:g} ms" + (f" @ {rate:g} Mbit/s" if rate else "")
             with netlab.NetLab(2, rate_mbit=rate) as lab:
-                for sync in args.syncs.split(","):
+                for sync in args.syncs.split(",") if "tp" in want else []:
                     if not tp:
                         emit(
                             Row(
@@ -338,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         continue
                     try:
-                        res = edgelut_two(
-                            lab, files["shards"], delay, sync, args.p, args.n, args.r, args.workdir
-                        )
+                        res = edgelut_two(lab, files["shards"], delay, sync, args.p, args.n, args.r, [])
                         emit(Row(name, "edgelut", 2, link, sync, *res))
                     except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
                         emit(Row(name, "edgelut", 2, link, sync, None, None, f"failed: {e}"))

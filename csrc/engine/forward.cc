@@ -389,10 +389,13 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
           "eval: the sliding-window KV ring no longer holds the positions before " + std::to_string(start_pos) +
               "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
+  comm_->begin_eval(ids, n, start_pos);
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {
     const int64_t T = std::min(C, n - c0);
-    if (all_logits) {
+    if (!logits) {
+      forward(ids + c0, T, start_pos + c0, T, nullptr);
+    } else if (all_logits) {
       forward(ids + c0, T, start_pos + c0, 0, logits + c0 * V);
     } else {
       const bool last = c0 + T == n;

@@ -14,6 +14,7 @@
 
 #include "../io/crc32.h"
 #include "../kernels/fp16.h"
+#include "shard_slice.h"
 
 namespace edgelut {
 
@@ -236,7 +237,7 @@ uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const Engine
 }
 
 std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
-                                         std::shared_ptr<Communicator> comm) {
+                                         const std::optional<ShardSpec>& shard, std::shared_ptr<Communicator> comm) {
   auto store = std::make_shared<FileStore>();
   const bool paging = p.window > 0 || p.budget_bytes > 0;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
@@ -244,7 +245,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
   if (p.verify_crc && paging) verify_crcs_bounded(mf);
   const Config c = config_from_file(mf);
-  const ShardSpec shard = shard_from_file(mf, c);
+  const ShardSpec file_shard = shard_from_file(mf, c);
   if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
     require_file(world->i <= 1 || comm != nullptr,
                  path + " is shard " + std::to_string(mf.get_int("edgelut.shard.rank") + 1) + " of " +
@@ -303,7 +304,16 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   Engine::check_options(o);
   std::unique_ptr<Engine> engine;
   try {
-    engine = std::make_unique<Engine>(c, lookup, o, shard, std::move(comm), store);
+    if (shard) {
+      require(!mf.find("edgelut.shard.world_size") || mf.get_int("edgelut.shard.world_size") <= 1,
+              path + ": is already a shard file (it holds its spec); open it without one");
+      require(!paging, path + ": paging a slice of a whole model file is not supported; make shard files (edgelut shard)");
+      auto keep = std::make_shared<std::vector<std::shared_ptr<void>>>();
+      keep->push_back(store);
+      engine = std::make_unique<Engine>(c, slicing_lookup(c, *shard, lookup, keep), o, *shard, std::move(comm), keep);
+    } else {
+      engine = std::make_unique<Engine>(c, lookup, o, file_shard, std::move(comm), store);
+    }
   } catch (const ModelFileError&) {
     throw;
   } catch (const std::invalid_argument& e) {
@@ -324,7 +334,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     biggest = std::max(biggest, r.size);
   }
   std::optional<PagedOutput> output;
-  if (page_output) output = output_chunks(mf, biggest, shard.lm_head, &pieces);
+  if (page_output) output = output_chunks(mf, biggest, file_shard.lm_head, &pieces);
 
   int window = p.window;
   if (window == 0) {

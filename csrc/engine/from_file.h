@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "../io/model_file.h"
@@ -49,9 +50,12 @@ uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const Engine
 // it needs and one FFN column range.
 ShardSpec shard_from_file(const ModelFile& mf, const Config& c);
 
-// A shard file (world size > 1) needs `comm`, the communicator that joins it
-// to the other shards; a whole model ignores it.
+// A shard file (world size > 1, `edgelut shard`) holds its spec and needs
+// `comm`, the communicator that joins it to the other shards. With `shard`,
+// a whole model file is sliced to that shard at load (shard_slice.h; no
+// paging) and sums through `comm`.
 std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         const std::optional<ShardSpec>& shard = std::nullopt,
                                          std::shared_ptr<Communicator> comm = nullptr);
 
 }  // namespace edgelut

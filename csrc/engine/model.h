@@ -97,6 +97,9 @@ class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual void all_reduce(float* data, int64_t n) = 0;
+  // Called by Engine::eval before its first forward pass: a coordinator tells
+  // its workers to run the same eval (csrc/net/coordinator.h).
+  virtual void begin_eval(const int32_t* /*ids*/, int64_t /*n*/, int64_t /*start_pos*/) {}
 };
 
 class NullCommunicator : public Communicator {
@@ -231,6 +234,7 @@ class Engine {
   // last token (vocab floats) or of every token (n * vocab) when all_logits.
   // start_pos may be at most n_past() (positions after it are overwritten and
   // forgotten). Throws std::invalid_argument for bad ids or positions.
+  // logits may be null: no lm_head at all (a tensor-parallel worker).
   void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits);
 
   // Forgets positions >= n (prompt-cache reuse keeps a common prefix). With

@@ -82,7 +82,8 @@ Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int
 std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx, int n_threads,
                                          const std::string& kv_type, int64_t prefill_chunk, const std::string& isa,
                                          int window, uint64_t budget_bytes, bool drop_cache, bool direct_io,
-                                         bool verify_crc, bool page_output, std::shared_ptr<Communicator> comm) {
+                                         bool verify_crc, bool page_output, std::optional<ShardSpec> shard,
+                                         std::shared_ptr<Communicator> comm) {
   EngineOptions o;
   o.n_ctx = n_ctx;
   o.n_threads = n_threads;
@@ -97,7 +98,7 @@ std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx,
   p.verify_crc = verify_crc;
   p.page_output = page_output;
   py::gil_scoped_release release;
-  return engine_from_file(path, o, p, std::move(comm));
+  return engine_from_file(path, o, p, shard, std::move(comm));
 }
 
 py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) {
@@ -274,9 +275,10 @@ void register_engine(py::module_& m) {
                   py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
                   py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,
                   py::arg("drop_cache") = false, py::arg("direct_io") = false, py::arg("verify_crc") = true,
-                  py::arg("page_output") = false, py::arg("communicator") = nullptr,
-                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers. A shard "
-                  "file (edgelut shard) needs the communicator joining it to its other shards.")
+                  py::arg("page_output") = false, py::arg("shard") = py::none(), py::arg("communicator") = nullptr,
+                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers. A shard file "
+                  "(edgelut shard) holds its spec and needs the communicator joining it to its other shards; "
+                  "shard slices a whole model file at load.")
       .def_property_readonly("shard", &Engine::shard)
       .def_property_readonly("window",
                              [](const Engine& e) { return e.pager() ? e.pager()->window() : 0; })

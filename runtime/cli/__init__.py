@@ -21,6 +21,8 @@ SUBCOMMANDS = (
     "rm",
     "serve",
     "shard",
+    "keygen",
+    "worker",
 )
 
 
