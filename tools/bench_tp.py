@@ -26,7 +26,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +128,7 @@ def edgelut_two(
     coord_cmd = [*EDGELUT, "bench", str(files[0]), "--shards", "2", "--listen", listen, "--sync", sync, *auth]
     coord_cmd += ["-t", "1", "-p", str(p), "-n", str(n), "-r", str(r), "--json"]
     coord = lab.popen(0, coord_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lab.wait_port(1, (lab.addr(0), TP_PORT))
     worker_cmd = [*EDGELUT, "worker", str(files[1]), "--connect", f"tcp://127.0.0.1:{relay}"]
     worker_cmd += ["--rank", "1", "--shards", "2", "-t", "1", *auth, *budget]
     worker = lab.popen(1, worker_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -177,22 +177,12 @@ def llama_rpc(lab: netlab.NetLab, llama_bin: Path, q4_0: Path, delay: float, p: 
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(lab, lab.addr(1), RPC_PORT)
+        lab.wait_port(0, (lab.addr(1), RPC_PORT))
         relay = lab.relay(0, (lab.addr(1), RPC_PORT), delay)
         return llama_bench(lab, llama_bin, q4_0, p, n, r, f"127.0.0.1:{relay}")
     finally:
         server.kill()
         server.wait(10)
-
-
-def _wait_port(lab: netlab.NetLab, host: str, port: int, timeout: float = 30) -> None:
-    probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1).close()"
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if lab.run(0, [sys.executable, "-c", probe], timeout=10, capture_output=True).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 # ---- the latency model --------------------------------------------------------------------

@@ -23,6 +23,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -131,6 +132,9 @@ class NetLab:
         for p in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
+            for pipe in (p.stdin, p.stdout, p.stderr):
+                if pipe is not None:
+                    pipe.close()
         self._procs.clear()
         # Deleting a namespace deletes its veth ends (and their peers) and its bridge.
         for ns in reversed(self._made):
@@ -153,6 +157,16 @@ class NetLab:
 
     def run(self, host: int, argv: list[str], timeout: float, **kw: object) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(host, argv), timeout=timeout, **kw)  # type: ignore[call-overload]
+
+    def wait_port(self, host: int, target: tuple[str, int], timeout: float = 60.0) -> None:
+        """Waits until target accepts TCP connections as seen from host (RuntimeError after timeout)."""
+        probe = f"import socket; socket.create_connection(({target[0]!r}, {target[1]}), timeout=1).close()"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.run(host, [sys.executable, "-c", probe], timeout=30, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"nothing listens on {target[0]}:{target[1]} after {timeout:.0f} s")
 
     def relay(self, host: int, target: tuple[str, int], delay_ms: float) -> int:
         """Starts a delaying relay in host's namespace to target; returns its port on 127.0.0.1."""
