@@ -100,6 +100,18 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     return c
 
 
+def shard_slices(
+    head_dim: int, q_heads: tuple[int, int], kv_heads: tuple[int, int], ffn: tuple[int, int]
+) -> tuple[dict[str, slice], dict[str, slice]]:
+    """Which rows (first dict) and columns (second) of each layer tensor, by name suffix, a shard holds."""
+    q = slice(q_heads[0] * head_dim, q_heads[1] * head_dim)
+    kv = slice(kv_heads[0] * head_dim, kv_heads[1] * head_dim)
+    f = slice(*ffn)
+    rows = {"attn_q.weight": q, "attn_q.bias": q, "attn_k.weight": kv, "attn_k.bias": kv}
+    rows |= {"attn_v.weight": kv, "attn_v.bias": kv, "ffn_gate.weight": f, "ffn_up.weight": f}
+    return rows, {"attn_output.weight": q, "ffn_down.weight": f}
+
+
 def shard_tensors(
     cfg: ModelConfig, tensors: dict[str, np.ndarray], shard: _core.ShardSpec
 ) -> dict[str, np.ndarray]:
@@ -110,22 +122,13 @@ def shard_tensors(
     bit-identical to slices of the quantised whole model. Without the
     lm_head (a worker), output.weight is left out.
     """
-    hd = cfg.head_dim
     s = shard.resolved(engine_config(cfg))
-    q = slice(s.q_head_begin * hd, s.q_head_end * hd)
-    kv = slice(s.kv_head_begin * hd, s.kv_head_end * hd)
-    ffn = slice(s.ffn_begin, s.ffn_end)
-    rows = {
-        "attn_q.weight": q,
-        "attn_q.bias": q,
-        "attn_k.weight": kv,
-        "attn_k.bias": kv,
-        "attn_v.weight": kv,
-        "attn_v.bias": kv,
-        "ffn_gate.weight": ffn,
-        "ffn_up.weight": ffn,
-    }
-    cols = {"attn_output.weight": q, "ffn_down.weight": ffn}
+    rows, cols = shard_slices(
+        cfg.head_dim,
+        (s.q_head_begin, s.q_head_end),
+        (s.kv_head_begin, s.kv_head_end),
+        (s.ffn_begin, s.ffn_end),
+    )
     out = {}
     for name, t in tensors.items():
         if name == "output.weight" and not s.lm_head:

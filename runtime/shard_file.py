@@ -28,6 +28,7 @@ import numpy as np
 
 from edgelut import _core
 from edgelut.kernels import PackedMatrix, pack
+from edgelut.model import shard_slices
 from edgelut.models.config import ModelConfig, TokenizerData
 from edgelut.models.gguf_file import ModelFileError
 from edgelut.models.modelfile import ModelFile, ShardSpec, read_model_file, write_model_file
@@ -75,26 +76,8 @@ def slice_packed(pm: PackedMatrix, rows: slice | None = None, cols: slice | None
     return pack(np.ascontiguousarray(codes), scales, None if mins is None else mins, pm.qtype, g)
 
 
-def _slices(config: ModelConfig, plan: ShardPlan) -> tuple[dict[str, slice], dict[str, slice]]:
-    hd = config.head_dim
-    q = slice(plan.q_heads[0] * hd, plan.q_heads[1] * hd)
-    kv = slice(plan.kv_heads[0] * hd, plan.kv_heads[1] * hd)
-    ffn = slice(*plan.ffn)
-    rows = {
-        "attn_q.weight": q,
-        "attn_q.bias": q,
-        "attn_k.weight": kv,
-        "attn_k.bias": kv,
-        "attn_v.weight": kv,
-        "attn_v.bias": kv,
-        "ffn_gate.weight": ffn,
-        "ffn_up.weight": ffn,
-    }
-    return rows, {"attn_output.weight": q, "ffn_down.weight": ffn}
-
-
 def _shard_tensors(mf: ModelFile, plan: ShardPlan) -> dict[str, Any]:
-    rows, cols = _slices(mf.config, plan)
+    rows, cols = shard_slices(mf.config.head_dim, plan.q_heads, plan.kv_heads, plan.ffn)
     out: dict[str, Any] = {}
     for name in mf.names():
         if name == "output.weight" and not plan.lm_head:

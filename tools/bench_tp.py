@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every NetLab removes its namespaces and processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     want = set(args.rows.split(","))
     args.skip_llama = "llama" not in want
     why = netlab.available()

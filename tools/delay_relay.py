@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(args.listen)
     srv.listen(16)
-    # The relay stands in for a link: let it preempt compute (root only; tiny CPU use).
+    # The relay stands in for a link, so its timers must fire on time on a loaded machine:
+    # real-time priority where the cgroup allows it, else the highest nice (root only;
+    # it uses little CPU). Measured at load 20 on 2 cores: a 0.5 ms hop took 3-6 ms without.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, -20)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     print(f"ready {srv.getsockname()[1]}", flush=True)
