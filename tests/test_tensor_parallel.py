@@ -6,6 +6,7 @@ behind (the Workers fixture kills what is left)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import struct
@@ -225,6 +226,20 @@ def test_worker_exits_when_its_coordinator_is_killed(model_path, workers):
         coord.communicate()
     assert code == 2
     assert "lost the connection to the coordinator" in err or "sent no sum within" in err
+
+
+def test_rejoining_worker_serves_the_next_coordinator(model_path, workers):
+    where = url()
+    workers.start(model_path, where, 1, 2, "--insecure", "--rejoin", "--timeout", "2")
+    first = coordinator(model_path, where, 2)
+    tokens, _ = greedy(first.engine, 3)
+    first.group.close()
+    del first  # frees the listening socket
+    gc.collect()
+    second = coordinator(model_path, where, 2)  # the same worker process joins again
+    assert greedy(second.engine, 3)[0] == tokens
+    second.group.close()
+    assert workers.procs[0].poll() is None  # still serving
 
 
 def test_truncated_and_oversized_messages_are_dropped(model_path, workers, capfd):

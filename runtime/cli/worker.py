@@ -5,13 +5,15 @@ The worker dials out (it needs no listening port, so a phone behind NAT can
 join), proves its key (CURVE) and says which model and shard it holds; the
 coordinator refuses a mismatch. It then runs every eval on its slice until the
 coordinator closes the group, and exits with a clear message if the
-coordinator vanishes.
+coordinator vanishes (with --rejoin it connects again instead, so a device
+can stay in service across coordinator restarts).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from edgelut.cli.common import parse_size, resolve_model
 from edgelut.cli.distributed_args import add_link_args, checked
@@ -43,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="page this device's layers to stay within SIZE (a shard file from edgelut shard); 0 = no paging",
     )
+    p.add_argument(
+        "--rejoin",
+        action="store_true",
+        help="keep serving: when the coordinator closes or is lost, connect again (not if refused)",
+    )
     add_link_args(p.add_argument_group("link"))
     p.set_defaults(func=run)
 
@@ -67,7 +74,19 @@ def run(args: argparse.Namespace) -> int:
     if args.memory_budget:
         # Embeddings read per token and no lm_head chunks: a worker's budget is its layers.
         kw.update(budget_bytes=args.memory_budget, page_output=True)
-    print(f"edgelut worker: rank {args.rank} of {args.shards}, connecting to {args.connect}", file=sys.stderr)
-    reason = run_worker(str(path), opts, kw)
-    print(f"edgelut worker: done: {reason or 'the coordinator closed the group'}", file=sys.stderr)
-    return 0
+    while True:
+        print(
+            f"edgelut worker: rank {args.rank} of {args.shards}, connecting to {args.connect}",
+            file=sys.stderr,
+        )
+        try:
+            reason = run_worker(str(path), opts, kw)
+            print(f"edgelut worker: done: {reason or 'the coordinator closed the group'}", file=sys.stderr)
+            if not args.rejoin:
+                return 0
+        except ConnectionError as e:
+            # A refusal will not change by asking again; a lost coordinator may come back.
+            if not args.rejoin or "refused" in str(e):
+                raise
+            print(f"edgelut worker: {e}; joining again", file=sys.stderr)
+        time.sleep(1.0)
