@@ -132,6 +132,7 @@ ext = Pybind11Extension(
     cxx_std=17,
     extra_compile_args=BASE_FLAGS,
     extra_link_args=["-pthread"],
+    libraries=["dl"],  # libzmq is loaded at run time (csrc/net/zmq_lib.cc)
     depends=[str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.h")],
 )
 

@@ -59,6 +59,9 @@ class ShardSpec:
     heads: list[int] = field(default_factory=list)
     kv_heads: list[int] = field(default_factory=list)
     ffn_columns: list[tuple[int, int]] = field(default_factory=list)
+    lm_head: bool = True  # False: a worker's shard, which computes no logits
+    model_hash: str = ""  # sha256 of the whole model file the shard was cut from
+    embd_columns: tuple[int, int] | None = None  # token-embedding columns it adds (None: all)
 
     @classmethod
     def full(cls, config: ModelConfig) -> ShardSpec:
@@ -265,6 +268,12 @@ def write_model_file(
     ):
         if vals:  # GGUF has no empty arrays; a missing key reads back as []
             w.add_key_value(f"edgelut.shard.{key}", [int(v) for v in vals], gguf.GGUFValueType.ARRAY, sub)
+    if shard.world_size > 1:
+        w.add_bool("edgelut.shard.lm_head", shard.lm_head)
+        w.add_string("edgelut.shard.model_hash", shard.model_hash)
+        if shard.embd_columns is not None:
+            cols = [int(v) for v in shard.embd_columns]
+            w.add_key_value("edgelut.shard.embd_columns", cols, gguf.GGUFValueType.ARRAY, u64)
     # Layer byte ranges, relative to the start of the data section.
     layers = sorted(layer_start)
     if layers:
@@ -339,6 +348,9 @@ class ModelFile:
             self._ids("edgelut.shard.heads", c.n_heads),
             self._ids("edgelut.shard.kv_heads", c.n_kv_heads),
             [(int(cols[i]), int(cols[i + 1])) for i in range(0, len(cols) - 1, 2)],
+            m.bool("edgelut.shard.lm_head", True),
+            m.str("edgelut.shard.model_hash", ""),
+            self._range("edgelut.shard.embd_columns", c.hidden_size),
         )
         self.data_offset = int(r.data_offset)
         self.file_size = int(r.file_size)
@@ -368,6 +380,14 @@ class ModelFile:
         if not isinstance(value, dict):
             raise self.meta.fail(f"field '{key}' is JSON but not an object")
         return value
+
+    def _range(self, key: str, n: int) -> tuple[int, int] | None:
+        v = self.meta.list(key, int, None)
+        if v is None:
+            return None
+        if len(v) != 2 or not 0 <= v[0] < v[1] <= n:
+            raise self.meta.fail(f"field '{key}' is not one [begin, end) range inside 0..{n}")
+        return int(v[0]), int(v[1])
 
     def _ids(self, key: str, n: int) -> list[int]:
         ids = self.meta.list(key, int, [])

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 from edgelut.thinking import filter_stream, strip_thinking
+
+if TYPE_CHECKING:
+    from edgelut.distributed.options import DistributedOptions
 
 __all__ = [
     "GenerateOptions",
@@ -98,33 +101,39 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     return c
 
 
+def shard_slices(
+    head_dim: int, q_heads: tuple[int, int], kv_heads: tuple[int, int], ffn: tuple[int, int]
+) -> tuple[dict[str, slice], dict[str, slice]]:
+    """Which rows (first dict) and columns (second) of each layer tensor, by name suffix, a shard holds."""
+    q = slice(q_heads[0] * head_dim, q_heads[1] * head_dim)
+    kv = slice(kv_heads[0] * head_dim, kv_heads[1] * head_dim)
+    f = slice(*ffn)
+    rows = {"attn_q.weight": q, "attn_q.bias": q, "attn_k.weight": kv, "attn_k.bias": kv}
+    rows |= {"attn_v.weight": kv, "attn_v.bias": kv, "ffn_gate.weight": f, "ffn_up.weight": f}
+    return rows, {"attn_output.weight": q, "ffn_down.weight": f}
+
+
 def shard_tensors(
     cfg: ModelConfig, tensors: dict[str, np.ndarray], shard: _core.ShardSpec
 ) -> dict[str, np.ndarray]:
-    """The slice of every layer one shard holds: its kv heads (with their q heads) and FFN columns.
+    """The slice of every layer one shard holds: its q heads, the kv heads they read, its FFN columns.
 
-    Splits at multiples of the quantisation group size keep the quantised
-    shards bit-identical to slices of the quantised whole model.
+    A kv head whose q heads straddle two shards is held by both. Splits at
+    multiples of the quantisation group size keep the quantised shards
+    bit-identical to slices of the quantised whole model. Without the
+    lm_head (a worker), output.weight is left out.
     """
-    hd, rep = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
-    kv_end = cfg.n_kv_heads if shard.kv_head_end < 0 else shard.kv_head_end
-    ffn_end = cfg.intermediate_size if shard.ffn_end < 0 else shard.ffn_end
-    q = slice(shard.kv_head_begin * rep * hd, kv_end * rep * hd)
-    kv = slice(shard.kv_head_begin * hd, kv_end * hd)
-    ffn = slice(shard.ffn_begin, ffn_end)
-    rows = {
-        "attn_q.weight": q,
-        "attn_q.bias": q,
-        "attn_k.weight": kv,
-        "attn_k.bias": kv,
-        "attn_v.weight": kv,
-        "attn_v.bias": kv,
-        "ffn_gate.weight": ffn,
-        "ffn_up.weight": ffn,
-    }
-    cols = {"attn_output.weight": q, "ffn_down.weight": ffn}
+    s = shard.resolved(engine_config(cfg))
+    rows, cols = shard_slices(
+        cfg.head_dim,
+        (s.q_head_begin, s.q_head_end),
+        (s.kv_head_begin, s.kv_head_end),
+        (s.ffn_begin, s.ffn_end),
+    )
     out = {}
     for name, t in tensors.items():
+        if name == "output.weight" and not s.lm_head:
+            continue
         suffix = name.split(".", 2)[2] if name.startswith("blk.") else ""
         if suffix in rows:
             t = t[rows[suffix]]
@@ -273,6 +282,9 @@ class GenerationStats:
     peak_rss_mb: float = 0.0
     # Decode-phase paging numbers when the layers are paged (window > 0), else None.
     paging: PagingStats | None = None
+    # Tensor-parallel transport of the call (coordinator's view) when the model
+    # coordinates a group, else None: comm_s, bytes_sent / bytes_received per device.
+    comm: dict[str, Any] | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -425,6 +437,8 @@ class Completion:
         m = self._m
         try:
             self._cached = m._reuse_prefix(self._ids)
+            if m.group is not None:
+                m.group.reset_stats()
             if self.channel is not None:
                 sink: Any = self.channel
             else:
@@ -509,6 +523,7 @@ class Completion:
             )
             if decode_start is not None
             else None,
+            comm=m.group.stats() if m.group is not None else None,
         )
         m.last_tokens = list(self._tokens)
         return out
@@ -551,6 +566,8 @@ class Model:
     # alone goes through the decode GEMV instead of the prefill GEMM (int8 activations), and
     # a close greedy choice can flip. Costs up to prefill_chunk - 1 re-evaluated tokens.
     chunk_aligned_reuse: bool = False
+    # The tensor-parallel link when this model coordinates a group (edgelut.distributed), else None.
+    group: Any = None
 
     def __init__(
         self, engine: _core.Engine, config: ModelConfig, tokenizer: TokenizerLike | None = None
@@ -979,6 +996,12 @@ class Model:
                     on_token=None if channel is not None else sink,
                     channel=channel,
                 )
+            except ConnectionError:
+                # A device of the group failed (PeerError): a worker that comes back
+                # has an empty cache, so the next request starts from position 0.
+                self._engine.reset()
+                self._cache_ids = []
+                raise
             except BaseException:
                 # Which sampled tokens reached the cache is not known here: keep the prompt's part.
                 self._engine.truncate(min(self._engine.n_past, len(prompt)))
@@ -1095,6 +1118,7 @@ def load(
     page_output: bool = False,
     context_overflow: str = "error",
     n_keep: int = 32,
+    distributed: DistributedOptions | None = None,
 ) -> Model:
     """Load a model.
 
@@ -1118,7 +1142,30 @@ def load(
     (int8 with a scale per 32 values, 0.56x the memory of f16).
     ``context_overflow`` "slide" keeps the first ``n_keep`` tokens and the
     recent half when the context fills (see :meth:`Model.set_context_overflow`).
+
+    ``distributed`` (with ``listen`` and ``shards``) makes this process the
+    coordinator of a tensor-parallel group: it holds its slice of the model
+    and waits for the workers (``edgelut worker``) to dial in; see
+    :mod:`edgelut.distributed`.
     """
+    if distributed is not None:
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError("a distributed load takes a model name or path")
+        if window or memory_budget or page_output:
+            raise ValueError("paging a slice of a whole model file is not supported (make shard files)")
+        from edgelut import store
+
+        path = store.resolve(os.fspath(source), store.ConvertOptions(bits=bits, group_size=group_size))
+        model = _load_file(
+            os.fspath(path),
+            tokenizer,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            distributed=distributed,
+        )
+        model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
+        return model
     model = _load(
         source,
         n_threads,
@@ -1231,6 +1278,14 @@ def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> 
             if restated is None:
                 raise
             raise restated from None
+    elif "distributed" in engine_kw:
+        from edgelut.distributed.group import open_coordinator
+
+        opts = engine_kw.pop("distributed")
+        engine, group = open_coordinator(path, opts, engine_kw)
+        model = Model(engine, config, tokenizer)
+        model.group = group
+        return model
     else:
         engine = _core.Engine.from_file(path, **engine_kw)
     return Model(engine, config, tokenizer)

@@ -242,7 +242,8 @@ def test_sharded_equals_unsharded(family):
     cfg = ModelConfig(**{**cfg.__dict__, "n_kv_heads": 2})  # two kv heads to split
     tensors = tiny_weights(cfg, seed=4)
     whole = build(cfg, tensors).eval(IDS)
-    specs = [_core.ShardSpec(0, 1, 0, 64), _core.ShardSpec(1, 2, 64, 96)]
+    half = cfg.n_heads // 2  # the q heads of one kv head
+    specs = [_core.ShardSpec(0, half, 0, 64), _core.ShardSpec(half, cfg.n_heads, 64, 96)]
     comms = _core.make_local_group(2)
     models = [build(cfg, tensors, shard=s, communicator=c) for s, c in zip(specs, comms, strict=True)]
     out: list = [None, None]

@@ -15,8 +15,11 @@
 
 #include "../engine/from_file.h"
 #include "../engine/model.h"
+#include "../engine/shard_slice.h"
 #include "../engine/sampler.h"
 #include "../io/model_file.h"
+#include "../net/handshake.h"
+#include "../net/worker.h"
 #include "tokenizer_backend.h"
 
 struct edgelut_model {
@@ -78,6 +81,8 @@ edgelut_status guarded(edgelut_status invalid, const std::function<void()>& body
     return set_error(EDGELUT_ERR_INVALID_MODEL, e.what());
   } catch (const edgelut::FileAccessError& e) {
     return set_error(EDGELUT_ERR_IO, e.what());
+  } catch (const edgelut::net::PeerError& e) {
+    return set_error(EDGELUT_ERR_NETWORK, e.what());
   } catch (const std::invalid_argument& e) {
     return set_error(invalid, e.what());
   } catch (const std::bad_alloc&) {
@@ -242,6 +247,7 @@ const char* edgelut_status_name(edgelut_status status) {
     case EDGELUT_ERR_BUFFER_TOO_SMALL: return "EDGELUT_ERR_BUFFER_TOO_SMALL";
     case EDGELUT_ERR_OUT_OF_MEMORY: return "EDGELUT_ERR_OUT_OF_MEMORY";
     case EDGELUT_ERR_INTERNAL: return "EDGELUT_ERR_INTERNAL";
+    case EDGELUT_ERR_NETWORK: return "EDGELUT_ERR_NETWORK";
   }
   return "EDGELUT_ERR_UNKNOWN";
 }
@@ -490,3 +496,70 @@ edgelut_status edgelut_chat(edgelut_model* m, const edgelut_chat_message* messag
 }
 
 }  // extern "C"
+
+void edgelut_worker_params_init(edgelut_worker_params* p) {
+  if (!p) return;
+  *p = edgelut_worker_params{};
+  p->struct_size = sizeof(edgelut_worker_params);
+  p->rank = 1;
+  p->ranks = 2;
+  p->n_ctx = 2048;
+  p->kv_type = "f16";
+  p->timeout_seconds = 5.0;
+  p->join_seconds = 60.0;
+}
+
+edgelut_status edgelut_worker_run(const char* path, const char* connect_url, const edgelut_worker_params* params) {
+  return guarded(EDGELUT_ERR_INVALID_ARGUMENT, [&] {
+    require_ptr(path, "path");
+    require_ptr(connect_url, "connect_url");
+    edgelut_worker_params p;
+    edgelut_worker_params_init(&p);
+    if (params) {
+      require_arg(params->struct_size >= sizeof(edgelut_worker_params),
+                  "edgelut_worker_params: struct_size is not set (call edgelut_worker_params_init)");
+      p = *params;
+    }
+    require_arg(p.ranks >= 2 && p.rank >= 1 && p.rank < p.ranks,
+                "rank " + std::to_string(p.rank) + " must be 1.." + std::to_string(p.ranks - 1) + " of " +
+                    std::to_string(p.ranks) + " devices (ranks >= 2)");
+    require_arg(p.n_ctx >= 1, "n_ctx must be >= 1");
+    require_arg(p.timeout_seconds > 0 && p.join_seconds > 0, "timeout_seconds and join_seconds must be > 0");
+    edgelut::EngineOptions o;
+    o.n_ctx = p.n_ctx;
+    o.n_threads = p.n_threads;
+    o.kv_type = edgelut::kv_type_from_name(p.kv_type ? p.kv_type : "f16");
+    edgelut::net::WorkerOptions w;
+    edgelut::ShardSpec shard;
+    {
+      edgelut::ModelFile mf(path, false);
+      const edgelut::Config c = edgelut::config_from_file(mf);
+      shard = edgelut::even_shard(c, p.rank, p.ranks);
+      w.hello = edgelut::net::describe_shard(mf, c, shard, p.rank, p.ranks, o);
+    }
+    w.connect = connect_url;
+    w.join_timeout_s = p.join_seconds;
+    w.link.libzmq = p.libzmq ? p.libzmq : "";
+    w.link.timeout_s = p.timeout_seconds;
+    w.link.keys.insecure = p.insecure != 0;
+    w.link.keys.public_key = p.public_key ? p.public_key : "";
+    w.link.keys.secret_key = p.secret_key ? p.secret_key : "";
+    w.link.keys.server_key = p.server_key ? p.server_key : "";
+    volatile int* stop = p.stop;
+    if (stop) w.should_stop = [stop] { return *stop != 0; };
+    std::shared_ptr<edgelut::net::WorkerLink> link;
+    try {
+      link = std::make_shared<edgelut::net::WorkerLink>(w);
+    } catch (const std::runtime_error& e) {  // libzmq missing or too old
+      fail(EDGELUT_ERR_NETWORK, e.what());
+    }
+    auto engine = edgelut::engine_from_file(path, o, edgelut::PagingOptions{}, shard, link);
+    try {
+      link->serve(*engine);
+    } catch (const edgelut::net::PeerError&) {
+      throw;
+    } catch (const std::runtime_error& e) {  // stopped
+      fail(EDGELUT_ERR_NETWORK, e.what());
+    }
+  });
+}

@@ -86,7 +86,7 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   require(o.prefill_chunk >= 1, "prefill_chunk must be >= 1, got " + std::to_string(o.prefill_chunk));
   const int64_t C = opt_.prefill_chunk, hd = c_.head_dim;
   n_kv_ = shard_.n_kv_heads();
-  n_q_ = n_kv_ * (c_.n_heads / c_.n_kv_heads);
+  n_q_ = shard_.n_q_heads();
   n_ffn_ = shard_.n_ffn();
   x_.resize(C * c_.dim);
   xb_.resize(C * c_.dim);
@@ -98,6 +98,7 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   hb2_.resize(C * n_ffn_);
   cos_sin_.resize(C * hd);
   logits_.resize(c_.vocab_size);
+  embd_row_.resize(w_.embd_cols);
   inv_freq_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_freq_factors);
   // Sliding layers (Gemma 3) have their own base and no scaling.
   if (c_.sliding_window > 0) {
@@ -111,13 +112,14 @@ void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_
                           std::optional<PagedOutput> output) {
   require(pager != nullptr, "attach_pager: no pager given");
   const int64_t n_chunks = output ? static_cast<int64_t>(output->chunk_tiles.size()) - 1 : 0;
+  require(shard_.lm_head || n_chunks <= 0, "attach_pager: this shard has no lm_head to page");
   require(pager->n_layers() == c_.n_layers + n_chunks && static_cast<int64_t>(layer_bases.size()) == c_.n_layers,
           "attach_pager: the pager has " + std::to_string(pager->n_layers()) + " layers and " +
               std::to_string(layer_bases.size()) + " layer bases were given, the model has " +
               std::to_string(c_.n_layers) + " layers and " + std::to_string(n_chunks) + " lm_head chunks");
   for (int64_t l = 0; l < c_.n_layers; ++l)
     check_layer_within(w_.layers[l], l, layer_bases[l], pager->layer_size(static_cast<int>(l)));
-  if (output) {
+  if (output && shard_.lm_head) {
     const PagedOutput& o = *output;
     require(n_chunks >= 1 && o.chunk_tiles.front() == 0 && o.chunk_tiles.back() == o.lm_shape.tiles() &&
                 o.lm_shape.n == c_.vocab_size && o.lm_shape.k == c_.dim,
@@ -125,12 +127,15 @@ void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_
     for (int64_t ch = 0; ch < n_chunks; ++ch)
       require(pager->n_pieces(static_cast<int>(c_.n_layers + ch)) == (o.lm_shape.asym ? 3 : 2),
               "attach_pager: an lm_head chunk must be read as codes, scales (and mins)");
+  }
+  if (output) {
+    const PagedOutput& o = *output;
     if (o.embd_packed) {
       const PackedShape& e = o.embd_shape;
       embd_tile_.resize(align_up(e.groups() * e.group_code_bytes(), kSectionAlign) +
                         2 * align_up(static_cast<size_t>(e.groups()) * kTileRows * 2, kSectionAlign));
     } else {
-      embd_tile_.resize(sizeof(float) * c_.dim);
+      embd_tile_.resize(sizeof(float) * w_.embd_cols);
     }
   }
   pager_ = std::move(pager);
@@ -139,9 +144,22 @@ void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_
 }
 
 void Engine::embed(int32_t id, float* row) {
+  const int64_t b = shard_.embd_begin, e = shard_.embd_end, D = c_.dim;
+  if (b == 0 && e == D) {
+    embed_stored(id, row);
+    return;
+  }
+  // Split embeddings: this shard's columns, zeros elsewhere.
+  embed_stored(id, embd_row_.data());
+  const float* src = embd_row_.data() + (w_.embd_cols == D ? b : 0);
+  std::fill(row, row + D, 0.0f);
+  std::copy(src, src + (e - b), row + b);
+}
+
+void Engine::embed_stored(int32_t id, float* row) {
   if (out_paged_ && !out_paged_->embd_packed) {
     // A float row: one contiguous read.
-    const uint64_t bytes = sizeof(float) * c_.dim;
+    const uint64_t bytes = sizeof(float) * w_.embd_cols;
     pager_->read_bytes(out_paged_->embd_offset + static_cast<uint64_t>(id) * bytes, bytes, embd_tile_.data());
     std::memcpy(row, embd_tile_.data(), bytes);
   } else if (out_paged_) {
@@ -161,7 +179,7 @@ void Engine::embed(int32_t id, float* row) {
   } else if (w_.embd_packed) {
     dequantize_row(w_.token_embd_packed, id, row);
   } else {
-    std::memcpy(row, w_.token_embd + static_cast<int64_t>(id) * c_.dim, sizeof(float) * c_.dim);
+    std::memcpy(row, w_.token_embd + static_cast<int64_t>(id) * w_.embd_cols, sizeof(float) * w_.embd_cols);
   }
 }
 
@@ -169,6 +187,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   const int64_t D = c_.dim, hd = c_.head_dim, rd = c_.rotary_dim(), half = rd / 2;
   const int64_t qd = n_q_ * hd, kvd = n_kv_ * hd, F = n_ffn_;
   const int64_t group = c_.n_heads / c_.n_kv_heads;
+  // Local q head h is global head q_head_begin + h; its kv head, local to this shard.
+  const int64_t q0 = shard_.q_head_begin, kv0 = shard_.kv_head_begin;
   const float att_scale = c_.attn_scale > 0 ? c_.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
   const AttnHead attn_head_fn = attn_head(isa_, kv_.type());
   const GatedAct act_fn = gated_act(isa_, c_.ffn_gelu);
@@ -217,6 +237,8 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         rope_angles(cos_sin_local_.data() + t * hd, inv_freq_local_.data(), half, static_cast<double>(pos + t));
     }
   }
+  // Split embeddings: each shard added its columns; the sum is the whole row on every shard.
+  if (shard_.embd_begin != 0 || shard_.embd_end != D) comm_->all_reduce(x, T * D);
 
   for (int64_t l = 0; l < c_.n_layers; ++l) {
     // Paged: layer l's bytes sit in a pager slot from here to the end of the
@@ -271,7 +293,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t h = i / T, t = i % T;
           const int64_t n = sliding ? std::min(pos + t + 1, c_.sliding_window) : pos + t + 1;
-          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, h / group, hd, pos + t + 1 - n), n, hd, att_scale,
+          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, (q0 + h) / group - kv0, hd, pos + t + 1 - n), n, hd, att_scale,
                        att.data(), att_out_.data() + t * qd + h * hd);
         }
       });
@@ -315,6 +337,10 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
 
 void Engine::lm_head(const float* xb, int64_t m, float* out) {
   ScopeTimer timer(profiling_ && m > 0, prof_.lm_head);
+  if (!shard_.lm_head) {  // a worker's shard: its caller reads no logits
+    std::fill(out, out + m * c_.vocab_size, 0.0f);
+    return;
+  }
   if (!out_paged_) {
     if (m > 0) lut_matmul(w_.lm_head, xb, m, c_.dim, out, c_.vocab_size, isa_, pool_);
     return;
@@ -359,10 +385,13 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
           "eval: the sliding-window KV ring no longer holds the positions before " + std::to_string(start_pos) +
               "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
+  comm_->begin_eval(ids, n, start_pos);
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {
     const int64_t T = std::min(C, n - c0);
-    if (all_logits) {
+    if (!logits) {
+      forward(ids + c0, T, start_pos + c0, T, nullptr);
+    } else if (all_logits) {
       forward(ids + c0, T, start_pos + c0, 0, logits + c0 * V);
     } else {
       const bool last = c0 + T == n;

@@ -14,6 +14,7 @@
 
 #include "../io/crc32.h"
 #include "../kernels/fp16.h"
+#include "shard_slice.h"
 
 namespace edgelut {
 
@@ -86,19 +87,26 @@ bool is_output_tensor(const std::string& name) { return name == "token_embd.weig
 // The lm_head as pager layers: chunks of whole row tiles, each at most
 // `max_bytes` in its slot (so the slots stay the size of the largest model
 // layer), read as its runs of the codes, scales and mins sections.
-PagedOutput output_chunks(const ModelFile& mf, uint64_t max_bytes, std::vector<std::vector<ByteRange>>* pieces) {
+// Without an lm_head (a worker's shard) only the embeddings are paged: no chunks.
+PagedOutput output_chunks(const ModelFile& mf, uint64_t max_bytes, bool with_lm_head,
+                          std::vector<std::vector<ByteRange>>* pieces) {
   const FileTensor* lm = mf.tensor("output.weight");
   if (!lm) lm = mf.tensor("token_embd.weight");
   const FileTensor* embd = mf.tensor("token_embd.weight");
-  require(lm && lm->packed, mf.path() + ": paging the lm_head needs a packed output.weight or token_embd.weight");
+  require(!with_lm_head || (lm && lm->packed),
+          mf.path() + ": paging the lm_head needs a packed output.weight or token_embd.weight");
   require(embd && (embd->packed || embd->qtype == "f32"),
           mf.path() + ": paging the embeddings needs a packed or f32 token_embd.weight, not " +
               (embd ? embd->qtype : std::string("none")));
   PagedOutput o;
-  o.lm_shape = lm->pshape;
+  if (with_lm_head) o.lm_shape = lm->pshape;
   o.embd_packed = embd->packed;
   if (embd->packed) o.embd_shape = embd->pshape;
   o.embd_offset = embd->offset;
+  if (!with_lm_head) {
+    o.chunk_tiles = {0};
+    return o;
+  }
   const PackedShape& s = lm->pshape;
   const uint64_t NG = s.groups(), code_bytes = NG * s.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
   const uint64_t per_tile = code_bytes + scale_bytes * (s.asym ? 2 : 1);
@@ -168,15 +176,52 @@ Config config_from_file(const ModelFile& mf) {
       c.rope_freq_factors.assign(f->floats.begin(), f->floats.end());
     }
   }
-  if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
-    require_file(world->i <= 1, mf.path() + " is one shard of a model (world size " + std::to_string(world->i) +
-                               "); open it with its shard spec, not as a whole model");
   try {
     c.validate();
   } catch (const std::invalid_argument& e) {
     throw ModelFileError(mf.path() + ": " + e.what());
   }
   return c;
+}
+
+ShardSpec shard_from_file(const ModelFile& mf, const Config& c) {
+  const int64_t world = mf.find("edgelut.shard.world_size") ? mf.get_int("edgelut.shard.world_size") : 1;
+  if (world <= 1) return ShardSpec{};
+  const std::string& p = mf.path();
+  auto ints = [&](const char* key) -> std::vector<int64_t> {
+    require_file(mf.find(key) != nullptr, p + ": shard file without '" + key + "'");
+    return mf.get_int_array(key);
+  };
+  const std::vector<int64_t> heads = ints("edgelut.shard.heads"), kv = ints("edgelut.shard.kv_heads"),
+                             cols = ints("edgelut.shard.ffn_columns");
+  auto contiguous = [](const std::vector<int64_t>& v) {
+    for (size_t i = 1; i < v.size(); ++i)
+      if (v[i] != v[i - 1] + 1) return false;
+    return !v.empty();
+  };
+  require_file(contiguous(heads), p + ": field 'edgelut.shard.heads' is not one contiguous range of q heads");
+  require_file(cols.size() == 2, p + ": field 'edgelut.shard.ffn_columns' must hold one [begin, end) range");
+  ShardSpec s;
+  s.q_head_begin = heads.front();
+  s.q_head_end = heads.back() + 1;
+  s.ffn_begin = cols[0];
+  s.ffn_end = cols[1];
+  s.lm_head = !mf.find("edgelut.shard.lm_head") || mf.get_int("edgelut.shard.lm_head") != 0;
+  if (mf.find("edgelut.shard.embd_columns")) {
+    const std::vector<int64_t>& e = mf.get_int_array("edgelut.shard.embd_columns");
+    require_file(e.size() == 2, p + ": field 'edgelut.shard.embd_columns' must hold one [begin, end) range");
+    s.embd_begin = e[0];
+    s.embd_end = e[1];
+  }
+  try {
+    s = s.resolved(c);
+  } catch (const std::invalid_argument& e) {
+    throw ModelFileError(p + ": " + e.what());
+  }
+  require_file(contiguous(kv) && kv.front() == s.kv_head_begin && kv.back() + 1 == s.kv_head_end,
+               p + ": field 'edgelut.shard.kv_heads' is not the kv heads of q heads [" +
+                   std::to_string(s.q_head_begin) + ", " + std::to_string(s.q_head_end) + ")");
+  return s;
 }
 
 uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
@@ -191,7 +236,8 @@ uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const Engine
   return pinned + kv_bytes + scratch;
 }
 
-std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p) {
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         const std::optional<ShardSpec>& shard, std::shared_ptr<Communicator> comm) {
   auto store = std::make_shared<FileStore>();
   const bool paging = p.window > 0 || p.budget_bytes > 0;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
@@ -199,6 +245,12 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
   if (p.verify_crc && paging) verify_crcs_bounded(mf);
   const Config c = config_from_file(mf);
+  const ShardSpec file_shard = shard_from_file(mf, c);
+  if (const GgufValue* world = mf.find("edgelut.shard.world_size"))
+    require_file(world->i <= 1 || comm != nullptr,
+                 path + " is shard " + std::to_string(mf.get_int("edgelut.shard.rank") + 1) + " of " +
+                     std::to_string(world->i) + " of a model; run it with its other shards (--shards / edgelut worker), "
+                     "not as a whole model");
   require_file(mf.layers().size() == static_cast<size_t>(c.n_layers),
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
               std::to_string(c.n_layers) + " layers");
@@ -252,7 +304,16 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   Engine::check_options(o);
   std::unique_ptr<Engine> engine;
   try {
-    engine = std::make_unique<Engine>(c, lookup, o, ShardSpec{}, nullptr, store);
+    if (shard) {
+      require(!mf.find("edgelut.shard.world_size") || mf.get_int("edgelut.shard.world_size") <= 1,
+              path + ": is already a shard file (it holds its spec); open it without one");
+      require(!paging, path + ": paging a slice of a whole model file is not supported; make shard files (edgelut shard)");
+      auto keep = std::make_shared<std::vector<std::shared_ptr<void>>>();
+      keep->push_back(store);
+      engine = std::make_unique<Engine>(c, slicing_lookup(c, *shard, lookup, keep), o, *shard, std::move(comm), keep);
+    } else {
+      engine = std::make_unique<Engine>(c, lookup, o, file_shard, std::move(comm), store);
+    }
   } catch (const ModelFileError&) {
     throw;
   } catch (const std::invalid_argument& e) {
@@ -273,7 +334,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     biggest = std::max(biggest, r.size);
   }
   std::optional<PagedOutput> output;
-  if (page_output) output = output_chunks(mf, biggest, &pieces);
+  if (page_output) output = output_chunks(mf, biggest, file_shard.lm_head, &pieces);
 
   int window = p.window;
   if (window == 0) {

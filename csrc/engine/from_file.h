@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "../io/model_file.h"
@@ -43,6 +44,18 @@ Config config_from_file(const ModelFile& mf);
 uint64_t fixed_bytes_estimate(const ModelFile& mf, const Config& c, const EngineOptions& o, uint64_t kv_bytes,
                               bool page_output = false);
 
-std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p);
+// The shard a file holds (edgelut.shard.*, written by `edgelut shard`), or the
+// whole model (ShardSpec{}) for a plain model file. Throws ModelFileError for
+// shard keys that do not describe one contiguous q-head range with the kv heads
+// it needs and one FFN column range.
+ShardSpec shard_from_file(const ModelFile& mf, const Config& c);
+
+// A shard file (world size > 1, `edgelut shard`) holds its spec and needs
+// `comm`, the communicator that joins it to the other shards. With `shard`,
+// a whole model file is sliced to that shard at load (shard_slice.h; no
+// paging) and sums through `comm`.
+std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOptions& o, const PagingOptions& p,
+                                         const std::optional<ShardSpec>& shard = std::nullopt,
+                                         std::shared_ptr<Communicator> comm = nullptr);
 
 }  // namespace edgelut

@@ -56,19 +56,26 @@ void Config::validate() const {
 
 ShardSpec ShardSpec::resolved(const Config& c) const {
   ShardSpec s = *this;
-  if (s.kv_head_end < 0) s.kv_head_end = c.n_kv_heads;
+  if (s.q_head_end < 0) s.q_head_end = c.n_heads;
   if (s.ffn_end < 0) s.ffn_end = c.hidden_dim;
-  require(0 <= s.kv_head_begin && s.kv_head_begin < s.kv_head_end && s.kv_head_end <= c.n_kv_heads,
-          "shard: kv heads [" + std::to_string(s.kv_head_begin) + ", " + std::to_string(s.kv_head_end) +
-              ") must be a non-empty range inside [0, " + std::to_string(c.n_kv_heads) + ")");
+  require(0 <= s.q_head_begin && s.q_head_begin < s.q_head_end && s.q_head_end <= c.n_heads,
+          "shard: q heads [" + std::to_string(s.q_head_begin) + ", " + std::to_string(s.q_head_end) +
+              ") must be a non-empty range inside [0, " + std::to_string(c.n_heads) + ")");
   require(0 <= s.ffn_begin && s.ffn_begin < s.ffn_end && s.ffn_end <= c.hidden_dim,
           "shard: FFN columns [" + std::to_string(s.ffn_begin) + ", " + std::to_string(s.ffn_end) +
               ") must be a non-empty range inside [0, " + std::to_string(c.hidden_dim) + ")");
+  if (s.embd_end < 0) s.embd_end = c.dim;
+  require(0 <= s.embd_begin && s.embd_begin < s.embd_end && s.embd_end <= c.dim,
+          "shard: embedding columns [" + std::to_string(s.embd_begin) + ", " + std::to_string(s.embd_end) +
+              ") must be a non-empty range inside [0, " + std::to_string(c.dim) + ")");
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  s.kv_head_begin = s.q_head_begin / group;
+  s.kv_head_end = (s.q_head_end - 1) / group + 1;
   return s;
 }
 
 Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup& lookup) {
-  const int64_t n_q = shard.n_kv_heads() * (c.n_heads / c.n_kv_heads), n_kv = shard.n_kv_heads();
+  const int64_t n_q = shard.n_q_heads(), n_kv = shard.n_kv_heads();
   const int64_t qd = n_q * c.head_dim, kvd = n_kv * c.head_dim, F = shard.n_ffn(), D = c.dim;
 
   auto packed = [&](const std::string& name, int64_t n, int64_t k) {
@@ -97,20 +104,24 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     WeightRef r;
     require(lookup("token_embd.weight", &r), "missing tensor 'token_embd.weight'");
     w.embd_packed = r.packed;
-    if (r.packed) {
-      require(r.view.shape.n == c.vocab_size && r.view.shape.k == D,
-              "tensor 'token_embd.weight' must have shape " + shape_str(c.vocab_size, D));
+    // The whole table, or (a shard with split embeddings) its columns only.
+    const int64_t cols = r.packed ? r.view.shape.k : (r.shape.size() == 2 ? r.shape[1] : -1);
+    const int64_t rows = r.packed ? r.view.shape.n : (r.shape.empty() ? -1 : r.shape[0]);
+    require(rows == c.vocab_size && (cols == D || cols == shard.n_embd()),
+            "tensor 'token_embd.weight' must have shape " + shape_str(c.vocab_size, D) +
+                (shard.n_embd() != D ? " or " + shape_str(c.vocab_size, shard.n_embd()) : std::string()));
+    w.embd_cols = cols;
+    if (r.packed)
       w.token_embd_packed = r.view;
-    } else {
-      require(r.shape.size() == 2 && r.shape[0] == c.vocab_size && r.shape[1] == D,
-              "tensor 'token_embd.weight' must have shape " + shape_str(c.vocab_size, D));
+    else
       w.token_embd = r.data;
-    }
     WeightRef out;
-    if (lookup("output.weight", &out)) {
+    if (!shard.lm_head) {
+      // A worker's shard: no logits, so no lm_head (its file may still hold a tied token_embd).
+    } else if (lookup("output.weight", &out)) {
       w.lm_head = packed("output.weight", c.vocab_size, D);
     } else {
-      require(r.packed,
+      require(r.packed && w.embd_cols == D,
               "missing tensor 'output.weight' and 'token_embd.weight' is not packed: the lm_head runs on the LUT "
               "kernels, so pass a packed output.weight (or a packed token_embd.weight for tied embeddings)");
       w.lm_head = w.token_embd_packed;

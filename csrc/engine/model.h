@@ -3,8 +3,8 @@
 // of every buffer, and one forward() that reads straight down.
 //
 // Tensor parallelism is built in rather than bolted on: an Engine holds one
-// *shard* (a contiguous range of kv heads with their q heads, and a range of
-// FFN columns) and a Communicator that sums partial results after the
+// *shard* (a contiguous range of q heads with the kv heads they read, and a
+// range of FFN columns) and a Communicator that sums partial results after the
 // attention output projection and after ffn_down. One device = the whole
 // model and a no-op communicator; the code path is the same.
 #pragma once
@@ -64,15 +64,31 @@ struct Config {
 };
 
 // Which part of every layer this process holds. Ranges are half-open; an
-// end of -1 means "to the end". q heads are those of the kv heads held.
+// end of -1 means "to the end". A shard holds a contiguous range of q heads
+// (any split, not only whole GQA groups); its kv heads are every kv head one
+// of those q heads reads, so a kv head whose group straddles two shards has
+// its K/V projection (and cache) on both. The FFN columns are a range of the
+// intermediate size. lm_head = false: the shard computes no logits (a
+// worker; the coordinator's shard holds the lm_head and samples).
+//
+// embd columns: the columns of the token embeddings this shard adds to the
+// residual stream. When they are not all of them, each shard embeds a token
+// into its columns only and one all-reduce joins the row, so a worker's file
+// holds a (vocab, its columns) slice of the table instead of all of it.
 struct ShardSpec {
-  int64_t kv_head_begin = 0, kv_head_end = -1;
+  int64_t q_head_begin = 0, q_head_end = -1;
   int64_t ffn_begin = 0, ffn_end = -1;
+  bool lm_head = true;
+  int64_t embd_begin = 0, embd_end = -1;
+  // Derived by resolved(): the kv heads the q heads need.
+  int64_t kv_head_begin = 0, kv_head_end = -1;
 
-  // Fills in -1 ends and checks the ranges against the config.
+  // Fills in -1 ends and the kv range and checks the ranges against the config.
   ShardSpec resolved(const Config& c) const;
+  int64_t n_q_heads() const { return q_head_end - q_head_begin; }
   int64_t n_kv_heads() const { return kv_head_end - kv_head_begin; }
   int64_t n_ffn() const { return ffn_end - ffn_begin; }
+  int64_t n_embd() const { return embd_end - embd_begin; }
 };
 
 // Sums partial results across shards. all_reduce must leave the same sum in
@@ -81,6 +97,9 @@ class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual void all_reduce(float* data, int64_t n) = 0;
+  // Called by Engine::eval before its first forward pass: a coordinator tells
+  // its workers to run the same eval (csrc/net/coordinator.h).
+  virtual void begin_eval(const int32_t* /*ids*/, int64_t /*n*/, int64_t /*start_pos*/) {}
 };
 
 class NullCommunicator : public Communicator {
@@ -125,11 +144,12 @@ struct LayerWeights {
 
 struct Weights {
   bool embd_packed = false;
+  int64_t embd_cols = 0;              // columns of token_embd: dim, or the shard's embd columns
   const float* token_embd = nullptr;  // (vocab, dim) when float
   PackedView token_embd_packed;       // (vocab, dim) when packed
   std::vector<LayerWeights> layers;   // (n_layers)
   const float* output_norm = nullptr; // (dim)
-  PackedView lm_head;                 // (vocab, dim): output.weight or the packed token_embd
+  PackedView lm_head;                 // (vocab, dim): output.weight or the packed token_embd; unset without ShardSpec::lm_head
 };
 
 // The same layer with every pointer inside [from, from + size) moved to the
@@ -214,6 +234,7 @@ class Engine {
   // last token (vocab floats) or of every token (n * vocab) when all_logits.
   // start_pos may be at most n_past() (positions after it are overwritten and
   // forgotten). Throws std::invalid_argument for bad ids or positions.
+  // logits may be null: no lm_head at all (a tensor-parallel worker).
   void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits);
 
   // Forgets positions >= n (prompt-cache reuse keeps a common prefix). With
@@ -249,7 +270,10 @@ class Engine {
   // One pass over T <= prefill_chunk tokens at positions pos.. ; the logits
   // of rows [first_logit, T) go to out (row stride vocab).
   void forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_logit, float* out);
+  // Token id's embedding row (dim floats); in a shard with split embeddings,
+  // its own columns and zeros elsewhere (forward() sums the rows across shards).
   void embed(int32_t id, float* row);
+  void embed_stored(int32_t id, float* out);  // the w_.embd_cols columns the weights hold
   // Logits of m rows of xb (row stride dim) into out (row stride vocab).
   void lm_head(const float* xb, int64_t m, float* out);
 
@@ -286,6 +310,7 @@ class Engine {
   std::vector<float> inv_freq_local_;  // (head_dim / 2) of sliding layers, when they differ
   std::vector<float> cos_sin_local_;   // (C, head_dim / 2, 2)
   std::vector<float> logits_;   // (vocab) for generate
+  std::vector<float> embd_row_; // (embd_cols) one stored embedding row
 };
 
 }  // namespace edgelut

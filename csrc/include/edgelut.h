@@ -64,7 +64,10 @@ typedef enum edgelut_status {
   EDGELUT_ERR_TOKENIZER = 6,        /* the tokenizer backend reported an error */
   EDGELUT_ERR_BUFFER_TOO_SMALL = 7, /* the caller's buffer is too small; the size needed was stored */
   EDGELUT_ERR_OUT_OF_MEMORY = 8,    /* an allocation failed */
-  EDGELUT_ERR_INTERNAL = 9          /* a bug in edgelut: please report it with edgelut_last_error() */
+  EDGELUT_ERR_INTERNAL = 9,         /* a bug in edgelut: please report it with edgelut_last_error() */
+  /* A tensor-parallel peer refused this device (key, model, shard), vanished,
+   * went silent past the timeout or broke the protocol; or libzmq is missing. */
+  EDGELUT_ERR_NETWORK = 10
 } edgelut_status;
 
 /* Why a generation stopped. */
@@ -219,6 +222,42 @@ EDGELUT_API edgelut_status edgelut_generate_text(edgelut_model* model, const cha
 EDGELUT_API edgelut_status edgelut_chat(edgelut_model* model, const edgelut_chat_message* messages,
                                         size_t n_messages, const edgelut_generate_params* params,
                                         edgelut_generate_result* result);
+
+/* ---- tensor-parallel worker ------------------------------------------------------ */
+
+/* An app serving as one device of a group that splits a model over several
+ * devices (docs/ARCHITECTURE.md, "Tensor parallelism over a network"). The
+ * worker dials out to the coordinator (no listening port needed), joins with
+ * its CURVE key, holds its even slice of the model file's layers and runs
+ * every eval the coordinator sends. libzmq (>= 4.3, with CURVE) is loaded at
+ * run time; pyzmq's wheel carries one. */
+typedef struct edgelut_worker_params {
+  size_t struct_size;
+  int32_t rank;             /* this device, 1..ranks-1 (the coordinator is 0) */
+  int32_t ranks;            /* devices in the group, the coordinator included (>= 2) */
+  int32_t n_ctx;            /* must equal the coordinator's (default 2048) */
+  int32_t n_threads;        /* 0 = every core */
+  const char* kv_type;      /* "f16" (default), "f32" or "q8" */
+  double timeout_seconds;   /* a coordinator silent this long mid-eval is gone (default 5) */
+  double join_seconds;      /* waiting for the coordinator to answer the hello (default 60) */
+  int32_t insecure;         /* 1: plain text, no authentication (the coordinator must agree) */
+  const char* public_key;   /* this device's CURVE key pair, Z85 (40 characters; edgelut keygen) */
+  const char* secret_key;
+  const char* server_key;   /* the coordinator's public key */
+  const char* libzmq;       /* path of libzmq; NULL or "": "libzmq.so.5" */
+  /* Optional: set *stop nonzero (from another thread or a signal handler) and
+   * the worker returns EDGELUT_ERR_NETWORK within about 0.2 s. */
+  volatile int* stop;
+} edgelut_worker_params;
+
+EDGELUT_API void edgelut_worker_params_init(edgelut_worker_params* params);
+
+/* Joins the coordinator at connect_url ("tcp://HOST:PORT") and serves until it
+ * closes the group: EDGELUT_OK. Refused (key, model, shard), a coordinator
+ * that vanishes or goes silent: EDGELUT_ERR_NETWORK with the reason in
+ * edgelut_last_error(). Blocks the calling thread. */
+EDGELUT_API edgelut_status edgelut_worker_run(const char* path, const char* connect_url,
+                                              const edgelut_worker_params* params);
 
 #ifdef __cplusplus
 }

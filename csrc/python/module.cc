@@ -8,6 +8,7 @@ void register_kernels(py::module_& m);
 void register_pager(py::module_& m);
 void register_io(py::module_& m);
 void register_engine(py::module_& m);
+void register_net(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   edgelut::python::register_pager(m);
   edgelut::python::register_io(m);
   edgelut::python::register_engine(m);
+  edgelut::python::register_net(m);
 }

@@ -84,7 +84,8 @@ Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int
 std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx, int n_threads,
                                          const std::string& kv_type, int64_t prefill_chunk, const std::string& isa,
                                          int window, uint64_t budget_bytes, bool drop_cache, bool direct_io,
-                                         bool verify_crc, bool page_output) {
+                                         bool verify_crc, bool page_output, std::optional<ShardSpec> shard,
+                                         std::shared_ptr<Communicator> comm) {
   EngineOptions o;
   o.n_ctx = n_ctx;
   o.n_threads = n_threads;
@@ -99,7 +100,7 @@ std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx,
   p.verify_crc = verify_crc;
   p.page_output = page_output;
   py::gil_scoped_release release;
-  return engine_from_file(path, o, p);
+  return engine_from_file(path, o, p, shard, std::move(comm));
 }
 
 py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) {
@@ -229,13 +230,35 @@ void register_engine(py::module_& m) {
       .def("validate", &Config::validate);
 
   py::class_<ShardSpec>(m, "ShardSpec")
-      .def(py::init([](int64_t kb, int64_t ke, int64_t fb, int64_t fe) { return ShardSpec{kb, ke, fb, fe}; }),
-           py::arg("kv_head_begin") = 0, py::arg("kv_head_end") = -1, py::arg("ffn_begin") = 0,
-           py::arg("ffn_end") = -1)
+      .def(py::init([](int64_t qb, int64_t qe, int64_t fb, int64_t fe, bool lm_head, int64_t eb, int64_t ee) {
+             ShardSpec s;
+             s.embd_begin = eb;
+             s.embd_end = ee;
+             s.q_head_begin = qb;
+             s.q_head_end = qe;
+             s.ffn_begin = fb;
+             s.ffn_end = fe;
+             s.lm_head = lm_head;
+             return s;
+           }),
+           py::arg("q_head_begin") = 0, py::arg("q_head_end") = -1, py::arg("ffn_begin") = 0,
+           py::arg("ffn_end") = -1, py::arg("lm_head") = true, py::arg("embd_begin") = 0, py::arg("embd_end") = -1)
+      .def_readonly("q_head_begin", &ShardSpec::q_head_begin)
+      .def_readonly("q_head_end", &ShardSpec::q_head_end)
+      .def_readonly("ffn_begin", &ShardSpec::ffn_begin)
+      .def_readonly("ffn_end", &ShardSpec::ffn_end)
+      .def_readonly("lm_head", &ShardSpec::lm_head)
+      .def_readonly("embd_begin", &ShardSpec::embd_begin)
+      .def_readonly("embd_end", &ShardSpec::embd_end)
       .def_readonly("kv_head_begin", &ShardSpec::kv_head_begin)
       .def_readonly("kv_head_end", &ShardSpec::kv_head_end)
-      .def_readonly("ffn_begin", &ShardSpec::ffn_begin)
-      .def_readonly("ffn_end", &ShardSpec::ffn_end);
+      .def("resolved", &ShardSpec::resolved, py::arg("config"),
+           "The ranges with -1 ends filled in and the kv heads the q heads read; checks them.")
+      .def("__repr__", [](const ShardSpec& s) {
+        return "ShardSpec(q_heads=[" + std::to_string(s.q_head_begin) + ", " + std::to_string(s.q_head_end) +
+               "), ffn=[" + std::to_string(s.ffn_begin) + ", " + std::to_string(s.ffn_end) +
+               "), lm_head=" + (s.lm_head ? "True" : "False") + ")";
+      });
 
   py::class_<SamplerParams>(m, "SamplerParams")
       .def(py::init<>())
@@ -295,8 +318,11 @@ void register_engine(py::module_& m) {
                   py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
                   py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,
                   py::arg("drop_cache") = false, py::arg("direct_io") = false, py::arg("verify_crc") = true,
-                  py::arg("page_output") = false,
-                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers.")
+                  py::arg("page_output") = false, py::arg("shard") = py::none(), py::arg("communicator") = nullptr,
+                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers. A shard file "
+                  "(edgelut shard) holds its spec and needs the communicator joining it to its other shards; "
+                  "shard slices a whole model file at load.")
+      .def_property_readonly("shard", &Engine::shard)
       .def_property_readonly("window",
                              [](const Engine& e) { return e.pager() ? e.pager()->window() : 0; })
       .def("pager_stats",

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         # Decode one token at a time, greedily, as generation does.
         tok, pos = int(np.argmax(logits)), args.prompt_tokens
         before = engine.pager_stats()
+        if model.group is not None:  # the transport numbers of the decode phase
+            model.group.reset_stats()
         t0 = time.perf_counter()
         for _ in range(args.gen_tokens):
             logits = engine.eval(np.asarray([tok], dtype=np.int32), pos, all_logits=False)
@@ -92,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         }
     if paging.tokens:
         result["paging"] = paging_json(paging)
+    if model.group is not None:
+        result["tensor_parallel"] = transport_json(model.group.stats(), args.gen_tokens, decode[-1])
     if args.json:
         print(json.dumps(result))
     else:
@@ -103,7 +107,27 @@ def run(args: argparse.Namespace) -> int:
             print(format_profile(result["profile"]))
         if paging.tokens:
             print(paging.summary())
+        if model.group is not None:
+            tp = result["tensor_parallel"]
+            print(
+                f"tensor parallel ({tp['devices']} devices): per token {tp['compute_ms']:.2f} ms compute, "
+                f"{tp['comm_ms']:.2f} ms transport, KiB sent by device 0..: "
+                + ", ".join(f"{b / 1024:.1f}" for b in tp["bytes_sent_per_token"])
+            )
     return 0
+
+
+def transport_json(stats: dict, tokens: int, tokens_per_s: float) -> dict:
+    """Per decode token (the last repeat): the coordinator's compute and transport time
+    (waiting for the slowest device included) and the bytes each device sent."""
+    comm_ms = stats["comm_s"] / tokens * 1e3
+    return {
+        "devices": len(stats["bytes_sent"]),
+        "comm_ms": comm_ms,
+        "compute_ms": 1e3 / tokens_per_s - comm_ms,
+        "bytes_sent_per_token": [b / tokens for b in stats["bytes_sent"]],
+        "all_reduces_per_token": stats["all_reduces"] / tokens,
+    }
 
 
 # Rows of the profile: (label, key in the engine's profile dict).

@@ -47,11 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def format_stats(stats) -> str:
     """One line from Model.stats (a GenerationStats) for /stats."""
     return (
-        f"prompt {stats.prompt_tokens} tokens ({stats.cached_tokens} from cache), "
-        f"prefill {stats.prefill_tokens_per_s:.1f} tokens/s, "
-        f"reply {stats.completion_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s, "
-        f"peak RSS {stats.peak_rss_mb:.0f} MiB"
-    ) + (f"; {stats.paging.summary()}" if stats.paging is not None else "")
+        (
+            f"prompt {stats.prompt_tokens} tokens ({stats.cached_tokens} from cache), "
+            f"prefill {stats.prefill_tokens_per_s:.1f} tokens/s, "
+            f"reply {stats.completion_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s, "
+            f"peak RSS {stats.peak_rss_mb:.0f} MiB"
+        )
+        + (f"; {stats.paging.summary()}" if stats.paging is not None else "")
+        + (f"; {comm_summary(stats.comm, stats.completion_tokens)}" if stats.comm is not None else "")
+    )
+
+
+def comm_summary(comm: dict, tokens: int) -> str:
+    """The tensor-parallel transport of a call, per generated token."""
+    n = max(tokens, 1)
+    sent = ", ".join(f"{b / n / 1024:.1f}" for b in comm["bytes_sent"])
+    return f"transport {comm['comm_s'] / n * 1e3:.2f} ms/token, KiB sent per token by device 0..: {sent}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,5 +115,11 @@ def run(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
             print(" [stopped]", end="", file=sys.stderr)
+        except ConnectionError as e:
+            # A device of the tensor-parallel group is gone: say so and keep the chat;
+            # the turn is dropped, and the next one runs once the device is back.
+            print(f"\n[device gone: {e}]", file=sys.stderr)
+            messages.pop()
+            continue
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(reply)})

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edgelut.cli import UserError
+from edgelut.cli.distributed_args import add_coordinator_args, coordinator_options
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -36,6 +37,7 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         help="on a full context: stop (error), or keep the first --keep tokens and the recent half (slide)",
     )
     p.add_argument("--keep", type=int, default=32, help="tokens kept at the start when sliding (default 32)")
+    add_coordinator_args(p)
     paging = p.add_argument_group("paging (models larger than memory)")
     paging.add_argument(
         "--memory-budget",
@@ -104,4 +106,5 @@ def load_model(args: argparse.Namespace):
         kv_type=args.kv_type,
         context_overflow=args.context_overflow,
         n_keep=args.keep,
+        distributed=coordinator_options(args),
     )

@@ -1,0 +1,113 @@
+"""The network harness of the tensor-parallel tests and tools/bench_tp.py (tools/netlab.py).
+
+Hosts are network namespaces on a veth bridge; `tc tbf` limits the rate.
+This kernel has no sch_netem, so `tc netem` cannot add delay: a user-space
+relay (tools/delay_relay.py) holds each chunk for the delay in each
+direction. These tests check the harness itself: the round trip through the
+relay is about twice the one-way delay, a tbf link carries its rate, and
+nothing is left behind. They need root (ip netns) and skip without it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import netlab  # noqa: E402
+
+pytestmark = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
+
+# Echoes every byte back (RTT), or counts what arrives and prints the rate (tbf).
+SERVER = r"""
+import socket, sys, time
+mode, host = sys.argv[1], sys.argv[2]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if mode == "echo":
+    while d := c.recv(4096):
+        c.sendall(d)
+else:
+    n, t0 = 0, None
+    while d := c.recv(1 << 16):
+        t0 = t0 or time.monotonic()
+        n += len(d)
+    print(n, time.monotonic() - t0, flush=True)
+"""
+
+# Round trips of one byte (median, seconds) or a bulk send.
+CLIENT = r"""
+import socket, statistics, sys, time
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = socket.create_connection((host, port), timeout=20)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if mode == "echo":
+    rtts = []
+    for _ in range(60):
+        t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtts.append(time.perf_counter() - t0)
+    print(statistics.median(rtts[10:]), flush=True)
+else:
+    c.sendall(b"\0" * int(sys.argv[4])); c.shutdown(socket.SHUT_WR); c.recv(1)
+"""
+
+
+def _server(lab: netlab.NetLab, mode: str) -> tuple[subprocess.Popen, int]:
+    p = lab.popen(0, [sys.executable, "-c", SERVER, mode, lab.addr(0)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    return p, int(p.stdout.readline())
+
+
+def _rtt(lab: netlab.NetLab, delay_ms: float) -> float:
+    _, port = _server(lab, "echo")
+    relay = lab.relay(1, (lab.addr(0), port), delay_ms)
+    out = lab.run(
+        1, [sys.executable, "-c", CLIENT, "echo", "127.0.0.1", str(relay)], timeout=60, capture_output=True
+    )
+    return float(out.stdout)
+
+
+def test_relay_rtt_is_twice_the_one_way_delay():
+    with netlab.NetLab(2) as lab:
+        base = _rtt(lab, 0.0)
+        delayed = _rtt(lab, 2.0)
+    # The relay adds the delay once in each direction; the rest is the (loaded) machine.
+    assert base < 0.002, f"RTT through an undelayed relay is {base * 1e3:.2f} ms"
+    assert 0.0038 < delayed < 0.0040 + base + 0.0015, f"RTT with 2 ms each way is {delayed * 1e3:.2f} ms"
+
+
+def test_tbf_limits_the_rate():
+    with netlab.NetLab(2, rate_mbit=40) as lab:
+        server, port = _server(lab, "count")
+        n = 3_000_000
+        lab.run(
+            1, [sys.executable, "-c", CLIENT, "bulk", lab.addr(0), str(port), str(n)], timeout=60, check=True
+        )
+        got, seconds = server.communicate(timeout=30)[0].split()
+    mbit = int(got) * 8 / float(seconds) / 1e6
+    assert int(got) == n
+    assert 30 < mbit < 44, f"a 40 Mbit/s tbf link carried {mbit:.1f} Mbit/s"
+
+
+def test_everything_is_torn_down():
+    with netlab.NetLab(3, rate_mbit=100) as lab:
+        names = [lab.hub, *lab.namespaces]
+        p = lab.popen(1, ["sleep", "60"])
+        time.sleep(0.1)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    assert not [n for n in names if n in listed]
+    assert p.poll() is not None
+
+
+def test_failed_build_leaves_nothing():
+    lab = netlab.NetLab(2)
+    lab.namespaces[1] = "bad/name"  # ip refuses it: the build fails after the hub and host 0
+    with pytest.raises(RuntimeError, match="ip netns add bad/name"), lab:
+        pass
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    assert lab.hub not in listed and lab.namespaces[0] not in listed
