@@ -165,3 +165,45 @@ def write_quantized_hf_dir(
     save_file(hf, str(directory / "model.safetensors"))
     write_tokenizer_files(directory, tokenizer_json)
     return Checkpoint(directory, deq, layers)
+
+
+def pack_bitnet(t: np.ndarray) -> np.ndarray:
+    """Ternary (N, K) -> transformers' uint8 (N/4, K): bits 2j..2j+1 of row i hold t+1 of row j*N/4 + i."""
+    n = t.shape[0]
+    quarter = (t + 1).astype(np.uint8).reshape(4, n // 4, -1)
+    return quarter[0] | (quarter[1] << 2) | (quarter[2] << 4) | (quarter[3] << 6)
+
+
+def write_bitnet_hf_dir(
+    directory: Path,
+    config: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    codes: dict[str, np.ndarray],
+    weight_scale: float,
+    *,
+    linear_class: str = "bitlinear",
+) -> Path:
+    """A BitNet b1.58 checkpoint as transformers stores it: packed ternary weights, a weight_scale each."""
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    hf: dict[str, np.ndarray] = {}
+    for name, w in tensors.items():
+        hf_name = gguf_to_hf_name(name, config.architecture)
+        if name in codes:
+            hf[hf_name] = pack_bitnet(codes[name])
+            hf[hf_name.removesuffix("weight") + "weight_scale"] = np.array([weight_scale], dtype=np.float32)
+        else:
+            hf[hf_name] = w
+    cfg = hf_config_json(config) | {
+        "hidden_act": config.ffn_act,
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": linear_class,
+            "quantization_mode": "offline",
+        },
+    }
+    (directory / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    save_file(hf, str(directory / "model.safetensors"))
+    write_tokenizer_files(directory)
+    return directory

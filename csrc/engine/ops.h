@@ -31,6 +31,11 @@ void swiglu_inplace(float* gate, const float* up, int64_t n);
 // gate = gelu_tanh(gate) * up, over n elements (GeGLU, Gemma):
 // gelu_tanh(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
 void geglu_inplace(float* gate, const float* up, int64_t n);
+// gate = max(gate, 0)^2 * up (BitNet b1.58's squared ReLU).
+void relu2_glu_inplace(float* gate, const float* up, int64_t n);
+// x = round(x * 127 / max|x|) clipped to [-128, 127], times max|x| / 127: BitNet's per-token
+// int8 activation quantisation, applied in place to one token's vector.
+void act_int8_inplace(float* x, int64_t n);
 
 // KV cache element access: fp32 or fp16 (portable conversion).
 float dot_f32(const float* a, const float* b, int64_t n);

@@ -321,12 +321,12 @@ def _awq_layer(raw: dict[str, np.ndarray], prefix: str, fmt: QuantFormat, path: 
 
 def _bitnet_layer(raw: dict[str, np.ndarray], prefix: str, fmt: QuantFormat, path: Path) -> LayerCodes:
     """transformers' BitNet layout: uint8 (N/4, K), bits 2j..2j+1 of row i hold t+1 of row j*N/4 + i."""
-    packed = _need(raw, prefix + "weight")
+    packed = _need(raw, prefix + "weight", path)
     if packed.dtype != np.uint8 or packed.ndim != 2:
         raise ValueError(
             f"{path}: {prefix}weight must be uint8 (N/4, K), got {packed.dtype} {tuple(packed.shape)}"
         )
-    ws = np.asarray(_need(raw, prefix + "weight_scale"), dtype=np.float32).reshape(-1)
+    ws = np.asarray(_need(raw, prefix + "weight_scale", path), dtype=np.float32).reshape(-1)
     if ws.size != 1 or not np.isfinite(ws[0]) or ws[0] == 0:
         raise ValueError(f"{path}: {prefix}weight_scale must be one finite non-zero number")
     codes = np.concatenate([(packed >> np.uint8(2 * j)) & 3 for j in range(4)], axis=0).astype(np.int8) - 1
