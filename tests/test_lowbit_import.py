@@ -246,3 +246,41 @@ def test_gptq_layer_tensors_layout() -> None:
     )
     t = gptq_tensors(layer, 3, v1=True)
     assert t["qweight"].shape == (9, 64) and t["qzeros"].shape == (3, 6) and t["scales"].dtype == np.float16
+
+
+@pytest.mark.slow
+def test_real_smollm2_as_gptq_imports_bit_exact(tmp_path: Path) -> None:
+    """SmolLM2 written as a 4-bit symmetric GPTQ checkpoint: every layer comes back bit for bit, and the
+    engine's greedy tokens are the numpy reference's on the checkpoint's own weights."""
+    import real_model
+
+    import edgelut
+    from edgelut.models.modelfile import read_model_file
+    from edgelut.models.reference import greedy_generate
+    from edgelut.tokenizer import Tokenizer
+
+    src = load_model(real_model.smollm2_gguf())
+    floats = {name: np.asarray(src.tensors[name], dtype=np.float32) for name in src.tensors}
+    ckpt = write_quantized_hf_dir(
+        tmp_path / "hf",
+        src.config,
+        floats,
+        bits=4,
+        group=128,
+        sym=True,
+        tokenizer_json=src.tokenizer.tokenizer_json,
+    )
+    path = convert(load_model(ckpt.path), tmp_path / "m.elut", Recipe(), progress=False)
+    mf = read_model_file(path)
+    assert mf.recipe["import"]["exact_layers"] == len(ckpt.layers) == 7 * src.config.n_layers
+    stored = {k: v if isinstance(v, np.ndarray) else v.dequantize() for k, v in mf.tensors().items()}
+    for name, layer in ckpt.layers.items():
+        np.testing.assert_array_equal(stored[name], layer.dequantize(), err_msg=name)
+    prompt = Tokenizer(src.tokenizer).encode(
+        "The capital of France is", add_special=True, parse_special=False
+    )
+    ref_weights = Weights(mf.config, {**ckpt.dequantized, "token_embd.weight": stored["token_embd.weight"]})
+    ref = greedy_generate(ref_weights, prompt, 8, stop=mf.config.eos_token_ids)
+    m = edgelut.load(str(path), n_threads=2)
+    m.generate(prompt, max_tokens=8, temperature=0.0)
+    assert m.last_tokens and list(m.last_tokens) == list(ref)[: len(m.last_tokens)]

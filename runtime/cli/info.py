@@ -30,9 +30,8 @@ def _import_line(imp: dict) -> str:
     kind = imp.get("format")
     if kind == "gguf-ternary":
         types = ", ".join(f"{n} {t}" for t, n in (imp.get("types") or {}).items())
-        return (
-            f"ternary GGUF ({types}), {groups}, {imp.get('exact_layers')}/{imp.get('layers')} matrices exact"
-        )
+        exact, total = imp.get("exact_layers"), imp.get("layers")
+        return f"ternary GGUF ({types}), {groups}, {exact}/{total} matrices ternary, imported exactly"
     if kind == "bitnet":
         groups = f"ternary, one scale per tensor ({imp.get('linear_class')})"
     if kind == "gptq":
