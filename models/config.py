@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class ArchTraits:
     norm_plus_one: bool = False  # HF stores w of x * (1 + w); importers fold the 1 in (Gemma)
     gguf_permuted_qk: bool = False  # llama.cpp permuted q/k rows for adjacent-pair RoPE
     fused_qkv: bool = False  # q/k/v (and gate/up) come as one tensor each; importers split them (Phi-3)
+    sub_norms: bool = False  # RMSNorm of the attention output before o_proj, of gate*up before down (BitNet)
+    act_int8: bool = False  # linear inputs rounded to int8 per token, absmax scale (BitNet b1.58)
 
 
 ARCHITECTURES: dict[str, ArchTraits] = {
@@ -48,9 +51,12 @@ ARCHITECTURES: dict[str, ArchTraits] = {
         embed_scale_sqrt=True,
         norm_plus_one=True,
     ),
+    # BitNet b1.58: ternary weights with absmean scales, int8 activations, sub-norms; the
+    # 2B-4T release gates with ReLU^2 (hidden_act "relu2"), the 1bitLLM ones with SiLU.
+    "bitnet": ArchTraits(("bitnet",), ffn_act="relu2", sub_norms=True, act_int8=True),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
-FFN_ACTIVATIONS = ("silu", "gelu_tanh")
+FFN_ACTIVATIONS = ("silu", "gelu_tanh", "relu2")
 
 # Per-layer tensors, in the order the model file stores them.
 LAYER_TENSORS = (
@@ -63,11 +69,13 @@ LAYER_TENSORS = (
     "attn_v.bias",
     "attn_q_norm.weight",
     "attn_k_norm.weight",
+    "attn_sub_norm.weight",
     "attn_output.weight",
     "post_attention_norm.weight",
     "ffn_norm.weight",
     "ffn_gate.weight",
     "ffn_up.weight",
+    "ffn_sub_norm.weight",
     "ffn_down.weight",
     "post_ffw_norm.weight",
 )
@@ -121,6 +129,8 @@ class ModelConfig:
     # pattern 0 makes every layer a sliding-window one.
     sliding_window_pattern: int = 0
     rope_local_theta: float = 0.0  # RoPE base of sliding-window layers (0: rope_theta)
+    sub_norms: bool | None = None  # None: the architecture's default (BitNet)
+    act_int8: bool | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -154,6 +164,10 @@ class ModelConfig:
             self.post_norms = traits.post_norms
         if self.ffn_act is None:
             self.ffn_act = traits.ffn_act
+        if self.sub_norms is None:
+            self.sub_norms = traits.sub_norms
+        if self.act_int8 is None:
+            self.act_int8 = traits.act_int8
         if self.embed_scale is None:
             scaled = traits.embed_scale_sqrt
             self.embed_scale = float(np.sqrt(np.float32(self.hidden_size))) if scaled else 1.0
@@ -204,11 +218,13 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         "attn_v.bias": (kv,),
         "attn_q_norm.weight": (hd,),  # one RMSNorm weight shared by every head
         "attn_k_norm.weight": (hd,),
+        "attn_sub_norm.weight": (q,),
         "attn_output.weight": (h, q),
         "post_attention_norm.weight": (h,),
         "ffn_norm.weight": (h,),
         "ffn_gate.weight": (config.intermediate_size, h),
         "ffn_up.weight": (config.intermediate_size, h),
+        "ffn_sub_norm.weight": (config.intermediate_size,),
         "ffn_down.weight": (h, config.intermediate_size),
         "post_ffw_norm.weight": (h,),
     }
@@ -219,6 +235,8 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         absent |= {"attn_q_norm.weight", "attn_k_norm.weight"}
     if not config.post_norms:
         absent |= {"post_attention_norm.weight", "post_ffw_norm.weight"}
+    if not config.sub_norms:
+        absent |= {"attn_sub_norm.weight", "ffn_sub_norm.weight"}
     out: dict[str, tuple[int, ...]] = {"token_embd.weight": (config.vocab_size, h)}
     for i in range(config.n_layers):
         for name in LAYER_TENSORS:
@@ -256,6 +274,12 @@ class ImportedModel:
     # Source quantisation, when a GGUF tensor was Q4_0/Q4_1: name -> (codes, scales, mins)
     # in edgelut's q4 asymmetric form, so conversion can be lossless.
     source_codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Trained low-bit imports (GPTQ, AWQ, BitNet): name -> the packed spec (qtype, group, asym)
+    # its source codes are exact in (or, without source_codes, the width to re-quantise at).
+    # Conversion keeps these tensors at this spec whatever the recipe says.
+    source_specs: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    # What the import read (format, bits, groups, what is exact), recorded in the model file.
+    import_info: dict[str, Any] = field(default_factory=dict)
 
     def layer_tensor(self, layer: int, name: str) -> np.ndarray | None:
         return self.tensors.get(f"blk.{layer}.{name}")

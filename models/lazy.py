@@ -70,5 +70,5 @@ def tensor_rows(tensors: Mapping[str, Any], name: str, a: int, b: int) -> Any:
     if isinstance(v, RowSource):
         return v.read_rows(a, b)
     if isinstance(v, tuple):  # (codes, scales, mins) of a source-quantised tensor
-        return tuple(x[a:b] for x in v)
+        return tuple(None if x is None else x[a:b] for x in v)
     return v[a:b]

@@ -233,6 +233,8 @@ def write_model_file(
     w.add_bool("edgelut.qk_norm", bool(config.qk_norm))
     w.add_bool("edgelut.post_norms", bool(config.post_norms))
     w.add_string("edgelut.ffn_act", str(config.ffn_act))
+    w.add_bool("edgelut.sub_norms", bool(config.sub_norms))
+    w.add_bool("edgelut.act_int8", bool(config.act_int8))
     w.add_float32("edgelut.embed_scale", float(config.embed_scale or 1.0))
     w.add_float32("edgelut.attn_scale", config.attn_scale)
     if config.rope_dim:
@@ -428,6 +430,8 @@ class ModelFile:
                 qk_norm=m.bool("edgelut.qk_norm", False),
                 post_norms=m.bool("edgelut.post_norms", False),
                 ffn_act=m.str("edgelut.ffn_act", "silu"),
+                sub_norms=m.bool("edgelut.sub_norms", False),
+                act_int8=m.bool("edgelut.act_int8", False),
                 embed_scale=m.float("edgelut.embed_scale", 1.0, lo=0.0, hi=1e6),
                 attn_scale=m.float("edgelut.attn_scale", 0.0, lo=0.0, hi=1e6),
                 rope_dim=m.int("edgelut.rope_dim", 0, lo=0, hi=int(h["head_dim"])),

@@ -80,6 +80,13 @@ def _linear(x: np.ndarray, tensors: Mapping[str, np.ndarray], name: str, dtype: 
     return y
 
 
+def act_int8(x: np.ndarray) -> np.ndarray:
+    """BitNet's activation quantisation, per row: round(x * 127 / max|x|), clipped to int8, scaled back."""
+    amax = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-5)
+    scale = 127.0 / amax
+    return np.clip(np.rint(x * scale), -128, 127) / scale
+
+
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x * x * x)))
 
@@ -115,6 +122,10 @@ def forward(
     def norm(y: np.ndarray, name: str) -> np.ndarray:
         return rms_norm(y, np.asarray(w[name], dtype=dtype), eps)
 
+    def linear_in(y: np.ndarray) -> np.ndarray:
+        # BitNet quantises every linear layer's input per token (lm_head excepted).
+        return act_int8(y).astype(dtype) if cfg.act_int8 else y
+
     # Causal mask: position i attends to j <= i; a sliding-window layer only to i - j < window.
     i, j = np.arange(t)[:, None], np.arange(t)[None, :]
     mask = np.where(j > i, -np.inf, 0.0).astype(dtype)
@@ -127,7 +138,7 @@ def forward(
         p = f"blk.{layer}"
         cos, sin = rope_angles(np.arange(t), cfg, dtype, layer)  # (T, d/2)
         # Attention block: RMSNorm, q/k/v projections, per-head q/k norms, RoPE, GQA, output projection.
-        xn = norm(x, f"{p}.attn_norm.weight")
+        xn = linear_in(norm(x, f"{p}.attn_norm.weight"))
         q = _linear(xn, w, f"{p}.attn_q", dtype).reshape(t, h, d).transpose(1, 0, 2)  # (H, T, d)
         k = _linear(xn, w, f"{p}.attn_k", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
         v = _linear(xn, w, f"{p}.attn_v", dtype).reshape(t, hk, d).transpose(1, 0, 2)  # (Hkv, T, d)
@@ -142,18 +153,28 @@ def forward(
         layer_mask = window_mask if cfg.is_sliding(layer) else mask
         scores = q @ k.transpose(0, 2, 1) * dtype(cfg.query_scale) + layer_mask  # (H, T, T)
         attn = softmax(scores) @ v  # (H, T, d)
-        out = _linear(attn.transpose(1, 0, 2).reshape(t, h * d), w, f"{p}.attn_output", dtype)
+        attn = attn.transpose(1, 0, 2).reshape(t, h * d)
+        if cfg.sub_norms:
+            attn = norm(attn, f"{p}.attn_sub_norm.weight")
+        out = _linear(linear_in(attn), w, f"{p}.attn_output", dtype)
         if cfg.post_norms:
             out = norm(out, f"{p}.post_attention_norm.weight")
         x = x + out
 
         # Feed-forward block: RMSNorm, SwiGLU or GeGLU.
-        xn = norm(x, f"{p}.ffn_norm.weight")
+        xn = linear_in(norm(x, f"{p}.ffn_norm.weight"))
         gate = _linear(xn, w, f"{p}.ffn_gate", dtype)
         up = _linear(xn, w, f"{p}.ffn_up", dtype)
-        gated = gelu_tanh(gate) if cfg.ffn_act == "gelu_tanh" else gate / (1.0 + np.exp(-gate))  # or silu
+        if cfg.ffn_act == "gelu_tanh":
+            gated = gelu_tanh(gate)
+        elif cfg.ffn_act == "relu2":  # squared ReLU (BitNet b1.58 2B-4T)
+            gated = np.square(np.maximum(gate, 0))
+        else:  # silu
+            gated = gate / (1.0 + np.exp(-gate))
         act = gated * up
-        out = _linear(act, w, f"{p}.ffn_down", dtype)
+        if cfg.sub_norms:
+            act = norm(act, f"{p}.ffn_sub_norm.weight")
+        out = _linear(linear_in(act), w, f"{p}.ffn_down", dtype)
         if cfg.post_norms:
             out = norm(out, f"{p}.post_ffw_norm.weight")
         x = x + out

@@ -167,6 +167,8 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
             q = rms_norm(q, t[p + "attn_q_norm.weight"], eps)
             k = rms_norm(k, t[p + "attn_k_norm.weight"], eps)
         a = _attention(q, k, v, cfg, i)
+        if cfg.sub_norms:  # BitNet (its int8 activation rounding is left out of the statistics)
+            a = rms_norm(a, t[p + "attn_sub_norm.weight"], eps).astype(np.float32)
         wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], hessian(a))
         out = a @ wo.T
         h = h + (rms_norm(out, t[p + "post_attention_norm.weight"], eps) if cfg.post_norms else out)
@@ -176,8 +178,15 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         wg = quantize(p + "ffn_gate.weight", t[p + "ffn_gate.weight"], hx)
         wu = quantize(p + "ffn_up.weight", t[p + "ffn_up.weight"], hx)
         g = x @ wg.T
-        gated = gelu_tanh(g) if cfg.ffn_act == "gelu_tanh" else g / (1.0 + np.exp(-g))
+        if cfg.ffn_act == "gelu_tanh":
+            gated = gelu_tanh(g)
+        elif cfg.ffn_act == "relu2":
+            gated = np.square(np.maximum(g, 0))
+        else:
+            gated = g / (1.0 + np.exp(-g))
         act = (gated * (x @ wu.T)).astype(np.float32)
+        if cfg.sub_norms:
+            act = rms_norm(act, t[p + "ffn_sub_norm.weight"], eps).astype(np.float32)
         wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], hessian(act))
         out = act @ wd.T
         if cfg.post_norms:

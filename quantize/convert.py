@@ -6,6 +6,8 @@ The quantiser is chosen in this order:
 1. float spec: kept as float (written as f32 or f16);
 2. lossless: the source held the tensor as Q4_0/Q4_1 (``source_codes``) and the
    spec is q4, group 32, asymmetric -> the source codes/scales/mins are packed as they are;
+   a trained low-bit import (GPTQ/AWQ/BitNet, ``source_specs``) fixes the spec to the
+   one its codes are exact in, whatever the recipe, and is packed the same way;
 3. ternary spec ("tq") with method rtn/ternary, symmetric -> absmean (BitNet b1.58);
 4. method gptq with calibration -> GPTQ;
 5. otherwise RTN with clip search (weighted by diag(X^T X) when calibrated).
@@ -52,6 +54,7 @@ def quantize_tensor(
     source_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     act_order: bool = False,
     factor: Any = None,
+    source_spec: tuple[str, int, bool] | None = None,
 ) -> PackedMatrix | np.ndarray:
     """One weight matrix -> PackedMatrix (or the float array for a float spec).
 
@@ -64,9 +67,9 @@ def quantize_tensor(
     if spec.is_float:
         return np.asarray(w, dtype=np.float32)
     qt, g, asym = spec.qtype, spec.group_size, spec.asym
-    if source_codes is not None and qt == "q4" and g == 32 and asym:
+    if source_codes is not None and (qt, g, asym) == (source_spec or Q4_SOURCE):
         codes, scales, mins = source_codes
-        return pack(codes, scales, mins, "q4", 32)
+        return pack(codes, scales, mins, qt, g)
     is_embedding = name == "token_embd.weight"
     if qt == "tq" and not asym and method in ("rtn", "ternary"):
         codes, scales, mins = quantize_ternary(w, g)
@@ -81,6 +84,16 @@ def quantize_tensor(
         refine = 0 if is_embedding else None
         codes, scales, mins = quantize_rtn(w, qt, g, asym=asym, importance=importance, refine=refine)
     return pack(codes, scales, mins, qt, g)
+
+
+# The spec Q4_0/Q4_1 GGUF codes are exact in.
+Q4_SOURCE = ("q4", 32, True)
+
+
+def spec_of(model: ImportedModel, recipe: Recipe, name: str) -> TensorSpec:
+    """The recipe's spec, unless the import fixed this tensor's (trained low-bit codes)."""
+    fixed = model.source_specs.get(name)
+    return TensorSpec(*fixed) if fixed is not None else recipe.spec_for(name)
 
 
 def _dequantized(t: PackedMatrix | np.ndarray) -> np.ndarray:
@@ -133,6 +146,7 @@ def quantize_rows(
     spec: TensorSpec,
     method: str,
     source_codes: Mapping[str, Any],
+    source_specs: Mapping[str, tuple[str, int, bool]] | None = None,
 ) -> PackedMatrix | np.ndarray:
     """RTN / ternary / lossless quantisation of one matrix, a block of rows at a time.
 
@@ -142,16 +156,18 @@ def quantize_rows(
     """
     n, k = tensor_shape(tensors, name)
     step = max(64, ROW_BLOCK_WEIGHTS // max(k, 1) // 64 * 64)
-    lossless = (spec.qtype, spec.group_size, spec.asym) == ("q4", 32, True)
+    exact_in = (source_specs or {}).get(name, Q4_SOURCE)
+    lossless = (spec.qtype, spec.group_size, spec.asym) == exact_in
     codes = source_codes if lossless and name in source_codes else None
     if spec.is_float or n <= step:
         sc = None if codes is None else codes[name]
-        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc)
+        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc, source_spec=exact_in)
     parts = []
     for a in range(0, n, step):
         b = min(n, a + step)
         sc = None if codes is None else tensor_rows(codes, name, a, b)
-        parts.append(quantize_tensor(name, tensor_rows(tensors, name, a, b), spec, method, source_codes=sc))
+        rows = tensor_rows(tensors, name, a, b)
+        parts.append(quantize_tensor(name, rows, spec, method, source_codes=sc, source_spec=exact_in))
     return join_row_blocks(parts, n, k)
 
 
@@ -192,8 +208,9 @@ def quantize_model(
     bar = tqdm(total=total, desc="quantize", unit="w", unit_scale=True, smoothing=0.1, disable=not progress)
 
     def calibrated(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
-        spec = recipe.spec_for(name)
-        lossless = name in model.source_codes and (spec.qtype, spec.group_size, spec.asym) == ("q4", 32, True)
+        spec = spec_of(model, recipe, name)
+        exact_in = model.source_specs.get(name, Q4_SOURCE)
+        lossless = name in model.source_codes and (spec.qtype, spec.group_size, spec.asym) == exact_in
         uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
         t = quantize_tensor(
             name,
@@ -204,6 +221,7 @@ def quantize_model(
             source_codes=model.source_codes.get(name),
             act_order=recipe.act_order,
             factor=factor_of(h) if uses_factor else None,
+            source_spec=exact_in,
         )
         out[name] = store(name, t)
         bar.update(int(np.prod(w.shape)))
@@ -218,7 +236,10 @@ def quantize_model(
             pass
     for name in matrices:
         if name not in out:
-            t = quantize_rows(name, model.tensors, recipe.spec_for(name), recipe.method, model.source_codes)
+            spec = spec_of(model, recipe, name)
+            t = quantize_rows(
+                name, model.tensors, spec, recipe.method, model.source_codes, model.source_specs
+            )
             out[name] = store(name, t)
             bar.update(int(np.prod(tensor_shape(model.tensors, name))))
     bar.close()
@@ -250,6 +271,8 @@ def convert(
     info = recipe.to_json()
     info["calibration_tokens"] = 0 if calib_ids is None else int(np.size(calib_ids))
     info["source"] = model.source
+    if model.import_info:
+        info["import"] = model.import_info
     info.update(extra_recipe or {})
     with TensorSpill(Path(out_path).resolve().parent) as spill:
         tensors = quantize_model(

@@ -92,6 +92,9 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.qk_norm = bool(cfg.qk_norm)
     c.post_norms = bool(cfg.post_norms)
     c.ffn_gelu = cfg.ffn_act == "gelu_tanh"
+    c.ffn_relu2 = cfg.ffn_act == "relu2"
+    c.sub_norms = bool(cfg.sub_norms)
+    c.act_int8 = bool(cfg.act_int8)
     c.embed_scale = float(cfg.embed_scale or 1.0)
     c.attn_scale = cfg.attn_scale
     c.sliding_window = cfg.sliding_window

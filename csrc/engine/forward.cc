@@ -252,7 +252,10 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     // Attention rmsnorm.
     {
       ScopeTimer timer(profiling_, elementwise);
-      per_token([&](int64_t t) { rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps); });
+      per_token([&](int64_t t) {
+        rmsnorm(xb + t * D, x + t * D, lw.attn_norm, D, c_.norm_eps);
+        if (c_.act_int8) act_int8_inplace(xb + t * D, D);
+      });
     }
 
     // q, k, v for the local heads (+ Qwen2 biases), one shared table build.
@@ -299,7 +302,16 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       });
     }
 
-    // Output projection of the local heads, summed across shards, residual.
+    // (BitNet: the heads' RMSNorm and int8 rounding), output projection of the local heads,
+    // summed across shards, residual.
+    if (lw.attn_sub_norm || c_.act_int8) {
+      ScopeTimer timer(profiling_, elementwise);
+      per_token([&](int64_t t) {
+        float* a = att_out_.data() + t * qd;
+        if (lw.attn_sub_norm) rmsnorm(a, a, lw.attn_sub_norm, qd, c_.norm_eps);
+        if (c_.act_int8) act_int8_inplace(a, qd);
+      });
+    }
     matmul(lw.wo, att_out_.data(), T, xb, prof_.matmul_attn);
     comm_->all_reduce(xb, T * D);
     {
@@ -309,6 +321,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         if (lw.post_attn_norm) rmsnorm(xb + t * D, xb + t * D, lw.post_attn_norm, D, c_.norm_eps);
         axpy_f32(1.0f, xb + t * D, x + t * D, D);
         rmsnorm(xb + t * D, x + t * D, lw.ffn_norm, D, c_.norm_eps);
+        if (c_.act_int8) act_int8_inplace(xb + t * D, D);
       });
     }
     // gate/up (one shared table build), SwiGLU or GeGLU, down (summed across
@@ -317,7 +330,15 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
              prof_.matmul_ffn);
     {
       ScopeTimer timer(profiling_, elementwise);
-      per_token([&](int64_t t) { act_fn(hb_.data() + t * F, hb2_.data() + t * F, F); });
+      per_token([&](int64_t t) {
+        float* h = hb_.data() + t * F;
+        if (c_.ffn_relu2)
+          relu2_glu_inplace(h, hb2_.data() + t * F, F);
+        else
+          act_fn(h, hb2_.data() + t * F, F);
+        if (lw.ffn_sub_norm) rmsnorm(h, h, lw.ffn_sub_norm, F, c_.norm_eps);
+        if (c_.act_int8) act_int8_inplace(h, F);
+      });
     }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
     comm_->all_reduce(xb, T * D);

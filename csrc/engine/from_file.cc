@@ -149,10 +149,13 @@ Config config_from_file(const ModelFile& mf) {
   c.qk_norm = flag("edgelut.qk_norm");
   c.post_norms = flag("edgelut.post_norms");
   if (const GgufValue* act = mf.find("edgelut.ffn_act")) {
-    require_file(act->s == "silu" || act->s == "gelu_tanh",
-                 mf.path() + ": edgelut.ffn_act '" + act->s + "' is not supported (silu, gelu_tanh)");
+    require_file(act->s == "silu" || act->s == "gelu_tanh" || act->s == "relu2",
+                 mf.path() + ": edgelut.ffn_act '" + act->s + "' is not supported (silu, gelu_tanh, relu2)");
     c.ffn_gelu = act->s == "gelu_tanh";
+    c.ffn_relu2 = act->s == "relu2";
   }
+  c.sub_norms = flag("edgelut.sub_norms");
+  c.act_int8 = flag("edgelut.act_int8");
   c.embed_scale = static_cast<float>(number("edgelut.embed_scale", 1.0));
   c.attn_scale = static_cast<float>(number("edgelut.attn_scale", 0.0));
   const std::string window_key = h.architecture + ".attention.sliding_window";

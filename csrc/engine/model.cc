@@ -22,8 +22,10 @@ std::string shape_str(int64_t a, int64_t b = -1) {
 
 void Config::validate() const {
   require(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3" || architecture == "gemma3" ||
-              architecture == "phi3",
-          "config: architecture must be 'llama', 'qwen2', 'qwen3', 'gemma3' or 'phi3', got '" + architecture + "'");
+              architecture == "phi3" || architecture == "bitnet",
+          "config: architecture must be 'llama', 'qwen2', 'qwen3', 'gemma3', 'phi3' or 'bitnet', got '" + architecture +
+              "'");
+  require(!(ffn_gelu && ffn_relu2), "config: ffn_gelu and ffn_relu2 are exclusive");
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("config: ") + name + " must be positive, got " + std::to_string(v));
   };
@@ -99,6 +101,9 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     return r.data;
   };
 
+  // A sub-norm is an RMS over the whole attention output / FFN width, which a shard does not hold.
+  require(!c.sub_norms || (qd == c.n_heads * c.head_dim && F == c.hidden_dim),
+          "shard: a model with sub-norms (BitNet) cannot be split across shards");
   Weights w;
   {
     WeightRef r;
@@ -141,11 +146,13 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     // The q/k norms act on one head at a time, so every shard holds them whole.
     lw.q_norm = c.qk_norm ? vec(p + "attn_q_norm.weight", c.head_dim, true) : nullptr;
     lw.k_norm = c.qk_norm ? vec(p + "attn_k_norm.weight", c.head_dim, true) : nullptr;
+    lw.attn_sub_norm = c.sub_norms ? vec(p + "attn_sub_norm.weight", qd, true) : nullptr;
     lw.wo = packed(p + "attn_output.weight", D, qd);
     lw.post_attn_norm = c.post_norms ? vec(p + "post_attention_norm.weight", D, true) : nullptr;
     lw.ffn_norm = vec(p + "ffn_norm.weight", D, true);
     lw.w_gate = packed(p + "ffn_gate.weight", F, D);
     lw.w_up = packed(p + "ffn_up.weight", F, D);
+    lw.ffn_sub_norm = c.sub_norms ? vec(p + "ffn_sub_norm.weight", F, true) : nullptr;
     lw.w_down = packed(p + "ffn_down.weight", D, F);
     lw.post_ffn_norm = c.post_norms ? vec(p + "post_ffw_norm.weight", D, true) : nullptr;
     w.layers.push_back(lw);
@@ -178,12 +185,14 @@ LayerWeights rebase_layer(const LayerWeights& lw, const uint8_t* from, uint64_t 
   out.bv = move(lw.bv);
   out.q_norm = move(lw.q_norm);
   out.k_norm = move(lw.k_norm);
+  out.attn_sub_norm = move(lw.attn_sub_norm);
   out.wo = move_view(lw.wo);
   out.post_attn_norm = move(lw.post_attn_norm);
   out.post_ffn_norm = move(lw.post_ffn_norm);
   out.ffn_norm = move(lw.ffn_norm);
   out.w_gate = move_view(lw.w_gate);
   out.w_up = move_view(lw.w_up);
+  out.ffn_sub_norm = move(lw.ffn_sub_norm);
   out.w_down = move_view(lw.w_down);
   return out;
 }

@@ -49,6 +49,9 @@ struct Config {
   bool qk_norm = false;                // RMSNorm over each q and k head before RoPE (Qwen3, Gemma 3)
   bool post_norms = false;             // RMSNorm of the attention / FFN output before the residual (Gemma 3)
   bool ffn_gelu = false;               // GeGLU with the tanh GELU instead of SwiGLU (Gemma)
+  bool ffn_relu2 = false;              // squared-ReLU gate instead of SwiGLU (BitNet b1.58 2B-4T)
+  bool sub_norms = false;              // RMSNorm of the attention output before wo, of gate*up before down (BitNet)
+  bool act_int8 = false;               // linear inputs rounded to int8 per token, absmax scale (BitNet)
   float embed_scale = 1.0f;            // token embeddings times this (Gemma: sqrt(dim))
   float attn_scale = 0.0f;             // q.k scale; 0: 1 / sqrt(head_dim)
   int64_t sliding_window = 0;          // positions a sliding layer sees, itself included; 0: none
@@ -133,11 +136,13 @@ struct LayerWeights {
   const float* bv;          // (n_kv * head_dim) or null
   const float* q_norm;      // (head_dim) shared by every q head, or null
   const float* k_norm;      // (head_dim) or null
+  const float* attn_sub_norm;  // (n_q * head_dim) or null (BitNet; whole model only, never a shard)
   PackedView wo;            // (dim, n_q * head_dim)      local columns
   const float* post_attn_norm;  // (dim) or null
   const float* ffn_norm;    // (dim)
   PackedView w_gate;        // (n_ffn, dim)               local rows
   PackedView w_up;          // (n_ffn, dim)
+  const float* ffn_sub_norm;  // (n_ffn) or null (BitNet)
   PackedView w_down;        // (dim, n_ffn)               local columns
   const float* post_ffn_norm;   // (dim) or null
 };

@@ -77,6 +77,24 @@ void geglu_ref(float* gate, const float* up, int64_t n) {
   }
 }
 
+void relu2_glu_inplace(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = gate[i] > 0.0f ? gate[i] : 0.0f;
+    gate[i] = r * r * up[i];
+  }
+}
+
+void act_int8_inplace(float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  // The same float32 steps as the numpy reference: scale = 127 / max(|x|, 1e-5), q / scale.
+  const float scale = 127.0f / std::max(amax, 1e-5f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float q = std::nearbyint(x[i] * scale);
+    x[i] = std::min(127.0f, std::max(-128.0f, q)) / scale;
+  }
+}
+
 // Eight independent partial sums: a single running sum is a chain of
 // dependent adds (latency-bound); eight lanes let the compiler vectorise.
 template <typename Load>

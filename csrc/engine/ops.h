@@ -40,6 +40,11 @@ void geglu_avx2(float* gate, const float* up, int64_t n);
 #endif
 // The one dispatch point of the activation for this CPU.
 GatedAct gated_act(CpuIsa isa, bool gelu);
+// gate = max(gate, 0)^2 * up (BitNet b1.58's squared ReLU).
+void relu2_glu_inplace(float* gate, const float* up, int64_t n);
+// x = round(x * 127 / max|x|) clipped to [-128, 127], times max|x| / 127: BitNet's per-token
+// int8 activation quantisation, applied in place to one token's vector.
+void act_int8_inplace(float* x, int64_t n);
 
 // KV cache element access: fp32 or fp16 (portable conversion).
 float dot_f32(const float* a, const float* b, int64_t n);

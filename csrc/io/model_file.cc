@@ -116,8 +116,9 @@ void ModelFile::read_hparams() {
   ModelHParams& h = hparams_;
   h.architecture = get_string("general.architecture");
   if (h.architecture != "llama" && h.architecture != "qwen2" && h.architecture != "qwen3" &&
-      h.architecture != "gemma3" && h.architecture != "phi3")
-    fail("unsupported architecture '" + h.architecture + "' (edgelut runs llama, qwen2, qwen3, gemma3 and phi3)");
+      h.architecture != "gemma3" && h.architecture != "phi3" && h.architecture != "bitnet")
+    fail("unsupported architecture '" + h.architecture +
+         "' (edgelut runs llama, qwen2, qwen3, gemma3, phi3 and bitnet)");
   const std::string a = h.architecture + ".";
   // Every integer in [lo, hi]; a key named in the message.
   auto ranged = [&](const std::string& key, int64_t lo, int64_t hi) {

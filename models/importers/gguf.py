@@ -147,16 +147,32 @@ def _sliding(meta: Metadata, arch: str) -> dict[str, Any]:
     }
 
 
+# GGUF architecture names that are an edgelut architecture with switches of their own: llama.cpp's
+# "bitnet" graph (the 1bitLLM models) gates with SiLU, bitnet.cpp's "bitnet-b1.58" (2B-4T) with ReLU^2.
+GGUF_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "bitnet": ("bitnet", {"ffn_act": "silu"}),
+    "bitnet-b1.58": ("bitnet", {"ffn_act": "relu2"}),
+}
+
+
+def edgelut_architecture(gguf_arch: str | None) -> tuple[str | None, dict[str, Any]]:
+    """A GGUF general.architecture -> (edgelut architecture, config switches it implies)."""
+    if gguf_arch in GGUF_ARCHITECTURES:
+        return GGUF_ARCHITECTURES[gguf_arch]
+    return gguf_arch, {}
+
+
 def config_from_metadata(
     meta: Metadata, path: Path, n_vocab_tensor: int, tied: bool, bias: bool
 ) -> ModelConfig:
-    arch = meta.str("general.architecture", None)
+    gguf_arch = meta.str("general.architecture", None)
+    arch, switches = edgelut_architecture(gguf_arch)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelFileError(
             f"{path}: architecture {arch!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    a = f"{arch}."
+    a = f"{gguf_arch}."
     hidden = meta.int(a + "embedding_length", lo=1, hi=MAX_WIDTH)
     n_heads = meta.int(a + "attention.head_count", lo=1, hi=MAX_HEADS)
     head_dim = meta.int(a + "attention.key_length", hidden // n_heads, lo=2, hi=MAX_WIDTH)
@@ -177,7 +193,7 @@ def config_from_metadata(
             rms_norm_eps=f32(meta.float(a + "attention.layer_norm_rms_epsilon", lo=1e-30, hi=0.5)),
             rope_theta=f32(meta.float(a + "rope.freq_base", 10000.0, lo=1.0, hi=1e12)),
             rope_style="neox",  # after un-permuting, every supported GGUF is in HF (NeoX) order
-            rope_scaling=_rope_scaling(meta, arch),
+            rope_scaling=_rope_scaling(meta, gguf_arch),
             context_length=meta.int(a + "context_length", 2048, lo=1, hi=MAX_CONTEXT),
             tie_embeddings=tied,
             attn_bias=bias,
@@ -185,6 +201,7 @@ def config_from_metadata(
             eos_token_ids=eos_ids,
             name=meta.str("general.name", path.stem),
             **_sliding(meta, arch),
+            **switches,
         )
     except ValueError as e:
         if isinstance(e, ModelFileError):
@@ -372,6 +389,42 @@ def _code_rows(raw: _RawRows, qname: str, n_head: int | None):
     return read
 
 
+# llama.cpp's ternary types: blocks of 256 weights, one fp16 scale d each, w = d * t with t in
+# {-1, 0, 1}; the fp16 d is the block's last two bytes in both. edgelut's "tq" (symmetric) is
+# w = scale * t per group, so a block is two groups of 128 with d repeated: the same numbers.
+TERNARY_TYPES = ("TQ1_0", "TQ2_0")
+TERNARY_GROUP = 128
+
+
+def ternary_codes(blocks: np.ndarray, qtype: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """TQ1_0/TQ2_0 rows -> (codes int8 (N, K) in {-1, 0, 1}, scales (N, K/128), None), the file's own codes.
+
+    The codes are the blocks dequantised with every d set to 1 (gguf's decoder
+    of the base-3 or 2-bit packing, so nothing here re-implements it).
+    """
+    gguf = _require_gguf()
+    raw = np.array(blocks, dtype=np.uint8).reshape(n * (k // 256), -1)
+    d = raw[:, -2:].copy().view(np.float16).astype(np.float32)[:, 0]
+    raw[:, -2:] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+    codes = np.asarray(gguf.quants.dequantize(raw.reshape(-1), qtype), dtype=np.float32).reshape(n, k)
+    scales = np.repeat(d.reshape(n, k // 256), 256 // TERNARY_GROUP, axis=1)
+    return codes.astype(np.int8), scales, None
+
+
+def _ternary_rows(raw: _RawRows, qtype: Any, n_head: int | None):
+    """read_rows(a, b) -> the TQ1_0/TQ2_0 (codes, scales, None) of rows [a, b)."""
+
+    def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray, None]:
+        if n_head is None:
+            return ternary_codes(raw.read(a, b), qtype, b - a, raw.shape[1])
+        a0, b0, heads = _whole_heads(a, b, raw.rows, n_head)
+        c, s, _ = ternary_codes(raw.read(a0, b0), qtype, b0 - a0, raw.shape[1])
+        c, s = (np.ascontiguousarray(unpermute_rows(x, heads)[a - a0 : b - a0]) for x in (c, s))
+        return c, s, None
+
+    return read
+
+
 def _layer_index(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blk.") else None
 
@@ -384,7 +437,7 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     """
     path = Path(path)
     f = open_reader(path)
-    arch = f.meta.str("general.architecture", None)
+    arch, _ = edgelut_architecture(f.meta.str("general.architecture", None))
     embd = f.tensor("token_embd.weight")
     if embd is None:
         raise ModelFileError(f"{path}: GGUF has no token_embd.weight tensor")
@@ -407,6 +460,8 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
     dequantizable = {q.name for q in gguf.GGMLQuantizationType} - _NOT_DEQUANTIZABLE
     tensors = LazyTensors()
     codes = LazyTensors()
+    specs: dict[str, tuple[str, int, bool]] = {}
+    ternary: dict[str, int] = {}
     for t in f.tensors:
         layer = _layer_index(t.name)
         if layer is not None and layer >= config.n_layers:
@@ -415,6 +470,8 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
         qname = t.type_name
         if qname not in dequantizable:
             raise ModelFileError(f"{path}: tensor {t.name} has unsupported type {qname}")
+        if t.name.endswith(".scale"):  # older BitNet GGUFs: a per-tensor scale beside each weight
+            raise ModelFileError(f"{path}: tensor {t.name}: per-tensor scale tensors are not supported")
         kind = t.name.split(".")[-2] if t.name.startswith("blk.") else ""
         n_head = heads.get(kind)
         if n_head is not None and shape[0] % (2 * n_head):
@@ -425,11 +482,17 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
         tensors.add(t.name, RowSource(shape, _float_rows(raw, gguf.GGMLQuantizationType(t.type), n_head)))
         if qname in ("Q4_0", "Q4_1") and len(shape) == 2:
             codes.add(t.name, RowSource(shape, _code_rows(raw, qname, n_head)))
+        elif qname in TERNARY_TYPES and len(shape) == 2:
+            codes.add(t.name, RowSource(shape, _ternary_rows(raw, gguf.GGMLQuantizationType(t.type), n_head)))
+            specs[t.name] = ("tq", TERNARY_GROUP, False)
+            ternary[qname] = ternary.get(qname, 0) + 1
+    n_matrices = sum(1 for name in tensors if len(tensors.source(name).shape) == 2)
     if ARCHITECTURES[arch].fused_qkv:
-        from edgelut.models.importers.huggingface import split_fused
+        from edgelut.models.importers.huggingface import split_fused, split_specs
 
         split_fused(tensors, config)
         split_fused(codes, config)  # type: ignore[arg-type]
+        split_specs(specs)
     _phi3_rope(f.meta, arch, config, tensors, path)
     tokenizer, turn_ends = _tokenizer_and_turn_ends(f)
     config.eos_token_ids = tuple(dict.fromkeys([*config.eos_token_ids, *turn_ends]))
@@ -445,4 +508,21 @@ def load_gguf(path: str | Path, *, layers: int | None = None) -> ImportedModel:
         tokenizer=tokenizer,
         source=str(path),
         source_codes=codes,
+        source_specs=specs,
+        import_info=_ternary_info(ternary, specs, n_matrices),
     )
+
+
+def _ternary_info(ternary: dict[str, int], specs: dict[str, Any], n_matrices: int) -> dict[str, Any]:
+    """The import record of a GGUF with ternary tensors (what `edgelut info` shows), else empty."""
+    if not ternary:
+        return {}
+    return {
+        "format": "gguf-ternary",
+        "bits": 1.58,
+        "group_size": 256,
+        "types": dict(sorted(ternary.items())),
+        "layers": n_matrices,
+        "exact_layers": len(specs),
+        "edgelut_groups": [TERNARY_GROUP],
+    }

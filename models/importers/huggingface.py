@@ -41,6 +41,9 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # BitNet's norms before o_proj and down_proj.
+    "self_attn.attn_sub_norm.weight": "attn_sub_norm.weight",
+    "mlp.ffn_sub_norm.weight": "ffn_sub_norm.weight",
     # Phi-3 fuses them; split_fused() cuts them apart after import.
     "self_attn.qkv_proj.weight": "attn_qkv.weight",
     "mlp.gate_up_proj.weight": "ffn_up.weight",
@@ -129,7 +132,9 @@ def split_fused(tensors: dict[str, Any], config: ModelConfig) -> None:
     f = config.intermediate_size
 
     def rows(t: Any, a: int, b: int) -> Any:
-        return tuple(x[a:b] for x in t) if isinstance(t, tuple) else np.ascontiguousarray(t[a:b])
+        if isinstance(t, tuple):  # (codes, scales, mins); ternary codes have no mins
+            return tuple(None if x is None else x[a:b] for x in t)
+        return np.ascontiguousarray(t[a:b])
 
     for i in range(config.n_layers):
         p = f"blk.{i}."
@@ -143,6 +148,17 @@ def split_fused(tensors: dict[str, Any], config: ModelConfig) -> None:
         if n == 2 * f and p + "ffn_gate.weight" not in tensors:  # gate first, then up (HF chunk(2))
             tensors[p + "ffn_gate.weight"] = rows(up, 0, f)
             tensors[p + "ffn_up.weight"] = rows(up, f, 2 * f)
+
+
+def split_specs(specs: dict[str, Any]) -> None:
+    """ImportedModel.source_specs of fused tensors, split in place as split_fused splits the tensors."""
+    for name in list(specs):
+        if name.endswith("attn_qkv.weight"):
+            spec = specs.pop(name)
+            for part in "qkv":
+                specs[name.replace("attn_qkv", f"attn_{part}")] = spec
+        elif name.endswith("ffn_up.weight"):
+            specs[name.replace("ffn_up", "ffn_gate")] = specs[name]
 
 
 def longrope(scaling: dict[str, Any], max_pos: int, original: int, attn_factor: Any = None) -> dict[str, Any]:
@@ -170,6 +186,16 @@ def arch_of(cfg: dict[str, Any], path: Path) -> str:
             f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
         )
     return arch
+
+
+def _bitnet(cfg: dict[str, Any], arch: str, path: Path) -> dict[str, Any]:
+    """BitNet's gate activation: ReLU^2 (2B-4T) or SiLU (the 1bitLLM models)."""
+    if arch != "bitnet":
+        return {}
+    act = str(cfg.get("hidden_act", "relu2"))
+    if act not in ("relu2", "silu"):
+        raise ValueError(f"{path}: BitNet hidden_act {act!r} is not supported (relu2, silu)")
+    return {"ffn_act": act}
 
 
 def _sliding(cfg: dict[str, Any], arch: str, path: Path) -> dict[str, Any]:
@@ -246,6 +272,7 @@ def config_from_hf(cfg: dict[str, Any], path: Path, tied: bool, bias: bool | Non
             eos_token_ids=eos_ids,
             name=str(cfg.get("_name_or_path", path.name)),
             **_sliding(cfg, arch, path),
+            **_bitnet(cfg, arch, path),
             **extra,
         )
     except KeyError as e:
@@ -308,7 +335,15 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     # numpy has no bfloat16: read the raw bytes and widen (bf16 is the top half of a float32).
     out: dict[str, np.ndarray] = {}
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16, "I64": np.int64}
+    dtypes = {
+        "F32": np.float32,
+        "F16": np.float16,
+        "F64": np.float64,
+        "BF16": np.uint16,
+        "I64": np.int64,
+        "I32": np.int32,
+        "U8": np.uint8,
+    }
     for name, info in header.items():
         if info["dtype"] not in dtypes:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
@@ -330,8 +365,14 @@ def finish_import(
     Gemma's norms compute x * (1 + w) in float32; the float32 sum is stored,
     so x * w' is the same product bit for bit.
     """
+    from edgelut.models.importers.lowbit import dequantize_checkpoint, quant_format
+
     arch = arch_of(cfg_json, path)
     plus_one = ARCHITECTURES[arch].norm_plus_one
+    fmt = quant_format(cfg_json, path)
+    layers: dict[str, Any] = {}
+    if fmt is not None:
+        raw, layers = dequantize_checkpoint(raw, fmt, path)
     tensors = {}
     for name, arr in raw.items():
         gg = hf_to_gguf_name(name, arch)
@@ -346,7 +387,12 @@ def finish_import(
     )
     split_fused(tensors, config)
     check_tensors(tensors, config, path)
-    return ImportedModel(config=config, tensors=tensors, tokenizer=tokenizer, source=str(path))
+    model = ImportedModel(config=config, tensors=tensors, tokenizer=tokenizer, source=str(path))
+    if fmt is not None:
+        from edgelut.models.importers.lowbit import attach_codes
+
+        attach_codes(model, {hf_to_gguf_name(k, arch): v for k, v in layers.items()}, fmt)
+    return model
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

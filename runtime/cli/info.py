@@ -23,6 +23,33 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _import_line(imp: dict) -> str:
+    """One line on a trained low-bit import: format, bits, groups, what is exact."""
+    group = imp.get("group_size")
+    groups = "one group per row" if isinstance(group, int) and group <= 0 else f"groups of {group}"
+    kind = imp.get("format")
+    if kind == "gguf-ternary":
+        types = ", ".join(f"{n} {t}" for t, n in (imp.get("types") or {}).items())
+        exact, total = imp.get("exact_layers"), imp.get("layers")
+        return f"ternary GGUF ({types}), {groups}, {exact}/{total} matrices ternary, imported exactly"
+    if kind == "bitnet":
+        groups = f"ternary, one scale per tensor ({imp.get('linear_class')})"
+    if kind == "gptq":
+        groups += f" ({'sym' if imp.get('sym') else 'asym'}{', act-order' if imp.get('desc_act') else ''})"
+    line = (
+        f"{kind} {imp.get('bits')}-bit, {groups}, {imp.get('exact_layers')}/{imp.get('layers')} layers exact"
+    )
+    if imp.get("permuted_layers"):
+        line += f", {imp['permuted_layers']} with columns reordered"
+    if imp.get("rounded_scales"):
+        line += f", {imp['rounded_scales']} per-tensor scales rounded to fp16"
+    if imp.get("rounded_mins"):
+        line += f", {imp['rounded_mins']} of {imp.get('groups')} group mins rounded to fp16"
+    if imp.get("requantised"):
+        line += f", {len(imp['requantised'])} re-quantised"
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import re
@@ -56,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
             f"{' asym' if rec.get('asym') else ''}; overrides {rec.get('overrides') or 'none'}"
         )
+    imp = rec.get("import") if rec else None
+    if isinstance(imp, dict):
+        print(f"import:        {_import_line(imp)}")
     if f.shard.world_size > 1:
         print(f"shard:         {f.shard.rank + 1} of {f.shard.world_size}")
     # Per tensor (or per tensor kind: blk.N. folded away).
