@@ -8,10 +8,11 @@ The quantiser is chosen in this order:
    spec is q4, group 32, asymmetric -> the source codes/scales/mins are packed as they are;
 3. ternary spec ("tq") with method rtn/ternary, symmetric -> absmean (BitNet b1.58);
 4. method gptq with calibration -> GPTQ;
-5. otherwise RTN with clip search (weighted by diag(X^T X) when calibrated).
+5. otherwise RTN with clip search, weighted by diag(X^T X) when calibrated, else by
+   the importance matrix (``--imatrix``, quantize/imatrix.py) when one is given.
 
 Token embeddings are always RTN (rows are looked up, not multiplied), without the
-least-squares refit.
+least-squares refit; an imatrix entry for them (a tied head's input) weights their search.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from edgelut.kernels import PLANES, PackedMatrix, from_buffer, pack
 from edgelut.models.config import ImportedModel
 from edgelut.models.lazy import tensor_rows, tensor_shape
+from edgelut.quantize.imatrix import ImportanceMatrix, importance_for
 from edgelut.quantize.recipe import Recipe, TensorSpec
 
 __all__ = ["convert", "join_row_blocks", "load_source", "quantize_model", "quantize_rows", "quantize_tensor"]
@@ -52,10 +54,12 @@ def quantize_tensor(
     source_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     act_order: bool = False,
     factor: Any = None,
+    importance: np.ndarray | None = None,
 ) -> PackedMatrix | np.ndarray:
     """One weight matrix -> PackedMatrix (or the float array for a float spec).
 
     ``factor`` (a ``GPTQFactor`` of ``h``) saves re-factorising a Hessian shared by several tensors.
+    ``importance`` (K,) weights RTN's search when there is no Hessian (an imatrix entry).
     """
     from edgelut.quantize.gptq import quantize_gptq
     from edgelut.quantize.rtn import quantize_rtn
@@ -73,7 +77,8 @@ def quantize_tensor(
     elif method == "gptq" and h is not None and not is_embedding:
         codes, scales, mins = quantize_gptq(w, h, qt, g, asym=asym, act_order=act_order, factor=factor)
     else:
-        importance = None if h is None or is_embedding else np.diag(h)
+        if h is not None:
+            importance = None if is_embedding else np.diag(h)
         # The embedding keeps the plain clip search: on SmolLM2 q4 the refit moved perplexity
         # within noise (33.10 -> 32.90) but turned the greedy answer to the README's chat
         # question from English into French, so the default model would change behaviour
@@ -133,6 +138,7 @@ def quantize_rows(
     spec: TensorSpec,
     method: str,
     source_codes: Mapping[str, Any],
+    importance: np.ndarray | None = None,
 ) -> PackedMatrix | np.ndarray:
     """RTN / ternary / lossless quantisation of one matrix, a block of rows at a time.
 
@@ -146,12 +152,13 @@ def quantize_rows(
     codes = source_codes if lossless and name in source_codes else None
     if spec.is_float or n <= step:
         sc = None if codes is None else codes[name]
-        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc)
+        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc, importance=importance)
     parts = []
     for a in range(0, n, step):
         b = min(n, a + step)
         sc = None if codes is None else tensor_rows(codes, name, a, b)
-        parts.append(quantize_tensor(name, tensor_rows(tensors, name, a, b), spec, method, source_codes=sc))
+        rows = tensor_rows(tensors, name, a, b)
+        parts.append(quantize_tensor(name, rows, spec, method, source_codes=sc, importance=importance))
     return join_row_blocks(parts, n, k)
 
 
@@ -162,8 +169,12 @@ def quantize_model(
     calib_ids: np.ndarray | None = None,
     progress: bool = True,
     sink: Callable[[str, PackedMatrix | np.ndarray], Any] | None = None,
+    imatrix: ImportanceMatrix | None = None,
 ) -> dict[str, Any]:
     """Every tensor of the model, quantised per recipe (1-D tensors stay float).
+
+    ``imatrix`` weights the RTN search of the tensors it has entries for (not
+    used with calibration tokens, whose Hessians carry the same information).
 
     One tensor is quantised at a time (RTN a block of rows at a time) and
     handed to ``sink`` (e.g. ``TensorSpill.put``), whose results are returned;
@@ -218,7 +229,9 @@ def quantize_model(
             pass
     for name in matrices:
         if name not in out:
-            t = quantize_rows(name, model.tensors, recipe.spec_for(name), recipe.method, model.source_codes)
+            spec = recipe.spec_for(name)
+            imp = importance_for(imatrix, name)
+            t = quantize_rows(name, model.tensors, spec, recipe.method, model.source_codes, imp)
             out[name] = store(name, t)
             bar.update(int(np.prod(tensor_shape(model.tensors, name))))
     bar.close()
@@ -237,6 +250,7 @@ def convert(
     float_type: str = "f32",
     progress: bool = True,
     extra_recipe: dict[str, Any] | None = None,
+    imatrix: ImportanceMatrix | None = None,
 ) -> Path:
     """Quantises the model per recipe and writes the model file; returns its path.
 
@@ -250,6 +264,8 @@ def convert(
     info = recipe.to_json()
     info["calibration_tokens"] = 0 if calib_ids is None else int(np.size(calib_ids))
     info["source"] = model.source
+    if imatrix is not None:
+        info["imatrix"] = {"entries": len(imatrix.sums), "chunks": imatrix.chunks, "datasets": imatrix.datasets}
     info.update(extra_recipe or {})
     with TensorSpill(Path(out_path).resolve().parent) as spill:
         tensors = quantize_model(
@@ -258,6 +274,7 @@ def convert(
             calib_ids=calib_ids,
             progress=progress,
             sink=lambda name, t: spill.put(name, t, float_type),
+            imatrix=imatrix,
         )
         return write_model_file(
             out_path,
