@@ -80,6 +80,24 @@ def _linear(x: np.ndarray, tensors: Mapping[str, np.ndarray], name: str, dtype: 
     return y
 
 
+def block_hadamard(x: np.ndarray, block: int) -> np.ndarray:
+    """x (..., F) times the block-diagonal normalised Sylvester Hadamard matrix (blocks of ``block``).
+
+    The online half of the incoherence rotation (quantize/rotate.py): the FFN
+    activation is transformed before ffn_down, whose weights hold the inverse.
+    """
+    f = x.shape[-1]
+    y = np.array(x, copy=True).reshape(*x.shape[:-1], f // block, block)
+    h = 1
+    while h < block:  # fast Walsh-Hadamard butterflies, as the engine runs them
+        y = y.reshape(*y.shape[:-1], block // (2 * h), 2, h)
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        y = y.reshape(*y.shape[:-3], block)
+        h *= 2
+    return (y * y.dtype.type(1.0 / np.sqrt(block))).reshape(x.shape)
+
+
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x * x * x)))
 
@@ -153,6 +171,8 @@ def forward(
         up = _linear(xn, w, f"{p}.ffn_up", dtype)
         gated = gelu_tanh(gate) if cfg.ffn_act == "gelu_tanh" else gate / (1.0 + np.exp(-gate))  # or silu
         act = gated * up
+        if cfg.ffn_hadamard:
+            act = block_hadamard(act, cfg.ffn_hadamard)
         out = _linear(act, w, f"{p}.ffn_down", dtype)
         if cfg.post_norms:
             out = norm(out, f"{p}.post_ffw_norm.weight")
@@ -235,6 +255,7 @@ def perplexity(
 __all__ = [
     "PerplexityResult",
     "apply_rope",
+    "block_hadamard",
     "forward",
     "gelu_tanh",
     "greedy_generate",

@@ -26,7 +26,6 @@ file and ``edgelut info --tensors`` need nothing new.
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ import numpy as np
 
 from edgelut.kernels import PackedMatrix
 from edgelut.models.config import ImportedModel
-from edgelut.models.lazy import tensor_shape
+from edgelut.models.lazy import tensor_rows, tensor_shape
 from edgelut.quantize.imatrix import ImportanceMatrix, importance_for
 from edgelut.quantize.recipe import Recipe, TensorSpec
 
@@ -46,27 +45,11 @@ __all__ = [
     "choose_widths",
     "measure_model",
     "measure_tensor",
-    "parse_size",
 ]
 
 DEFAULT_CANDIDATES: tuple[TensorSpec, ...] = tuple(
     TensorSpec(q, g, True) for q in ("q2", "q3", "q4") for g in (128, 64, 32)
 ) + (TensorSpec("q1", 32, True),)
-
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'800M' / '1.2G' / '750MB' / '700MiB' / '123456' -> bytes (K/M/G decimal, KiB/MiB/GiB binary)."""
-    m = _SIZE.fullmatch(str(text))
-    if m is None:
-        raise ValueError(f"size {text!r} is not a number with an optional K/M/G/T suffix")
-    value, unit, binary = float(m.group(1)), m.group(2).lower(), bool(m.group(3))
-    power = " kmgt".index(unit) if unit else 0
-    size = int(round(value * (1024 if binary else 1000) ** power))
-    if size <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return size
 
 
 @dataclass
@@ -109,16 +92,42 @@ class Allocation:
         }
 
 
+# Rows of a tensor the sensitivity is measured on: every row is quantised on its own, so a sample
+# of rows estimates the whole tensor's error; whole 64-row tiles, so the bytes scale exactly.
+SAMPLE_ROWS = 1024
+
+
+def _sample(model: ImportedModel, name: str) -> tuple[np.ndarray, float]:
+    """(a sample of whole 64-row tiles of the tensor, its share of the tensor's tiles)."""
+    n = tensor_shape(model.tensors, name)[0]
+    tiles = -(-n // 64)
+    take = min(tiles, SAMPLE_ROWS // 64)
+    if take == tiles:
+        return np.asarray(model.tensors[name], dtype=np.float32), 1.0
+    starts = np.linspace(0, tiles - 1, take).round().astype(np.int64) * 64
+    rows = [
+        np.asarray(tensor_rows(model.tensors, name, int(s), min(n, int(s) + 64)), np.float32) for s in starts
+    ]
+    # A sample drawn from a short last tile would not be whole: only full tiles are taken.
+    rows = [r for r in rows if r.shape[0] == 64] or rows
+    return np.concatenate(rows), len(rows) / tiles
+
+
 def measure_tensor(
     name: str, model: ImportedModel, spec: TensorSpec, importance: np.ndarray | None
 ) -> tuple[int, float]:
-    """(stored bytes, relative weighted output error) of one tensor at one spec."""
-    from edgelut.quantize.convert import quantize_rows
+    """(stored bytes, relative weighted output error) of one tensor at one spec.
 
-    t = quantize_rows(name, model.tensors, spec, "rtn", model.source_codes, importance)
+    Large tensors are measured on :data:`SAMPLE_ROWS` rows in whole tiles (the bytes scaled to the
+    whole tensor); the choice needs errors to a few percent, not the exact figure.
+    """
+    from edgelut.quantize.convert import quantize_tensor
+
+    w, share = _sample(model, name)
+    t = quantize_tensor(name, w, spec, "rtn", importance=importance)
     nbytes = int(np.asarray(t.data).nbytes) if isinstance(t, PackedMatrix) else int(t.nbytes)
+    nbytes = int(round(nbytes / share))
     deq = t.dequantize() if isinstance(t, PackedMatrix) else t
-    w = np.asarray(model.tensors[name], dtype=np.float32)
     imp = np.ones(w.shape[1], np.float64) if importance is None else np.asarray(importance, np.float64)
     # Column sums of squares, in float64: the relative errors of tensors are compared with each other.
     d = np.einsum("nk,nk->k", (w - deq).astype(np.float64), (w - deq).astype(np.float64))
@@ -218,7 +227,8 @@ def allocate(m: Measurements, budget: int) -> Allocation:
     used += sum(h[0][1] for h in hulls.values())
     if used > budget:
         raise ValueError(
-            f"the target ({budget:,} bytes of tensors) is below the smallest these widths make ({used:,} bytes)"
+            f"the target ({budget:,} bytes of tensors) is below the smallest these widths make "
+            f"({used:,} bytes)"
         )
 
     def push(heap: list, name: str) -> None:

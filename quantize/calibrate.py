@@ -21,7 +21,7 @@ import numpy as np
 
 from edgelut.models.config import ImportedModel, ModelConfig
 from edgelut.models.lazy import tensor_rows, tensor_shape
-from edgelut.models.reference import apply_rope, gelu_tanh, rms_norm, rope_angles, softmax
+from edgelut.models.reference import apply_rope, block_hadamard, gelu_tanh, rms_norm, rope_angles, softmax
 from edgelut.quantize.gptq import hessian
 
 __all__ = [
@@ -184,6 +184,8 @@ def _layers(
         g = x @ wg.T
         gated = gelu_tanh(g) if cfg.ffn_act == "gelu_tanh" else g / (1.0 + np.exp(-g))
         act = (gated * (x @ wu.T)).astype(np.float32)
+        if cfg.ffn_hadamard:
+            act = block_hadamard(act, cfg.ffn_hadamard)
         wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], stats(act))
         out = act @ wd.T
         if cfg.post_norms:

@@ -265,7 +265,11 @@ def convert(
     info["calibration_tokens"] = 0 if calib_ids is None else int(np.size(calib_ids))
     info["source"] = model.source
     if imatrix is not None:
-        info["imatrix"] = {"entries": len(imatrix.sums), "chunks": imatrix.chunks, "datasets": imatrix.datasets}
+        info["imatrix"] = {
+            "entries": len(imatrix.sums),
+            "chunks": imatrix.chunks,
+            "datasets": imatrix.datasets,
+        }
     info.update(extra_recipe or {})
     with TensorSpill(Path(out_path).resolve().parent) as spill:
         tensors = quantize_model(

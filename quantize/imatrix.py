@@ -57,9 +57,16 @@ class ImportanceMatrix:
         return (s / max(self.counts.get(name, 1.0), 1.0)).astype(np.float32)
 
     def check_against(self, model: ImportedModel) -> None:
-        """Raises ValueError when an entry names no matrix of the model or has the wrong width."""
+        """Raises ValueError when an entry names no matrix of the model or has the wrong width.
+
+        An ``output.weight`` entry for a model with a tied head is moved to ``token_embd.weight``.
+        """
         if not self.sums:
             raise ValueError("imatrix holds no tensors")
+        head, embd = "output.weight", "token_embd.weight"
+        if head in self.sums and head not in model.tensors and embd not in self.sums:
+            # A tied head is token_embd; llama.cpp may name its input either way.
+            self.sums[embd], self.counts[embd] = self.sums.pop(head), self.counts.pop(head)
         matched = 0
         for name in self.names():
             if name not in model.tensors:
@@ -231,4 +238,3 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
 def importance_for(im: ImportanceMatrix | None, name: str) -> np.ndarray | None:
     """E[x_k^2] of a tensor's inputs, or None (no imatrix, or no entry for it)."""
     return None if im is None else im.mean(name)
-

@@ -21,23 +21,32 @@ dividing D: H_p the normalised Sylvester Hadamard matrix, R_m a random
 orthogonal matrix (Haar, QR of a Gaussian) for the odd factor (896 = 128 * 7,
 576 = 64 * 9) and s random signs, seeded so a conversion is reproducible.
 
+The FFN's inner dimension cannot be rotated offline (SwiGLU is elementwise),
+so ffn_down's input gets an online transform (QuaRot's R4): the engine and the
+numpy reference multiply the activation by a block-diagonal normalised
+Hadamard matrix H (blocks of the largest power of two dividing the FFN width,
+at most 1024: n log2(block) adds a token, nothing next to ffn_down itself),
+and ffn_down holds W diag(s) H. The random signs s are absorbed offline into
+the rows of ffn_up (silu(g) * (s u) = s (silu(g) * u)).
+
 Limits: the head must be its own tensor, because the folded output norm makes
 it differ from the rotated embedding; a tied model is untied (the head is
 written as an extra matrix, vocab x hidden weights more). Families with norms
 that do not commute with Q (Gemma 3's post-attention/post-FFN norms sit between
-a writer and the residual) are refused. The block-diagonal online Hadamard on
-ffn_down's input (QuaRot's R4) needs an engine transform and is not here.
+a writer and the residual) are refused, as is a model rotated already.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
 from edgelut.models.config import ImportedModel
+from edgelut.models.reference import block_hadamard
 
-__all__ = ["hadamard", "random_rotation", "rotate_model", "rotation_problem"]
+__all__ = ["ffn_block", "hadamard", "random_rotation", "rotate_model", "rotation_problem"]
 
 READERS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight")
 WRITERS = ("attn_output", "ffn_down")
@@ -74,6 +83,8 @@ def rotation_problem(model: ImportedModel) -> str | None:
             f"{cfg.architecture}: post-attention/post-FFN norms sit between the output projections and the "
             "residual, so the rotation cannot be folded through them"
         )
+    if cfg.ffn_hadamard:
+        return "the model is rotated already (it has an online FFN Hadamard)"
     t = model.tensors
     for i in range(cfg.n_layers):
         for name in ("attn_norm.weight", "ffn_norm.weight"):
@@ -82,8 +93,21 @@ def rotation_problem(model: ImportedModel) -> str | None:
     return None
 
 
+MAX_FFN_BLOCK = 1024
+
+
+def ffn_block(intermediate: int) -> int:
+    """The online Hadamard block for an FFN width: its largest power-of-two divisor, at most 1024
+    ($EDGELUT_ROTATE_FFN=0 turns the online half off, for A/B measurements)."""
+    if os.environ.get("EDGELUT_ROTATE_FFN", "").strip() == "0":
+        return 0
+    block = min(intermediate & -intermediate, MAX_FFN_BLOCK)
+    return block if block > 1 else 0
+
+
 def rotate_model(model: ImportedModel, seed: int = 0) -> ImportedModel:
-    """The same model with its residual stream rotated by :func:`random_rotation` (float weights).
+    """The same model with its residual stream rotated by :func:`random_rotation` (float weights)
+    and ffn_down's input by an online block Hadamard (:func:`ffn_block`).
 
     Returns a new ImportedModel (the input is not changed) with untied head,
     unit norm weights and no source codes (the rotated weights are new).
@@ -95,6 +119,8 @@ def rotate_model(model: ImportedModel, seed: int = 0) -> ImportedModel:
     cfg = model.config
     src = model.tensors
     q = random_rotation(cfg.hidden_size, seed)
+    block = ffn_block(cfg.intermediate_size)
+    signs = np.random.default_rng([seed, 1]).choice([-1.0, 1.0], size=cfg.intermediate_size)
     t: dict[str, np.ndarray] = {}
     for name in src:
         t[name] = np.asarray(src[name], dtype=np.float32)
@@ -114,12 +140,16 @@ def rotate_model(model: ImportedModel, seed: int = 0) -> ImportedModel:
         fold(p + "ffn_norm.weight", (p + "ffn_gate.weight", p + "ffn_up.weight"))
         for n in READERS:
             t[p + n] = (t[p + n].astype(np.float64) @ q).astype(np.float32)
+        if block:
+            t[p + "ffn_up.weight"] = (t[p + "ffn_up.weight"] * signs[:, None]).astype(np.float32)
+            down = t[p + "ffn_down.weight"].astype(np.float64) * signs[None, :]
+            t[p + "ffn_down.weight"] = block_hadamard(down, block)
         for n in WRITERS:
             t[f"{p}{n}.weight"] = (q.T @ t[f"{p}{n}.weight"].astype(np.float64)).astype(np.float32)
             if f"{p}{n}.bias" in t:
                 t[f"{p}{n}.bias"] = (t[f"{p}{n}.bias"].astype(np.float64) @ q).astype(np.float32)
     t["output.weight"] = (t["output.weight"] @ q).astype(np.float32)
     t["token_embd.weight"] = (t["token_embd.weight"].astype(np.float64) @ q).astype(np.float32)
-    config = dataclasses.replace(cfg, tie_embeddings=False)
+    config = dataclasses.replace(cfg, tie_embeddings=False, ffn_hadamard=block)
     # Keep the importer's order (the file writer orders by the config anyway); the head is new when tied.
     return ImportedModel(config, t, model.tokenizer, source=model.source, source_codes={})

@@ -8,7 +8,7 @@ from mfile_helpers import tiny_model
 
 from edgelut.cli import main
 from edgelut.models.modelfile import read_model_file
-from edgelut.quantize.allocate import _hull, choose_widths, parse_size
+from edgelut.quantize.allocate import _hull, choose_widths
 from edgelut.quantize.imatrix import ImportanceMatrix
 from edgelut.quantize.recipe import TensorSpec
 
@@ -26,17 +26,6 @@ def tiny_source(monkeypatch, model):
 
 def _bits(spec: TensorSpec) -> int:
     return int(spec.qtype[1:])
-
-
-def test_parse_size():
-    assert parse_size("800M") == 800_000_000
-    assert parse_size("1.5G") == 1_500_000_000
-    assert parse_size("700MiB") == 700 * 2**20
-    assert parse_size("12345") == 12345
-    assert parse_size("64kb") == 64_000
-    for bad in ("", "M", "-5M", "3X", "0"):
-        with pytest.raises(ValueError):
-            parse_size(bad)
 
 
 def test_hull_keeps_the_lower_convex_frontier():
@@ -62,7 +51,7 @@ def test_chooser_meets_the_budget_and_prefers_sensitive_tensors(model):
     alloc = choose_widths(m, budget, imatrix=im)
     assert alloc.tensor_bytes <= budget
     assert abs(alloc.bpw - 2.6) / 2.6 < 0.02
-    others = [_bits(s) for name, s in alloc.specs.items() if name.endswith("attn_output.weight") and name != sensitive]
+    others = [_bits(s) for n, s in alloc.specs.items() if n.endswith("attn_output.weight") and n != sensitive]
     assert _bits(alloc.specs[sensitive]) > max(others), alloc.specs
     plain = choose_widths(m, budget)  # without the imatrix the same tensor looks ordinary
     assert _bits(plain.specs[sensitive]) <= _bits(alloc.specs[sensitive])
@@ -74,7 +63,8 @@ def test_chooser_meets_the_budget_and_prefers_sensitive_tensors(model):
 
 def test_cli_target_bpw_lands_within_2_percent(tmp_path, tiny_source, capsys):
     out = tmp_path / "t.elut"
-    assert main(["quantize", "tiny", "-o", str(out), "--target-bpw", "2.8", "--recipe", "output=q4:g32", "-q"]) == 0
+    args = ["quantize", "tiny", "-o", str(out), "--target-bpw", "2.8", "--recipe", "output=q4:g32", "-q"]
+    assert main(args) == 0
     f = read_model_file(out)
     entries = list(f.entries.values())
     bpw = 8 * sum(e.nbytes for e in entries) / sum(e.n_weights for e in entries)
@@ -102,5 +92,7 @@ def test_cli_target_bad_values(tmp_path, tiny_source, capsys):
     assert "--target-size" in capsys.readouterr().err
     assert main(["quantize", "tiny", "-o", out, "--target-bpw", "0.5", "-q"]) == 2
     assert "--target-bpw" in capsys.readouterr().err
+    assert main(["quantize", "tiny", "-o", out, "--target-size", "0", "-q"]) == 2
+    assert "--target-size" in capsys.readouterr().err
     assert main(["quantize", "tiny", "-o", out, "--target-size", "10k", "-q"]) == 2
     assert "below the smallest" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def test_collect_matches_numpy_and_covers_every_linear():
 def test_gguf_round_trip_and_legacy_dat(tmp_path):
     rng = np.random.default_rng(0)
     im = ImportanceMatrix(
-        sums={"blk.0.attn_q.weight": rng.random(8, dtype=np.float32), "output.weight": rng.random(4, np.float32)},
+        sums={"blk.0.attn_q.weight": rng.random(8, np.float32), "output.weight": rng.random(4, np.float32)},
         counts={"blk.0.attn_q.weight": 100.0, "output.weight": 100.0},
         datasets=["calib.txt"],
         chunks=3,
@@ -89,11 +89,12 @@ def test_bad_imatrix_files_are_one_line_errors(tmp_path):
 
 def test_bad_imatrix_against_model(tmp_path, tiny_source, capsys):
     out = tmp_path / "o.elut"
-    wrong = ImportanceMatrix(sums={"blk.9.attn_q.weight": np.ones(128, np.float32)}, counts={"blk.9.attn_q.weight": 1})
+    q9, q0 = "blk.9.attn_q.weight", "blk.0.attn_q.weight"
+    wrong = ImportanceMatrix(sums={q9: np.ones(128, np.float32)}, counts={q9: 1})
     bad_names = save_imatrix(tmp_path / "names.gguf", wrong)
     assert main(["quantize", "tiny", "-o", str(out), "--bits", "3", "--imatrix", str(bad_names), "-q"]) == 2
     _one_error_line(capsys, "--imatrix", "blk.9.attn_q.weight", "does not have")
-    short = ImportanceMatrix(sums={"blk.0.attn_q.weight": np.ones(7, np.float32)}, counts={"blk.0.attn_q.weight": 1})
+    short = ImportanceMatrix(sums={q0: np.ones(7, np.float32)}, counts={q0: 1})
     bad_shape = save_imatrix(tmp_path / "shape.gguf", short)
     assert main(["quantize", "tiny", "-o", str(out), "--bits", "3", "--imatrix", str(bad_shape), "-q"]) == 2
     _one_error_line(capsys, "--imatrix", "7 values")
@@ -142,7 +143,15 @@ def test_cli_imatrix_then_quantize(tmp_path, tiny_source, capsys):
 
 
 def test_cli_imatrix_bad_flags(tmp_path, tiny_source, capsys):
-    assert main(["imatrix", "tiny", "-o", str(tmp_path / "x.gguf"), "--text", str(tmp_path / "none.txt")]) == 2
+    out = str(tmp_path / "x.gguf")
+    assert main(["imatrix", "tiny", "-o", out, "--text", str(tmp_path / "none.txt")]) == 2
     _one_error_line(capsys, "--text", "not a file")
     assert main(["imatrix", "tiny", "-o", str(tmp_path / "x.gguf"), "--chunks", "0"]) == 2
     _one_error_line(capsys, "--chunks")
+
+
+def test_tied_head_entry_named_output_moves_to_the_embedding():
+    model = tiny_model(layers=1, tie=True)
+    im = ImportanceMatrix(sums={"output.weight": np.ones(128, np.float32)}, counts={"output.weight": 4.0})
+    im.check_against(model)
+    assert im.names() == ["token_embd.weight"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from mfile_helpers import load_smollm2, tiny_model
 from model_fixtures import tiny_config, tiny_weights
 
+from edgelut import Model
 from edgelut.cli import main
 from edgelut.models.config import ImportedModel
 from edgelut.models.modelfile import read_model_file
-from edgelut.models.reference import forward
+from edgelut.models.reference import block_hadamard, forward
 from edgelut.quantize.imatrix import collect_imatrix, save_imatrix
 from edgelut.quantize.rotate import hadamard, random_rotation, rotate_model
 
@@ -87,3 +90,44 @@ def test_cli_quantize_rotate(tmp_path, monkeypatch, capsys):
     assert main(["quantize", "tiny", "-o", str(out), "--rotate", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--rotate" in err and "gemma3" in err
+
+
+def test_block_hadamard_is_the_block_diagonal_matrix():
+    x = np.random.default_rng(0).standard_normal((3, 96))
+    want = x @ np.kron(np.eye(3), hadamard(32))
+    np.testing.assert_allclose(block_hadamard(x, 32), want, atol=1e-12)
+
+
+def test_ffn_hadamard_config_is_checked():
+    with pytest.raises(ValueError, match="ffn_hadamard"):
+        tiny_config(ffn_hadamard=24)  # not a power of two
+    with pytest.raises(ValueError, match="ffn_hadamard"):
+        tiny_config(ffn_hadamard=64)  # does not divide 96
+    with pytest.raises(ValueError, match="rotated already"):
+        rotate_model(rotate_model(tiny_model(inter=160)))
+
+
+def test_engine_runs_the_online_transform_like_the_reference():
+    rot = rotate_model(tiny_model(arch="qwen2", tie=True, hidden=128, inter=192, layers=2), seed=2)
+    assert rot.config.ffn_hadamard == 64
+    ids = [1, 5, 9, 3, 7, 2, 11, 4, 8]
+
+    def engine_logits(cfg) -> np.ndarray:
+        m = Model.from_float(cfg, rot.tensors, bits=4, group_size=32, n_ctx=32, n_threads=1, kv_type="f32")
+        return m.eval(ids)
+
+    got = engine_logits(rot.config)
+    # The reference on the weights the engine holds (dequantised), with the transform: the same
+    # logits up to the engine's int8 activations (tests/test_engine.py's tolerance)...
+    deq = {k: (v.dequantize() if hasattr(v, "dequantize") else v) for k, v in m_weights(rot).items()}
+    ref = forward(ImportedModel(rot.config, deq, rot.tokenizer), np.array(ids))
+    assert np.abs(got - ref).max() < 0.035 * np.abs(ref).max()
+    # ...which the engine misses by far without the transform.
+    off = engine_logits(dataclasses.replace(rot.config, ffn_hadamard=0))
+    assert np.abs(off - ref).max() > 3 * np.abs(got - ref).max()
+
+
+def m_weights(model: ImportedModel) -> dict:
+    from edgelut.model import pack_tensors
+
+    return pack_tensors(model.config, model.tensors, bits=4, group_size=32)

@@ -199,6 +199,7 @@ void register_engine(py::module_& m) {
       .def_readwrite("post_norms", &Config::post_norms)
       .def_readwrite("ffn_gelu", &Config::ffn_gelu)
       .def_readwrite("embed_scale", &Config::embed_scale)
+      .def_readwrite("ffn_hadamard", &Config::ffn_hadamard)
       .def_readwrite("attn_scale", &Config::attn_scale)
       .def_readwrite("sliding_window", &Config::sliding_window)
       .def_readwrite("sliding_window_pattern", &Config::sliding_window_pattern)

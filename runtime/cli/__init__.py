@@ -9,7 +9,19 @@ import sys
 
 # Sub-command modules under edgelut.cli; each defines register(subparsers) that
 # adds its parser and sets `func(args) -> int` as the default.
-SUBCOMMANDS = ("chat", "run", "bench", "perplexity", "quantize", "imatrix", "info", "pull", "list", "rm", "serve")
+SUBCOMMANDS = (
+    "chat",
+    "run",
+    "bench",
+    "perplexity",
+    "quantize",
+    "imatrix",
+    "info",
+    "pull",
+    "list",
+    "rm",
+    "serve",
+)
 
 
 class UserError(Exception):

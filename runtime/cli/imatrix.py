@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edgelut.cli import UserError
+from edgelut.cli.common import add_rotate_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,15 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ctx", type=int, default=512, help="tokens per sequence (default 512)")
     p.add_argument("--chunks", type=int, default=8, help="sequences, spread over the text (default 8)")
-    p.add_argument(
-        "--rotate",
-        type=int,
-        nargs="?",
-        const=0,
-        default=None,
-        metavar="SEED",
-        help="collect on the residual-rotated model, for `quantize --rotate` (same seed; default 0)",
-    )
+    add_rotate_arg(p, "collect on the rotated model, for `quantize --rotate` (same seed; default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

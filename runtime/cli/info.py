@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if isinstance(rec.get("imatrix"), dict):
         im = rec["imatrix"]
-        print(f"imatrix:       {im.get('entries')} tensors, {im.get('chunks')} chunks of {im.get('datasets')}")
+        print(
+            f"imatrix:       {im.get('entries')} tensors, {im.get('chunks')} chunks of {im.get('datasets')}"[
+                :200
+            ]
+        )
     if f.shard.world_size > 1:
         print(f"shard:         {f.shard.rank + 1} of {f.shard.world_size}")
     # Per tensor (or per tensor kind: blk.N. folded away).

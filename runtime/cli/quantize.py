@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edgelut.cli import UserError
+from edgelut.cli.common import add_rotate_arg
 
 # Calibration: sequences of CALIB_SEQ_LEN tokens, DEFAULT_CALIB_TOKENS in all (measured in
 # docs/benchmarks-history.md "GPTQ calibration and recipes").
@@ -58,22 +59,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="importance matrix (from `edgelut imatrix` or llama-imatrix, GGUF or .dat) weighting the "
         "RTN clip/scale search",
     )
-    p.add_argument(
-        "--rotate",
-        type=int,
-        nargs="?",
-        const=0,
-        default=None,
-        metavar="SEED",
-        help="rotate the residual stream by a seeded random Hadamard-based rotation, fused into the "
-        "weights (same function, more quantisable weights; unties a tied head). Default seed 0",
+    add_rotate_arg(
+        p,
+        "rotate the residual stream by a seeded random Hadamard-based rotation fused into the weights, "
+        "plus a block Hadamard before ffn_down (same function, more quantisable weights; unties a tied "
+        "head). Default seed 0",
     )
     target = p.add_mutually_exclusive_group()
     target.add_argument(
         "--target-size",
         metavar="SIZE",
         help="choose each tensor's width (q1..q4, group size) from measured sensitivity so the file "
-        "is at most SIZE (800M, 1.2G, 700MiB); --recipe entries stay pinned",
+        "is at most SIZE (bytes, or 800M / 1.2G in MiB / GiB); --recipe entries stay pinned",
     )
     target.add_argument(
         "--target-bpw",
@@ -182,9 +179,10 @@ def _convert_to_target(args: argparse.Namespace, model, out: Path, recipe, calib
 
     import numpy as np
 
+    from edgelut.cli.common import parse_size
     from edgelut.models.lazy import tensor_shape
     from edgelut.models.modelfile import ALIGNMENT
-    from edgelut.quantize.allocate import allocate, measure_model, parse_size
+    from edgelut.quantize.allocate import allocate, measure_model
     from edgelut.quantize.convert import convert
 
     names = list(model.tensors)
@@ -197,8 +195,10 @@ def _convert_to_target(args: argparse.Namespace, model, out: Path, recipe, calib
     else:
         try:
             size = parse_size(args.target_size)
-        except ValueError as e:
+        except argparse.ArgumentTypeError as e:
             raise UserError(f"--target-size: {e}") from e
+        if size <= 0:
+            raise UserError(f"--target-size: must be positive, got {args.target_size!r}")
         # Everything but the tensors: tokenizer, per-tensor keys and alignment, the recipe.
         tok = model.tokenizer
         overhead = len(tok.tokenizer_json.encode()) + len((tok.chat_template or "").encode())
@@ -213,7 +213,9 @@ def _convert_to_target(args: argparse.Namespace, model, out: Path, recipe, calib
             print(f"\rsensitivity: {name:<40}", end="", file=sys.stderr, flush=True)
 
     try:
-        measured = measure_model(model, imatrix=imatrix, fixed=fixed, float_type=args.float_type, progress=note)
+        measured = measure_model(
+            model, imatrix=imatrix, fixed=fixed, float_type=args.float_type, progress=note
+        )
     except ValueError as e:
         raise UserError(f"--target-size/--target-bpw: {e}") from e
     if not args.quiet:
@@ -245,5 +247,6 @@ def _convert_to_target(args: argparse.Namespace, model, out: Path, recipe, calib
             break
         budget += target["target_size"] - size - (size > target["target_size"]) * ALIGNMENT
     if "target_size" in target and path.stat().st_size > target["target_size"]:
-        raise UserError(f"--target-size: wrote {path.stat().st_size:,} bytes, over the target; try a larger one")
+        wrote = path.stat().st_size
+        raise UserError(f"--target-size: wrote {wrote:,} bytes, over the target; try a larger one")
     return path
