@@ -8,7 +8,7 @@ from mfile_helpers import tiny_model
 
 from edgelut.cli import main
 from edgelut.models.modelfile import read_model_file
-from edgelut.quantize.allocate import _hull, choose_widths
+from edgelut.quantize.allocate import _hull, allocate, choose_widths, measure_model
 from edgelut.quantize.imatrix import ImportanceMatrix
 from edgelut.quantize.recipe import TensorSpec
 
@@ -24,6 +24,14 @@ def tiny_source(monkeypatch, model):
     return model
 
 
+@pytest.fixture
+def small_source(monkeypatch):
+    """A smaller model where the file's 4 KiB alignment does not matter (bits per weight)."""
+    model = tiny_model(hidden=128, inter=256, layers=2, vocab=128)
+    monkeypatch.setattr("edgelut.quantize.convert.load_source", lambda src: model)
+    return model
+
+
 def _bits(spec: TensorSpec) -> int:
     return int(spec.qtype[1:])
 
@@ -35,7 +43,7 @@ def test_hull_keeps_the_lower_convex_frontier():
     assert [o[1] for o in _hull([*opts, (s[3], 50, 0.6)])] == [10, 20, 40]  # dominated
 
 
-def test_chooser_meets_the_budget_and_prefers_sensitive_tensors(model):
+def test_chooser_meets_the_budget_and_prefers_sensitive_tensors():
     # One tensor reads a few channels with large activations (the imatrix says so) through small
     # weights: group scales are set by the other columns, so low widths cost its output the most.
     m = tiny_model(hidden=256, inter=512, layers=2, vocab=256)
@@ -53,15 +61,15 @@ def test_chooser_meets_the_budget_and_prefers_sensitive_tensors(model):
     assert abs(alloc.bpw - 2.6) / 2.6 < 0.02
     others = [_bits(s) for n, s in alloc.specs.items() if n.endswith("attn_output.weight") and n != sensitive]
     assert _bits(alloc.specs[sensitive]) > max(others), alloc.specs
-    plain = choose_widths(m, budget)  # without the imatrix the same tensor looks ordinary
-    assert _bits(plain.specs[sensitive]) <= _bits(alloc.specs[sensitive])
+    plain = measure_model(m)  # without the imatrix the same tensor looks ordinary
+    assert _bits(allocate(plain, budget).specs[sensitive]) <= _bits(alloc.specs[sensitive])
     # A larger budget never gives a worse total error.
-    assert choose_widths(m, int(3.2 * n / 8)).error < plain.error
+    assert allocate(plain, int(3.2 * n / 8)).error < allocate(plain, budget).error
     with pytest.raises(ValueError, match="below the smallest"):
-        choose_widths(m, n // 16)
+        allocate(plain, n // 16)
 
 
-def test_cli_target_bpw_lands_within_2_percent(tmp_path, tiny_source, capsys):
+def test_cli_target_bpw_lands_within_2_percent(tmp_path, small_source, capsys):
     out = tmp_path / "t.elut"
     args = ["quantize", "tiny", "-o", str(out), "--target-bpw", "2.8", "--recipe", "output=q4:g32", "-q"]
     assert main(args) == 0
@@ -75,7 +83,15 @@ def test_cli_target_bpw_lands_within_2_percent(tmp_path, tiny_source, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "widths chosen for a 2.8 bits/weight" in text and " | " in text
+    assert "widths chosen for a 2.8 bits/weight" in text
+    mix = f.recipe["target"]["specs"]
+    assert sum(mix.values()) == sum(e.packed for e in entries)
+    assert all(f"{k} x{v}" in text for k, v in mix.items())
+    assert main(["info", str(out), "--tensors"]) == 0
+    listing = capsys.readouterr().out
+    for e in entries:
+        if e.packed:
+            assert f"{e.name} " in listing and f"{e.qtype} g{e.group_size}" in listing
 
 
 def test_cli_target_size_lands_within_2_percent(tmp_path, tiny_source, capsys):
@@ -86,7 +102,7 @@ def test_cli_target_size_lands_within_2_percent(tmp_path, tiny_source, capsys):
     assert size <= target and size >= 0.98 * target, size
 
 
-def test_cli_target_bad_values(tmp_path, tiny_source, capsys):
+def test_cli_target_bad_values(tmp_path, small_source, capsys):
     out = str(tmp_path / "x.elut")
     assert main(["quantize", "tiny", "-o", out, "--target-size", "lots", "-q"]) == 2
     assert "--target-size" in capsys.readouterr().err
