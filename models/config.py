@@ -129,6 +129,9 @@ class ModelConfig:
     # pattern 0 makes every layer a sliding-window one.
     sliding_window_pattern: int = 0
     rope_local_theta: float = 0.0  # RoPE base of sliding-window layers (0: rope_theta)
+    # Block size of the Hadamard transform applied to the FFN activation before ffn_down (0: none);
+    # set by the incoherence rotation (quantize/rotate.py), a power of two dividing intermediate_size.
+    ffn_hadamard: int = 0
     sub_norms: bool | None = None  # None: the architecture's default (BitNet)
     act_int8: bool | None = None
 
@@ -173,6 +176,9 @@ class ModelConfig:
             self.embed_scale = float(np.sqrt(np.float32(self.hidden_size))) if scaled else 1.0
         if self.ffn_act not in FFN_ACTIVATIONS:
             raise ValueError(f"ffn_act must be one of {', '.join(FFN_ACTIVATIONS)}, got {self.ffn_act!r}")
+        h = self.ffn_hadamard
+        if h < 0 or (h and (h & (h - 1) or self.intermediate_size % h)):
+            raise ValueError(f"ffn_hadamard must be 0 or a power of two dividing intermediate_size, got {h}")
         if self.sliding_window < 0 or self.sliding_window_pattern < 0:
             raise ValueError("sliding_window and sliding_window_pattern must be >= 0")
         if self.attn_scale < 0 or self.rope_local_theta < 0:

@@ -246,6 +246,8 @@ def write_model_file(
         w.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window)
         w.add_uint32("edgelut.sliding_window_pattern", config.sliding_window_pattern)
         w.add_float32("edgelut.rope_local_theta", config.rope_local_theta)
+    if config.ffn_hadamard:
+        w.add_uint32("edgelut.ffn_hadamard", config.ffn_hadamard)
     if config.bos_token_id is not None:
         w.add_uint32("tokenizer.ggml.bos_token_id", config.bos_token_id)
     if config.eos_token_ids:
@@ -439,6 +441,7 @@ class ModelFile:
                 sliding_window=m.int(f"{h['architecture']}.attention.sliding_window", 0, lo=0, hi=1 << 24),
                 sliding_window_pattern=m.int("edgelut.sliding_window_pattern", 0, lo=0, hi=1 << 12),
                 rope_local_theta=m.float("edgelut.rope_local_theta", 0.0, lo=0.0, hi=1e12),
+                ffn_hadamard=m.int("edgelut.ffn_hadamard", 0, lo=0, hi=1 << 16),
             )
         except ValueError as e:
             raise m.fail(f"bad config: {e}") from None

@@ -80,6 +80,24 @@ def _linear(x: np.ndarray, tensors: Mapping[str, np.ndarray], name: str, dtype: 
     return y
 
 
+def block_hadamard(x: np.ndarray, block: int) -> np.ndarray:
+    """x (..., F) times the block-diagonal normalised Sylvester Hadamard matrix (blocks of ``block``).
+
+    The online half of the incoherence rotation (quantize/rotate.py): the FFN
+    activation is transformed before ffn_down, whose weights hold the inverse.
+    """
+    f = x.shape[-1]
+    y = np.array(x, copy=True).reshape(*x.shape[:-1], f // block, block)
+    h = 1
+    while h < block:  # fast Walsh-Hadamard butterflies, as the engine runs them
+        y = y.reshape(*y.shape[:-1], block // (2 * h), 2, h)
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        y = y.reshape(*y.shape[:-3], block)
+        h *= 2
+    return (y * y.dtype.type(1.0 / np.sqrt(block))).reshape(x.shape)
+
+
 def act_int8(x: np.ndarray) -> np.ndarray:
     """BitNet's activation quantisation, per row: round(x * 127 / max|x|), clipped to int8, scaled back."""
     amax = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-5)
@@ -174,6 +192,8 @@ def forward(
         act = gated * up
         if cfg.sub_norms:
             act = norm(act, f"{p}.ffn_sub_norm.weight")
+        if cfg.ffn_hadamard:
+            act = block_hadamard(act, cfg.ffn_hadamard)
         out = _linear(linear_in(act), w, f"{p}.ffn_down", dtype)
         if cfg.post_norms:
             out = norm(out, f"{p}.post_ffw_norm.weight")
@@ -256,6 +276,7 @@ def perplexity(
 __all__ = [
     "PerplexityResult",
     "apply_rope",
+    "block_hadamard",
     "forward",
     "gelu_tanh",
     "greedy_generate",

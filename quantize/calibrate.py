@@ -21,7 +21,7 @@ import numpy as np
 
 from edgelut.models.config import ImportedModel, ModelConfig
 from edgelut.models.lazy import tensor_rows, tensor_shape
-from edgelut.models.reference import apply_rope, gelu_tanh, rms_norm, rope_angles, softmax
+from edgelut.models.reference import apply_rope, block_hadamard, gelu_tanh, rms_norm, rope_angles, softmax
 from edgelut.quantize.gptq import hessian
 
 __all__ = [
@@ -143,7 +143,13 @@ def _embed(t: Mapping[str, Any], ids: np.ndarray) -> np.ndarray:
     return out.reshape(*ids.shape, k)
 
 
-def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
+def _layers(
+    model: ImportedModel,
+    ids: np.ndarray,
+    quantize: QuantizeFn,
+    stats: Callable[[np.ndarray], np.ndarray],
+    head_too: bool,
+) -> Iterator[int]:
     cfg, t = model.config, model.tensors
     h = _embed(t, ids) * np.float32(cfg.embed_scale)  # (S, T, hidden)
     s, n = ids.shape
@@ -158,7 +164,7 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
 
         # Attention: Q, K, V share the normed input.
         x = rms_norm(h, t[p + "attn_norm.weight"], cfg.rms_norm_eps)
-        hx = hessian(x)
+        hx = stats(x)
         wq = {m: quantize(p + m, t[p + m], hx) for m in ("attn_q.weight", "attn_k.weight", "attn_v.weight")}
         q = lin(x, "attn_q.weight", wq["attn_q.weight"]).reshape(s, n, cfg.n_heads, hd)
         k = lin(x, "attn_k.weight", wq["attn_k.weight"]).reshape(s, n, cfg.n_kv_heads, hd)
@@ -169,12 +175,12 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         a = _attention(q, k, v, cfg, i)
         if cfg.sub_norms:  # BitNet (its int8 activation rounding is left out of the statistics)
             a = rms_norm(a, t[p + "attn_sub_norm.weight"], eps).astype(np.float32)
-        wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], hessian(a))
+        wo = quantize(p + "attn_output.weight", t[p + "attn_output.weight"], stats(a))
         out = a @ wo.T
         h = h + (rms_norm(out, t[p + "post_attention_norm.weight"], eps) if cfg.post_norms else out)
         # Gated FFN (SwiGLU or GeGLU): gate and up share the normed input.
         x = rms_norm(h, t[p + "ffn_norm.weight"], cfg.rms_norm_eps)
-        hx = hessian(x)
+        hx = stats(x)
         wg = quantize(p + "ffn_gate.weight", t[p + "ffn_gate.weight"], hx)
         wu = quantize(p + "ffn_up.weight", t[p + "ffn_up.weight"], hx)
         g = x @ wg.T
@@ -187,7 +193,9 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         act = (gated * (x @ wu.T)).astype(np.float32)
         if cfg.sub_norms:
             act = rms_norm(act, t[p + "ffn_sub_norm.weight"], eps).astype(np.float32)
-        wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], hessian(act))
+        if cfg.ffn_hadamard:
+            act = block_hadamard(act, cfg.ffn_hadamard)
+        wd = quantize(p + "ffn_down.weight", t[p + "ffn_down.weight"], stats(act))
         out = act @ wd.T
         if cfg.post_norms:
             out = rms_norm(out, t[p + "post_ffw_norm.weight"], eps)
@@ -195,18 +203,32 @@ def _layers(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iter
         yield i
     if "output.weight" in t:
         x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)
-        quantize("output.weight", t["output.weight"], hessian(x))
+        quantize("output.weight", t["output.weight"], stats(x))
+    elif head_too:
+        # Tied embeddings: the head multiplies by token_embd, so it gets the head's input statistics.
+        x = rms_norm(h, t["output_norm.weight"], cfg.rms_norm_eps)
+        quantize("token_embd.weight", t["token_embd.weight"], stats(x))
 
 
-def run_calibrated(model: ImportedModel, ids: np.ndarray, quantize: QuantizeFn) -> Iterator[int]:
+def run_calibrated(
+    model: ImportedModel,
+    ids: np.ndarray,
+    quantize: QuantizeFn,
+    stats: Callable[[np.ndarray], np.ndarray] = hessian,
+    *,
+    head_too: bool = False,
+) -> Iterator[int]:
     """Runs the model on ids (S, T), calling quantize for every linear weight with its Hessian.
 
     Yields each layer index once the layer is done (for progress bars); the
-    untied ``output.weight`` is handled after the last layer.
+    untied ``output.weight`` is handled after the last layer. ``stats`` replaces
+    the Hessian by another statistic of a layer's input (the importance matrix
+    takes only the diagonal, ~K times cheaper); ``head_too`` also calls back for
+    a tied head, under the name ``token_embd.weight``.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 2:
         raise ValueError(f"calibration ids must be (sequences, tokens), got shape {ids.shape}")
     if ids.size and (ids.min() < 0 or ids.max() >= model.config.vocab_size):
         raise ValueError("calibration ids fall outside the vocabulary")
-    return _layers(model, ids, quantize)
+    return _layers(model, ids, quantize, stats, head_too)

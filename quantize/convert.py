@@ -10,10 +10,11 @@ The quantiser is chosen in this order:
    one its codes are exact in, whatever the recipe, and is packed the same way;
 3. ternary spec ("tq") with method rtn/ternary, symmetric -> absmean (BitNet b1.58);
 4. method gptq with calibration -> GPTQ;
-5. otherwise RTN with clip search (weighted by diag(X^T X) when calibrated).
+5. otherwise RTN with clip search, weighted by diag(X^T X) when calibrated, else by
+   the importance matrix (``--imatrix``, quantize/imatrix.py) when one is given.
 
 Token embeddings are always RTN (rows are looked up, not multiplied), without the
-least-squares refit.
+least-squares refit; an imatrix entry for them (a tied head's input) weights their search.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from edgelut.kernels import PLANES, PackedMatrix, from_buffer, pack
 from edgelut.models.config import ImportedModel
 from edgelut.models.lazy import tensor_rows, tensor_shape
+from edgelut.quantize.imatrix import ImportanceMatrix, importance_for
 from edgelut.quantize.recipe import Recipe, TensorSpec
 
 __all__ = ["convert", "join_row_blocks", "load_source", "quantize_model", "quantize_rows", "quantize_tensor"]
@@ -54,11 +56,13 @@ def quantize_tensor(
     source_codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     act_order: bool = False,
     factor: Any = None,
+    importance: np.ndarray | None = None,
     source_spec: tuple[str, int, bool] | None = None,
 ) -> PackedMatrix | np.ndarray:
     """One weight matrix -> PackedMatrix (or the float array for a float spec).
 
     ``factor`` (a ``GPTQFactor`` of ``h``) saves re-factorising a Hessian shared by several tensors.
+    ``importance`` (K,) weights RTN's search when there is no Hessian (an imatrix entry).
     """
     from edgelut.quantize.gptq import quantize_gptq
     from edgelut.quantize.rtn import quantize_rtn
@@ -76,7 +80,8 @@ def quantize_tensor(
     elif method == "gptq" and h is not None and not is_embedding:
         codes, scales, mins = quantize_gptq(w, h, qt, g, asym=asym, act_order=act_order, factor=factor)
     else:
-        importance = None if h is None or is_embedding else np.diag(h)
+        if h is not None:
+            importance = None if is_embedding else np.diag(h)
         # The embedding keeps the plain clip search: on SmolLM2 q4 the refit moved perplexity
         # within noise (33.10 -> 32.90) but turned the greedy answer to the README's chat
         # question from English into French, so the default model would change behaviour
@@ -146,6 +151,7 @@ def quantize_rows(
     spec: TensorSpec,
     method: str,
     source_codes: Mapping[str, Any],
+    importance: np.ndarray | None = None,
     source_specs: Mapping[str, tuple[str, int, bool]] | None = None,
 ) -> PackedMatrix | np.ndarray:
     """RTN / ternary / lossless quantisation of one matrix, a block of rows at a time.
@@ -161,13 +167,17 @@ def quantize_rows(
     codes = source_codes if lossless and name in source_codes else None
     if spec.is_float or n <= step:
         sc = None if codes is None else codes[name]
-        return quantize_tensor(name, tensors[name], spec, method, source_codes=sc, source_spec=exact_in)
+        return quantize_tensor(
+            name, tensors[name], spec, method, source_codes=sc, importance=importance, source_spec=exact_in
+        )
     parts = []
     for a in range(0, n, step):
         b = min(n, a + step)
         sc = None if codes is None else tensor_rows(codes, name, a, b)
         rows = tensor_rows(tensors, name, a, b)
-        parts.append(quantize_tensor(name, rows, spec, method, source_codes=sc, source_spec=exact_in))
+        parts.append(
+            quantize_tensor(name, rows, spec, method, source_codes=sc, importance=importance, source_spec=exact_in)
+        )
     return join_row_blocks(parts, n, k)
 
 
@@ -178,8 +188,12 @@ def quantize_model(
     calib_ids: np.ndarray | None = None,
     progress: bool = True,
     sink: Callable[[str, PackedMatrix | np.ndarray], Any] | None = None,
+    imatrix: ImportanceMatrix | None = None,
 ) -> dict[str, Any]:
     """Every tensor of the model, quantised per recipe (1-D tensors stay float).
+
+    ``imatrix`` weights the RTN search of the tensors it has entries for (not
+    used with calibration tokens, whose Hessians carry the same information).
 
     One tensor is quantised at a time (RTN a block of rows at a time) and
     handed to ``sink`` (e.g. ``TensorSpill.put``), whose results are returned;
@@ -237,8 +251,9 @@ def quantize_model(
     for name in matrices:
         if name not in out:
             spec = spec_of(model, recipe, name)
+            imp = importance_for(imatrix, name)
             t = quantize_rows(
-                name, model.tensors, spec, recipe.method, model.source_codes, model.source_specs
+                name, model.tensors, spec, recipe.method, model.source_codes, imp, model.source_specs
             )
             out[name] = store(name, t)
             bar.update(int(np.prod(tensor_shape(model.tensors, name))))
@@ -258,6 +273,7 @@ def convert(
     float_type: str = "f32",
     progress: bool = True,
     extra_recipe: dict[str, Any] | None = None,
+    imatrix: ImportanceMatrix | None = None,
 ) -> Path:
     """Quantises the model per recipe and writes the model file; returns its path.
 
@@ -273,6 +289,12 @@ def convert(
     info["source"] = model.source
     if model.import_info:
         info["import"] = model.import_info
+    if imatrix is not None:
+        info["imatrix"] = {
+            "entries": len(imatrix.sums),
+            "chunks": imatrix.chunks,
+            "datasets": imatrix.datasets,
+        }
     info.update(extra_recipe or {})
     with TensorSpill(Path(out_path).resolve().parent) as spill:
         tensors = quantize_model(
@@ -281,6 +303,7 @@ def convert(
             calib_ids=calib_ids,
             progress=progress,
             sink=lambda name, t: spill.put(name, t, float_type),
+            imatrix=imatrix,
         )
         return write_model_file(
             out_path,

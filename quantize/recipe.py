@@ -212,6 +212,15 @@ class Recipe:
                 spec = _apply_spec(value, base)
         return spec
 
+    def pinned_spec(self, name: str) -> TensorSpec | None:
+        """The spec the user's own overrides give a tensor, or None (defaults not applied)."""
+        base = spec = TensorSpec(self.qtype, self.group_size, bool(self.asym))
+        hit = False
+        for pattern, value in self.overrides.items():
+            if _matches(pattern, name):
+                spec, hit = _apply_spec(value, base), True
+        return spec if hit else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,

@@ -100,6 +100,7 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.sliding_window = cfg.sliding_window
     c.sliding_window_pattern = cfg.sliding_window_pattern
     c.rope_local_theta = cfg.rope_local_theta
+    c.ffn_hadamard = cfg.ffn_hadamard
     c.validate()
     return c
 

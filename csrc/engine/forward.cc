@@ -24,6 +24,23 @@ CpuIsa pick_isa(const std::string& name) {
   require(isa_supported(isa), std::string("isa '") + name + "' is not supported on this CPU or build");
   return isa;
 }
+// x (n floats) times the block-diagonal normalised Hadamard matrix, in place: the online half of
+// the incoherence rotation (quantize/rotate.py; ffn_down holds the inverse). n log2(block) adds,
+// against the n * dim multiply-adds of ffn_down. Butterflies in the order of the numpy reference.
+void block_hadamard(float* x, int64_t n, int64_t block) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(block));
+  for (int64_t b = 0; b < n; b += block) {
+    float* v = x + b;
+    for (int64_t h = 1; h < block; h *= 2)
+      for (int64_t i = 0; i < block; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) {
+          const float a = v[j], c = v[j + h];
+          v[j] = a + c;
+          v[j + h] = a - c;
+        }
+    for (int64_t i = 0; i < block; ++i) v[i] *= scale;
+  }
+}
 const Config& validated(const Config& c) {
   c.validate();
   return c;
@@ -337,6 +354,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         else
           act_fn(h, hb2_.data() + t * F, F);
         if (lw.ffn_sub_norm) rmsnorm(h, h, lw.ffn_sub_norm, F, c_.norm_eps);
+        if (c_.ffn_hadamard) block_hadamard(h, F, c_.ffn_hadamard);
         if (c_.act_int8) act_int8_inplace(h, F);
       });
     }

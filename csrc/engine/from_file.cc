@@ -157,6 +157,7 @@ Config config_from_file(const ModelFile& mf) {
   c.sub_norms = flag("edgelut.sub_norms");
   c.act_int8 = flag("edgelut.act_int8");
   c.embed_scale = static_cast<float>(number("edgelut.embed_scale", 1.0));
+  c.ffn_hadamard = static_cast<int64_t>(number("edgelut.ffn_hadamard", 0));
   c.attn_scale = static_cast<float>(number("edgelut.attn_scale", 0.0));
   const std::string window_key = h.architecture + ".attention.sliding_window";
   if (mf.find(window_key)) {

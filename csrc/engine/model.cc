@@ -54,6 +54,9 @@ void Config::validate() const {
   require(sliding_window >= 0 && sliding_window_pattern >= 0,
           "config: sliding_window and sliding_window_pattern must be >= 0");
   require(rope_local_theta >= 0, "config: rope_local_theta must be >= 0 (0: rope_theta)");
+  require(ffn_hadamard == 0 || (ffn_hadamard > 1 && (ffn_hadamard & (ffn_hadamard - 1)) == 0 &&
+                                hidden_dim % ffn_hadamard == 0),
+          "config: ffn_hadamard must be 0 or a power of two dividing hidden_dim, got " + std::to_string(ffn_hadamard));
 }
 
 ShardSpec ShardSpec::resolved(const Config& c) const {
@@ -73,6 +76,10 @@ ShardSpec ShardSpec::resolved(const Config& c) const {
   const int64_t group = c.n_heads / c.n_kv_heads;
   s.kv_head_begin = s.q_head_begin / group;
   s.kv_head_end = (s.q_head_end - 1) / group + 1;
+  // The online Hadamard runs on whole blocks of the activation: a shard holds whole blocks.
+  require(c.ffn_hadamard == 0 || (s.ffn_begin % c.ffn_hadamard == 0 && s.ffn_end % c.ffn_hadamard == 0),
+          "shard: FFN columns [" + std::to_string(s.ffn_begin) + ", " + std::to_string(s.ffn_end) +
+              ") must be whole blocks of the model's ffn_hadamard (" + std::to_string(c.ffn_hadamard) + ")");
   return s;
 }
 

@@ -57,6 +57,7 @@ struct Config {
   int64_t sliding_window = 0;          // positions a sliding layer sees, itself included; 0: none
   int64_t sliding_window_pattern = 0;  // layer l is global iff (l + 1) % pattern == 0 (0: all sliding)
   float rope_local_theta = 0.0f;       // RoPE base of sliding layers (0: rope_theta); they run unscaled
+  int64_t ffn_hadamard = 0;            // Hadamard block applied to the FFN activation before ffn_down (0: none)
 
   bool is_sliding(int64_t layer) const {
     return sliding_window > 0 && (sliding_window_pattern <= 0 || (layer + 1) % sliding_window_pattern != 0);

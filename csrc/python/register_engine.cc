@@ -226,6 +226,7 @@ void register_engine(py::module_& m) {
       .def_readwrite("sub_norms", &Config::sub_norms)
       .def_readwrite("act_int8", &Config::act_int8)
       .def_readwrite("embed_scale", &Config::embed_scale)
+      .def_readwrite("ffn_hadamard", &Config::ffn_hadamard)
       .def_readwrite("attn_scale", &Config::attn_scale)
       .def_readwrite("sliding_window", &Config::sliding_window)
       .def_readwrite("sliding_window_pattern", &Config::sliding_window_pattern)

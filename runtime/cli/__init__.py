@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "bench",
     "perplexity",
     "quantize",
+    "imatrix",
     "info",
     "pull",
     "list",

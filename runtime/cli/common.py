@@ -59,6 +59,11 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
     )
 
 
+def add_rotate_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """`--rotate [SEED]` (quantize/rotate.py): seed 0 when given bare, None when absent."""
+    p.add_argument("--rotate", type=int, nargs="?", const=0, default=None, metavar="SEED", help=help)
+
+
 def positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

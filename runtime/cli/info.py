@@ -78,7 +78,19 @@ def run(args: argparse.Namespace) -> int:
         f"{8 * f.file_size / n_params:.3f} (whole file)"
     )
     rec = f.recipe  # a JSON object: the reader refuses anything else
-    if rec:
+    target = rec.get("target") if isinstance(rec.get("target"), dict) else None
+    if target:
+        # Widths chosen per tensor (`quantize --target-size/--target-bpw`): the overrides are one per
+        # tensor, so show the goal and the mix; --tensors lists each tensor's choice.
+        goal = (
+            f"{target['target_bpw']} bits/weight"
+            if "target_bpw" in target
+            else f"{_size(float(target.get('target_size', 0)))} file"
+        )
+        mix = ", ".join(f"{k} x{v}" for k, v in sorted((target.get("specs") or {}).items()))
+        print(f"recipe:        method {rec.get('method')}; widths chosen for a {goal} (achieved above)")
+        print(f"               {mix}")
+    elif rec:
         print(
             f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
             f"{' asym' if rec.get('asym') else ''}; overrides {rec.get('overrides') or 'none'}"
@@ -86,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
     imp = rec.get("import") if rec else None
     if isinstance(imp, dict):
         print(f"import:        {_import_line(imp)}")
+    if isinstance(rec.get("imatrix"), dict):
+        im = rec["imatrix"]
+        print(
+            f"imatrix:       {im.get('entries')} tensors, {im.get('chunks')} chunks of {im.get('datasets')}"[
+                :200
+            ]
+        )
     if f.shard.world_size > 1:
         print(f"shard:         {f.shard.rank + 1} of {f.shard.world_size}")
     # Per tensor (or per tensor kind: blk.N. folded away).
@@ -94,11 +113,14 @@ def run(args: argparse.Namespace) -> int:
         key = e.name if args.tensors else re.sub(r"^blk\.\d+\.", "blk.*.", e.name)
         fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}" if e.packed else e.qtype
         r = rows.setdefault(key, [fmt, 0, 0, 0])
+        if fmt not in r[0].split(" | "):  # a kind whose tensors differ (chosen widths): list each type
+            r[0] += " | " + fmt
         r[1] += 1
         r[2] += e.n_weights
         r[3] += e.nbytes
     width = max(len(k) for k in rows)
-    print(f"\n{'tensor':<{width}}  {'type':<12} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
+    tw = max(12, *(len(r[0]) for r in rows.values()))
+    print(f"\n{'tensor':<{width}}  {'type':<{tw}} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
     for key, (fmt, count, n, nb) in rows.items():
-        print(f"{key:<{width}}  {fmt:<12} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")
+        print(f"{key:<{width}}  {fmt:<{tw}} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")
     return 0
