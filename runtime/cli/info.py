@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if rec:
         print(
             f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
-            f"{' asym' if rec.get('asym') else ''}; overrides {rec.get('overrides') or 'none'}"
+            f"{' asym' if rec.get('asym') else ''}"
+            f"{' two-level k' + str(rec['super_block']) if rec.get('super_block') else ''}"
+            f"; overrides {rec.get('overrides') or 'none'}"
         )
     if f.shard.world_size > 1:
         print(f"shard:         {f.shard.rank + 1} of {f.shard.world_size}")
@@ -62,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, list] = {}
     for e in entries:
         key = e.name if args.tensors else re.sub(r"^blk\.\d+\.", "blk.*.", e.name)
-        fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}" if e.packed else e.qtype
+        fmt = e.qtype
+        if e.packed:
+            fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}"
+            fmt += f" k{e.super_block}" if e.super_block else ""  # two-level scales
         r = rows.setdefault(key, [fmt, 0, 0, 0])
         r[1] += 1
         r[2] += e.n_weights
         r[3] += e.nbytes
     width = max(len(k) for k in rows)
-    print(f"\n{'tensor':<{width}}  {'type':<12} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
+    print(f"\n{'tensor':<{width}}  {'type':<18} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
     for key, (fmt, count, n, nb) in rows.items():
-        print(f"{key:<{width}}  {fmt:<12} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")
+        print(f"{key:<{width}}  {fmt:<18} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")
     return 0
