@@ -147,7 +147,7 @@ def parse_overrides(text: str | dict[str, str] | None) -> dict[str, str]:
             pattern, spec = (s.strip() for s in item.split("=", 1))
             out[pattern] = spec
     for spec in out.values():
-        _apply_spec(spec, TensorSpec("q2", asym=True))  # raises on a bad spec
+        _apply_spec(spec, TensorSpec("q2", 32, asym=True))  # raises on a bad spec
     return out
 
 
@@ -248,6 +248,9 @@ class Recipe:
                 f"size ({self.group_size}) up to 4096"
             )
         self.overrides = parse_overrides(self.overrides)
+        base = TensorSpec(self.qtype, self.group_size, bool(self.asym), int(self.super_block or 0))
+        for value in self.all_overrides().values():
+            _apply_spec(value, base)  # raises now, naming the spec, not halfway through a conversion
 
     def all_overrides(self) -> dict[str, str]:
         merged = dict(DEFAULT_OVERRIDES.get(self.qtype, {})) if self.use_defaults else {}
