@@ -86,6 +86,7 @@ class TensorEntry:
     crc32: int
     group_size: int = 0
     asym: bool = False
+    super_block: int = 0  # two-level scales: weights per super-block (0 = fp16 per group)
 
     @property
     def packed(self) -> bool:
@@ -183,7 +184,14 @@ def write_model_file(
             meta = dict(t.meta, crc32=t.crc32)
         elif isinstance(t, PackedMatrix):
             data = np.asarray(t.data).view(np.int8)
-            meta = {"qtype": t.qtype, "n": t.n, "k": t.k, "group": t.group_size, "asym": t.asym}
+            meta = {
+                "qtype": t.qtype,
+                "n": t.n,
+                "k": t.k,
+                "group": t.group_size,
+                "asym": t.asym,
+                "super": t.super_block,
+            }
         else:
             dtype = np.float32 if float_type == "f32" else np.float16
             data = np.ascontiguousarray(np.asarray(t, dtype=dtype))
@@ -295,6 +303,8 @@ def write_model_file(
             w.add_uint64(f"{key}.k", meta["k"])
             w.add_uint32(f"{key}.group", meta["group"])
             w.add_bool(f"{key}.asym", meta["asym"])
+            if meta.get("super"):  # only two-level tensors carry it, so other files stay byte-identical
+                w.add_uint32(f"{key}.super", meta["super"])
         # numpy order (the writer reverses it into GGUF's ne order); packed bytes are 1-D.
         if isinstance(data, SpilledTensor):
             shape = (data.nbytes // data.dtype.itemsize,) if data.packed else data.shape
@@ -369,6 +379,7 @@ class ModelFile:
                 int(t["crc32"]),
                 int(t["group_size"]),
                 bool(t["asym"]),
+                int(t["super_block"]),
             )
         self.layer_ranges = [(int(o), int(s)) for o, s in r.layers()]
         self._map: np.memmap | None = None
@@ -466,7 +477,7 @@ class ModelFile:
         raw = self.raw(name)
         if e.packed:
             try:
-                return from_buffer(raw, e.shape[0], e.shape[1], e.qtype, e.group_size, e.asym)
+                return from_buffer(raw, e.shape[0], e.shape[1], e.qtype, e.group_size, e.asym, e.super_block)
             except ValueError as err:
                 raise ModelFileError(f"{self.path}: tensor {name}: {err}") from err
         return raw.view(np.float32 if e.qtype == "f32" else np.float16).reshape(e.shape)

@@ -57,7 +57,14 @@ class TensorSpill:
     def put(self, name: str, t: PackedMatrix | np.ndarray, float_type: str = "f32") -> SpilledTensor:
         if isinstance(t, PackedMatrix):
             data = np.asarray(t.data).view(np.int8)
-            meta = {"qtype": t.qtype, "n": t.n, "k": t.k, "group": t.group_size, "asym": t.asym}
+            meta = {
+                "qtype": t.qtype,
+                "n": t.n,
+                "k": t.k,
+                "group": t.group_size,
+                "asym": t.asym,
+                "super": t.super_block,
+            }
             shape: tuple[int, ...] = (t.n, t.k)
         else:
             a = np.asarray(t)

@@ -64,17 +64,28 @@ def quantize_tensor(
     ``factor`` (a ``GPTQFactor`` of ``h``) saves re-factorising a Hessian shared by several tensors.
     ``importance`` (K,) weights RTN's search when there is no Hessian (an imatrix entry).
     """
-    from edgelut.quantize.gptq import quantize_gptq
+    from edgelut.quantize.gptq import quantize_gptq, quantize_gptq_two_level
     from edgelut.quantize.rtn import quantize_rtn
     from edgelut.quantize.ternary import quantize_ternary
+    from edgelut.quantize.twolevel import quantize_two_level
 
     if spec.is_float:
         return np.asarray(w, dtype=np.float32)
     qt, g, asym = spec.qtype, spec.group_size, spec.asym
-    if source_codes is not None and (qt, g, asym) == (source_spec or Q4_SOURCE):
+    if source_codes is not None and _is_lossless(spec, source_spec or Q4_SOURCE):
         codes, scales, mins = source_codes
         return pack(codes, scales, mins, qt, g)
     is_embedding = name == "token_embd.weight"
+    if spec.two_level:
+        if method == "gptq" and h is not None and not is_embedding:
+            tl = quantize_gptq_two_level(w, h, qt, g, spec.super_block, act_order=act_order, factor=factor)
+        else:
+            if h is not None:  # else the imatrix's importance, if any
+                importance = None if is_embedding else np.diag(h)
+            tl = quantize_two_level(
+                w, qt, g, spec.super_block, importance=importance, refine=0 if is_embedding else None
+            )
+        return tl.pack()
     if qt == "tq" and not asym and method in ("rtn", "ternary"):
         codes, scales, mins = quantize_ternary(w, g)
     elif method == "gptq" and h is not None and not is_embedding:
@@ -95,6 +106,12 @@ def quantize_tensor(
 Q4_SOURCE = ("q4", 32, True)
 
 
+def _is_lossless(spec: TensorSpec, exact_in: tuple[str, int, bool]) -> bool:
+    """Whether a source tensor's codes are packed as they are: the spec they are exact in
+    (Q4_0/Q4_1: q4 g32 asym; a trained low-bit import: its own), one-level fp16 group scales."""
+    return (spec.qtype, spec.group_size, spec.asym) == exact_in and spec.super_block == 0
+
+
 def spec_of(model: ImportedModel, recipe: Recipe, name: str) -> TensorSpec:
     """The recipe's spec, unless the import fixed this tensor's (trained low-bit codes)."""
     fixed = model.source_specs.get(name)
@@ -109,30 +126,37 @@ def _dequantized(t: PackedMatrix | np.ndarray) -> np.ndarray:
 ROW_BLOCK_WEIGHTS = 1 << 22
 
 
-def _packed_sections(rows: int, k: int, qtype: str, group: int, asym: bool) -> tuple[int, int]:
-    """Bytes of the codes and of the scales (= of the mins) sections of a packed matrix (FORMAT.md)."""
+def _packed_sections(
+    rows: int, k: int, qtype: str, group: int, asym: bool, super_block: int
+) -> tuple[int, int, int]:
+    """Bytes of the codes, scales and mins sections of a packed matrix (csrc/kernels/layout.h)."""
     tiles, groups = -(-rows // 64), -(-k // group)
-    return tiles * groups * (group // 4) * PLANES[qtype] * 32, tiles * groups * 64 * 2
+    codes = tiles * groups * (group // 4) * PLANES[qtype] * 32
+    if super_block:  # a byte per group, an fp16 pair per super-block
+        supers = -(-groups // (super_block // group))
+        return codes, tiles * groups * 64, tiles * supers * 2 * 64 * 2
+    return codes, tiles * groups * 64 * 2, (tiles * groups * 64 * 2 if asym else 0)
 
 
 def join_row_blocks(parts: list[PackedMatrix], n: int, k: int) -> PackedMatrix:
     """Packed row blocks (each a multiple of 64 rows but the last) -> the packed whole matrix.
 
-    The layout is tile-major in each of its three sections (codes, scales, mins),
-    and every section's size is a multiple of 64 bytes, so the whole is the
-    blocks' codes, then their scales, then their mins.
+    The layout is tile-major in each of its three sections (codes, scales, mins;
+    with two-level scales: codes, sub-scales, super-block pairs), and every
+    section's size is a multiple of 64 bytes, so the whole is the blocks'
+    codes, then their scales, then their mins.
     """
     first = parts[0]
-    qtype, group, asym = first.qtype, first.group_size, first.asym
+    qtype, group, asym, sb = first.qtype, first.group_size, first.asym, first.super_block
     sections: list[list[np.ndarray]] = [[], [], []]
     for p in parts:
         data = np.asarray(p.data).view(np.uint8).reshape(-1)
-        c, sc = _packed_sections(p.n, k, qtype, group, asym)
-        if data.nbytes != c + sc * (2 if asym else 1):
+        c, sc, mn = _packed_sections(p.n, k, qtype, group, asym, sb)
+        if data.nbytes != c + sc + mn:
             raise AssertionError(f"packed block of {p.n} rows has {data.nbytes} bytes, expected the layout's")
         sections[0].append(data[:c])
         sections[1].append(data[c : c + sc])
-        if asym:
+        if mn:
             sections[2].append(data[c + sc :])
     pieces = [x for sec in sections for x in sec]
     total = sum(x.nbytes for x in pieces)
@@ -142,7 +166,7 @@ def join_row_blocks(parts: list[PackedMatrix], n: int, k: int) -> PackedMatrix:
     for x in pieces:
         whole[at : at + x.nbytes] = x
         at += x.nbytes
-    return from_buffer(whole, n, k, qtype, group, asym)
+    return from_buffer(whole, n, k, qtype, group, asym, sb)
 
 
 def quantize_rows(
@@ -163,8 +187,7 @@ def quantize_rows(
     n, k = tensor_shape(tensors, name)
     step = max(64, ROW_BLOCK_WEIGHTS // max(k, 1) // 64 * 64)
     exact_in = (source_specs or {}).get(name, Q4_SOURCE)
-    lossless = (spec.qtype, spec.group_size, spec.asym) == exact_in
-    codes = source_codes if lossless and name in source_codes else None
+    codes = source_codes if _is_lossless(spec, exact_in) and name in source_codes else None
     if spec.is_float or n <= step:
         sc = None if codes is None else codes[name]
         return quantize_tensor(
@@ -176,7 +199,9 @@ def quantize_rows(
         sc = None if codes is None else tensor_rows(codes, name, a, b)
         rows = tensor_rows(tensors, name, a, b)
         parts.append(
-            quantize_tensor(name, rows, spec, method, source_codes=sc, importance=importance, source_spec=exact_in)
+            quantize_tensor(
+                name, rows, spec, method, source_codes=sc, importance=importance, source_spec=exact_in
+            )
         )
     return join_row_blocks(parts, n, k)
 
@@ -224,7 +249,7 @@ def quantize_model(
     def calibrated(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
         spec = spec_of(model, recipe, name)
         exact_in = model.source_specs.get(name, Q4_SOURCE)
-        lossless = name in model.source_codes and (spec.qtype, spec.group_size, spec.asym) == exact_in
+        lossless = name in model.source_codes and _is_lossless(spec, exact_in)
         uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
         t = quantize_tensor(
             name,

@@ -23,8 +23,9 @@ import numpy as np
 
 from edgelut.kernels import CENTER, CODE_RANGE, GROUP_SIZES, QTYPES
 from edgelut.quantize.rtn import DEFAULT_CLIP_GRID, quantize_rtn
+from edgelut.quantize.twolevel import TwoLevel, quantize_two_level
 
-__all__ = ["GPTQFactor", "gptq_factor", "hessian", "quantize_gptq"]
+__all__ = ["GPTQFactor", "gptq_factor", "hessian", "quantize_gptq", "quantize_gptq_two_level"]
 
 
 def hessian(x: np.ndarray) -> np.ndarray:
@@ -112,11 +113,15 @@ def quantize_gptq(
     act_order: bool = False,
     clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
     factor: GPTQFactor | None = None,
+    static_groups: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """w (N, K), Hessian h (K, K) -> codes int8 (N, K), scales (N, G), mins (N, G) or None.
 
     ``factor`` is ``gptq_factor(h, damp)`` computed once for tensors sharing an
     input; it is ignored with act-order (the factor depends on the column order).
+    ``static_groups`` = (scales, mins) fixes every group's scale and offset up
+    front (two-level scales, :func:`quantize_gptq_two_level`); GPTQ then only
+    chooses codes.
     """
     if qtype not in QTYPES:
         raise ValueError(f"unknown weight type {qtype!r}")
@@ -158,9 +163,14 @@ def quantize_gptq(
             mins[:, g] = _fp16(m[:, 0])
 
     perm = np.arange(k)
-    if act_order:
+    if static_groups is not None:
+        scales[:] = static_groups[0]
+        if mins is not None:
+            mins[:] = static_groups[1]
+    elif act_order:
         for g in range(ng):  # static groups, from the original weights
             fit_group(g, W[:, g * group_size : (g + 1) * group_size])
+    if act_order:
         perm = np.argsort(-diag, kind="stable")
         W = W[:, perm]
         factor = gptq_factor(h[np.ix_(perm, perm)], damp)
@@ -177,7 +187,7 @@ def quantize_gptq(
         for i in range(i2 - i1):
             col = perm[i1 + i]
             g = col // group_size
-            if not act_order and col % group_size == 0:
+            if not act_order and static_groups is None and col % group_size == 0:
                 # The group's columns are still unquantised; blocks are group-aligned when
                 # block_size is a multiple of group_size, so they all sit in W1.
                 width = min(group_size, k - col)
@@ -202,3 +212,41 @@ def quantize_gptq(
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
     return codes, scales.astype(np.float32), None if mins is None else mins.astype(np.float32)
+
+
+def quantize_gptq_two_level(
+    w: np.ndarray,
+    h: np.ndarray,
+    qtype: str,
+    group_size: int,
+    super_block: int,
+    *,
+    damp: float = 0.01,
+    act_order: bool = False,
+    factor: GPTQFactor | None = None,
+) -> TwoLevel:
+    """GPTQ codes under two-level scales (quantize/twolevel.py).
+
+    A super-block's d and dmin depend on all its groups, so the groups cannot be
+    fitted one at a time as GPTQ reaches them: the two-level scales are fitted
+    once from the original weights (weighted by diag(H)), as act-order's static
+    groups are, and GPTQ chooses the codes under them, in either column order.
+    """
+    h = np.asarray(h, dtype=np.float64)
+    diag = np.diag(h).astype(np.float32)
+    importance = np.where(diag > 0, diag, 0.0)
+    tl = quantize_two_level(np.asarray(w, np.float32), qtype, group_size, super_block, importance=importance)
+    scales, mins = tl.group_scales()
+    codes, _, _ = quantize_gptq(
+        w,
+        h,
+        qtype,
+        group_size,
+        asym=True,
+        damp=damp,
+        act_order=act_order,
+        factor=factor,
+        static_groups=(scales, mins),
+    )
+    tl.codes = codes
+    return tl

@@ -9,11 +9,13 @@ PATTERN matches a tensor's short name (``ffn_down`` for ``blk.3.ffn_down.weight`
 its full name with or without ``.weight``, or a shell glob over the full name.
 SPEC is a type (``q1``..``q4``, ``tq``, ``f16``, ``f32`` to keep it float), or
 ``+N``/``-N`` bits relative to the recipe's type (q1..q4 ladder, clamped),
-optionally followed by ``:gNN`` (group size) and ``:asym``/``:sym``. Later
+optionally followed by ``:gNN`` (group size), ``:asym``/``:sym`` and ``:k``/``:kNNN``
+(two-level scales with super-blocks of 256 / NNN weights) or ``:flat`` (fp16 scales). Later
 overrides win over earlier ones, user overrides over the defaults.
 
 Groups are asymmetric (scale and offset) by default for q1..q4 and symmetric
-for tq; see :func:`default_asym` for why.
+for tq; see :func:`default_asym` for why. q1..q3 use two-level scales by default
+(:func:`default_super_block`).
 
 Default overrides per type (keep the most sensitive tensors wider; measured on
 SmolLM2-135M with GPTQ, docs/benchmarks-history.md "GPTQ calibration and recipes"):
@@ -43,6 +45,7 @@ __all__ = [
     "Recipe",
     "TensorSpec",
     "default_asym",
+    "default_super_block",
     "parse_overrides",
     "qtype_for_bits",
 ]
@@ -72,6 +75,17 @@ def default_asym(qtype: str) -> bool:
     return qtype != "tq"
 
 
+def default_super_block(qtype: str) -> int:
+    """Two-level scales (quantize/twolevel.py) for q1..q3, fp16 group scales for q4 and tq.
+
+    Below 4 bits the fp16 scale and min of every group are a third or more of
+    the file (1.0 of q2 g32's 3.0 bits per weight); 4-bit sub-scales under a
+    super-block's fp16 pair cost 0.375. q4 stays one-level: a Q4_0/Q4_1 source
+    is imported losslessly into exactly that form.
+    """
+    return 256 if qtype in ("q1", "q2", "q3") else 0
+
+
 def qtype_for_bits(bits: str | int | float) -> str:
     """'2' / 2 -> 'q2'; 'ternary', 'tq', '1.58' -> 'tq'."""
     text = str(bits).strip().lower()
@@ -91,15 +105,21 @@ class TensorSpec:
     qtype: str  # q1..q4, tq, f16, f32
     group_size: int = 64
     asym: bool = False
+    super_block: int = 0  # two-level scales: weights per super-block (0 = fp16 per group)
 
     @property
     def is_float(self) -> bool:
         return self.qtype in FLOAT_SPECS
 
+    @property
+    def two_level(self) -> bool:
+        return self.super_block > 0 and not self.is_float
+
     def __str__(self) -> str:
         if self.is_float:
             return self.qtype
-        return f"{self.qtype}:g{self.group_size}:{'asym' if self.asym else 'sym'}"
+        text = f"{self.qtype}:g{self.group_size}:{'asym' if self.asym else 'sym'}"
+        return text + (f":k{self.super_block}" if self.two_level else "")
 
 
 def parse_overrides(text: str | dict[str, str] | None) -> dict[str, str]:
@@ -127,14 +147,15 @@ def parse_overrides(text: str | dict[str, str] | None) -> dict[str, str]:
             pattern, spec = (s.strip() for s in item.split("=", 1))
             out[pattern] = spec
     for spec in out.values():
-        _apply_spec(spec, TensorSpec("q2"))  # raises on a bad spec
+        _apply_spec(spec, TensorSpec("q2", 32, asym=True))  # raises on a bad spec
     return out
 
 
 def _apply_spec(spec: str, base: TensorSpec) -> TensorSpec:
     parts = [p.strip().lower() for p in spec.split(":")]
     head, opts = parts[0], parts[1:]
-    qtype, group, asym = base.qtype, base.group_size, base.asym
+    qtype, group, asym, sb = base.qtype, base.group_size, base.asym, base.super_block
+    asked_k = False
     if re.fullmatch(r"[+-]\d", head):
         if base.qtype not in LADDER:
             raise ValueError(f"relative spec {spec!r} needs a q1..q4 base type, got {base.qtype}")
@@ -154,9 +175,25 @@ def _apply_spec(spec: str, base: TensorSpec) -> TensorSpec:
             asym = opt == "asym"
         elif re.fullmatch(r"g\d+", opt) and int(opt[1:]) in GROUP_SIZES:
             group = int(opt[1:])
+        elif opt == "k":
+            sb, asked_k = 256, True
+        elif re.fullmatch(r"k\d+", opt):
+            sb, asked_k = int(opt[1:]), True
+        elif opt == "flat":
+            sb = 0
         else:
-            raise ValueError(f"bad recipe option {opt!r} in {spec!r}: use g32/g64/g128, asym or sym")
-    return TensorSpec(qtype, group, asym)
+            raise ValueError(
+                f"bad recipe option {opt!r} in {spec!r}: use g32/g64/g128, asym or sym, k/kNNN or flat"
+            )
+    if qtype == "tq" or not asym:
+        if asked_k:
+            raise ValueError(f"bad recipe spec {spec!r}: two-level scales need asymmetric q1..q4 groups")
+        sb = 0  # two-level scales are asymmetric q1..q4 only
+    if sb and (sb % group or sb > 4096):
+        raise ValueError(
+            f"bad recipe spec {spec!r}: the super-block must be a multiple of g{group} up to 4096"
+        )
+    return TensorSpec(qtype, group, asym, sb)
 
 
 def _short(name: str) -> str:
@@ -186,6 +223,8 @@ class Recipe:
     overrides: dict[str, str] = field(default_factory=dict)
     use_defaults: bool = True
     act_order: bool = False
+    # Two-level scales' super-block (weights); None = default_super_block(qtype), 0 = fp16 group scales.
+    super_block: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -196,7 +235,22 @@ class Recipe:
             raise ValueError(f"group size must be 32, 64 or 128, got {self.group_size}")
         if self.asym is None:
             self.asym = default_asym(self.qtype)
+        if self.super_block is None:
+            self.super_block = default_super_block(self.qtype) if self.asym else 0
+        if self.super_block and (
+            not self.asym
+            or self.qtype == "tq"
+            or self.super_block % self.group_size
+            or self.super_block > 4096
+        ):
+            raise ValueError(
+                f"super-block {self.super_block} needs asymmetric q1..q4 groups and a multiple of the group "
+                f"size ({self.group_size}) up to 4096"
+            )
         self.overrides = parse_overrides(self.overrides)
+        base = TensorSpec(self.qtype, self.group_size, bool(self.asym), int(self.super_block or 0))
+        for value in self.all_overrides().values():
+            _apply_spec(value, base)  # raises now, naming the spec, not halfway through a conversion
 
     def all_overrides(self) -> dict[str, str]:
         merged = dict(DEFAULT_OVERRIDES.get(self.qtype, {})) if self.use_defaults else {}
@@ -205,7 +259,7 @@ class Recipe:
 
     def spec_for(self, name: str) -> TensorSpec:
         """The storage spec of a weight matrix (1-D tensors are always stored float)."""
-        spec = TensorSpec(self.qtype, self.group_size, bool(self.asym))
+        spec = TensorSpec(self.qtype, self.group_size, bool(self.asym), int(self.super_block or 0))
         base = spec
         for pattern, value in self.all_overrides().items():
             if _matches(pattern, name):
@@ -228,5 +282,6 @@ class Recipe:
             "group_size": self.group_size,
             "asym": self.asym,
             "act_order": self.act_order,
+            "super_block": self.super_block,
             "overrides": self.all_overrides(),
         }

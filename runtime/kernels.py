@@ -40,7 +40,9 @@ __all__ = [
     "gemm",
     "gemv",
     "pack",
+    "pack_two_level",
     "supported_isas",
+    "two_level_group_scales",
     "table_error_bound",
     "tables",
 ]
@@ -81,10 +83,74 @@ def pack(
     )
 
 
-def from_buffer(buffer, n: int, k: int, qtype: str, group_size: int, asym: bool) -> PackedMatrix:
+def pack_two_level(
+    codes: np.ndarray,
+    sub_scales: np.ndarray,
+    sub_mins: np.ndarray,
+    d: np.ndarray,
+    dmin: np.ndarray,
+    qtype: str,
+    group_size: int,
+    super_block: int,
+) -> PackedMatrix:
+    """Pack codes (N, K) with two-level scales (docs/ARCHITECTURE.md, "Two-level scales").
+
+    Per group a sub-scale and a sub-min in 0..15 (N, K/G); per super-block of
+    ``super_block`` weights an fp16 ``d`` and ``dmin`` (N, ceil(K/super_block)).
+    The group's scale is ``d * sub_scale`` and its offset ``dmin * sub_min``
+    (float32 products, as the kernels compute them); ``w = scale * code + offset``.
+    """
+    _check_qtype(qtype, group_size)
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be 2-D (rows, cols), got shape {codes.shape}")
+    lo, hi = CODE_RANGE[qtype]
+    if codes.size and (codes.min() < lo or codes.max() > hi):
+        raise ValueError(f"codes for {qtype} must lie in [{lo}, {hi}], got [{codes.min()}, {codes.max()}]")
+    if super_block <= 0 or super_block % group_size:
+        raise ValueError(f"super_block must be a positive multiple of the group size, got {super_block}")
+    subs = []
+    for name, a in (("sub_scales", sub_scales), ("sub_mins", sub_mins)):
+        a = np.asarray(a)
+        if a.size and (a.min() < 0 or a.max() > 15):
+            raise ValueError(f"{name} must lie in [0, 15], got [{a.min()}, {a.max()}]")
+        subs.append(a.astype(np.uint8))
+    return _core.pack_two_level(
+        codes.astype(np.int8, copy=False),
+        subs[0],
+        subs[1],
+        np.asarray(d, dtype=np.float32),
+        np.asarray(dmin, dtype=np.float32),
+        qtype,
+        group_size,
+        super_block,
+    )
+
+
+def two_level_group_scales(
+    sub_scales: np.ndarray,
+    sub_mins: np.ndarray,
+    d: np.ndarray,
+    dmin: np.ndarray,
+    group_size: int,
+    super_block: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group (scales, mins) (N, G) of two-level scales, in float32 as the kernels form them."""
+    per = super_block // group_size
+    ng = np.shape(sub_scales)[1]
+    d16 = np.asarray(d, np.float32).astype(np.float16).astype(np.float32)
+    m16 = np.asarray(dmin, np.float32).astype(np.float16).astype(np.float32)
+    drep = np.repeat(d16, per, axis=1)[:, :ng]
+    mrep = np.repeat(m16, per, axis=1)[:, :ng]
+    return drep * np.asarray(sub_scales, np.float32), mrep * np.asarray(sub_mins, np.float32)
+
+
+def from_buffer(
+    buffer, n: int, k: int, qtype: str, group_size: int, asym: bool, super_block: int = 0
+) -> PackedMatrix:
     """Wrap packed bytes (e.g. a slice of a memory-mapped model file) without copying."""
     _check_qtype(qtype, group_size)
-    return _core.from_buffer(buffer, n, k, qtype, group_size, asym)
+    return _core.from_buffer(buffer, n, k, qtype, group_size, asym, super_block)
 
 
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:

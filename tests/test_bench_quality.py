@@ -70,3 +70,52 @@ def test_row_names(bq) -> None:
 def test_final_estimate_parser(bq) -> None:
     m = bq._FINAL.search("... Final estimate: PPL = 38.8134 +/- 3.67398\n")
     assert m and float(m.group(1)) == 38.8134
+
+
+def _row(name: str, ppl: float, size: int, **kw: float) -> dict:
+    return {"name": name, "ppl": ppl, "se": 0.1, "bpw": 8 * size / 1e6, "size": size, **kw}
+
+
+def test_table_shows_speed_columns_only_when_measured(bq) -> None:
+    plain = bq.table([_row("q2-rtn", 30.0, 1 << 20)])
+    assert "decode" not in plain and plain.splitlines()[1] == "|" + " --- |" * 5
+    rows = [
+        _row("q2-rtn", 30.0, 1 << 20, decode_tps=12.5, prefill_tps=80.0),
+        _row("llama-Q2_K", 31.0, 2 << 20),
+    ]
+    text = bq.table(rows).splitlines()
+    assert text[0].endswith("decode tok/s | prefill tok/s |") and text[1] == "|" + " --- |" * 7
+    assert text[2].endswith("| 12.5 | 80.0 |") and text[3].endswith("| nan | nan |")
+
+
+def test_variants_and_flags(bq, tmp_path: Path, capsys) -> None:
+    assert bq.edgelut_args("q3-gptq-ao-flat") == [
+        "--bits",
+        "3",
+        "--method",
+        "gptq",
+        "--act-order",
+        "--super-block",
+        "0",
+    ]
+    with pytest.raises(SystemExit):
+        bq.main(["x.gguf", "--llama-cpp-build", str(tmp_path), "--variant", "Bad Name=--x"])
+    assert "--variant: 'Bad Name=--x' is not NAME=ARGS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bq.main(["x.gguf", "--llama-cpp-build", str(tmp_path), "--calib", str(tmp_path / "none.txt")])
+    assert "--calib:" in capsys.readouterr().err
+
+
+def test_plot_front_writes_a_png(bq, tmp_path: Path) -> None:
+    results = {
+        r["name"]: r
+        for r in (
+            _row("llama-Q2_K", 40.0, 300 << 20),
+            _row("llama-Q3_K_S", 25.0, 350 << 20),
+            _row("q2-rtn-nodef", 45.0, 250 << 20),
+            _row("q3-gptq-ao", 22.0, 330 << 20),
+        )
+    }
+    png = tmp_path / "front.png"
+    bq.plot_front(results, png, "tiny")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

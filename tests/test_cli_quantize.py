@@ -38,12 +38,15 @@ def test_quantize_and_info_tiny(tmp_path, tiny_source, capsys):
     assert f.entries["blk.0.attn_q.weight"].qtype == "q2"
     assert f.entries["blk.0.attn_v.weight"].qtype == "q4"  # 2-bit default recipe
     assert f.entries["blk.1.ffn_down.weight"].qtype == "q4"
-    assert f.recipe["group_size"] == 32 and f.recipe["method"] == "rtn"
+    # Two-level scales by default below 4 bits, the q4 overrides included.
+    assert f.entries["blk.0.attn_q.weight"].super_block == 256
+    assert f.entries["blk.1.ffn_down.weight"].super_block == 256
+    assert f.recipe["group_size"] == 32 and f.recipe["method"] == "rtn" and f.recipe["super_block"] == 256
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "architecture:  llama" in text
     assert "bits/weight:" in text
-    assert "blk.*.attn_q.weight" in text and "q2 g32" in text
+    assert "blk.*.attn_q.weight" in text and "q2 g32 asym k256" in text and "two-level k256" in text
     assert main(["info", str(out), "--tensors"]) == 0
     assert "blk.1.ffn_down.weight" in capsys.readouterr().out
 
@@ -75,6 +78,9 @@ def test_quantize_ternary(tmp_path, tiny_source):
         (["--bits", "5"], "--recipe/--bits: bits must be"),
         (["--recipe", "ffn_down=q9"], "bad recipe spec"),
         (["--calib", "/nonexistent/calib.txt"], "--calib: /nonexistent/calib.txt is not a file"),
+        (["--bits", "2", "--super-block", "100"], "super-block 100 needs asymmetric q1..q4 groups"),
+        (["--bits", "2", "--sym", "--super-block", "256"], "super-block 256 needs asymmetric"),
+        (["--recipe", "attn_q=q2:k48"], "the super-block must be a multiple of g32"),
     ],
 )
 def test_quantize_bad_flags_one_line(tmp_path, tiny_source, capsys, extra, needle):
@@ -232,3 +238,20 @@ def test_quantize_defaults_to_asym_and_sym_opts_out(tmp_path, tiny_source):
         f = read_model_file(out)
         assert f.entries["blk.0.ffn_gate.weight"].asym is asym
         assert f.recipe["asym"] is asym
+        assert f.entries["blk.0.ffn_gate.weight"].super_block == (256 if asym else 0)
+
+
+def test_quantize_flat_scales_and_q4_stays_one_level(tmp_path, tiny_source):
+    out = tmp_path / "flat.elut"
+    assert main(["quantize", "tiny", "-o", str(out), "--bits", "2", "--super-block", "0", "-q"]) == 0
+    f = read_model_file(out)
+    assert f.entries["blk.0.attn_q.weight"].super_block == 0 and f.recipe["super_block"] == 0
+    out4 = tmp_path / "q4.elut"
+    assert main(["quantize", "tiny", "-o", str(out4), "--bits", "4", "-q"]) == 0
+    assert read_model_file(out4).entries["blk.0.attn_q.weight"].super_block == 0
+    # Two-level files are smaller at the same code widths.
+    out2 = tmp_path / "k.elut"
+    assert main(["quantize", "tiny", "-o", str(out2), "--bits", "2", "-q"]) == 0
+    e_flat = read_model_file(out).entries["blk.0.attn_q.weight"]
+    e_k = read_model_file(out2).entries["blk.0.attn_q.weight"]
+    assert e_k.nbytes < e_flat.nbytes

@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "cross_build_aarch64.sh"
 CROSS_TOOLS = ("aarch64-linux-gnu-g++", "qemu-aarch64")
 DEBIAN_PACKAGES = "g++-aarch64-linux-gnu qemu-user"
-# Cases per ISA: 5 types x 3 group sizes x 2 symmetries x shapes x token counts.
-QUICK_CASES = 5 * 3 * 2 * 3 * 2
-FULL_CASES = 5 * 3 * 2 * 5 * 3
+# Cases per ISA: 5 types x 3 group sizes x 3 scale forms (symmetric, asymmetric, two-level)
+# x shapes x token counts.
+QUICK_CASES = 5 * 3 * 3 * 3 * 2
+FULL_CASES = 5 * 3 * 3 * 5 * 3
 SUMMARY = re.compile(r"^kernel_check: (\d+) passed, (\d+) failed$", re.MULTILINE)
 
 

@@ -166,12 +166,23 @@ def set_blas_threads(n: int) -> str:
 # --------------------------------------------------------------------------- edgelut
 
 
-def random_packed(n: int, k: int, qtype: str, group: int, rng: np.random.Generator) -> kernels.PackedMatrix:
-    """Random codes and scales: kernel speed does not depend on the values."""
+def random_packed(
+    n: int, k: int, qtype: str, group: int, rng: np.random.Generator, form: str = ""
+) -> kernels.PackedMatrix:
+    """Random codes and scales: kernel speed does not depend on the values.
+
+    form "" = symmetric fp16 scales, "a" = asymmetric fp16 scale and min per
+    group, "k" = two-level scales (super-blocks of 256 weights)."""
     lo, hi = kernels.CODE_RANGE[qtype]
     codes = rng.integers(lo, hi + 1, size=(n, k), dtype=np.int8)
-    scales = rng.uniform(0.01, 0.02, size=(n, k // group)).astype(np.float32)
-    return kernels.pack(codes, scales, None, qtype, group)
+    ng = -(-k // group)
+    scales = rng.uniform(0.01, 0.02, size=(n, ng)).astype(np.float32)
+    if form == "k":
+        nsb = -(-k // 256)
+        sub = rng.integers(0, 16, size=(n, ng), dtype=np.uint8)
+        d = rng.uniform(0.001, 0.002, size=(n, nsb)).astype(np.float32)
+        return kernels.pack_two_level(codes, sub, sub[:, ::-1].copy(), d, -d, qtype, group, 256)
+    return kernels.pack(codes, scales, -scales if form == "a" else None, qtype, group)
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -458,9 +469,18 @@ def run(args: argparse.Namespace) -> list[Result]:
 
     for sname in args.shapes:
         n, k = SHAPES[sname]
-        packed = {q: random_packed(n, k, q, args.group, rng) for q in args.types}
+        if args.two_level:
+            # One-level asymmetric against two-level at equal code bits: the epilogue's cost.
+            packed = {
+                f"{q}{form}": random_packed(n, k, q, args.group, rng, form)
+                for q in args.types
+                if q != "tq"
+                for form in ("a", "k")
+            }
+        else:
+            packed = {q: random_packed(n, k, q, args.group, rng) for q in args.types}
         wf = rng.standard_normal((n, k), dtype=np.float32) * 0.02
-        dq_type = "q4" if "q4" in packed else args.types[0]
+        dq_type = "q4" if "q4" in packed else next(iter(packed))
         deq = packed[dq_type].dequantize() if "np" in args.peers else None
         for m in args.m:
             x = rng.standard_normal((m, k), dtype=np.float32)
@@ -519,7 +539,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                     # Dequantise + matmul per call is slow (numpy), so it gets only a few samples.
                     codes, scales, mins = packed[dq_type].unpack()
 
-                    def deq_mm(c=codes, s=scales, mn=mins, q=dq_type, xt=xt, thr=thr) -> np.ndarray:
+                    def deq_mm(c=codes, s=scales, mn=mins, q=dq_type[:2], xt=xt, thr=thr) -> np.ndarray:
                         set_blas_threads(thr)
                         return kernels.dequantize_reference(c, s, mn, q, args.group) @ xt
 
@@ -551,7 +571,8 @@ def _impl_order(impl: str) -> tuple[int, str]:
     """Columns: edgelut types, numpy, onnxruntime, llama.cpp, test-backend-ops."""
     kind, _, name = impl.partition(" ")
     rank = {"edgelut": 0, "np": 1, "ort": 2, "llama": 3, "tbo": 4}.get(kind, 5)
-    order = list(EDGELUT_TYPES) + ["f32", "deq+mm"] + list(LLAMA_CLASS)
+    forms = [f"{q}{f}" for q in EDGELUT_TYPES for f in ("", "a", "k")]
+    order = forms + ["f32", "deq+mm"] + list(LLAMA_CLASS)
     return rank, f"{order.index(name):03d}" if name in order else name
 
 
@@ -580,6 +601,14 @@ def markdown(results: list[Result], args: argparse.Namespace) -> str:
         ("tq", "llama tq2_0"),
         ("tq", "llama tq1_0"),
         ("q4", "np f32"),
+        # --two-level: the two-level epilogue against one-level asymmetric, and against K-quants.
+        ("q1k", "edgelut q1a"),
+        ("q2k", "edgelut q2a"),
+        ("q3k", "edgelut q3a"),
+        ("q4k", "edgelut q4a"),
+        ("q2k", "llama q2_K"),
+        ("q3k", "llama q3_K"),
+        ("q4k", "llama q4_K"),
     ]
     pairs = [(e, p) for e, p in pairs if f"edgelut {e}" in impls and p in impls]
     if pairs:
@@ -652,6 +681,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--m", nargs="+", type=int, default=[1, 128], help="tokens: 1 = GEMV, >1 = GEMM")
     ap.add_argument("--group", type=int, default=64, choices=kernels.GROUP_SIZES, help="edgelut group size")
+    ap.add_argument(
+        "--two-level",
+        action="store_true",
+        help="time each type with asymmetric fp16 group scales (qNa) and with two-level scales (qNk)",
+    )
     ap.add_argument("--isa", default="", help="edgelut kernel ISA (scalar, avx2, avx512, ...); default: best")
     ap.add_argument("--peers", nargs="*", default=["np", "ort"], choices=["np", "ort"])
     ap.add_argument("--ort-block", type=int, default=32, choices=[16, 32, 64, 128])

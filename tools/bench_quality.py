@@ -20,6 +20,14 @@ Bits per weight are counted from the files: every tensor's stored bytes over
 its element count (K-quants and TQ2_0 fall back to other types on rows whose
 width is not a multiple of 256, so a "Q2_K" file is not 2.625 bits).
 
+With ``--calib FILE`` both sides calibrate on the same text: llama.cpp's
+peer types are made with an importance matrix from ``llama-imatrix`` on FILE
+(``--imatrix-chunks`` windows of ``--ctx`` tokens; IQ2_XS and IQ3_XXS need one)
+and every ``edgelut quantize`` gets ``--calib FILE``. ``--speed`` then measures
+decode and prefill speed of every row in one interleaved pass (``llama-bench``
+and ``edgelut bench``, same threads), and ``--plot PNG`` draws the
+size/perplexity fronts of both with matplotlib.
+
 Quantised files and results are cached under --work (default
 ~/.cache/edgelut/bench_quality/<source stem>/); delete a file to redo its row.
 """
@@ -41,6 +49,8 @@ from typing import Any
 import numpy as np
 
 PEER_TYPES = ("Q4_0", "Q3_K_S", "Q2_K", "TQ2_0")
+# The llama.cpp points of the low-bit front (issue 15), made with an importance matrix.
+FRONT_PEER_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ2_XS", "IQ3_XXS")
 # Default edgelut rows. A row name is BITS-METHOD[-gNN][-sym][-VARIANT]: BITS q1..q4 or tq,
 # METHOD rtn/gptq/ternary, gNN a group size, VARIANT a key of VARIANTS (extra recipe overrides).
 EDGELUT_ROWS = ("q4-rtn", "q4-gptq", "q3-rtn", "q3-gptq", "q2-rtn", "q2-gptq", "tq-ternary", "tq-gptq")
@@ -50,6 +60,8 @@ VARIANTS: dict[str, list[str]] = {
     "vd4": ["--recipe", "attn_v=q4,ffn_down=q4"],
     "vd4g32": ["--recipe", "attn_v=q4:g32,ffn_down=q4:g32"],
     "d4": ["--recipe", "ffn_down=q4"],
+    "flat": ["--super-block", "0"],  # fp16 scale and min per group (the one-level format)
+    "ao": ["--act-order"],
 }
 
 
@@ -89,6 +101,8 @@ class Row:
     seconds: float
     command: str
     note: str = ""
+    decode_tps: float = float("nan")
+    prefill_tps: float = float("nan")
 
 
 # -- float GGUF of the source --------------------------------------------------------------------
@@ -239,9 +253,114 @@ def engine_perplexity(model_path: Path, args: argparse.Namespace, log: Path) -> 
     return float(m.group(1)), float("nan")
 
 
+def make_imatrix(f32: Path, args: argparse.Namespace, work: Path, log: Path) -> Path:
+    """llama.cpp's importance matrix from the calibration text (computed once per work dir)."""
+    out = work / "imatrix.dat"
+    if not out.exists():
+        cmd = [
+            str(args.llama_cpp_build / "bin" / "llama-imatrix"),
+            "-m",
+            str(f32),
+            "-f",
+            str(args.calib),
+            "-o",
+            str(out),
+            "-c",
+            str(args.ctx),
+            "--chunks",
+            str(args.imatrix_chunks),
+            "-t",
+            str(args.threads),
+        ]
+        _run(cmd, log)
+        if not out.exists():
+            raise RuntimeError(f"llama-imatrix wrote no {out}; see {log}")
+    return out
+
+
+def llama_speed(path: Path, args: argparse.Namespace, log: Path) -> tuple[float, float]:
+    """(decode, prefill) tokens/s from llama-bench."""
+    exe = args.llama_cpp_build / "bin" / "llama-bench"
+    out = _run(
+        [
+            str(exe),
+            "-m",
+            str(path),
+            "-p",
+            str(args.speed_prompt),
+            "-n",
+            str(args.speed_gen),
+            "-t",
+            str(args.threads),
+        ]
+        + ["-r", str(args.speed_repeats), "-o", "json"],
+        log,
+    )
+    rows = json.loads(out[out.index("[") :])
+    tg = [r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0]
+    pp = [r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0 and r.get("n_gen", 0) == 0]
+    if not tg or not pp:
+        raise RuntimeError(f"llama-bench reported no prefill/decode rows; see {log}")
+    return float(tg[0]), float(pp[0])
+
+
+def edgelut_speed(path: Path, args: argparse.Namespace, log: Path) -> tuple[float, float]:
+    """(decode, prefill) tokens/s from `edgelut bench`."""
+    cmd = [sys.executable, "-m", "edgelut.cli", "bench", str(path), "-p", str(args.speed_prompt)]
+    cmd += ["-n", str(args.speed_gen), "-r", str(args.speed_repeats), "-t", str(args.threads), "--json"]
+    res = json.loads(_run(cmd, log).strip().splitlines()[-1])
+    return float(res["decode_tokens_per_s"]), float(res["prefill_tokens_per_s"])
+
+
+def row_file(name: str, work: Path, args: argparse.Namespace) -> Path:
+    """The model file a row scores (llama-F32 is the float GGUF)."""
+    if name.startswith("llama-"):
+        qtype = name[len("llama-") :]
+        if qtype.upper() == "F32":
+            return work / "f32.gguf"
+        return work / f"{qtype}{'-imatrix' if args.calib else ''}.gguf"
+    return work / f"{name}.elut"
+
+
+def plot_front(results: dict[str, Any], png: Path, title: str) -> None:
+    """Size/perplexity fronts of llama.cpp and edgelut rows as a PNG (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("--plot needs matplotlib (pip install matplotlib)") from e
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pick, marker in (("llama.cpp (imatrix)", "llama-", "s"), ("edgelut", "", "o")):
+        pts = sorted(
+            (r["size"] / 2**20, r["ppl"], r["name"])
+            for r in results.values()
+            if (r["name"].startswith("llama-") if pick else is_edgelut_row(r["name"]))
+            and r["name"] != "llama-f32"
+        )
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle="none", label=label)
+        for x, y, n in pts:
+            ax.annotate(
+                n.replace("llama-", ""), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
 def edgelut_row(name: str, args: argparse.Namespace, work: Path, log: Path) -> Row:
     out = work / f"{name}.elut"
-    qargs = [str(args.source), "-o", str(out), *edgelut_args(name), *args.quantize_args]
+    calib = ["--calib", str(args.calib)] if args.calib else []
+    qargs = [str(args.source), "-o", str(out), *edgelut_args(name), *calib, *args.quantize_args]
     if not out.exists():
         # One BLAS thread: GPTQ's factorisations are small, and threads fight on a shared machine.
         start = time.perf_counter()
@@ -270,11 +389,16 @@ def float_row(args: argparse.Namespace) -> Row:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| row | ppl | +/- | bits/weight | file MiB |", "| --- | --- | --- | --- | --- |"]
+    speed = any(not math.isnan(r.get("decode_tps", float("nan"))) for r in rows)
+    head = "| row | ppl | +/- | bits/weight | file MiB |" + (
+        " decode tok/s | prefill tok/s |" if speed else ""
+    )
+    lines = [head, "|" + " --- |" * (7 if speed else 5)]
     for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['ppl']:,.2f} | {r['se']:.2f} | {r['bpw']:.3f} | {r['size'] / 2**20:.1f} |"
-        )
+        line = f"| {r['name']} | {r['ppl']:,.2f} | {r['se']:.2f} | {r['bpw']:.3f} | {r['size'] / 2**20:.1f} |"
+        if speed:
+            line += f" {r.get('decode_tps', float('nan')):.1f} | {r.get('prefill_tps', float('nan')):.1f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -299,7 +423,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quantize-args", default="-q", help="extra arguments for every `edgelut quantize` (default -q)"
     )
+    ap.add_argument("--calib", type=Path, default=None, help="calibration text for llama-imatrix and edgelut")
+    ap.add_argument("--imatrix-chunks", type=int, default=8, help="llama-imatrix windows of --ctx tokens")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help='an extra row variant: NAME="--recipe attn_v=q3" (edgelut quantize arguments)',
+    )
+    ap.add_argument("--speed", action="store_true", help="measure decode/prefill speed of every row")
+    ap.add_argument("--speed-prompt", type=int, default=128)
+    ap.add_argument("--speed-gen", type=int, default=32)
+    ap.add_argument("--speed-repeats", type=int, default=2)
+    ap.add_argument("--plot", type=Path, default=None, help="write the size/perplexity front as this PNG")
     args = ap.parse_args(argv)
+    for item in args.variant:
+        vname, sep, vargs = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9]*", vname):
+            ap.error(f"--variant: {item!r} is not NAME=ARGS with a lower-case alphanumeric NAME")
+        VARIANTS[vname] = vargs.split()
+    if args.calib is not None and not args.calib.is_file():
+        ap.error(f"--calib: {args.calib} is not a file")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress in nohup logs
     args.quantize_args = args.quantize_args.split()
     if args.text is None:
@@ -326,10 +471,11 @@ def main(argv: list[str] | None = None) -> int:
                 qtype = name[len("llama-") :]
                 path = f32
                 if qtype.upper() != "F32":
-                    path = work / f"{qtype}.gguf"
+                    path = work / f"{qtype}{'-imatrix' if args.calib else ''}.gguf"
                     if not path.exists():
                         quant = args.llama_cpp_build / "bin" / "llama-quantize"
-                        _run([str(quant), str(f32), str(path), qtype, str(args.threads)], log)
+                        imat = ["--imatrix", str(make_imatrix(f32, args, work, log))] if args.calib else []
+                        _run([str(quant), *imat, str(f32), str(path), qtype, str(args.threads)], log)
                 row = llama_row(name, path, args, log)
             elif is_edgelut_row(name):
                 row = edgelut_row(name, args, work, log)
@@ -345,6 +491,28 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: ppl {row.ppl:.4f} +/- {row.se:.4f}, {row.bpw:.3f} bpw ({row.seconds:.0f} s)", flush=True
         )
+    names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if args.speed:
+        # One interleaved pass over the rows in the order given, so each pair sees the same load.
+        for name in names:
+            path = row_file(name, work, args)
+            if name not in results or name == "float" or not path.exists():
+                continue
+            try:
+                speed = (
+                    llama_speed(path, args, log)
+                    if name.startswith("llama-")
+                    else edgelut_speed(path, args, log)
+                )
+            except (RuntimeError, ValueError) as e:
+                print(f"bench_quality: {name}: speed: {e}", file=sys.stderr)
+                continue
+            results = json.loads(results_path.read_text())
+            results[name]["decode_tps"], results[name]["prefill_tps"] = speed
+            results_path.write_text(json.dumps(results, indent=1))
+            print(f"{name}: decode {speed[0]:.1f} tok/s, prefill {speed[1]:.1f} tok/s", flush=True)
+    if args.plot:
+        plot_front(results, args.plot, f"{args.source.stem}: perplexity (ctx {args.ctx}) vs size")
     print(table(list(results.values())))
     return 0
 

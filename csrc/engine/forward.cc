@@ -150,7 +150,7 @@ void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_
     if (o.embd_packed) {
       const PackedShape& e = o.embd_shape;
       embd_tile_.resize(align_up(e.groups() * e.group_code_bytes(), kSectionAlign) +
-                        2 * align_up(static_cast<size_t>(e.groups()) * kTileRows * 2, kSectionAlign));
+                        align_up(e.scale_tile_bytes(), kSectionAlign) + align_up(e.min_tile_bytes(), kSectionAlign));
     } else {
       embd_tile_.resize(sizeof(float) * w_.embd_cols);
     }
@@ -184,14 +184,15 @@ void Engine::embed_stored(int32_t id, float* row) {
     // scales and mins are contiguous runs of the three sections.
     const PackedShape& e = out_paged_->embd_shape;
     const uint64_t t = static_cast<uint64_t>(id) / kTileRows, NG = e.groups();
-    const uint64_t code_bytes = NG * e.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
+    const uint64_t code_bytes = NG * e.group_code_bytes(), scale_bytes = e.scale_tile_bytes();
+    const uint64_t min_bytes = e.min_tile_bytes();
     PackedShape one = e;
     one.n = kTileRows;
     const uint64_t base = out_paged_->embd_offset;
     uint8_t* buf = embd_tile_.data();
     pager_->read_bytes(base + e.codes_offset() + t * code_bytes, code_bytes, buf + one.codes_offset());
     pager_->read_bytes(base + e.scales_offset() + t * scale_bytes, scale_bytes, buf + one.scales_offset());
-    if (e.asym) pager_->read_bytes(base + e.mins_offset() + t * scale_bytes, scale_bytes, buf + one.mins_offset());
+    if (e.asym) pager_->read_bytes(base + e.mins_offset() + t * min_bytes, min_bytes, buf + one.mins_offset());
     dequantize_row(PackedView::over(one, buf), id % kTileRows, row);
   } else if (w_.embd_packed) {
     dequantize_row(w_.token_embd_packed, id, row);

@@ -108,15 +108,16 @@ PagedOutput output_chunks(const ModelFile& mf, uint64_t max_bytes, bool with_lm_
     return o;
   }
   const PackedShape& s = lm->pshape;
-  const uint64_t NG = s.groups(), code_bytes = NG * s.group_code_bytes(), scale_bytes = NG * kTileRows * 2;
-  const uint64_t per_tile = code_bytes + scale_bytes * (s.asym ? 2 : 1);
+  const uint64_t NG = s.groups(), code_bytes = NG * s.group_code_bytes(), scale_bytes = s.scale_tile_bytes();
+  const uint64_t min_bytes = s.min_tile_bytes();
+  const uint64_t per_tile = code_bytes + scale_bytes + (s.asym ? min_bytes : 0);
   const int64_t step = std::max<int64_t>(1, static_cast<int64_t>((max_bytes > 192 ? max_bytes - 192 : 0) / per_tile));
   for (int64_t t0 = 0; t0 < s.tiles(); t0 += step) {
     const int64_t t1 = std::min(s.tiles(), t0 + step), nt = t1 - t0;
     o.chunk_tiles.push_back(t0);
     std::vector<ByteRange> ch = {{lm->offset + s.codes_offset() + t0 * code_bytes, nt * code_bytes},
                                  {lm->offset + s.scales_offset() + t0 * scale_bytes, nt * scale_bytes}};
-    if (s.asym) ch.push_back({lm->offset + s.mins_offset() + t0 * scale_bytes, nt * scale_bytes});
+    if (s.asym) ch.push_back({lm->offset + s.mins_offset() + t0 * min_bytes, nt * min_bytes});
     pieces->push_back(std::move(ch));
   }
   o.chunk_tiles.push_back(s.tiles());

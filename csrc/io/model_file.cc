@@ -101,6 +101,12 @@ void ModelFile::read_tensor_meta() {
       s.k = get_int(key + ".k");
       s.group = static_cast<int32_t>(get_int(key + ".group"));
       s.asym = get_int(key + ".asym") != 0;
+      // Absent in files without two-level scales (and in files older than them).
+      if (find(key + ".super")) {
+        const int64_t sb = get_int(key + ".super");
+        if (sb < 0 || sb > 4096) fail("tensor " + t.name + ": super-block size " + std::to_string(sb) + " is out of range");
+        s.super = static_cast<int32_t>(sb);
+      }
       validate_shape(s);
     } catch (const std::invalid_argument& e) {
       fail("tensor " + t.name + ": " + e.what());

@@ -78,7 +78,7 @@ void int8_gemm_ref(const PackedView& w, const Int8Acts* acts, int64_t m, float* 
           }
           v[r] = static_cast<float>(dot) * half_xs;
         }
-        add_group_ref(w, tw.meta(t, g), tr.center, v, a.asum[g], out);
+        add_group_ref(group_meta(w, t, g), tr.center, v, a.asum[g], out);
       }
       store_tile(s, t, out, y + tok * ldy);
     }

@@ -97,9 +97,9 @@ struct Avx2 {
     // Float epilogue in the reference's exact op order.
     const __m256 center = _mm256_set1_ps(cx.center);
     for (int q = 0; q < 8; ++q) {
-      const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.scales + 8 * q)));
-      if (a.mins) {
-        const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.mins + 8 * q)));
+      __m256 sc, mn;
+      load_meta(a.meta, q, sc, mn);
+      if (a.meta.has_min()) {
         for (int i = 0; i < TB; ++i) {
           const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(comb[i][q]), _mm256_set1_ps(a.half_ts[i]));
           const __m256 as = _mm256_set1_ps(a.asum[i]);
@@ -116,6 +116,23 @@ struct Avx2 {
         }
       }
     }
+  }
+
+  // Scales and offsets of rows 8q..8q+7: fp16 loads, or (two-level) the
+  // sub-scale nibbles times the fp16 super-block values, one multiply each as
+  // in row_scale/row_min (layout.h).
+  static void load_meta(const GroupMeta& m, int q, __m256& sc, __m256& mn) {
+    if (m.sub) {
+      const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m.sub + 8 * q)));
+      const __m256 ls = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
+      const __m256 lm = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+      sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.d + 8 * q))), ls);
+      mn = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.dmin + 8 * q))), lm);
+      return;
+    }
+    sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.scales + 8 * q)));
+    mn = m.mins ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.mins + 8 * q)))
+                : _mm256_setzero_ps();
   }
 };
 

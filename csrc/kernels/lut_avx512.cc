@@ -39,6 +39,23 @@ constexpr RowPerm make_row_perm() {
 }
 constexpr RowPerm kRowPerm = make_row_perm();
 
+// Scales and offsets of rows 16q..16q+15: fp16 loads, or (two-level) the
+// sub-scale nibbles times the fp16 super-block values, one multiply each as in
+// row_scale/row_min (layout.h). Shared by the LUT and int8 epilogues.
+inline void load_meta16(const GroupMeta& m, int q, __m512& sc, __m512& mn) {
+  if (m.sub) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.sub + 16 * q)));
+    const __m512 ls = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+    const __m512 lm = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+    sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.d + 16 * q))), ls);
+    mn = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.dmin + 16 * q))), lm);
+    return;
+  }
+  sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.scales + 16 * q)));
+  mn = m.mins ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.mins + 16 * q)))
+              : _mm512_setzero_ps();
+}
+
 struct Avx512 {
   static constexpr int kTokBlock = 4;
 
@@ -162,9 +179,9 @@ struct Avx512 {
     // Float epilogue in the reference's exact op order.
     const __m512 center = _mm512_set1_ps(cx.center);
     for (int q = 0; q < 4; ++q) {
-      const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scales + 16 * q)));
-      if (a.mins) {
-        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.mins + 16 * q)));
+      __m512 sc, mn;
+      load_meta16(a.meta, q, sc, mn);
+      if (a.meta.has_min()) {
         for (int i = 0; i < TB; ++i) {
           const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(comb[i][q]), _mm512_set1_ps(a.half_ts[i]));
           const __m512 as = _mm512_set1_ps(a.asum[i]);
@@ -183,7 +200,6 @@ struct Avx512 {
     }
   }
 };
-
 
 // ---------------------------------------------------------------------------
 // Int8 prefill (lut.h, "Int8 prefill path"): a tile-group's codes are expanded
@@ -243,8 +259,8 @@ void expand_group(const uint8_t* codes, const GroupCtx& cx, int8_t* w8, __m512i 
 struct Int8Tile {
   const int8_t* w8;        // (groups, cpg * 256) expanded weights of the tile
   const int32_t* negbias;  // (groups, 64)
-  const uint16_t* scales;  // (groups, 64) fp16
-  const uint16_t* mins;    // (groups, 64) fp16 or nullptr
+  const PackedView* w;     // for the scales and offsets of (t, g)
+  int64_t t = 0;
   int64_t ng = 0, cpg = 0, group = 0;
   float center = 0.0f;
   const Int8Acts* acts[4];
@@ -278,12 +294,11 @@ void int8_tile(const Int8Tile& a, int64_t g0, int64_t g1) {
       }
     }
     // Float epilogue in the reference's exact op order.
-    const uint16_t* sp = a.scales + g * kTileRows;
-    const uint16_t* mp = a.mins ? a.mins + g * kTileRows : nullptr;
+    const GroupMeta meta = group_meta(*a.w, a.t, g);
     for (int q = 0; q < 4; ++q) {
-      const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16 * q)));
-      if (mp) {
-        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mp + 16 * q)));
+      __m512 sc, mn;
+      load_meta16(meta, q, sc, mn);
+      if (meta.has_min()) {
         for (int i = 0; i < TB; ++i) {
           const __m512 hx = _mm512_set1_ps(0.5f * a.acts[i]->xscale[g]);
           const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][q]), hx);
@@ -332,8 +347,8 @@ void int8_gemm_planes(const PackedView& w, const Int8Acts* acts, int64_t m, floa
     Int8Tile a;
     a.w8 = w8.data();
     a.negbias = negbias.data();
-    a.scales = w.scales + static_cast<size_t>(t * ng) * kTileRows;
-    a.mins = w.mins ? w.mins + static_cast<size_t>(t * ng) * kTileRows : nullptr;
+    a.w = &w;
+    a.t = t;
     a.ng = ng;
     a.cpg = cx.cpg;
     a.group = s.group;

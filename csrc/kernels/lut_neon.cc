@@ -61,27 +61,37 @@ inline void combine_plane(const int16x8_t acc[8], int16_t coef, int32x4_t comb[1
 
 inline float32x4_t load_fp16x4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 
-// What the float epilogue of one (tile, group) needs besides comb.
-struct GroupEpilogue {
-  const uint16_t* scales;  // (64) fp16
-  const uint16_t* mins;    // (64) fp16, nullptr when symmetric
-  float center;
-};
+// Two-level scales: 4 rows' s = d * ls and m = dmin * lm, the same single
+// multiplies as row_scale/row_min (layout.h).
+inline void two_level_x4(const GroupMeta& m, int j, float32x4_t& sc, float32x4_t& mn) {
+  uint8_t b[4];
+  std::memcpy(b, m.sub + 4 * j, 4);
+  const uint32x4_t raw = {b[0], b[1], b[2], b[3]};
+  const float32x4_t ls = vcvtq_f32_u32(vandq_u32(raw, vdupq_n_u32(15)));
+  const float32x4_t lm = vcvtq_f32_u32(vshrq_n_u32(raw, 4));
+  sc = vmulq_f32(load_fp16x4(m.d + 4 * j), ls);
+  mn = vmulq_f32(load_fp16x4(m.dmin + 4 * j), lm);
+}
 
 // out[r] += the group's contribution, in lut.h's exact op order.
-inline void apply_group(const int32x4_t comb[16], const GroupEpilogue& e, float tscale, float asum, float* out) {
+inline void apply_group(const int32x4_t comb[16], const GroupMeta& e, float center_f, float tscale, float asum,
+                        float* out) {
   const float32x4_t half_ts = vdupq_n_f32(0.5f * tscale);
   const float32x4_t as = vdupq_n_f32(asum);
-  const float32x4_t center = vdupq_n_f32(e.center);
+  const float32x4_t center = vdupq_n_f32(center_f);
   for (int j = 0; j < 16; ++j) {
     const float32x4_t v = vmulq_f32(vcvtq_f32_s32(comb[j]), half_ts);
-    const float32x4_t sc = load_fp16x4(e.scales + 4 * j);
     float32x4_t o = vld1q_f32(out + 4 * j);
-    if (e.mins) {
+    if (e.sub) {
+      float32x4_t sc, mn;
+      two_level_x4(e, j, sc, mn);
       o = vfmaq_f32(o, sc, vfmaq_f32(v, center, as));
+      o = vfmaq_f32(o, mn, as);
+    } else if (e.mins) {
+      o = vfmaq_f32(o, load_fp16x4(e.scales + 4 * j), vfmaq_f32(v, center, as));
       o = vfmaq_f32(o, load_fp16x4(e.mins + 4 * j), as);
     } else {
-      o = vfmaq_f32(o, sc, v);
+      o = vfmaq_f32(o, load_fp16x4(e.scales + 4 * j), v);
     }
     vst1q_f32(out + 4 * j, o);
   }
@@ -116,9 +126,7 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
             lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * tw.planes + p) * 32), acc);
           combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
         }
-        const size_t si = tw.meta(t, g);
-        const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
-        apply_group(comb, e, a.tscale[g], a.asum[g], out);
+        apply_group(comb, group_meta(w, t, g), tr.center, a.tscale[g], a.asum[g], out);
       }
       store_tile(w.shape, t, out, y + tok * ldy);
     }
@@ -140,8 +148,7 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
       for (int64_t g = 0; g < tw.ng; ++g) {
         const uint8_t* codes = tw.codes(w, t, g);
         for (int64_t r = 0; r < tw.cpg * tw.planes; ++r) idx[r] = split_run(codes + r * 32);
-        const size_t si = tw.meta(t, g);
-        const GroupEpilogue e{w.scales + si, w.mins ? w.mins + si : nullptr, tr.center};
+        const GroupMeta e = group_meta(w, t, g);
         for (int64_t b = 0; b < nb; ++b) {
           const ActTables& a = acts[b0 + b];
           const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
@@ -154,7 +161,7 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
               lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * tw.planes + p], acc);
             combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
           }
-          apply_group(comb, e, a.tscale[g], a.asum[g], out[b]);
+          apply_group(comb, e, tr.center, a.tscale[g], a.asum[g], out[b]);
         }
       }
       for (int64_t b = 0; b < nb; ++b) store_tile(w.shape, t, out[b], y + (b0 + b) * ldy);

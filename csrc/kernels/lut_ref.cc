@@ -78,7 +78,7 @@ void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* 
         float v[kTileRows];
         const float half_ts = 0.5f * a.tscale[g];
         for (int r = 0; r < kTileRows; ++r) v[r] = static_cast<float>(comb[r]) * half_ts;
-        add_group_ref(w, tw.meta(t, g), tr.center, v, a.asum[g], out);
+        add_group_ref(group_meta(w, t, g), tr.center, v, a.asum[g], out);
       }
       store_tile(w.shape, t, out, y + tok * ldy);
     }

@@ -74,8 +74,7 @@ inline X86Scratch& x86_scratch() {
 // One step: rows of tile-group `codes` for TB tokens.
 struct StepArgs {
   const uint8_t* codes;     // this (tile, group)
-  const uint16_t* scales;   // 64 fp16
-  const uint16_t* mins;     // 64 fp16 or nullptr
+  GroupMeta meta;           // the 64 rows' scales and offsets (either format)
   const int8_t* tab[8];     // biased tables of each token, at this group
   float half_ts[8];         // 0.5f * tscale[g] per token
   float asum[8];            // asum[g] per token
@@ -106,8 +105,7 @@ void lut_gemm_planes(const PackedView& w, const ActTables* acts, int64_t m, floa
       const size_t tg = static_cast<size_t>(t * ng + g);
       StepArgs a;
       a.codes = w.codes + tg * gbytes;
-      a.scales = w.scales + tg * kTileRows;
-      a.mins = w.mins ? w.mins + tg * kTileRows : nullptr;
+      a.meta = group_meta(w, t, g);
       for (int64_t j0 = 0; j0 < m; j0 += Isa::kTokBlock) {
         const int nb = static_cast<int>(std::min<int64_t>(Isa::kTokBlock, m - j0));
         for (int i = 0; i < nb; ++i) {

@@ -6,14 +6,34 @@
 
 namespace edgelut {
 
+namespace {
+std::shared_ptr<void> alloc_packed(const PackedShape& s) {
+  const size_t bytes = align_up(s.total_bytes(), kSectionAlign);
+  void* mem = std::aligned_alloc(kSectionAlign, bytes);
+  if (!mem) throw std::runtime_error("pack: out of memory");
+  return std::shared_ptr<void>(mem, std::free);
+}
+}  // namespace
+
+PackedMatrix PackedMatrix::pack_two_level(const PackedShape& s, const int8_t* codes, const uint8_t* sub_scales,
+                                          const uint8_t* sub_mins, const float* d, const float* dmin) {
+  validate_shape(s);
+  std::shared_ptr<void> owner = alloc_packed(s);
+  void* mem = owner.get();
+  pack_codes_two_level(s, codes, sub_scales, sub_mins, d, dmin, static_cast<uint8_t*>(mem));
+  PackedMatrix m;
+  m.shape_ = s;
+  m.data_ = static_cast<const uint8_t*>(mem);
+  m.owner_ = std::move(owner);
+  return m;
+}
+
 PackedMatrix PackedMatrix::pack(const PackedShape& s, const int8_t* codes, const float* scales,
                                 const float* mins) {
   validate_shape(s);
   if (s.asym && !mins) throw std::invalid_argument("pack: asymmetric packing needs mins");
-  const size_t bytes = align_up(s.total_bytes(), kSectionAlign);
-  void* mem = std::aligned_alloc(kSectionAlign, bytes);
-  if (!mem) throw std::runtime_error("pack: out of memory");
-  std::shared_ptr<void> owner(mem, std::free);
+  std::shared_ptr<void> owner = alloc_packed(s);
+  void* mem = owner.get();
   pack_codes(s, codes, scales, mins, static_cast<uint8_t*>(mem));
   PackedMatrix m;
   m.shape_ = s;
@@ -42,7 +62,10 @@ double PackedMatrix::bits_per_weight() const {
   const double weights = static_cast<double>(shape_.n) * static_cast<double>(shape_.k);
   const double groups = static_cast<double>(shape_.n) * static_cast<double>(shape_.groups());
   const double code_bits = weights * qtype_traits(shape_.qtype).planes;
-  const double meta_bits = groups * 16.0 * (shape_.asym ? 2.0 : 1.0);
+  // Two-level: a byte per group and an fp16 pair per super-block.
+  const double supers = static_cast<double>(shape_.n) * static_cast<double>(shape_.supers());
+  const double meta_bits =
+      shape_.two_level() ? groups * 8.0 + supers * 32.0 : groups * 16.0 * (shape_.asym ? 2.0 : 1.0);
   return (code_bits + meta_bits) / weights;
 }
 

@@ -15,6 +15,10 @@ class PackedMatrix {
   PackedMatrix() = default;
   // Packs codes (n x k levels), scales and mins (n x groups); mins may be null.
   static PackedMatrix pack(const PackedShape& s, const int8_t* codes, const float* scales, const float* mins);
+  // Packs codes with two-level scales (s.super > 0): sub-scales and sub-mins
+  // (n x groups, 0..15), d and dmin (n x super-blocks).
+  static PackedMatrix pack_two_level(const PackedShape& s, const int8_t* codes, const uint8_t* sub_scales,
+                                     const uint8_t* sub_mins, const float* d, const float* dmin);
   // Borrows bytes; `owner` keeps them alive. Checks size and alignment.
   static PackedMatrix borrow(const PackedShape& s, const uint8_t* data, size_t size, std::shared_ptr<void> owner);
 

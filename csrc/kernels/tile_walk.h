@@ -27,8 +27,6 @@ struct TileWalk {
   const uint8_t* codes(const PackedView& w, int64_t t, int64_t g) const {
     return w.codes + static_cast<size_t>(t * ng + g) * gbytes;
   }
-  // Index of the first of the 64 scales (and mins) of (tile t, group g).
-  size_t meta(int64_t t, int64_t g) const { return static_cast<size_t>(t * ng + g) * kTileRows; }
 };
 
 // The 4-bit lookup index of tile row r in one 32-byte run of codes.
@@ -44,14 +42,14 @@ inline void store_tile(const PackedShape& s, int64_t t, const float* out, float*
 }
 
 // out[r] += one group's contribution, given v[r] = (integer dot) * half activation scale.
-// This op order is the contract every SIMD epilogue reproduces exactly (lut.h).
-inline void add_group_ref(const PackedView& w, size_t meta, float center, const float* v, float asum,
-                          float* out) {
+// This op order is the contract every SIMD epilogue reproduces exactly (lut.h);
+// row_scale/row_min (layout.h) give the same floats for either scale format.
+inline void add_group_ref(const GroupMeta& m, float center, const float* v, float asum, float* out) {
   for (int r = 0; r < kTileRows; ++r) {
-    const float sc = fp16_to_fp32(w.scales[meta + r]);
-    if (w.mins) {
+    const float sc = row_scale(m, r);
+    if (m.has_min()) {
       out[r] = std::fma(sc, std::fma(center, asum, v[r]), out[r]);
-      out[r] = std::fma(fp16_to_fp32(w.mins[meta + r]), asum, out[r]);
+      out[r] = std::fma(row_min(m, r), asum, out[r]);
     } else {
       out[r] = std::fma(sc, v[r], out[r]);
     }

@@ -68,6 +68,7 @@ py::dict tensor_dict(const FileTensor& t) {
   d["packed"] = t.packed;
   d["group_size"] = t.packed ? t.pshape.group : 0;
   d["asym"] = t.packed && t.pshape.asym;
+  d["super_block"] = t.packed ? t.pshape.super : 0;
   return d;
 }
 

@@ -24,13 +24,14 @@ using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using I8 = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
 using U8 = py::array_t<uint8_t, py::array::c_style>;
 
-PackedShape make_shape(int64_t n, int64_t k, const std::string& qtype, int group, bool asym) {
+PackedShape make_shape(int64_t n, int64_t k, const std::string& qtype, int group, bool asym, int super = 0) {
   PackedShape s;
   s.n = n;
   s.k = k;
   s.qtype = qtype_from_name(qtype);
   s.group = group;
   s.asym = asym;
+  s.super = super;
   validate_shape(s);
   return s;
 }
@@ -53,8 +54,38 @@ PackedMatrix pack(I8 codes, F32 scales, std::optional<F32> mins, const std::stri
   return PackedMatrix::pack(s, codes.data(), scales.data(), mp);
 }
 
-PackedMatrix from_buffer(py::buffer buf, int64_t n, int64_t k, const std::string& qtype, int group, bool asym) {
-  PackedShape s = make_shape(n, k, qtype, group, asym);
+using U8In = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+PackedMatrix pack_two_level(I8 codes, U8In sub_scales, U8In sub_mins, F32 d, F32 dmin, const std::string& qtype,
+                            int group, int super) {
+  require(codes.ndim() == 2, "pack_two_level: codes must be 2-D (rows, cols)");
+  require(super > 0, "pack_two_level: super_block must be positive, got " + std::to_string(super));
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  PackedShape s = make_shape(n, k, qtype, group, true, super);
+  for (const U8In* a : {&sub_scales, &sub_mins})
+    require(a->ndim() == 2 && a->shape(0) == n && a->shape(1) == s.groups(),
+            "pack_two_level: sub-scales and sub-mins must have shape (" + std::to_string(n) + ", " +
+                std::to_string(s.groups()) + ")");
+  for (const F32* a : {&d, &dmin})
+    require(a->ndim() == 2 && a->shape(0) == n && a->shape(1) == s.supers(),
+            "pack_two_level: d and dmin must have shape (" + std::to_string(n) + ", " + std::to_string(s.supers()) +
+                ")");
+  py::gil_scoped_release release;
+  return PackedMatrix::pack_two_level(s, codes.data(), sub_scales.data(), sub_mins.data(), d.data(), dmin.data());
+}
+
+py::tuple unpack_two_level_py(const PackedMatrix& pm) {
+  const PackedShape& s = pm.shape();
+  require(s.two_level(), "unpack_two_level: the matrix has one-level scales");
+  py::array_t<uint8_t> ls({s.n, s.groups()}), lm({s.n, s.groups()});
+  F32 d({s.n, s.supers()}), dmin({s.n, s.supers()});
+  unpack_two_level(pm.view(), ls.mutable_data(), lm.mutable_data(), d.mutable_data(), dmin.mutable_data());
+  return py::make_tuple(ls, lm, d, dmin);
+}
+
+PackedMatrix from_buffer(py::buffer buf, int64_t n, int64_t k, const std::string& qtype, int group, bool asym,
+                         int super) {
+  PackedShape s = make_shape(n, k, qtype, group, asym, super);
   py::buffer_info info = buf.request();
   require(info.itemsize == 1 && info.ndim == 1, "from_buffer: expected a 1-D byte buffer");
   // The Python object keeps the bytes alive (an mmap or a numpy array).
@@ -121,6 +152,8 @@ void register_kernels(py::module_& m) {
       .def_property_readonly("qtype", [](const PackedMatrix& p) { return qtype_traits(p.shape().qtype).name; })
       .def_property_readonly("group_size", [](const PackedMatrix& p) { return p.shape().group; })
       .def_property_readonly("asym", [](const PackedMatrix& p) { return p.shape().asym; })
+      .def_property_readonly("super_block", [](const PackedMatrix& p) { return p.shape().super; },
+                             "Weights per super-block of two-level scales (0 = fp16 scales per group).")
       .def_property_readonly("nbytes", &PackedMatrix::nbytes)
       .def_property_readonly("bits_per_weight", &PackedMatrix::bits_per_weight)
       .def_property_readonly(
@@ -131,11 +164,15 @@ void register_kernels(py::module_& m) {
           },
           "The packed bytes (read-only view).")
       .def("unpack", &unpack, "Codes (n, k) int8, scales (n, groups), mins or None.")
+      .def("unpack_two_level", &unpack_two_level_py,
+           "Two-level scales as stored: sub-scales, sub-mins (n, groups) uint8, d, dmin (n, super-blocks).")
       .def("dequantize", &dequantize_matrix, "The float matrix these bytes encode.");
 
   m.def("pack", &pack, py::arg("codes"), py::arg("scales"), py::arg("mins"), py::arg("qtype"), py::arg("group_size"));
+  m.def("pack_two_level", &pack_two_level, py::arg("codes"), py::arg("sub_scales"), py::arg("sub_mins"),
+        py::arg("d"), py::arg("dmin"), py::arg("qtype"), py::arg("group_size"), py::arg("super_block"));
   m.def("from_buffer", &from_buffer, py::arg("buffer"), py::arg("n"), py::arg("k"), py::arg("qtype"),
-        py::arg("group_size"), py::arg("asym"));
+        py::arg("group_size"), py::arg("asym"), py::arg("super_block") = 0);
   m.def("matmul", &matmul, py::arg("w"), py::arg("x"), py::arg("isa") = "", py::arg("n_threads") = 0,
         py::arg("int8") = false);
   m.def("tables", &tables, py::arg("w"), py::arg("x"), py::arg("isa") = "");

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     elif rec:
         print(
             f"recipe:        method {rec.get('method')}, {rec.get('qtype')} g{rec.get('group_size')}"
-            f"{' asym' if rec.get('asym') else ''}; overrides {rec.get('overrides') or 'none'}"
+            f"{' asym' if rec.get('asym') else ''}"
+            f"{' two-level k' + str(rec['super_block']) if rec.get('super_block') else ''}"
+            f"; overrides {rec.get('overrides') or 'none'}"
         )
     imp = rec.get("import") if rec else None
     if isinstance(imp, dict):
@@ -111,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, list] = {}
     for e in entries:
         key = e.name if args.tensors else re.sub(r"^blk\.\d+\.", "blk.*.", e.name)
-        fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}" if e.packed else e.qtype
+        fmt = e.qtype
+        if e.packed:
+            fmt = f"{e.qtype} g{e.group_size}{' asym' if e.asym else ''}"
+            fmt += f" k{e.super_block}" if e.super_block else ""  # two-level scales
         r = rows.setdefault(key, [fmt, 0, 0, 0])
         if fmt not in r[0].split(" | "):  # a kind whose tensors differ (chosen widths): list each type
             r[0] += " | " + fmt
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         r[2] += e.n_weights
         r[3] += e.nbytes
     width = max(len(k) for k in rows)
-    tw = max(12, *(len(r[0]) for r in rows.values()))
+    tw = max(18, *(len(r[0]) for r in rows.values()))
     print(f"\n{'tensor':<{width}}  {'type':<{tw}} {'count':>5} {'weights':>12} {'bytes':>10} {'bits/w':>7}")
     for key, (fmt, count, n, nb) in rows.items():
         print(f"{key:<{width}}  {fmt:<{tw}} {count:>5} {n:>12,} {_size(nb):>10} {8 * nb / n:>7.3f}")

@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="symmetric groups, scale only (default for ternary; no zero level for q1..q4)",
     )
+    p.add_argument(
+        "--super-block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="two-level scales: 4-bit sub-scales per group under fp16 values per N weights "
+        "(default 256 for 1-3 bits, 0 = fp16 scale and min per group, the default for 4 bits)",
+    )
     p.add_argument("--act-order", action="store_true", help="GPTQ: quantise columns by decreasing activation")
     p.add_argument(
         "--calib",
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=args.recipe or {},
             use_defaults=not args.no_default_recipe,
             act_order=args.act_order,
+            super_block=args.super_block,
         )
     except ValueError as e:
         raise UserError(f"--recipe/--bits: {e}") from e

@@ -46,9 +46,9 @@ struct Counts {
 
 std::string describe(const Case& c, const char* isa) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%s %s n=%lld k=%lld g=%d %s m=%lld", isa, qtype_traits(c.shape.qtype).name,
+  std::snprintf(buf, sizeof buf, "%s %s n=%lld k=%lld g=%d %s%s m=%lld", isa, qtype_traits(c.shape.qtype).name,
                 static_cast<long long>(c.shape.n), static_cast<long long>(c.shape.k), c.shape.group,
-                c.shape.asym ? "asym" : "sym", static_cast<long long>(c.m));
+                c.shape.asym ? "asym" : "sym", c.shape.two_level() ? " two-level" : "", static_cast<long long>(c.m));
   return buf;
 }
 
@@ -71,7 +71,19 @@ Matrix make_matrix(const PackedShape& s, std::mt19937& rng) {
   for (auto& v : mn) v = 0.1f * sign(rng);
   Matrix mat;
   mat.packed.resize(s.total_bytes());
-  pack_codes(s, codes.data(), sc.data(), mn.data(), mat.packed.data());
+  if (s.two_level()) {
+    // 4-bit sub-scales and sub-mins under per-super-block fp16 values (d may be negative too).
+    std::uniform_int_distribution<int> nib(0, 15);
+    std::vector<uint8_t> ls(sc.size()), lm(sc.size());
+    for (auto& v : ls) v = static_cast<uint8_t>(nib(rng));
+    for (auto& v : lm) v = static_cast<uint8_t>(nib(rng));
+    std::vector<float> d(static_cast<size_t>(s.n * s.supers())), dmin(d.size());
+    for (auto& v : d) v = scale(rng) / 8.0f * (sign(rng) < 0 ? -1.0f : 1.0f);
+    for (auto& v : dmin) v = 0.01f * sign(rng);
+    pack_codes_two_level(s, codes.data(), ls.data(), lm.data(), d.data(), dmin.data(), mat.packed.data());
+  } else {
+    pack_codes(s, codes.data(), sc.data(), mn.data(), mat.packed.data());
+  }
 
   // Round-trip to get the scales and mins exactly as the kernel sees them.
   const PackedView v = PackedView::over(s, mat.packed.data());
@@ -123,8 +135,11 @@ std::vector<double> error_bounds(const Case& c, const Matrix& mat, const std::ve
         double l1 = 0.0;
         for (int64_t col = g * s.group; col < std::min<int64_t>(s.k, (g + 1) * s.group); ++col)
           l1 += std::abs(xt[col]);
-        magnitude += sc * (0.5 * icoef_sum * l1 + std::abs(tr.center) * std::abs(asum[g]));
-        if (s.asym) magnitude += std::abs(mat.mins[r * ng + g]) * std::abs(asum[g]);
+        // asum is a float sum: its rounding error scales with the sum of |x| (l1), not with
+        // |asum|, which cancels to near zero on some groups (seen with two-level offsets
+        // whose group scale is 0, where the offset term is all of the output).
+        magnitude += sc * (0.5 * icoef_sum * l1 + std::abs(tr.center) * l1);
+        if (s.asym) magnitude += std::abs(mat.mins[r * ng + g]) * l1;
       }
       bound[tok * s.n + r] = table + 1e-5 * magnitude + 1e-30;
     }
@@ -225,7 +240,7 @@ int main(int argc, char** argv) {
   Counts counts;
   for (int q = 0; q < static_cast<int>(QType::kCount); ++q)
     for (int group : {32, 64, 128})
-      for (bool asym : {false, true})
+      for (int variant : {0, 1, 2})  // symmetric, asymmetric, two-level scales
         for (const Shape& sh : shapes)
           for (int64_t m : tokens) {
             Case c;
@@ -233,7 +248,8 @@ int main(int argc, char** argv) {
             c.shape.k = sh.k;
             c.shape.qtype = static_cast<QType>(q);
             c.shape.group = group;
-            c.shape.asym = asym;
+            c.shape.asym = variant > 0;
+            c.shape.super = variant == 2 ? 256 : 0;
             c.m = m;
             try {
               run_case(c, rng, pool, verbose, counts);
