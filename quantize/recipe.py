@@ -268,7 +268,7 @@ class Recipe:
 
     def pinned_spec(self, name: str) -> TensorSpec | None:
         """The spec the user's own overrides give a tensor, or None (defaults not applied)."""
-        base = spec = TensorSpec(self.qtype, self.group_size, bool(self.asym))
+        base = spec = TensorSpec(self.qtype, self.group_size, bool(self.asym), int(self.super_block or 0))
         hit = False
         for pattern, value in self.overrides.items():
             if _matches(pattern, name):

@@ -284,7 +284,8 @@ def test_source_codes_are_used_only_for_q4_g32_asym():
 
 def test_recipe_defaults_and_overrides():
     r = Recipe(qtype="q2", group_size=64)
-    assert str(r.spec_for("blk.3.attn_q.weight")) == "q2:g64:asym"
+    # Below 4 bits the default is two-level scales (super-blocks of 256), and overrides inherit it.
+    assert str(r.spec_for("blk.3.attn_q.weight")) == "q2:g64:asym:k256"
     assert r.spec_for("token_embd.weight").qtype == "q4"
     assert r.spec_for("blk.3.attn_v.weight").qtype == "q4"
     assert r.spec_for("blk.3.ffn_down.weight").qtype == "q4"
@@ -292,7 +293,7 @@ def test_recipe_defaults_and_overrides():
     assert Recipe(qtype="q2", overrides="ffn_down=-1").spec_for("blk.3.ffn_down.weight").qtype == "q1"
     r = Recipe(qtype="q2", overrides="ffn_down=+2,blk.0.*=q4:g32:asym,attn_k=f16,output=-1")
     assert r.spec_for("blk.5.ffn_down.weight").qtype == "q4"
-    assert r.spec_for("blk.0.ffn_up.weight") == TensorSpec("q4", 32, True)
+    assert r.spec_for("blk.0.ffn_up.weight") == TensorSpec("q4", 32, True, 256)
     assert r.spec_for("blk.1.attn_k.weight").is_float
     assert r.spec_for("output.weight").qtype == "q1"
     assert Recipe(qtype="q2", overrides='{"attn_q": "q3"}').spec_for("blk.0.attn_q.weight").qtype == "q3"
