@@ -161,19 +161,26 @@ def x86_greedy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list
 
 @pytest.mark.parametrize("cpu", CPUS)
 def test_real_model_greedy_tokens_match_x86(wheel: Path, cpu: str, x86_greedy: dict, tmp_path: Path) -> None:
-    # The LUT path on both. NEON and AVX-512 LUT GEMMs are bit-exact to the
+    # The LUT path on both. NEON and every x86-64 LUT GEMM are bit-exact to the
     # scalar reference for the same tables; what differs is the float code
-    # around them (table scales, norms, attention, softmax, libm exp).
+    # around them. NEON runs the portable float code (libm exp/tanh, the
+    # reference attention), as the x86-64 "scalar" ISA does; since session 5
+    # the AVX2 paths use a polynomial exp in the FFN activation too, which on
+    # SmolLM2 flips a near-tie at the 10th greedy token. So the tokens are
+    # compared with the x86-64 scalar run.
     ids, logits, stdout = _greedy(tmp_path / "a64.npz", "lut", wheel, cpu)
     assert f"isa: neon  features: {' '.join(FEATURES[cpu])}" in stdout
-    x86_ids, x86_logits, _ = x86_greedy["lut"]
+    x86_ids, x86_logits, _ = x86_greedy["scalar"]
     assert ids == x86_ids, (ids, x86_ids)
     diff = float(np.max(np.abs(logits - x86_logits)))
     # The int8 tables round float activations; a last-bit change in a table
     # scale moves entries by one level, so ISAs differ by up to ~1 logit on
     # SmolLM2 (logits up to ~34). The bound is the spread between two x86-64
-    # ISAs (AVX-512 vs scalar) in the same run, with room for one more flip.
-    spread = float(np.max(np.abs(x86_greedy["scalar"][1] - x86_logits)))
+    # ISAs (AVX-512 vs scalar), over the steps before their tokens part.
+    lut_ids, lut_logits, _ = x86_greedy["lut"]
+    parts = [i for i, (a, b) in enumerate(zip(lut_ids, x86_ids, strict=True)) if a != b]
+    same = parts[0] + 1 if parts else len(x86_ids)
+    spread = float(np.max(np.abs(x86_logits[:same] - lut_logits[:same])))
     print(
         f"{cpu}: {N_TOKENS} greedy tokens equal to x86-64 (LUT path); largest logit difference "
         f"{diff:.3g} (x86-64 AVX-512 vs scalar: {spread:.3g})"
@@ -186,7 +193,7 @@ def test_default_prefill_path_on_neon_is_the_lut_path(wheel: Path, x86_greedy: d
     # x86-64 with AVX-512 VNNI prefills with int8 activations: a different
     # approximation of the prompt, and after it possibly other greedy tokens.
     ids, _, _ = _greedy(tmp_path / "a64-auto.npz", "auto", wheel, "max")
-    assert ids == x86_greedy["lut"][0]
+    assert ids == x86_greedy["scalar"][0]  # the LUT path with the portable float code
     print(f"aarch64 auto = LUT path {ids}; x86-64 auto {x86_greedy['auto'][0]}")
 
 
