@@ -25,7 +25,7 @@ from edgelut import _core
 from edgelut.kernels import PackedMatrix, from_buffer
 from edgelut.models.config import ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.gguf_file import Metadata, ModelFileError, check_regular_file
-from edgelut.models.spill import SpilledTensor
+from edgelut.models.spill import SpilledTensor, packed_meta
 
 __all__ = [
     "ALIGNMENT",
@@ -184,14 +184,7 @@ def write_model_file(
             meta = dict(t.meta, crc32=t.crc32)
         elif isinstance(t, PackedMatrix):
             data = np.asarray(t.data).view(np.int8)
-            meta = {
-                "qtype": t.qtype,
-                "n": t.n,
-                "k": t.k,
-                "group": t.group_size,
-                "asym": t.asym,
-                "super": t.super_block,
-            }
+            meta = packed_meta(t)
         else:
             dtype = np.float32 if float_type == "f32" else np.float16
             data = np.ascontiguousarray(np.asarray(t, dtype=dtype))

@@ -20,7 +20,19 @@ import numpy as np
 
 from edgelut.kernels import PackedMatrix
 
-__all__ = ["SpilledTensor", "TensorSpill"]
+__all__ = ["SpilledTensor", "TensorSpill", "packed_meta"]
+
+
+def packed_meta(t: PackedMatrix) -> dict[str, Any]:
+    """A packed tensor's entry in the model file's table (and in a spill): type, shape, groups."""
+    return {
+        "qtype": t.qtype,
+        "n": t.n,
+        "k": t.k,
+        "group": t.group_size,
+        "asym": t.asym,
+        "super": t.super_block,
+    }
 
 
 @dataclass(frozen=True)
@@ -57,14 +69,7 @@ class TensorSpill:
     def put(self, name: str, t: PackedMatrix | np.ndarray, float_type: str = "f32") -> SpilledTensor:
         if isinstance(t, PackedMatrix):
             data = np.asarray(t.data).view(np.int8)
-            meta = {
-                "qtype": t.qtype,
-                "n": t.n,
-                "k": t.k,
-                "group": t.group_size,
-                "asym": t.asym,
-                "super": t.super_block,
-            }
+            meta = packed_meta(t)
             shape: tuple[int, ...] = (t.n, t.k)
         else:
             a = np.asarray(t)
