@@ -466,6 +466,12 @@ class Completion:
             if self.channel is not None:
                 self.channel.finish()
 
+    def run_inline(self, emit: Callable[[str], None]) -> None:
+        """An inline completion from start to ``finish`` on this thread, every piece to emit."""
+        self.run(emit)
+        for piece in self.finish():
+            emit(piece)
+
     def run_quietly(self) -> None:
         """``run`` for a worker thread: a failure is kept for ``finish`` to raise."""
         with contextlib.suppress(BaseException):
@@ -907,10 +913,7 @@ class Model:
         token (finish_reason "cancelled"). A ``constraint`` in the options
         masks every step. Returns the call's stats (also in ``self.stats``).
         """
-        c = self.completion(ids, options, inline=True, cancel=cancel)
-        c.run(on_text)
-        for piece in c.finish():
-            on_text(piece)
+        self.completion(ids, options, inline=True, cancel=cancel).run_inline(on_text)
         return self.stats
 
     def completion(
@@ -939,10 +942,7 @@ class Model:
         emit: Callable[[str], None],
     ) -> None:
         """A checked prompt's generation on this thread, text pieces to emit as they come."""
-        c = Completion(self, ids, max_tokens, sampler, stops, inline=True)
-        c.run(emit)
-        for piece in c.finish():
-            emit(piece)
+        Completion(self, ids, max_tokens, sampler, stops, inline=True).run_inline(emit)
 
     # ---- context overflow ---------------------------------------------------
     def set_context_overflow(self, mode: str, n_keep: int | None = None) -> None:
