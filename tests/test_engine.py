@@ -493,6 +493,29 @@ def test_token_channel_hands_tokens_over_with_one_wakeup():
     assert ch.drain() == ([9], True)
 
 
+def test_streams_never_lose_their_wakeup():
+    # Tokens of a tiny model come microseconds apart, so the consumer's drain
+    # races the producer's pushes. A drain that cleared its flag before
+    # emptying the pipe once swallowed the byte of a push landing in between;
+    # the consumer then waited forever in select (a CI hang, reproduced here
+    # within 13-52 streams). The streams run on a thread so that such a hang
+    # fails the test instead of stalling the run.
+    cfg = tiny_config()
+    m = Model.from_float(cfg, random_tensors(cfg), CharTokenizer(), n_ctx=12, n_threads=1)
+    m.set_context_overflow("slide", n_keep=2)
+    texts: list[str] = []
+
+    def stream() -> None:
+        for _ in range(300):
+            texts.append("".join(m.generate("abcdefghij", 20, temperature=0.0, stream=True)))
+
+    worker = threading.Thread(target=stream, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), f"a stream lost its wake-up after {len(texts)} of 300"
+    assert len(set(texts)) == 1 and len(texts[0]) > 0
+
+
 def test_generate_takes_one_sink():
     cfg = tiny_config()
     m = Model.from_float(cfg, random_tensors(cfg), n_ctx=32, n_threads=1)

@@ -67,12 +67,16 @@ class TokenChannel {
   // Consumer side: the tokens pushed since the last drain; *finished tells
   // whether the producer is done (every token is then in this or an earlier drain).
   std::vector<int32_t> drain(bool* finished) {
-    // Clear the flag before taking the tokens: a push after this point writes
-    // a new byte, so no token is left without a wake-up.
-    signalled_.store(false, std::memory_order_seq_cst);
+    // Empty the pipe first, then clear the flag, then take the tokens. In the
+    // other order a push between the clear and the read wrote a byte that the
+    // read swallowed while the flag stayed set: no later push or finish wrote
+    // again and the consumer waited forever (seen as a CI hang). In this
+    // order every push either lands before the take below or, finding the
+    // flag clear, writes a byte the consumer has not read yet.
     char buf[64];
     while (read(rfd_, buf, sizeof buf) > 0) {
     }
+    signalled_.store(false, std::memory_order_seq_cst);
     std::vector<int32_t> out;
     std::lock_guard<std::mutex> lock(mu_);
     out.swap(pending_);
