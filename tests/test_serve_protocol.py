@@ -141,3 +141,22 @@ def test_loading_is_503() -> None:
     assert _get(app, "/health") == (503, {"status": "loading"})
     status, body = _get(app, "/v1/models")
     assert status == 503 and body["error"]["code"] == "loading"
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_text_event_is_the_chunk_event_byte_for_byte(chat: bool) -> None:
+    from edgelut.server.app import _Answer, _event
+
+    answer = _Answer('model "x" \\ ü', chat)
+    for piece in [
+        "",
+        " Paris",
+        'quote " and \\ backslash',
+        "line\nbreak\ttab",
+        "\x00\x01 ctl",
+        "日本語 🎉",
+        "\ufffd",
+    ]:
+        assert answer.text_event(piece) == _event(answer.chunk(answer.delta(piece)))
+        choice = json.loads(answer.text_event(piece)[6:])["choices"][0]
+        assert (choice["delta"]["content"] if chat else choice["text"]) == piece

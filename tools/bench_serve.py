@@ -13,9 +13,10 @@ shared machine hits both):
   request at the same moment; total tokens/s = all tokens / wall time.
 
 Every request's prompt starts with a unique number so neither server can
-answer from its prompt cache. The decode rate of `edgelut bench -p 1 -n N`
-(the engine alone, no HTTP) is measured in the same rounds; the server's
-overhead per token is 1/server_rate - 1/bench_rate.
+answer from its prompt cache. The decode rate of `edgelut bench -p P -n N`
+(the engine alone, no HTTP; P the request's prompt tokens, so it decodes at
+the same positions) is measured in the same rounds; the server's overhead
+per token is 1/server_rate - 1/bench_rate.
 
 llama-server gets --parallel max(C) slots (its continuous batching) and a
 context of max(C) x --ctx, so each slot has --ctx; edgelut serves one request
@@ -99,6 +100,7 @@ class Stream:
     decode_tps: float
     tokens: int
     end: float
+    prompt_tokens: int
 
 
 ESSAY = {"type": "object", "properties": {"essay": {"type": "string"}}, "required": ["essay"]}
@@ -109,6 +111,11 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
 
     ``constrained``: a chat request whose reply must match a JSON schema (a long string
     field, so the reply runs to max_tokens); the grammar masks every token.
+
+    The client only timestamps where each SSE event starts while the stream runs and
+    parses the events after it ended: on a 2-core machine a client that parses JSON
+    per token takes CPU from the server it measures (~0.2 ms a token with
+    http.client + json.loads per line).
     """
     body: dict = {"max_tokens": n, "temperature": 0, "stream": True}
     body["stream_options"] = {"include_usage": True}
@@ -120,35 +127,50 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
         path = "/v1/completions"
         body["prompt"] = PROMPT.format(i=i)
         body["ignore_eos"] = True
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    t0 = time.perf_counter()
-    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    if r.status != 200:
-        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    buf = bytearray()
+    marks: list[tuple[int, float]] = []  # (offset of an event's "data: ", arrival time)
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(head + payload)
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            now = time.perf_counter()
+            buf += data
+            # From 5 bytes before this read: a marker may be split across two reads.
+            k = buf.find(b"data: ", max(0, len(buf) - len(data) - 5))
+            while k >= 0:
+                if not marks or marks[-1][0] != k:
+                    marks.append((k, now))
+                k = buf.find(b"data: ", k + 6)
+    status = bytes(buf[: buf.find(b"\r\n")])
+    if b" 200 " not in status:
+        raise RuntimeError(f"{status.decode(errors='replace')}: {bytes(buf[:400])!r}")
     first = last = 0.0
     events = 0
     usage = None
-    while True:
-        line = r.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+    for k, when in marks:
+        line = bytes(buf[k + 6 : buf.find(b"\n", k)]).strip()
+        if line == b"[DONE]":
             continue
-        obj = json.loads(line[6:])
+        obj = json.loads(line)
         if obj.get("usage"):
-            usage = obj["usage"]["completion_tokens"]
+            usage = obj["usage"]
         choice = obj["choices"][0] if obj.get("choices") else {}
         if choice.get("text") or (choice.get("delta") or {}).get("content"):
-            now = time.perf_counter()
-            first = first or now
-            last = now
+            first = first or when
+            last = when
             events += 1
-    c.close()
-    tokens = usage or events
+    tokens = usage["completion_tokens"] if usage else events
     decode = (tokens - 1) / (last - first) if last > first else 0.0
-    return Stream(ttft_s=first - t0, decode_tps=decode, tokens=tokens, end=last)
+    prompt = usage["prompt_tokens"] if usage else 0
+    return Stream(ttft_s=first - t0, decode_tps=decode, tokens=tokens, end=last, prompt_tokens=prompt)
 
 
 def concurrent(port: int, clients: int, n: int, base: int) -> float:
@@ -176,9 +198,23 @@ def concurrent(port: int, clients: int, n: int, base: int) -> float:
     return sum(r.tokens for r in results) / (max(r.end for r in results) - t0)
 
 
-def engine_decode(elut: str, threads: int, n: int) -> float:
+def engine_decode(elut: str, threads: int, n: int, prompt: int) -> float:
+    """`edgelut bench` decode from position ``prompt`` on: the positions a served request decodes at."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgelut.cli",
+        "bench",
+        elut,
+        "-p",
+        str(prompt),
+        "-n",
+        str(n),
+        "-t",
+        str(threads),
+    ]
     out = subprocess.run(
-        [sys.executable, "-m", "edgelut.cli", "bench", elut, "-p", "1", "-n", str(n), "-t", str(threads)],
+        cmd,
         capture_output=True,
         text=True,
         check=True,
@@ -227,7 +263,6 @@ def main() -> int:
     rows = {name: Rows() for name in servers}
     base = int(time.time())  # unique prompts across rounds too
     for rnd in range(args.rounds):
-        rows["edgelut"].add("bench", engine_decode(args.elut, args.threads, n))
         for name, cmd in servers.items():
             port = free_port()
             child = Child(name, cmd(port), port)
@@ -238,6 +273,8 @@ def main() -> int:
                 base += 1
                 rows[name].add("ttft_ms", s.ttft_s * 1e3)
                 rows[name].add("decode", s.decode_tps)
+                if name == "edgelut":
+                    prompt = s.prompt_tokens
                 rows[name].add("json", stream_request(port, base, n, constrained=True).decode_tps)
                 base += 1
                 for c in args.clients:
@@ -245,6 +282,7 @@ def main() -> int:
                     base += c
             finally:
                 child.stop()
+        rows["edgelut"].add("bench", engine_decode(args.elut, args.threads, n, prompt))
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
 
     e, ll = rows["edgelut"], rows["llama.cpp"]
@@ -259,7 +297,7 @@ def main() -> int:
         print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     bench = e.med("bench")
     overhead = (1 / e.med("decode") - 1 / bench) * 1e3
-    print(f"\n`edgelut bench -p 1 -n {n} -t {t}` decode: {bench:.1f} tokens/s; the server's")
+    print(f"\n`edgelut bench -p {prompt} -n {n} -t {t}` decode: {bench:.1f} tokens/s; the server's")
     print(f"single-client decode is {e.med('decode') / bench:.3f}x of it: {overhead:.2f} ms per token")
     print("of HTTP + SSE + Python.")
     print(json.dumps({k: v.values for k, v in rows.items()}), file=sys.stderr)
