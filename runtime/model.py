@@ -31,6 +31,7 @@ from edgelut import _core
 from edgelut.kernels import pack
 from edgelut.models.config import LINEAR_TENSORS, ModelConfig
 from edgelut.thinking import filter_stream, strip_thinking
+from edgelut.tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
     from edgelut.distributed.options import DistributedOptions
@@ -348,22 +349,14 @@ class _TextStream:
     """
 
     def __init__(self, tokenizer: TokenizerLike, stop: Sequence[str]) -> None:
-        self.tok = tokenizer
+        self.decoder = StreamDecoder(tokenizer)
         self.stop = [s for s in stop if s]
-        self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] were decoded last time
-        self.read = 0
         self.text = ""  # all text decoded so far
         self.sent = 0  # characters of text already emitted
         self.done = False
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        new = self.tok.decode(self.ids[self.prefix :])
-        old = self.tok.decode(self.ids[self.prefix : self.read])
-        if len(new) > len(old) and not new.endswith("\ufffd"):
-            self.text += new[len(old) :]
-            self.prefix, self.read = self.read, len(self.ids)
+        self.text += self.decoder.push(token)
         return self._release()
 
     def _release(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +297,12 @@ class StreamDecoder:
     small and keeps decoders that strip a leading space (SentencePiece) right.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False) -> None:
-        self._tok = tokenizer
-        self._skip = skip_special
+    def __init__(self, tokenizer: Any, skip_special: bool = False) -> None:
+        # Any object with decode(ids) (the model's TokenizerLike); skip_special
+        # needs edgelut's Tokenizer.
+        self._decode: Callable[[list[int]], str] = (
+            (lambda ids: tokenizer.decode(ids, skip_special=True)) if skip_special else tokenizer.decode
+        )
         self._ids: list[int] = []
         self._prefix = 0  # start of the context window re-decoded each time
         self._read = 0  # ids before this one have been emitted
@@ -307,8 +310,8 @@ class StreamDecoder:
     def push(self, token_id: int) -> str:
         """Add one id; return the newly completed text (possibly empty)."""
         self._ids.append(int(token_id))
-        done = self._tok.decode(self._ids[self._prefix : self._read], skip_special=self._skip)
-        full = self._tok.decode(self._ids[self._prefix :], skip_special=self._skip)
+        done = self._decode(self._ids[self._prefix : self._read])
+        full = self._decode(self._ids[self._prefix :])
         if len(full) > len(done) and not full.endswith("\ufffd"):
             self._prefix, self._read = self._read, len(self._ids)
             return full[len(done) :]
@@ -316,8 +319,8 @@ class StreamDecoder:
 
     def flush(self) -> str:
         """Whatever is held back (an incomplete character decodes as U+FFFD)."""
-        done = self._tok.decode(self._ids[self._prefix : self._read], skip_special=self._skip)
-        full = self._tok.decode(self._ids[self._prefix :], skip_special=self._skip)
+        done = self._decode(self._ids[self._prefix : self._read])
+        full = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
         return full[len(done) :]
 
