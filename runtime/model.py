@@ -554,6 +554,14 @@ class Completion:
 CONTEXT_OVERFLOW = ("error", "slide")
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Leading tokens a and b share, short of b's last (its logits are always evaluated)."""
+    n, limit = 0, min(len(a), len(b) - 1)
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
 class Model:
     """A loaded model: generate, chat, eval and tokenize, llama-cpp-python style."""
 
@@ -569,6 +577,12 @@ class Model:
     # alone goes through the decode GEMV instead of the prefill GEMM (int8 activations), and
     # a close greedy choice can flip. Costs up to prefill_chunk - 1 re-evaluated tokens.
     chunk_aligned_reuse: bool = False
+    # Bytes of host memory for saved KV caches of other conversations (0: only the
+    # current one is kept). A prompt that shares less with the cache than with a
+    # saved conversation swaps them, so interleaved conversations (several
+    # clients of one server, a chat app's side requests) each continue from
+    # their own cache instead of evaluating their whole history again.
+    prompt_cache_bytes: int = 0
     # The tensor-parallel link when this model coordinates a group (edgelut.distributed), else None.
     group: Any = None
 
@@ -579,6 +593,7 @@ class Model:
         self.config = config
         self.tokenizer = tokenizer
         self._cache_ids: list[int] = []  # the tokens whose K/V sit in the cache, in order
+        self._saved: list[tuple[list[int], bytes]] = []  # other conversations' caches, oldest first
         self.stats = GenerationStats()
         self.last_tokens: list[int] = []  # token ids sampled by the last call
 
@@ -745,10 +760,9 @@ class Model:
         At least the last prompt token is always re-evaluated: its logits are
         what the first sampled token needs.
         """
-        n = 0
-        limit = min(len(ids) - 1, len(self._cache_ids), self._engine.n_past)
-        while n < limit and self._cache_ids[n] == ids[n]:
-            n += 1
+        n = _common_prefix(self._cache_ids[: self._engine.n_past], ids)
+        if self.prompt_cache_bytes > 0 and self.group is None:
+            n = self._swap_saved_cache(ids, n)
         if self.chunk_aligned_reuse:
             n -= n % self.prefill_chunk
         self._engine.truncate(n)
@@ -756,6 +770,35 @@ class Model:
         n = self._engine.n_past
         self._cache_ids = self._cache_ids[:n]
         return n
+
+    def _swap_saved_cache(self, ids: list[int], n: int) -> int:
+        """Save the current cache when ids would drop much of it; restore a saved one that
+        shares more with ids. Returns the common prefix of ids and the cache it leaves."""
+        # Worth a copy only when a prefill chunk or more would be lost or won.
+        min_gain = self.prefill_chunk
+        best, best_n = -1, n
+        for i, (saved_ids, _) in enumerate(self._saved):
+            m = _common_prefix(saved_ids, ids)
+            if m >= best_n + min_gain:
+                best, best_n = i, m
+        held = min(len(self._cache_ids), self._engine.n_past)
+        if held - n >= min_gain:
+            self._save_cache(self._cache_ids[:held], self._engine.kv_snapshot())
+        if best < 0:
+            return n
+        saved_ids, blob = self._saved.pop(best)
+        self._engine.kv_restore(blob, len(saved_ids))
+        self._cache_ids = list(saved_ids)
+        return best_n
+
+    def _save_cache(self, ids: list[int], blob: bytes) -> None:
+        # A conversation is kept once: a newer copy (a longer history) replaces the older.
+        self._saved = [(s, b) for s, b in self._saved if ids[: len(s)] != s]
+        if len(blob) > self.prompt_cache_bytes:
+            return
+        self._saved.append((ids, blob))
+        while sum(len(b) for _, b in self._saved) > self.prompt_cache_bytes:
+            self._saved.pop(0)  # least recently used
 
     # ---- generation ---------------------------------------------------------
     def generate(

@@ -297,3 +297,23 @@ def test_llama32_style_end_to_end(tmp_path: Path):
         np.array(IDS, np.int32), 0, all_logits=True
     )
     assert_close(got, forward(Weights(mf.config, stored), IDS, dtype=np.float64))
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "q8"])
+def test_kv_snapshot_restores_a_ring_exactly(kv_type):
+    # A saved conversation on Gemma's rings: restoring the ring and its position
+    # map continues exactly as if the other conversation never ran.
+    cfg = family_config("gemma3")
+    packed = pack_tensors(cfg, tiny_weights(cfg, seed=7), bits=4, group_size=32)
+    a, b = np.array((IDS * 2)[:30], np.int32), np.array(IDS[::-1], np.int32)
+    e = _core.Engine(engine_config(cfg), packed, n_threads=1, kv_type=kv_type, n_ctx=64, prefill_chunk=4)
+    e.eval(a, 0)
+    saved = e.kv_snapshot()
+    want = e.eval(a[:3], len(a))
+    e.reset()
+    e.eval(b, 0)  # another conversation overwrites every ring row
+    e.kv_restore(saved, len(a))
+    assert e.n_past == len(a)
+    np.testing.assert_array_equal(e.eval(a[:3], len(a)), want)
+    with pytest.raises(ValueError, match="not a snapshot of 29 positions"):
+        e.kv_restore(saved, len(a) - 1)

@@ -308,3 +308,55 @@ def test_gated_activation_kernels_against_numpy(kind: str) -> None:
         )
     with pytest.raises(ValueError, match="kind must be"):
         _core.gated_activation(gate, up, kind="relu")
+
+
+# ---- saved conversations (prompt cache slots) -----------------------------------
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "q8"])
+def test_kv_snapshot_restores_positions_exactly(kv_type) -> None:
+    cfg = tiny_config()
+    m = Model.from_float(cfg, random_tensors(cfg), n_ctx=64, n_threads=1, kv_type=kv_type)
+    e = m._engine
+    a, b = np.arange(3, 40, dtype=np.int32), np.arange(50, 90, dtype=np.int32)
+    e.eval(a, 0)
+    saved = e.kv_snapshot()
+    want = e.eval(np.asarray([7], np.int32), len(a))
+    e.reset()
+    e.eval(b, 0)
+    e.kv_restore(saved, len(a))
+    np.testing.assert_array_equal(e.eval(np.asarray([7], np.int32), len(a)), want)
+    with pytest.raises(ValueError, match="not a snapshot"):
+        e.kv_restore(saved[:-1], len(a))
+
+
+def test_interleaved_conversations_each_continue_from_their_own_cache() -> None:
+    cfg = tiny_config()
+    tensors = random_tensors(cfg)
+    rng = np.random.default_rng(3)
+    conv_a = rng.integers(3, cfg.vocab_size, 150).tolist()
+    conv_b = rng.integers(3, cfg.vocab_size, 140).tolist()
+    turn = rng.integers(3, cfg.vocab_size, 20).tolist()
+
+    def run(m: Model, *prompts: list[int]) -> list[int]:
+        for p in prompts:
+            m.generate(p, 6, temperature=0.0)
+        return list(m.last_tokens)
+
+    alone = Model.from_float(cfg, tensors, n_ctx=256, n_threads=1)
+    first = run(alone, conv_a)
+    follow_up = conv_a + first + turn
+    want = run(alone, follow_up)
+    assert alone.stats.cached_tokens >= len(conv_a)
+
+    for budget, cached in ((0, False), (1 << 20, True)):
+        m = Model.from_float(cfg, tensors, n_ctx=256, n_threads=1)
+        m.prompt_cache_bytes = budget
+        assert run(m, conv_a, conv_b, follow_up) == want
+        assert (m.stats.cached_tokens >= len(conv_a)) == cached
+    # Back to b: saved when the follow-up took the cache.
+    m.generate(conv_b + [5, 6], 2, temperature=0.0)
+    assert m.stats.cached_tokens >= len(conv_b)
+    # A budget smaller than one conversation's cache keeps none.
+    small = Model.from_float(cfg, tensors, n_ctx=256, n_threads=1)
+    small.prompt_cache_bytes = 1000
+    run(small, conv_a, conv_b, follow_up)
+    assert small.stats.cached_tokens == 0 and small._saved == []

@@ -168,6 +168,30 @@ def test_prefix_cache_reused_across_turns(client: openai.OpenAI) -> None:
     assert r2.usage.prompt_tokens - cached < r2.usage.prompt_tokens - r1.usage.prompt_tokens + 64
 
 
+def test_interleaved_conversations_each_reuse_their_own_cache(client: openai.OpenAI) -> None:
+    # Two clients' conversations take turns (or a chat app's title request comes
+    # between two turns): the server's saved caches (--cache-ram, default 256M)
+    # let each continue from its own cache rather than evaluate its history again.
+    def conversation(topic: str) -> list[dict[str, str]]:
+        system = {
+            "role": "system",
+            "content": f"You are an expert on {topic}. " + "Be brief and exact. " * 20,
+        }
+        return [system, {"role": "user", "content": f"Tell me one fact about {topic}."}]
+
+    a, b = conversation("rivers"), conversation("mountains")
+    ra = client.chat.completions.create(model="any", messages=a, temperature=0, max_tokens=8)
+    client.chat.completions.create(model="any", messages=b, temperature=0, max_tokens=8)
+    a2 = [
+        *a,
+        {"role": "assistant", "content": ra.choices[0].message.content},
+        {"role": "user", "content": "More."},
+    ]
+    r = client.chat.completions.create(model="any", messages=a2, temperature=0, max_tokens=8)
+    # b shares only the system prompt's first words with a: a's cache came back.
+    assert r.usage.prompt_tokens_details.cached_tokens >= 128, r.usage
+
+
 def test_tools_need_a_template_that_renders_them(client: openai.OpenAI) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     with pytest.raises(openai.BadRequestError, match="does not support tools"):

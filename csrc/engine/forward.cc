@@ -453,6 +453,19 @@ void Engine::truncate(int64_t n) {
   n_past_ = kv_.holds(n - c_.sliding_window + 1, n) ? n : 0;
 }
 
+std::vector<uint8_t> Engine::kv_snapshot() const {
+  require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
+          "kv snapshot: a tensor-parallel shard cannot keep its cache alone");
+  return kv_.snapshot(n_past_);
+}
+
+void Engine::kv_restore(const uint8_t* data, size_t size, int64_t n) {
+  require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
+          "kv restore: a tensor-parallel shard cannot restore its cache alone");
+  kv_.restore(data, size, n);
+  n_past_ = n;
+}
+
 GenerateResult Engine::generate(const int32_t* ids, int64_t n, const GenerateOptions& o,
                                 const std::function<bool(int32_t)>& on_token) {
   require(n > 0, "generate: the prompt is empty (nothing to continue from)");

@@ -66,6 +66,14 @@ class KvCache {
   // forgets a position R positions later).
   bool holds(int64_t begin, int64_t end) const;
 
+  // A copy of what positions [0, n) left in the cache: every layer's first n
+  // rows (a ring layer's whole ring and mirror) with their q8 scales, and the
+  // ring's position map. restore() puts such a copy back exactly, so a prompt
+  // cache can keep several conversations and continue any of them.
+  std::vector<uint8_t> snapshot(int64_t n) const;
+  // Throws std::invalid_argument when data is not a snapshot of n positions of this cache.
+  void restore(const uint8_t* data, size_t size, int64_t n);
+
   // Raw rows (n_kv_heads * head_dim elements) at (layer, pos): float*,
   // uint16_t* or int8_t* depending on type().
   const void* key(int64_t layer, int64_t pos) const { return k_.data() + offset(layer, pos) * elem_bytes(); }
@@ -84,6 +92,9 @@ class KvCache {
     return (static_cast<size_t>(layer_row0_[layer]) + static_cast<size_t>(row_of(layer, pos))) * row_;
   }
   void store_row(size_t off, const float* k, const float* v);
+  // Rows layer l holds for positions [0, n): n, or a ring layer's every row.
+  int64_t held_rows(int64_t layer, int64_t n) const { return ring_layer_[layer] ? ring_ + window_ - 1 : n; }
+  size_t snapshot_bytes(int64_t n) const;
   int64_t n_ctx_;
   size_t row_;  // n_kv_heads * head_dim
   KvType type_;

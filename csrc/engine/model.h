@@ -249,6 +249,12 @@ class Engine {
   void truncate(int64_t n);
   void reset() { truncate(0); }
 
+  // Positions [0, n_past()) of the KV cache as bytes, and back (KvCache::snapshot):
+  // a prompt cache of several conversations. Not for a tensor-parallel shard
+  // (the other devices' caches would not follow): std::invalid_argument.
+  std::vector<uint8_t> kv_snapshot() const;
+  void kv_restore(const uint8_t* data, size_t size, int64_t n);
+
   // Evaluates ids at n_past(), then samples and decodes until max_tokens, an
   // EOS token, a full context or on_token returning false.
   GenerateResult generate(const int32_t* ids, int64_t n, const GenerateOptions& o,

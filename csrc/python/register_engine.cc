@@ -341,6 +341,20 @@ void register_engine(py::module_& m) {
       .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false)
       .def("truncate", &Engine::truncate, py::arg("n"))
       .def("reset", &Engine::reset)
+      .def(
+          "kv_snapshot",
+          [](const Engine& e) {
+            const std::vector<uint8_t> b = e.kv_snapshot();
+            return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+          },
+          "The KV cache of positions [0, n_past) as bytes (a prompt-cache slot).")
+      .def(
+          "kv_restore",
+          [](Engine& e, const py::bytes& data, int64_t n_past) {
+            const std::string_view b = data;
+            e.kv_restore(reinterpret_cast<const uint8_t*>(b.data()), b.size(), n_past);
+          },
+          py::arg("data"), py::arg("n_past"), "Put back a kv_snapshot taken at n_past positions.")
       .def("generate", &generate, py::arg("ids"), py::kw_only(), py::arg("max_tokens"), py::arg("eos"),
            py::arg("sampler"), py::arg("history"), py::arg("on_token") = nullptr,
            py::arg("channel") = nullptr)

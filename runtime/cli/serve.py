@@ -42,6 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     net.add_argument(
         "--max-body", type=parse_size, default=4 << 20, metavar="SIZE", help="largest request body"
     )
+    net.add_argument(
+        "--cache-ram",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="host memory for the KV caches of other conversations, so interleaved conversations "
+        "each continue from their own cache (default 256M; 0 with --memory-budget, which it would exceed)",
+    )
     net.add_argument("--model-id", default=None, help="the model's name in the API (default: from MODEL)")
     net.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -66,6 +74,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _cache_ram(args: argparse.Namespace) -> int:
+    if args.cache_ram is not None:
+        positive_int("--cache-ram", args.cache_ram, allow_zero=True)
+        return args.cache_ram
+    # A memory budget bounds the whole process; saved caches are not in its count.
+    return 0 if args.memory_budget else 256 << 20
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -88,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             cors_origins=list(args.cors),
             max_waiting=args.max_queue,
             max_body_bytes=args.max_body,
+            prompt_cache_bytes=_cache_ram(args),
         )
     )
     sock = _listen(args.host, args.port)

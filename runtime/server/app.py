@@ -59,6 +59,7 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)  # empty: no CORS headers
     max_waiting: int = 32  # requests queued behind the running one before a 429
     max_body_bytes: int = 4 << 20
+    prompt_cache_bytes: int = 0  # Model.prompt_cache_bytes: saved KV caches of other conversations
 
 
 class _State:
@@ -117,6 +118,7 @@ class Server:
         """Install a loaded model after one token of warm-up (so /health's 200 means it answers)."""
         # Repeated requests get the same reply as the first one (see Model.chunk_aligned_reuse).
         model.chunk_aligned_reuse = True
+        model.prompt_cache_bytes = self.config.prompt_cache_bytes
         model.complete([0], GenerateOptions(max_tokens=1, temperature=0.0), lambda _: None)
         model.reset()
         tok = model.tokenizer
