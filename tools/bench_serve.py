@@ -101,16 +101,20 @@ class Stream:
     tokens: int
     end: float
     prompt_tokens: int
+    text: str
 
 
 ESSAY = {"type": "object", "properties": {"essay": {"type": "string"}}, "required": ["essay"]}
 
 
-def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stream:
+def stream_request(
+    port: int, i: int, n: int, constrained: bool = False, messages: list[dict[str, str]] | None = None
+) -> Stream:
     """One streaming completion; timing from the request to its first and last token events.
 
     ``constrained``: a chat request whose reply must match a JSON schema (a long string
     field, so the reply runs to max_tokens); the grammar masks every token.
+    ``messages``: a chat request of these messages instead of the numbered prompt.
 
     The client only timestamps where each SSE event starts while the stream runs and
     parses the events after it ended: on a 2-core machine a client that parses JSON
@@ -119,7 +123,10 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
     """
     body: dict = {"max_tokens": n, "temperature": 0, "stream": True}
     body["stream_options"] = {"include_usage": True}
-    if constrained:
+    if messages is not None:
+        path = "/v1/chat/completions"
+        body["messages"] = messages
+    elif constrained:
         path = "/v1/chat/completions"
         body["messages"] = [{"role": "user", "content": PROMPT.format(i=i)}]
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "essay", "schema": ESSAY}}
@@ -155,6 +162,7 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
     first = last = 0.0
     events = 0
     usage = None
+    text: list[str] = []
     for k, when in marks:
         line = bytes(buf[k + 6 : buf.find(b"\n", k)]).strip()
         if line == b"[DONE]":
@@ -163,14 +171,46 @@ def stream_request(port: int, i: int, n: int, constrained: bool = False) -> Stre
         if obj.get("usage"):
             usage = obj["usage"]
         choice = obj["choices"][0] if obj.get("choices") else {}
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+        piece = choice.get("text") or (choice.get("delta") or {}).get("content")
+        if piece:
+            text.append(piece)
             first = first or when
             last = when
             events += 1
     tokens = usage["completion_tokens"] if usage else events
     decode = (tokens - 1) / (last - first) if last > first else 0.0
     prompt = usage["prompt_tokens"] if usage else 0
-    return Stream(ttft_s=first - t0, decode_tps=decode, tokens=tokens, end=last, prompt_tokens=prompt)
+    return Stream(
+        ttft_s=first - t0,
+        decode_tps=decode,
+        tokens=tokens,
+        end=last,
+        prompt_tokens=prompt,
+        text="".join(text),
+    )
+
+
+BACKGROUND = (
+    "The river starts in the mountains, where snow melts in spring and feeds a hundred small streams. "
+    "Lower down it turns mills, waters fields and carries boats between market towns, and every town "
+    "along it has a bridge, a quay and a story about the year the water rose. "
+) * 6
+
+
+def interleaved(port: int, n: int, turns: int) -> float:
+    """Median time to first token (ms) of two conversations that take turns, over
+    every turn after each conversation's first: does a server continue each one
+    from its own cache, or evaluate its history again?"""
+    convs = [[{"role": "system", "content": f"Conversation {k}. {BACKGROUND}"}] for k in (1, 2)]
+    ttfts = []
+    for t in range(turns):
+        for conv in convs:
+            conv.append({"role": "user", "content": f"Question {t}: what happens next?"})
+            s = stream_request(port, 0, n, messages=conv)
+            conv.append({"role": "assistant", "content": s.text})
+            if t > 0:
+                ttfts.append(s.ttft_s * 1e3)
+    return statistics.median(ttfts)
 
 
 def concurrent(port: int, clients: int, n: int, base: int) -> float:
@@ -244,6 +284,12 @@ def main() -> int:
     ap.add_argument("-c", "--ctx", type=int, default=1024, help="context per request slot")
     ap.add_argument("--clients", type=int, nargs="+", default=[4, 8])
     ap.add_argument("-r", "--rounds", type=int, default=3)
+    ap.add_argument(
+        "--interleaved",
+        type=int,
+        metavar="TURNS",
+        help="instead: two conversations taking TURNS turns each; TTFT with and without saved caches",
+    )
     args = ap.parse_args()
     for p in (args.llama_server, args.elut, args.gguf):
         if not Path(p).exists():
@@ -260,6 +306,9 @@ def main() -> int:
             "--parallel", str(slots), "--port", str(port), "--host", "127.0.0.1", "--no-webui",
         ],
     }  # fmt: skip
+    if args.interleaved:
+        servers["edgelut --cache-ram 0"] = lambda port: [*servers["edgelut"](port), "--cache-ram", "0"]
+        return interleaved_rounds(servers, args.rounds, args.interleaved, t)
     rows = {name: Rows() for name in servers}
     base = int(time.time())  # unique prompts across rounds too
     for rnd in range(args.rounds):
@@ -301,6 +350,29 @@ def main() -> int:
     print(f"single-client decode is {e.med('decode') / bench:.3f}x of it: {overhead:.2f} ms per token")
     print("of HTTP + SSE + Python.")
     print(json.dumps({k: v.values for k, v in rows.items()}), file=sys.stderr)
+    return 0
+
+
+def interleaved_rounds(servers: dict, rounds: int, turns: int, t: str) -> int:
+    rows = {name: Rows() for name in servers}
+    for rnd in range(rounds):
+        for name, cmd in servers.items():
+            port = free_port()
+            child = Child(name.replace(" ", "_"), cmd(port), port)
+            try:
+                rows[name].add("ttft_ms", interleaved(port, 16, turns))
+            finally:
+                child.stop()
+        print(f"round {rnd + 1}/{rounds} done", file=sys.stderr)
+    print(
+        f"\n{rounds} rounds, medians; -t {t}, two conversations x {turns} turns, "
+        f"load {os.getloadavg()[0]:.1f}\n"
+    )
+    print("| server | TTFT of a returning turn (ms) | vs llama-server |")
+    print("| --- | --- | --- |")
+    ref = rows["llama.cpp"].med("ttft_ms")
+    for name, r in rows.items():
+        print(f"| {name} | {r.med('ttft_ms'):.1f} | {r.med('ttft_ms') / ref:.2f}x |")
     return 0
 
 
