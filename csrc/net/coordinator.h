@@ -55,7 +55,7 @@ struct CoordinatorOptions {
 
 // Per device: what it sent and received, and the coordinator's time in the transport.
 struct LinkStats {
-  int64_t evals = 0, all_reduces = 0;
+  int64_t evals = 0, all_reduces = 0, hidden_passes = 0;
   double comm_s = 0;                       // coordinator: in begin_eval + all_reduce (waiting included)
   std::vector<uint64_t> bytes_sent;        // (ranks) by each device (the coordinator is 0)
   std::vector<uint64_t> bytes_received;    // (ranks)
@@ -75,6 +75,9 @@ class Coordinator : public Communicator {
 
   void begin_eval(const int32_t* ids, int64_t n, int64_t start_pos) override;
   void all_reduce(float* data, int64_t n) override;
+  // Layer split (a star): the stream goes to each worker in rank order and
+  // comes back from it, one round trip per worker per forward pass.
+  void pass_hidden(float* data, int64_t n) override;
 
   LinkStats stats() const { return stats_; }
   void reset_stats();
@@ -111,6 +114,7 @@ class Coordinator : public Communicator {
   // Partial sums of the current all-reduce, by rank; filled by handle().
   std::vector<std::vector<uint8_t>> partial_;
   std::vector<bool> have_;
+  int hidden_from_ = -1;      // the rank whose layers the stream is in (pass_hidden), -1: none
   std::string worker_error_;  // set by handle() when a worker reported a failed eval
   int error_rank_ = -1;
   std::vector<uint8_t> out_;
