@@ -348,6 +348,8 @@ def _check_layer_cover(d: Path, shards: list[ShardInfo]) -> None:
     ok = spans[0][0] == 0 and spans[-1][1] == shards[0].n_layers
     ok = ok and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     if not ok:
-        raise ModelFileError(f"{d}: the shards' layer ranges {spans} do not cover every layer exactly once, in order")
+        raise ModelFileError(
+            f"{d}: the shards' layer ranges {spans} do not cover every layer exactly once, in order"
+        )
     if not shards[0].spec.lm_head:
         raise ModelFileError(f"{d}: shard 1 (the coordinator's) has no lm_head")

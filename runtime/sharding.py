@@ -176,7 +176,9 @@ def plan_shards(
     ]
 
 
-def plan_layers(config: ModelConfig, n_devices: int, weights: Sequence[float] | None = None) -> list[ShardPlan]:
+def plan_layers(
+    config: ModelConfig, n_devices: int, weights: Sequence[float] | None = None
+) -> list[ShardPlan]:
     """A layer split (pipeline): contiguous layer ranges over n_devices (2..8).
 
     Rank 0 (the coordinator) runs the first layers and also holds the

@@ -84,7 +84,9 @@ def shard_files(d: Path) -> list[str]:
 
 def coordinator(path: str, where: str, shards: int, **kw) -> edgelut.Model:
     opts = {"insecure": True, "timeout": 3.0, "wait": 30.0, **kw}
-    return edgelut.load(path, n_threads=1, distributed=DistributedOptions(listen=where, shards=shards, **opts))
+    return edgelut.load(
+        path, n_threads=1, distributed=DistributedOptions(listen=where, shards=shards, **opts)
+    )
 
 
 # --- planner and files -------------------------------------------------------------------
@@ -180,7 +182,9 @@ def test_choose_split_by_the_latency_model(config):
 
 
 def test_cli_shard_split_layers_and_auto(model_path, tmp_path, capsys):
-    assert cli_main(["shard", model_path, "-o", str(tmp_path / "a"), "--devices", "2", "--split", "layers"]) == 0
+    assert (
+        cli_main(["shard", model_path, "-o", str(tmp_path / "a"), "--devices", "2", "--split", "layers"]) == 0
+    )
     out = capsys.readouterr().out
     assert "coordinator layers [0, " in out and "worker      layers [" in out
     argv = ["shard", model_path, "-o", str(tmp_path / "b"), "--devices", "2", "--split", "auto"]

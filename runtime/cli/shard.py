@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="--split auto: one device's decode time per token (1000 / tokens/s of `edgelut bench`)",
     )
     p.add_argument(
-        "--link-mbit", type=float, default=0.0, metavar="MBIT", help="--split auto: link rate (0: not limiting)"
+        "--link-mbit",
+        type=float,
+        default=0.0,
+        metavar="MBIT",
+        help="--split auto: link rate (0: not limiting)",
     )
     p.set_defaults(func=run)
 
@@ -51,7 +55,9 @@ def _auto_split(args: argparse.Namespace, path: Path) -> str:
     from edgelut.sharding import choose_split
 
     if args.rtt_ms is None or args.token_ms is None:
-        raise UserError("--split auto needs --rtt-ms (the link's round trip) and --token-ms (one device's decode)")
+        raise UserError(
+            "--split auto needs --rtt-ms (the link's round trip) and --token-ms (one device's decode)"
+        )
     if not (args.rtt_ms >= 0 and args.token_ms > 0 and args.link_mbit >= 0):
         raise UserError("--rtt-ms and --link-mbit must be >= 0 and --token-ms > 0")
     with read_model_file(path, verify_crc=False) as mf:
