@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tp_helpers import Workers, finish, free_port
+from tp_helpers import Workers, finish, free_port, greedy_steps
 
 import edgelut
 from edgelut import _core, store
@@ -69,13 +69,7 @@ def workers():
 
 def greedy(engine, steps: int = STEPS) -> tuple[list[int], np.ndarray]:
     """Greedy tokens and the logits of every step (prefill, then one token at a time)."""
-    engine.reset()
-    logits = [engine.eval(np.asarray(IDS, np.int32), 0)]
-    tokens: list[int] = []
-    for i in range(steps):
-        tokens.append(int(np.argmax(logits[-1])))
-        logits.append(engine.eval(np.asarray(tokens[-1:], np.int32), len(IDS) + i))
-    return tokens, np.array(logits)
+    return greedy_steps(engine, IDS, steps)
 
 
 def shard_files(d: Path) -> list[str]:
