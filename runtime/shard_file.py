@@ -13,6 +13,10 @@ the tokenizer.
 ``edgelut.shard.*`` keys record rank, world size, the ranges, whether the
 lm_head is held and the sha256 of the whole model file, which the transport
 compares at its handshake. A directory of shards has a manifest.json.
+
+A layer split (``--split layers``) instead gives each device whole layers of
+one range (``edgelut.shard.layers``); only the coordinator's file holds the
+embeddings, final norm, lm_head and tokenizer.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ Boundaries are kept where slicing the packed weights is exact: q-head ranges
 start at multiples of ``head_unit`` heads (so attn_output's columns split on a
 quantisation group) and FFN ranges at multiples of ``ffn_unit`` columns (a
 group of ffn_down's columns and a 64-row tile of ffn_gate/ffn_up).
+
+The other split, ``plan_layers`` (``--split layers``), gives each device a
+contiguous range of whole layers (a pipeline: one hand-off of the residual
+stream per device per token instead of two all-reduces per layer), and
+``choose_split`` picks between the two by the latency model of
+docs/ARCHITECTURE.md ("Layer split").
 """
 
 from __future__ import annotations

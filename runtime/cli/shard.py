@@ -11,7 +11,9 @@ from edgelut.cli import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("shard", help="split a model into one file per device (tensor parallelism)")
+    p = sub.add_parser(
+        "shard", help="split a model into one file per device (tensor parallel or a layer pipeline)"
+    )
     p.add_argument(
         "model", metavar="MODEL", help="model file (.elut), a source the importers read, or a model name"
     )
