@@ -155,7 +155,11 @@ def write_shards(
                 f"{model_path}: is already shard {mf.shard.rank + 1} of {mf.shard.world_size}"
             )
         if split == "layers":
-            plans = plan_layers(mf.config, n_devices, weights)
+            in_layers = sum(e.nbytes for e in mf.entries.values() if e.name.startswith("blk."))
+            outside = sum(e.nbytes for e in mf.entries.values() if not e.name.startswith("blk."))
+            plans = plan_layers(
+                mf.config, n_devices, weights, sizes=(in_layers / mf.config.n_layers, outside)
+            )
         else:
             plans = plan_shards(mf.config, n_devices, weights, group_size=_group_size(mf))
         digest = model_hash(model_path)

@@ -183,12 +183,18 @@ def plan_shards(
 
 
 def plan_layers(
-    config: ModelConfig, n_devices: int, weights: Sequence[float] | None = None
+    config: ModelConfig,
+    n_devices: int,
+    weights: Sequence[float] | None = None,
+    *,
+    sizes: tuple[float, float] | None = None,
 ) -> list[ShardPlan]:
     """A layer split (pipeline): contiguous layer ranges over n_devices (2..8).
 
     Rank 0 (the coordinator) runs the first layers and also holds the
-    embeddings, the final norm and the lm_head, which count against its share.
+    embeddings, the final norm and the lm_head, which count against its share
+    (both tables when they are not tied). ``sizes`` (bytes of one layer, bytes
+    outside the layers) balance a file's real bytes; default: parameter counts.
     During decode the devices run one after another, so a token costs the
     whole model's compute whatever the split: ``weights`` divide the model's
     bytes (each device's memory), not its time.
@@ -202,10 +208,13 @@ def plan_layers(
     if layers < n_devices:
         raise ValueError(f"{layers} layers give at most {layers} devices a layer each, not {n_devices}")
     d, hd = config.hidden_size, config.head_dim
-    per_layer = d * hd * (2 * config.n_heads + 2 * config.n_kv_heads) + 3 * d * config.intermediate_size
-    lm_head = config.vocab_size * d
-    total = layers * per_layer + lm_head
-    want = [total * w / sum(shares) - (lm_head if i == 0 else 0) for i, w in enumerate(shares)]
+    if sizes is not None:  # measured: bytes of a layer, bytes of everything outside the layers
+        per_layer, head = sizes
+    else:  # parameters; the coordinator stores the lm_head and, untied, the token embeddings
+        per_layer = d * hd * (2 * config.n_heads + 2 * config.n_kv_heads) + 3 * d * config.intermediate_size
+        head = config.vocab_size * d * (1 if config.tie_embeddings else 2)
+    total = layers * per_layer + head
+    want = [total * w / sum(shares) - (head if i == 0 else 0) for i, w in enumerate(shares)]
     spans = _ranges(_apportion(layers, [max(x, 0.0) / per_layer for x in want]), 1, layers)
     full_heads, full_kv = (0, config.n_heads), (0, config.n_kv_heads)
     return [
