@@ -270,6 +270,7 @@ void Coordinator::begin_eval(const int32_t* ids, int64_t n, int64_t start_pos) {
   if (n > o_.max_tokens) throw std::invalid_argument("eval of " + std::to_string(n) + " tokens exceeds the group's bound");
   ++step_;
   seq_ = 0;
+  eval_tokens_ = n;
   worker_error_.clear();
   std::vector<uint8_t> payload(16 + 4 * n);
   std::memcpy(payload.data(), &start_pos, 8);
@@ -336,12 +337,13 @@ void Coordinator::pass_hidden(float* data, int64_t n) {
       slots_[r].gone = "its connection closed";
       fail(slots_[r].name + " is unreachable (its connection closed)");
     }
-    const auto deadline = after(o_.link.timeout_s);
+    const double wait_s = o_.link.timeout_s * hidden_wait_factor(eval_tokens_);
+    const auto deadline = after(wait_s);
     while (!have_[r]) {
       if (!worker_error_.empty()) fail(worker_error_);
       if (ms_left(deadline) == 0) {
-        slots_[r].gone = "silent for " + seconds(o_.link.timeout_s) + " mid-eval";
-        fail(slots_[r].name + " sent no hidden state within " + seconds(o_.link.timeout_s) + " (its layers, pass " +
+        slots_[r].gone = "silent for " + seconds(wait_s) + " mid-eval";
+        fail(slots_[r].name + " sent no hidden state within " + seconds(wait_s) + " (its layers, pass " +
              std::to_string(seq_) + " of eval " + std::to_string(step_) + "): it died, hung or lost its link");
       }
       poll_once(ms_left(deadline));

@@ -33,6 +33,13 @@ class PeerError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A layer split's hand-off waits for whole layer ranges over a chunk of
+// tokens, not one layer of one token: a prefill of n tokens may take up to
+// this factor times the timeout (1 for decode, at most 8).
+inline double hidden_wait_factor(int64_t eval_tokens) {
+  return eval_tokens <= 8 ? 1.0 : eval_tokens >= 64 ? 8.0 : static_cast<double>(eval_tokens) / 8.0;
+}
+
 struct LinkOptions {
   std::string libzmq;            // path of libzmq ("" = libzmq.so.5)
   CurveKeys keys;
@@ -110,6 +117,7 @@ class Coordinator : public Communicator {
   uint64_t step_ = 0;
   uint32_t seq_ = 0;
   int64_t n_cur_ = 0;  // values of the current all-reduce
+  int64_t eval_tokens_ = 0;  // tokens of the current eval
   bool in_eval_ = false;
   // Partial sums of the current all-reduce, by rank; filled by handle().
   std::vector<std::vector<uint8_t>> partial_;

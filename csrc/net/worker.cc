@@ -135,6 +135,7 @@ std::string WorkerLink::serve(Engine& engine) {
     }
     ids.resize(n);
     std::memcpy(ids.data(), p + 16, 4 * n);
+    eval_tokens_ = n;
     const auto t0 = Clock::now();
     const double comm0 = stats_.comm_s;
     try {
@@ -157,12 +158,12 @@ std::string WorkerLink::serve(Engine& engine) {
 // The next message of the current eval of kind `kind` (and sequence `seq`, when
 // not 0) into m; a bye or an abort ends the eval (Aborted), silence past the
 // timeout is the coordinator's failure.
-void WorkerLink::await(Message& m, Kind kind, uint32_t seq, const char* what) {
-  const int tmo = static_cast<int>(o_.link.timeout_s * 1000);
+void WorkerLink::await(Message& m, Kind kind, uint32_t seq, const char* what, double timeout_s) {
+  const int tmo = static_cast<int>(timeout_s * 1000);
   for (;;) {
     if (!wait(m, tmo))
-      throw PeerError("the coordinator at " + o_.connect + " sent no " + what + " within " +
-                      seconds(o_.link.timeout_s) + ": it died, hung or the link is down");
+      throw PeerError("the coordinator at " + o_.connect + " sent no " + what + " within " + seconds(timeout_s) +
+                      ": it died, hung or the link is down");
     stats_.bytes_received += m.size();
     Header h;
     const std::string bad = decode(m.data(), m.size(), m.size(), &h);
@@ -186,7 +187,7 @@ void WorkerLink::all_reduce(float* data, int64_t n) {
   sync_encode(o_.link.sync, data, n, out_.data());
   send(Header{Kind::kPartial, seq_, rank_, step_, 0}, out_.data(), out_.size());
   Message m(z_);
-  await(m, Kind::kSum, seq_, "sum");
+  await(m, Kind::kSum, seq_, "sum", o_.link.timeout_s);
   if (m.size() - kHeaderBytes != out_.size())
     throw PeerError("the coordinator sent a sum of " + std::to_string(m.size() - kHeaderBytes) +
                     " bytes, expected " + std::to_string(out_.size()));
@@ -198,7 +199,8 @@ void WorkerLink::all_reduce(float* data, int64_t n) {
 void WorkerLink::receive_hidden(float* data, int64_t n) {
   const auto t0 = Clock::now();
   Message m(z_);
-  await(m, Kind::kHidden, 0, "hidden state");
+  // The devices before this one run their layers over the whole chunk first.
+  await(m, Kind::kHidden, 0, "hidden state", o_.link.timeout_s * hidden_wait_factor(eval_tokens_));
   if (m.size() - kHeaderBytes != 4 * static_cast<uint64_t>(n))
     throw PeerError("the coordinator sent a hidden state of " + std::to_string(m.size() - kHeaderBytes) +
                     " bytes, expected " + std::to_string(4 * n));
