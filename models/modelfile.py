@@ -62,6 +62,7 @@ class ShardSpec:
     lm_head: bool = True  # False: a worker's shard, which computes no logits
     model_hash: str = ""  # sha256 of the whole model file the shard was cut from
     embd_columns: tuple[int, int] | None = None  # token-embedding columns it adds (None: all)
+    layers: tuple[int, int] | None = None  # layer split: the [begin, end) layers it holds (None: all)
 
     @classmethod
     def full(cls, config: ModelConfig) -> ShardSpec:
@@ -279,6 +280,9 @@ def write_model_file(
         if shard.embd_columns is not None:
             cols = [int(v) for v in shard.embd_columns]
             w.add_key_value("edgelut.shard.embd_columns", cols, gguf.GGUFValueType.ARRAY, u64)
+        if shard.layers is not None:
+            span = [int(v) for v in shard.layers]
+            w.add_key_value("edgelut.shard.layers", span, gguf.GGUFValueType.ARRAY, u64)
     # Layer byte ranges, relative to the start of the data section.
     layers = sorted(layer_start)
     if layers:
@@ -358,6 +362,7 @@ class ModelFile:
             m.bool("edgelut.shard.lm_head", True),
             m.str("edgelut.shard.model_hash", ""),
             self._range("edgelut.shard.embd_columns", c.hidden_size),
+            self._range("edgelut.shard.layers", c.n_layers),
         )
         self.data_offset = int(r.data_offset)
         self.file_size = int(r.file_size)

@@ -13,6 +13,10 @@ the tokenizer.
 ``edgelut.shard.*`` keys record rank, world size, the ranges, whether the
 lm_head is held and the sha256 of the whole model file, which the transport
 compares at its handshake. A directory of shards has a manifest.json.
+
+A layer split (``--split layers``) instead gives each device whole layers of
+one range (``edgelut.shard.layers``); only the coordinator's file holds the
+embeddings, final norm, lm_head and tokenizer.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from edgelut.model import shard_slices
 from edgelut.models.config import ModelConfig, TokenizerData
 from edgelut.models.gguf_file import ModelFileError
 from edgelut.models.modelfile import ModelFile, ShardSpec, read_model_file, write_model_file
-from edgelut.sharding import ShardPlan, plan_shards
+from edgelut.sharding import SPLITS, ShardPlan, plan_layers, plan_shards
 
 __all__ = [
     "MANIFEST",
@@ -76,7 +80,24 @@ def slice_packed(pm: PackedMatrix, rows: slice | None = None, cols: slice | None
     return pack(np.ascontiguousarray(codes), scales, None if mins is None else mins, pm.qtype, g)
 
 
+def _layer_tensors(mf: ModelFile, plan: ShardPlan) -> dict[str, Any]:
+    """A layer split's tensors: whole layers of its range; the coordinator also the
+    embeddings, the final norm and the lm_head (nothing is sliced)."""
+    assert plan.layers is not None
+    first, end = plan.layers
+    out: dict[str, Any] = {}
+    for name in mf.names():
+        if name.startswith("blk."):
+            if first <= int(name.split(".")[1]) < end:
+                out[name] = mf.tensor(name)
+        elif plan.lm_head:
+            out[name] = mf.tensor(name)
+    return out
+
+
 def _shard_tensors(mf: ModelFile, plan: ShardPlan) -> dict[str, Any]:
+    if plan.layers is not None:
+        return _layer_tensors(mf, plan)
     rows, cols = shard_slices(mf.config.head_dim, plan.q_heads, plan.kv_heads, plan.ffn)
     out: dict[str, Any] = {}
     for name in mf.names():
@@ -119,15 +140,28 @@ def write_shards(
     out_dir: str | os.PathLike[str],
     n_devices: int,
     weights: list[float] | None = None,
+    split: str = "heads",
 ) -> dict[str, Any]:
-    """Cuts a model file into n_devices shard files in out_dir plus its manifest; returns the manifest."""
+    """Cuts a model file into n_devices shard files in out_dir plus its manifest; returns the manifest.
+
+    ``split`` "heads": every device a slice of every layer (tensor parallel);
+    "layers": every device a contiguous range of whole layers (a pipeline)."""
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     out = Path(out_dir)
     with read_model_file(model_path) as mf:
         if mf.shard.world_size > 1:
             raise ModelFileError(
                 f"{model_path}: is already shard {mf.shard.rank + 1} of {mf.shard.world_size}"
             )
-        plans = plan_shards(mf.config, n_devices, weights, group_size=_group_size(mf))
+        if split == "layers":
+            in_layers = sum(e.nbytes for e in mf.entries.values() if e.name.startswith("blk."))
+            outside = sum(e.nbytes for e in mf.entries.values() if not e.name.startswith("blk."))
+            plans = plan_layers(
+                mf.config, n_devices, weights, sizes=(in_layers / mf.config.n_layers, outside)
+            )
+        else:
+            plans = plan_shards(mf.config, n_devices, weights, group_size=_group_size(mf))
         digest = model_hash(model_path)
         out.mkdir(parents=True, exist_ok=True)
         float_type = "f16" if any(e.qtype == "f16" for e in mf.entries.values()) else "f32"
@@ -141,7 +175,8 @@ def write_shards(
                 [plan.ffn],
                 plan.lm_head,
                 digest,
-                plan.embd,
+                None if plan.layers is not None else plan.embd,
+                plan.layers,
             )
             tok = mf.tokenizer if plan.lm_head else TokenizerData(tokenizer_json="")
             recipe = dict(mf.recipe, shard_of=Path(model_path).name)
@@ -165,6 +200,7 @@ def write_shards(
                     "ffn_columns": list(plan.ffn),
                     "lm_head": plan.lm_head,
                     "embd_columns": list(plan.embd),
+                    "layers": list(plan.layers or (0, mf.config.n_layers)),
                     "bytes": path.stat().st_size,
                 }
             )
@@ -177,6 +213,7 @@ def write_shards(
             "model_hash": digest,
             "n_layers": mf.config.n_layers,
             "world_size": n_devices,
+            "split": split,
             "weights": list(weights) if weights else [1.0] * n_devices,
             "shards": entries,
         }
@@ -231,8 +268,17 @@ def open_shard(
         if not s.heads or len(s.ffn_columns) != 1:
             raise ModelFileError(f"{path}: shard keys do not give one q-head range and one FFN range")
         embd = s.embd_columns or (0, -1)
+        span = s.layers or (0, -1)
         spec = _core.ShardSpec(
-            s.heads[0], s.heads[-1] + 1, s.ffn_columns[0][0], s.ffn_columns[0][1], s.lm_head, embd[0], embd[1]
+            s.heads[0],
+            s.heads[-1] + 1,
+            s.ffn_columns[0][0],
+            s.ffn_columns[0][1],
+            s.lm_head,
+            embd[0],
+            embd[1],
+            span[0],
+            span[1],
         )
         try:
             spec = spec.resolved(engine_config(mf.config))
@@ -276,6 +322,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], li
     if len(files) != world:
         raise ModelFileError(f"{d / MANIFEST}: lists {len(files)} shards for a world size of {world}")
     shards = [open_shard(d / f, expect_hash=digest, expect_rank=r) for r, f in enumerate(files)]
+    if any(s.spec.layer_begin != 0 or s.spec.layer_end != s.n_layers for s in shards):
+        _check_layer_cover(d, shards)
+        return manifest, shards
     covered_heads = [s.spec.q_head_begin for s in shards] + [shards[-1].spec.q_head_end]
     covered_ffn = [s.spec.ffn_begin for s in shards] + [shards[-1].spec.ffn_end]
     ok_embd = all(a.spec.embd_end == b.spec.embd_begin for a, b in zip(shards, shards[1:], strict=False))
@@ -299,3 +348,16 @@ def read_manifest(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], li
     if not shards[0].spec.lm_head:
         raise ModelFileError(f"{d}: shard 1 (the coordinator's) has no lm_head")
     return manifest, shards
+
+
+def _check_layer_cover(d: Path, shards: list[ShardInfo]) -> None:
+    """A layer split's shards hold every layer exactly once, in rank order, the lm_head on rank 0."""
+    spans = [(s.spec.layer_begin, s.spec.layer_end) for s in shards]
+    ok = spans[0][0] == 0 and spans[-1][1] == shards[0].n_layers
+    ok = ok and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    if not ok:
+        raise ModelFileError(
+            f"{d}: the shards' layer ranges {spans} do not cover every layer exactly once, in order"
+        )
+    if not shards[0].spec.lm_head:
+        raise ModelFileError(f"{d}: shard 1 (the coordinator's) has no lm_head")

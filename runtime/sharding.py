@@ -14,6 +14,12 @@ Boundaries are kept where slicing the packed weights is exact: q-head ranges
 start at multiples of ``head_unit`` heads (so attn_output's columns split on a
 quantisation group) and FFN ranges at multiples of ``ffn_unit`` columns (a
 group of ffn_down's columns and a 64-row tile of ffn_gate/ffn_up).
+
+The other split, ``plan_layers`` (``--split layers``), gives each device a
+contiguous range of whole layers (a pipeline: one hand-off of the residual
+stream per device per token instead of two all-reduces per layer), and
+``choose_split`` picks between the two by the latency model of
+docs/ARCHITECTURE.md ("Layer split").
 """
 
 from __future__ import annotations
@@ -24,7 +30,18 @@ from dataclasses import dataclass
 
 from edgelut.models.config import ModelConfig
 
-__all__ = ["MAX_DEVICES", "ShardPlan", "parse_weights", "plan_shards"]
+__all__ = [
+    "MAX_DEVICES",
+    "SPLITS",
+    "ShardPlan",
+    "choose_split",
+    "parse_weights",
+    "plan_layers",
+    "plan_shards",
+    "predict_token_s",
+]
+
+SPLITS = ("heads", "layers")
 
 MAX_DEVICES = 8
 TILE_ROWS = 64  # rows per packed tile (csrc/kernels/layout.h kTileRows)
@@ -41,6 +58,7 @@ class ShardPlan:
     ffn: tuple[int, int]
     lm_head: bool  # the coordinator's shard computes the logits
     embd: tuple[int, int]  # token-embedding columns it holds and adds to the residual
+    layers: tuple[int, int] | None = None  # a layer split: the layers it runs (None: a slice of every layer)
 
     @property
     def n_q_heads(self) -> int:
@@ -162,3 +180,86 @@ def plan_shards(
         ShardPlan(r, n_devices, q_ranges[r], kv_of(q_ranges[r]), ffn_ranges[r], r == 0, embd_ranges[r])
         for r in range(n_devices)
     ]
+
+
+def plan_layers(
+    config: ModelConfig,
+    n_devices: int,
+    weights: Sequence[float] | None = None,
+    *,
+    sizes: tuple[float, float] | None = None,
+) -> list[ShardPlan]:
+    """A layer split (pipeline): contiguous layer ranges over n_devices (2..8).
+
+    Rank 0 (the coordinator) runs the first layers and also holds the
+    embeddings, the final norm and the lm_head, which count against its share
+    (both tables when they are not tied). ``sizes`` (bytes of one layer, bytes
+    outside the layers) balance a file's real bytes; default: parameter counts.
+    During decode the devices run one after another, so a token costs the
+    whole model's compute whatever the split: ``weights`` divide the model's
+    bytes (each device's memory), not its time.
+    """
+    if not 2 <= n_devices <= MAX_DEVICES:
+        raise ValueError(f"--devices must be in 2..{MAX_DEVICES}, got {n_devices}")
+    shares = list(weights) if weights is not None else [1.0] * n_devices
+    if len(shares) != n_devices or any(not math.isfinite(w) or w <= 0 for w in shares):
+        raise ValueError(f"need {n_devices} positive weights, got {list(shares)}")
+    layers = config.n_layers
+    if layers < n_devices:
+        raise ValueError(f"{layers} layers give at most {layers} devices a layer each, not {n_devices}")
+    d, hd = config.hidden_size, config.head_dim
+    if sizes is not None:  # measured: bytes of a layer, bytes of everything outside the layers
+        per_layer, head = sizes
+    else:  # parameters; the coordinator stores the lm_head and, untied, the token embeddings
+        per_layer = d * hd * (2 * config.n_heads + 2 * config.n_kv_heads) + 3 * d * config.intermediate_size
+        head = config.vocab_size * d * (1 if config.tie_embeddings else 2)
+    total = layers * per_layer + head
+    want = [total * w / sum(shares) - (head if i == 0 else 0) for i, w in enumerate(shares)]
+    spans = _ranges(_apportion(layers, [max(x, 0.0) / per_layer for x in want]), 1, layers)
+    full_heads, full_kv = (0, config.n_heads), (0, config.n_kv_heads)
+    return [
+        ShardPlan(r, n_devices, full_heads, full_kv, (0, config.intermediate_size), r == 0, (0, d), spans[r])
+        for r in range(n_devices)
+    ]
+
+
+def predict_token_s(
+    config: ModelConfig,
+    split: str,
+    n_devices: int,
+    token_s: float,
+    rtt_s: float,
+    link_bytes_per_s: float = 0.0,
+    sync_bytes_per_value: float = 4.0,
+) -> float:
+    """Seconds per decode token of a split over n_devices (docs/ARCHITECTURE.md, "Layer split").
+
+    ``token_s``: one device's decode time per token (``edgelut bench``);
+    ``rtt_s``: the link's round trip; ``link_bytes_per_s`` 0: bandwidth is free.
+    heads: compute / N + (2 L + 1) x RTT + the partial sums through the coordinator's link;
+    layers: compute + (N - 1) x RTT + the hidden state out to and back from each worker.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d, n = config.hidden_size, n_devices
+    per_byte = 1.0 / link_bytes_per_s if link_bytes_per_s > 0 else 0.0
+    if split == "heads":
+        trips = 2 * config.n_layers + 1
+        return token_s / n + trips * rtt_s + trips * 2 * (n - 1) * d * sync_bytes_per_value * per_byte
+    return token_s + (n - 1) * rtt_s + 2 * (n - 1) * d * 4 * per_byte
+
+
+def choose_split(
+    config: ModelConfig,
+    n_devices: int,
+    token_s: float,
+    rtt_s: float,
+    link_bytes_per_s: float = 0.0,
+) -> tuple[str, dict[str, float]]:
+    """The faster split by :func:`predict_token_s` and both predictions (seconds per token).
+
+    The rule: heads pay off when what they save in compute, token_s x (1 - 1/N),
+    exceeds the round trips they add, about (2 L + 2 - N) x RTT.
+    """
+    pred = {s: predict_token_s(config, s, n_devices, token_s, rtt_s, link_bytes_per_s) for s in SPLITS}
+    return min(SPLITS, key=lambda s: pred[s]), pred

@@ -42,7 +42,8 @@ logits, toks = e.eval(np.asarray(ids, np.int32), 0), []
 for i in range(steps):
     toks.append(int(np.argmax(logits)))
     logits = e.eval(np.asarray(toks[-1:], np.int32), len(ids) + i)
-print(json.dumps({"tokens": toks, "stats": {k: v for k, v in m.group.stats().items() if k == "all_reduces"}}))
+stats = m.group.stats()
+print(json.dumps({"tokens": toks, "stats": {k: stats[k] for k in ("all_reduces", "hidden_passes")}}))
 m.group.close()
 """
 
@@ -94,7 +95,7 @@ def test_uneven_shard_files_across_namespaces_equal_one_device(smol, tmp_path, n
         got = run_group(lab, tmp_path / "s", n, delay_ms=0.5)
     assert got["tokens"] == want
     # Two all-reduces per layer and one for the split embeddings, per forward pass.
-    assert got["stats"]["all_reduces"] == (2 * 30 + 1) * (STEPS + 1)
+    assert got["stats"] == {"all_reduces": (2 * 30 + 1) * (STEPS + 1), "hidden_passes": 0}
 
 
 def test_paged_worker_below_half_the_model(smol, tmp_path):
@@ -104,3 +105,19 @@ def test_paged_worker_below_half_the_model(smol, tmp_path):
     with netlab.NetLab(2, rate_mbit=100) as lab:
         got = run_group(lab, tmp_path / "s", 2, delay_ms=0.0, worker_extra=["--memory-budget", str(budget)])
     assert got["tokens"] == want
+
+
+def test_paged_layer_split_across_namespaces_at_2ms(smol, tmp_path):
+    """A layer split (`--split layers`) over a 2 ms link: the worker pages its layer range
+    (25 of 30 layers, 53 MB) under a budget below its file's size, and the tokens are the
+    one device's. (Its 25 layers' KV cache at n_ctx 2048 is 39 MB of the budget.)"""
+    path, want = smol
+    write_shards(path, tmp_path / "s", 2, [1, 2], split="layers")
+    worker_file = tmp_path / "s" / "shard-1-of-2.elut"
+    budget = int(0.6 * path.stat().st_size)
+    assert budget < worker_file.stat().st_size
+    with netlab.NetLab(2) as lab:
+        got = run_group(lab, tmp_path / "s", 2, delay_ms=2.0, worker_extra=["--memory-budget", str(budget)])
+    assert got["tokens"] == want
+    # No all-reduce: one pass of the hidden state through the worker per forward pass.
+    assert got["stats"] == {"all_reduces": 0, "hidden_passes": STEPS + 1}

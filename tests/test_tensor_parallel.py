@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from tp_helpers import Workers, finish, free_port
+from tp_helpers import Workers, finish, free_port, greedy_steps
 
 import edgelut
 from edgelut import _core, store
@@ -57,13 +57,7 @@ def coordinator(path: str, where: str, shards: int, **kw) -> edgelut.Model:
 
 def greedy(engine, steps: int = STEPS) -> tuple[list[int], np.ndarray]:
     """Greedy tokens and the logits of every step, one token at a time as decode runs."""
-    engine.reset()
-    logits = [engine.eval(np.asarray(IDS, np.int32), 0)]
-    tokens: list[int] = []
-    for i in range(steps):
-        tokens.append(int(np.argmax(logits[-1])))
-        logits.append(engine.eval(np.asarray(tokens[-1:], np.int32), len(IDS) + i))
-    return tokens, np.array(logits)
+    return greedy_steps(engine, IDS, steps)
 
 
 def in_process(path: str, shards: int, steps: int = STEPS) -> np.ndarray:

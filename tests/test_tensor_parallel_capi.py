@@ -17,6 +17,7 @@ from edgelut.distributed import DistributedOptions
 from edgelut.distributed.keys import generate_keypair
 from edgelut.distributed.libzmq import libzmq_path
 from edgelut.registry import DEFAULT_MODEL
+from edgelut.shard_file import write_shards
 
 SOURCE = Path(__file__).parent / "cpp" / "capi_worker.c"
 IDS = [1, 9690, 42, 253, 3458, 282, 4649, 314, 30, 2]
@@ -49,12 +50,18 @@ def greedy(engine, steps: int = 6) -> list[int]:
     return tokens
 
 
-def test_c_worker_serves_a_python_coordinator(worker_exe, model_path, tmp_path):
+@pytest.mark.parametrize("split", ["whole", "layers"])
+def test_c_worker_serves_a_python_coordinator(worker_exe, model_path, tmp_path, split):
+    """The whole file sliced at load, or a layer split's shard files (CURVE both)."""
+    coord_file = worker_file = model_path
+    if split == "layers":
+        write_shards(model_path, tmp_path / "s", 2, split="layers")
+        coord_file, worker_file = (str(tmp_path / "s" / f"shard-{r}-of-2.elut") for r in (0, 1))
     where = f"tcp://127.0.0.1:{free_port()}"
     coord, worker = generate_keypair(), generate_keypair()
     (tmp_path / "coord.key").write_text(f"public-key = {coord.public}\nsecret-key = {coord.secret}\n")
     (tmp_path / "allowed").write_text(worker.public + "\n")
-    args = [model_path, where, "1", "2", libzmq_path(), worker.public, worker.secret, coord.public]
+    args = [worker_file, where, "1", "2", libzmq_path(), worker.public, worker.secret, coord.public]
     p = subprocess.Popen([str(worker_exe), *args], stderr=subprocess.PIPE, text=True)
     try:
         opts = DistributedOptions(
@@ -64,7 +71,7 @@ def test_c_worker_serves_a_python_coordinator(worker_exe, model_path, tmp_path):
             allowed_keys=str(tmp_path / "allowed"),
             wait=20,
         )
-        model = edgelut.load(model_path, n_threads=1, distributed=opts)
+        model = edgelut.load(coord_file, n_threads=1, distributed=opts)
         assert greedy(model.engine) == greedy(edgelut.load(model_path, n_threads=1).engine)
         model.group.close()
         code, err = finish(p, 10)

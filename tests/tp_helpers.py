@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,3 +54,14 @@ def finish(p: subprocess.Popen, timeout: float) -> tuple[int, str]:
         raise AssertionError(f"the process did not exit within {timeout} s") from None
     assert time.monotonic() - t0 <= timeout
     return p.returncode, err
+
+
+def greedy_steps(engine, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """Greedy tokens after ids and the logits of every step, one token at a time as decode runs."""
+    engine.reset()
+    logits = [engine.eval(np.asarray(ids, np.int32), 0)]
+    tokens: list[int] = []
+    for i in range(steps):
+        tokens.append(int(np.argmax(logits[-1])))
+        logits.append(engine.eval(np.asarray(tokens[-1:], np.int32), len(ids) + i))
+    return tokens, np.array(logits)

@@ -5,7 +5,8 @@ For each model: decode and prefill tokens/s of
   - edgelut, 2 shards in one process, 1 thread each (the in-process all-reduce: the split's
     compute with a free network, the ceiling of the 2-device rows);
   - edgelut, 2 devices (coordinator + `edgelut worker`, 1 thread each, separate network
-    namespaces) at each one-way delay, fp32 and int8 sync, and at a rate limit;
+    namespaces) at each one-way delay, fp32 and int8 sync, and at a rate limit: the head split
+    (tensor parallel, row "tp") and the layer split (`edgelut shard --split layers`, row "layers");
   - llama.cpp, 1 device, 1 thread (llama-bench) and 2 devices over RPC (ggml-rpc-server in the
     other namespace, llama-bench --rpc) on the Q4_0 of the same model, on the same links.
 Links are tools/netlab.py: veth + `tc tbf` for the rate; this kernel has no sch_netem, so the
@@ -70,13 +71,17 @@ def prepare(name: str, workdir: Path, llama_bin: Path) -> dict[str, Path]:
     shards = workdir / f"{name}-2"
     if not (shards / "manifest.json").is_file():
         run([*EDGELUT, "shard", str(elut), "-o", str(shards), "--devices", "2"], timeout=3600)
+    layers = workdir / f"{name}-2-layers"
+    if not (layers / "manifest.json").is_file():
+        cmd = [*EDGELUT, "shard", str(elut), "-o", str(layers), "--devices", "2", "--split", "layers"]
+        run(cmd, timeout=3600)
     q4_0 = workdir / f"{name}-q4_0.gguf"
     if not q4_0.is_file():
         run(
             [str(llama_bin / "llama-quantize"), "--allow-requantize", str(source), str(q4_0), "Q4_0", "1"],
             timeout=3600,
         )
-    return {"elut": elut, "shards": shards, "q4_0": q4_0}
+    return {"elut": elut, "shards": shards, "layers": layers, "q4_0": q4_0}
 
 
 # ---- edgelut ------------------------------------------------------------------------------
@@ -246,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-r", type=int, default=2, help="repeats (median)")
     ap.add_argument(
         "--rows",
-        default="one,inproc,tp,llama",
-        help="which rows: one (edgelut 1 device), inproc, tp (2 devices over the links), llama",
+        default="one,inproc,tp,layers,llama",
+        help="which rows: one (edgelut 1 device), inproc, tp (2 devices, head split, over the links), "
+        "layers (2 devices, layer split, over the links), llama",
     )
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
@@ -326,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                         emit(Row(name, "edgelut", 2, link, sync, *res))
                     except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
                         emit(Row(name, "edgelut", 2, link, sync, None, None, f"failed: {e}"))
+                if "layers" in want and tp:
+                    try:
+                        res = edgelut_two(lab, files["layers"], delay, "fp32", args.p, args.n, args.r, [])
+                        emit(Row(name, "edgelut layers", 2, link, "-", *res))
+                    except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
+                        emit(Row(name, "edgelut layers", 2, link, "-", None, None, f"failed: {e}"))
                 if not args.skip_llama:
                     try:
                         res = llama_rpc(lab, llama_bin, files["q4_0"], delay, args.p, args.n, args.r)

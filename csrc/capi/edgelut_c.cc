@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -530,12 +531,22 @@ edgelut_status edgelut_worker_run(const char* path, const char* connect_url, con
     o.n_threads = p.n_threads;
     o.kv_type = edgelut::kv_type_from_name(p.kv_type ? p.kv_type : "f16");
     edgelut::net::WorkerOptions w;
-    edgelut::ShardSpec shard;
+    // A shard file (`edgelut shard`, heads or layers) holds its spec; a whole file is sliced evenly.
+    std::optional<edgelut::ShardSpec> shard;
     {
       edgelut::ModelFile mf(path, false);
       const edgelut::Config c = edgelut::config_from_file(mf);
-      shard = edgelut::even_shard(c, p.rank, p.ranks);
-      w.hello = edgelut::net::describe_shard(mf, c, shard, p.rank, p.ranks, o);
+      const int64_t world = mf.find("edgelut.shard.world_size") ? mf.get_int("edgelut.shard.world_size") : 1;
+      if (world > 1) {
+        const int64_t rank = mf.get_int("edgelut.shard.rank");
+        require_arg(world == p.ranks && rank == p.rank,
+                    std::string(path) + " is shard " + std::to_string(rank + 1) + " of " + std::to_string(world) +
+                        "; this device is " + std::to_string(p.rank + 1) + " of " + std::to_string(p.ranks));
+      } else {
+        shard = edgelut::even_shard(c, p.rank, p.ranks);
+      }
+      w.hello = edgelut::net::describe_shard(mf, c, shard ? *shard : edgelut::shard_from_file(mf, c), p.rank,
+                                             p.ranks, o);
     }
     w.connect = connect_url;
     w.join_timeout_s = p.join_seconds;

@@ -49,9 +49,10 @@ int64_t checked_ctx(int64_t n_ctx) {
   require(n_ctx > 0, "n_ctx must be positive, got " + std::to_string(n_ctx));
   return n_ctx;
 }
-std::vector<bool> sliding_layers(const Config& c) {
-  std::vector<bool> out(static_cast<size_t>(c.n_layers));
-  for (int64_t l = 0; l < c.n_layers; ++l) out[l] = c.is_sliding(l);
+// Of the shard's layer range (the KV cache holds those layers only).
+std::vector<bool> sliding_layers(const Config& c, const ShardSpec& s) {
+  std::vector<bool> out(static_cast<size_t>(s.n_layers()));
+  for (int64_t l = s.layer_begin; l < s.layer_end; ++l) out[l - s.layer_begin] = c.is_sliding(l);
   return out;
 }
 // (rd / 2) RoPE frequencies for base theta over rd rotated dims, each divided by its factor
@@ -98,9 +99,12 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
       comm_(comm ? std::move(comm) : std::make_shared<NullCommunicator>()),
       keepalive_(std::move(keepalive)),
       pool_(o.n_threads <= 0 ? hardware_threads() : o.n_threads),
-      kv_(c.n_layers, checked_ctx(o.n_ctx), shard_.n_kv_heads(), c.head_dim, o.kv_type, sliding_layers(c),
-          o.swa_full_cache ? 0 : c.sliding_window, o.prefill_chunk) {
+      kv_(shard_.n_layers(), checked_ctx(o.n_ctx), shard_.n_kv_heads(), c.head_dim, o.kv_type,
+          sliding_layers(c, shard_), o.swa_full_cache ? 0 : c.sliding_window, o.prefill_chunk) {
   require(o.prefill_chunk >= 1, "prefill_chunk must be >= 1, got " + std::to_string(o.prefill_chunk));
+  require(!shard_.layer_split(c_) || !dynamic_cast<NullCommunicator*>(comm_.get()),
+          "a layer range (layers " + std::to_string(shard_.layer_begin) + ".." + std::to_string(shard_.layer_end - 1) +
+              ") runs only with a communicator that joins it to the other devices");
   const int64_t C = opt_.prefill_chunk, hd = c_.head_dim;
   n_kv_ = shard_.n_kv_heads();
   n_q_ = shard_.n_q_heads();
@@ -130,19 +134,21 @@ void Engine::attach_pager(std::shared_ptr<Pager> pager, std::vector<const uint8_
   require(pager != nullptr, "attach_pager: no pager given");
   const int64_t n_chunks = output ? static_cast<int64_t>(output->chunk_tiles.size()) - 1 : 0;
   require(shard_.lm_head || n_chunks <= 0, "attach_pager: this shard has no lm_head to page");
-  require(pager->n_layers() == c_.n_layers + n_chunks && static_cast<int64_t>(layer_bases.size()) == c_.n_layers,
+  // Pager layer i is the shard's layer layer_begin + i (a layer split pages its range only).
+  const int64_t L0 = shard_.layer_begin, NL = shard_.n_layers();
+  require(pager->n_layers() == NL + n_chunks && static_cast<int64_t>(layer_bases.size()) == NL,
           "attach_pager: the pager has " + std::to_string(pager->n_layers()) + " layers and " +
-              std::to_string(layer_bases.size()) + " layer bases were given, the model has " +
-              std::to_string(c_.n_layers) + " layers and " + std::to_string(n_chunks) + " lm_head chunks");
-  for (int64_t l = 0; l < c_.n_layers; ++l)
-    check_layer_within(w_.layers[l], l, layer_bases[l], pager->layer_size(static_cast<int>(l)));
+              std::to_string(layer_bases.size()) + " layer bases were given, the shard has " + std::to_string(NL) +
+              " layers and " + std::to_string(n_chunks) + " lm_head chunks");
+  for (int64_t i = 0; i < NL; ++i)
+    check_layer_within(w_.layers[L0 + i], L0 + i, layer_bases[i], pager->layer_size(static_cast<int>(i)));
   if (output && shard_.lm_head) {
     const PagedOutput& o = *output;
     require(n_chunks >= 1 && o.chunk_tiles.front() == 0 && o.chunk_tiles.back() == o.lm_shape.tiles() &&
                 o.lm_shape.n == c_.vocab_size && o.lm_shape.k == c_.dim,
             "attach_pager: the lm_head chunks do not cover the (vocab, dim) lm_head");
     for (int64_t ch = 0; ch < n_chunks; ++ch)
-      require(pager->n_pieces(static_cast<int>(c_.n_layers + ch)) == (o.lm_shape.asym ? 3 : 2),
+      require(pager->n_pieces(static_cast<int>(NL + ch)) == (o.lm_shape.asym ? 3 : 2),
               "attach_pager: an lm_head chunk must be read as codes, scales (and mins)");
   }
   if (output) {
@@ -240,12 +246,16 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   }
 
   // Token embeddings (scaled for Gemma), and the RoPE angles of each position
-  // (shared by all layers; sliding layers have their own).
+  // (shared by all layers; sliding layers have their own). In a layer split
+  // only the device holding layer 0 embeds; the others receive the stream below.
+  const int64_t L0 = shard_.layer_begin, L1 = shard_.layer_end;
+  // A layer split holds whole layers: its partial products are already the sums.
+  const bool sum_partials = !shard_.layer_split(c_);
   {
     ScopeTimer timer(profiling_, elementwise);
     for (int64_t t = 0; t < T; ++t) {
-      embed(ids[t], x + t * D);
-      if (c_.embed_scale != 1.0f)
+      if (L0 == 0) embed(ids[t], x + t * D);
+      if (L0 == 0 && c_.embed_scale != 1.0f)
         for (int64_t i = 0; i < D; ++i) x[t * D + i] *= c_.embed_scale;
       rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
                   static_cast<double>(pos + t) / c_.rope_linear_factor);
@@ -257,12 +267,15 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
   }
   // Split embeddings: each shard added its columns; the sum is the whole row on every shard.
   if (shard_.embd_begin != 0 || shard_.embd_end != D) comm_->all_reduce(x, T * D);
+  if (L0 > 0) comm_->receive_hidden(x, T * D);
 
-  for (int64_t l = 0; l < c_.n_layers; ++l) {
+  for (int64_t l = L0; l < L1; ++l) {
     // Paged: layer l's bytes sit in a pager slot from here to the end of the
-    // iteration (the lease releases it, also when something throws).
-    LayerLease lease(pager_.get(), static_cast<int>(l));
-    const LayerWeights lw = pager_ ? rebase_layer(w_.layers[l], layer_base_[l], pager_->layer_size(l), lease.data())
+    // iteration (the lease releases it, also when something throws). The
+    // pager and the KV cache count the shard's layers from 0.
+    const int64_t li = l - L0;
+    LayerLease lease(pager_.get(), static_cast<int>(li));
+    const LayerWeights lw = pager_ ? rebase_layer(w_.layers[l], layer_base_[li], pager_->layer_size(li), lease.data())
                                    : w_.layers[l];
     const bool sliding = c_.is_sliding(l);
     const float* cos_sin = sliding && !cos_sin_local_.empty() ? cos_sin_local_.data() : cos_sin_.data();
@@ -297,7 +310,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
           for (int64_t h = 0; h < n_kv_; ++h) rmsnorm(kt + h * hd, kt + h * hd, lw.k_norm, hd, c_.norm_eps);
         rope_inplace(qt, n_q_, hd, rd, cos_sin + t * hd, c_.rope_neox);
         rope_inplace(kt, n_kv_, hd, rd, cos_sin + t * hd, c_.rope_neox);
-        kv_.store(l, pos + t, kt, vt);
+        kv_.store(li, pos + t, kt, vt);
       });
     }
 
@@ -314,7 +327,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t h = i / T, t = i % T;
           const int64_t n = sliding ? std::min(pos + t + 1, c_.sliding_window) : pos + t + 1;
-          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(l, (q0 + h) / group - kv0, hd, pos + t + 1 - n), n, hd, att_scale,
+          attn_head_fn(q_.data() + t * qd + h * hd, kv_.head(li, (q0 + h) / group - kv0, hd, pos + t + 1 - n), n, hd, att_scale,
                        att.data(), att_out_.data() + t * qd + h * hd);
         }
       });
@@ -331,7 +344,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       });
     }
     matmul(lw.wo, att_out_.data(), T, xb, prof_.matmul_attn);
-    comm_->all_reduce(xb, T * D);
+    if (sum_partials) comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
       // (Gemma: the output's own rmsnorm), residual, then the FFN rmsnorm.
@@ -360,7 +373,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       });
     }
     matmul(lw.w_down, hb_.data(), T, xb, prof_.matmul_ffn);
-    comm_->all_reduce(xb, T * D);
+    if (sum_partials) comm_->all_reduce(xb, T * D);
     {
       ScopeTimer timer(profiling_, elementwise);
       per_token([&](int64_t t) {
@@ -370,8 +383,13 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
     }
   }
 
-  // Final rmsnorm and the lm_head, only for the rows whose logits are wanted.
-  for (int64_t t = first_logit; t < T; ++t) rmsnorm(xb + t * D, x + t * D, w_.output_norm, D, c_.norm_eps);
+  // Layer split: on to the other devices' layers (a worker's pass ends its forward).
+  if (L0 > 0 || L1 < c_.n_layers) comm_->pass_hidden(x, T * D);
+
+  // Final rmsnorm and the lm_head, only for the rows whose logits are wanted
+  // (a worker's shard has neither: lm_head() gives zeros).
+  if (shard_.lm_head)
+    for (int64_t t = first_logit; t < T; ++t) rmsnorm(xb + t * D, x + t * D, w_.output_norm, D, c_.norm_eps);
   lm_head(xb + first_logit * D, std::max<int64_t>(0, T - first_logit), out);
 }
 
@@ -385,12 +403,12 @@ void Engine::lm_head(const float* xb, int64_t m, float* out) {
     if (m > 0) lut_matmul(w_.lm_head, xb, m, c_.dim, out, c_.vocab_size, isa_, pool_);
     return;
   }
-  // Paged: chunk c of row tiles is pager layer n_layers + c. Every chunk is
+  // Paged: chunk c of row tiles is pager layer n_layers + c (of the shard's layers). Every chunk is
   // acquired even when no logits are wanted (a prefill chunk), so the loader's
   // order through the file stays the order of use.
   const PagedOutput& o = *out_paged_;
   for (size_t ch = 0; ch + 1 < o.chunk_tiles.size(); ++ch) {
-    const int layer = static_cast<int>(c_.n_layers + static_cast<int64_t>(ch));
+    const int layer = static_cast<int>(shard_.n_layers() + static_cast<int64_t>(ch));
     LayerLease lease(pager_.get(), layer);
     if (m == 0) continue;
     const int64_t row0 = o.chunk_tiles[ch] * kTileRows;

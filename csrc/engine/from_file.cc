@@ -218,6 +218,12 @@ ShardSpec shard_from_file(const ModelFile& mf, const Config& c) {
     s.embd_begin = e[0];
     s.embd_end = e[1];
   }
+  if (mf.find("edgelut.shard.layers")) {
+    const std::vector<int64_t>& l = mf.get_int_array("edgelut.shard.layers");
+    require_file(l.size() == 2, p + ": field 'edgelut.shard.layers' must hold one [begin, end) range");
+    s.layer_begin = l[0];
+    s.layer_end = l[1];
+  }
   try {
     s = s.resolved(c);
   } catch (const std::invalid_argument& e) {
@@ -256,9 +262,11 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
                  path + " is shard " + std::to_string(mf.get_int("edgelut.shard.rank") + 1) + " of " +
                      std::to_string(world->i) + " of a model; run it with its other shards (--shards / edgelut worker), "
                      "not as a whole model");
-  require_file(mf.layers().size() == static_cast<size_t>(c.n_layers),
+  // A layer split's file holds (and records the byte ranges of) its layer range only.
+  const int64_t file_layers = file_shard.resolved(c).n_layers();
+  require_file(mf.layers().size() == static_cast<size_t>(file_layers),
           path + ": the file records " + std::to_string(mf.layers().size()) + " layer byte ranges for " +
-              std::to_string(c.n_layers) + " layers");
+              std::to_string(file_layers) + " layers");
 
   require(!p.page_output || paging, path + ": page_output needs paging (a window or a memory budget)");
   store->copy_pinned = paging;
@@ -339,7 +347,9 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     biggest = std::max(biggest, r.size);
   }
   std::optional<PagedOutput> output;
-  if (page_output) output = output_chunks(mf, biggest, file_shard.lm_head, &pieces);
+  // A layer split's worker has neither embeddings nor an lm_head: nothing more to page.
+  if (page_output && file_shard.layer_begin == 0)
+    output = output_chunks(mf, biggest, file_shard.lm_head, &pieces);
 
   int window = p.window;
   if (window == 0) {

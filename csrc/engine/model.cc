@@ -73,6 +73,16 @@ ShardSpec ShardSpec::resolved(const Config& c) const {
   require(0 <= s.embd_begin && s.embd_begin < s.embd_end && s.embd_end <= c.dim,
           "shard: embedding columns [" + std::to_string(s.embd_begin) + ", " + std::to_string(s.embd_end) +
               ") must be a non-empty range inside [0, " + std::to_string(c.dim) + ")");
+  if (s.layer_end < 0) s.layer_end = c.n_layers;
+  require(0 <= s.layer_begin && s.layer_begin < s.layer_end && s.layer_end <= c.n_layers,
+          "shard: layers [" + std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) +
+              ") must be a non-empty range inside [0, " + std::to_string(c.n_layers) + ")");
+  // One split at a time: a layer range holds whole layers and embeds whole rows (or none).
+  require(!s.layer_split(c) || (s.q_head_begin == 0 && s.q_head_end == c.n_heads && s.ffn_begin == 0 &&
+                                s.ffn_end == c.hidden_dim && s.embd_begin == 0 && s.embd_end == c.dim),
+          "shard: a layer range holds every head, FFN and embedding column of its layers");
+  require(!s.layer_split(c) || s.lm_head == (s.layer_begin == 0),
+          "shard: in a layer split the device holding layer 0 (the coordinator) holds the lm_head, and only it");
   const int64_t group = c.n_heads / c.n_kv_heads;
   s.kv_head_begin = s.q_head_begin / group;
   s.kv_head_end = (s.q_head_end - 1) / group + 1;
@@ -112,7 +122,9 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
   require(!c.sub_norms || (qd == c.n_heads * c.head_dim && F == c.hidden_dim),
           "shard: a model with sub-norms (BitNet) cannot be split across shards");
   Weights w;
-  {
+  w.layers.resize(static_cast<size_t>(c.n_layers));  // bound for the shard's layer range only
+  // A layer range after layer 0 takes its input from the previous device: no embeddings.
+  if (shard.layer_begin == 0) {
     WeightRef r;
     require(lookup("token_embd.weight", &r), "missing tensor 'token_embd.weight'");
     w.embd_packed = r.packed;
@@ -139,8 +151,8 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
       w.lm_head = w.token_embd_packed;
     }
   }
-  w.output_norm = vec("output_norm.weight", D, true);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  w.output_norm = vec("output_norm.weight", D, shard.lm_head);
+  for (int64_t l = shard.layer_begin; l < shard.layer_end; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights lw;
     lw.attn_norm = vec(p + "attn_norm.weight", D, true);
@@ -162,7 +174,7 @@ Weights bind_weights(const Config& c, const ShardSpec& shard, const WeightLookup
     lw.ffn_sub_norm = c.sub_norms ? vec(p + "ffn_sub_norm.weight", F, true) : nullptr;
     lw.w_down = packed(p + "ffn_down.weight", D, F);
     lw.post_ffn_norm = c.post_norms ? vec(p + "post_ffw_norm.weight", D, true) : nullptr;
-    w.layers.push_back(lw);
+    w.layers[l] = lw;
   }
   return w;
 }
@@ -217,6 +229,13 @@ void check_layer_within(const LayerWeights& lw, int64_t layer, const uint8_t* fr
   }
 }
 
+void Communicator::pass_hidden(float*, int64_t) {
+  throw std::logic_error("this communicator does not carry a layer split (pass_hidden)");
+}
+void Communicator::receive_hidden(float*, int64_t) {
+  throw std::logic_error("this communicator does not carry a layer split (receive_hidden)");
+}
+
 namespace {
 // Ranks meet in all_reduce; the last to arrive sums every buffer (in rank
 // order, so the result is deterministic) into all of them and releases the rest.
@@ -229,6 +248,11 @@ struct LocalGroupState {
   int arrived = 0;
   int64_t n = -1;
   uint64_t generation = 0;
+  // Layer split: the residual stream and the rank that runs on it next (0:
+  // back at the coordinator). The coordinator hands it out, every worker
+  // passes it to the next rank, the last one back to rank 0.
+  std::vector<float> hidden;
+  int hidden_owner = 0;
 };
 
 class LocalCommunicator : public Communicator {
@@ -252,6 +276,25 @@ class LocalCommunicator : public Communicator {
     s.arrived = 0;
     ++s.generation;
     s.cv.notify_all();
+  }
+  void pass_hidden(float* data, int64_t n) override {
+    LocalGroupState& s = *st_;
+    std::unique_lock<std::mutex> lock(s.mu);
+    const int ranks = static_cast<int>(s.bufs.size());
+    s.hidden.assign(data, data + n);
+    s.hidden_owner = rank_ + 1 < ranks ? rank_ + 1 : 0;
+    s.cv.notify_all();
+    if (rank_ != 0) return;
+    s.cv.wait(lock, [&] { return s.hidden_owner == 0; });
+    if (static_cast<int64_t>(s.hidden.size()) != n) throw std::runtime_error("local pipeline: sizes differ");
+    std::copy(s.hidden.begin(), s.hidden.end(), data);
+  }
+  void receive_hidden(float* data, int64_t n) override {
+    LocalGroupState& s = *st_;
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.cv.wait(lock, [&] { return s.hidden_owner == rank_; });
+    if (static_cast<int64_t>(s.hidden.size()) != n) throw std::runtime_error("local pipeline: sizes differ");
+    std::copy(s.hidden.begin(), s.hidden.end(), data);
   }
 
  private:

@@ -79,11 +79,19 @@ struct Config {
 // residual stream. When they are not all of them, each shard embeds a token
 // into its columns only and one all-reduce joins the row, so a worker's file
 // holds a (vocab, its columns) slice of the table instead of all of it.
+//
+// layers: the range of layers this shard runs (a layer split, `edgelut shard
+// --split layers`): all heads and FFN columns of layers [layer_begin,
+// layer_end) and a KV cache for those only. The shard holding layer 0 embeds
+// the tokens; the others take the residual stream from their communicator
+// (receive_hidden) and hand it on after their last layer (pass_hidden). A
+// shard is either a layer range or a head/column slice of every layer.
 struct ShardSpec {
   int64_t q_head_begin = 0, q_head_end = -1;
   int64_t ffn_begin = 0, ffn_end = -1;
   bool lm_head = true;
   int64_t embd_begin = 0, embd_end = -1;
+  int64_t layer_begin = 0, layer_end = -1;
   // Derived by resolved(): the kv heads the q heads need.
   int64_t kv_head_begin = 0, kv_head_end = -1;
 
@@ -93,6 +101,9 @@ struct ShardSpec {
   int64_t n_kv_heads() const { return kv_head_end - kv_head_begin; }
   int64_t n_ffn() const { return ffn_end - ffn_begin; }
   int64_t n_embd() const { return embd_end - embd_begin; }
+  int64_t n_layers() const { return layer_end - layer_begin; }
+  // Resolved: a layer split (runs some layers only) rather than all of them.
+  bool layer_split(const Config& c) const { return layer_begin != 0 || layer_end != c.n_layers; }
 };
 
 // Sums partial results across shards. all_reduce must leave the same sum in
@@ -104,6 +115,13 @@ class Communicator {
   // Called by Engine::eval before its first forward pass: a coordinator tells
   // its workers to run the same eval (csrc/net/coordinator.h).
   virtual void begin_eval(const int32_t* /*ids*/, int64_t /*n*/, int64_t /*start_pos*/) {}
+  // A layer split (ShardSpec layers): the residual stream (n floats) leaves
+  // this device's layers. A worker sends it on; the coordinator (layer 0, the
+  // final norm and the lm_head) has it run through every other device's
+  // layers in rank order and gets the last one's output back in data.
+  virtual void pass_hidden(float* data, int64_t n);
+  // A device whose layers do not start at 0 waits here for its input.
+  virtual void receive_hidden(float* data, int64_t n);
 };
 
 class NullCommunicator : public Communicator {

@@ -79,6 +79,7 @@ std::string shard_text(const ShardSpec& s) {
          ",kv=" + std::to_string(s.kv_head_begin) + ":" + std::to_string(s.kv_head_end) +
          ",ffn=" + std::to_string(s.ffn_begin) + ":" + std::to_string(s.ffn_end) +
          ",embd=" + std::to_string(s.embd_begin) + ":" + std::to_string(s.embd_end) +
+         ",layers=" + std::to_string(s.layer_begin) + ":" + std::to_string(s.layer_end) +
          (s.lm_head ? ",lm_head" : "");
 }
 

@@ -18,7 +18,7 @@ namespace edgelut {
 // splits unevenly, by --weights, into per-device files.)
 ShardSpec even_shard(const Config& c, int rank, int ranks);
 
-// "q=B:E,kv=B:E,ffn=B:E,embd=B:E[,lm_head]" of a resolved spec, as the tensor-parallel
+// "q=B:E,kv=B:E,ffn=B:E,embd=B:E,layers=B:E[,lm_head]" of a resolved spec, as the tensor-parallel
 // handshake compares it.
 std::string shard_text(const ShardSpec& s);
 

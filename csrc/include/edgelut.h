@@ -253,7 +253,9 @@ typedef struct edgelut_worker_params {
 EDGELUT_API void edgelut_worker_params_init(edgelut_worker_params* params);
 
 /* Joins the coordinator at connect_url ("tcp://HOST:PORT") and serves until it
- * closes the group: EDGELUT_OK. Refused (key, model, shard), a coordinator
+ * closes the group: EDGELUT_OK. path is a whole model file (this device's even
+ * slice of every layer is cut at load) or this rank's shard file of
+ * `edgelut shard` (a slice of every layer, or a range of layers). Refused (key, model, shard), a coordinator
  * that vanishes or goes silent: EDGELUT_ERR_NETWORK with the reason in
  * edgelut_last_error(). Blocks the calling thread. */
 EDGELUT_API edgelut_status edgelut_worker_run(const char* path, const char* connect_url,

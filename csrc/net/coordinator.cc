@@ -137,6 +137,17 @@ void Coordinator::handle(Message& idm, Message& body) {
       partial_[rank].assign(p, p + h.payload_bytes);
       have_[rank] = true;
       return;
+    case Kind::kHidden:
+      if (rank <= 0 || !in_eval_ || h.step != step_ || h.seq != seq_ || rank != hidden_from_) return;  // stale
+      if (h.payload_bytes != 4 * static_cast<uint64_t>(n_cur_)) {
+        worker_error_ = slots_[rank].name + " sent a hidden state of " + std::to_string(h.payload_bytes) +
+                        " bytes, expected " + std::to_string(4 * n_cur_);
+        error_rank_ = rank;
+        return;
+      }
+      partial_[rank].assign(p, p + h.payload_bytes);
+      have_[rank] = true;
+      return;
     case Kind::kError:
       if (rank <= 0) return;
       if (in_eval_ && h.step == step_) {
@@ -259,6 +270,7 @@ void Coordinator::begin_eval(const int32_t* ids, int64_t n, int64_t start_pos) {
   if (n > o_.max_tokens) throw std::invalid_argument("eval of " + std::to_string(n) + " tokens exceeds the group's bound");
   ++step_;
   seq_ = 0;
+  eval_tokens_ = n;
   worker_error_.clear();
   std::vector<uint8_t> payload(16 + 4 * n);
   std::memcpy(payload.data(), &start_pos, 8);
@@ -309,6 +321,37 @@ void Coordinator::all_reduce(float* data, int64_t n) {
       fail(slots_[r].name + " is unreachable (its connection closed)");
     }
   ++stats_.all_reduces;
+  stats_.comm_s += since(t0);
+}
+
+void Coordinator::pass_hidden(float* data, int64_t n) {
+  const auto t0 = Clock::now();
+  if (!in_eval_) throw PeerError("pass_hidden outside an eval (the group aborted this eval)");
+  n_cur_ = n;
+  // fp32 always: the stream goes on exactly, so a layer split computes what one device does.
+  for (int r = 1; r < o_.ranks; ++r) {
+    ++seq_;
+    have_[r] = false;
+    hidden_from_ = r;
+    if (!send_to(r, Header{Kind::kHidden, seq_, 0, step_, 0}, data, 4 * static_cast<size_t>(n))) {
+      slots_[r].gone = "its connection closed";
+      fail(slots_[r].name + " is unreachable (its connection closed)");
+    }
+    const double wait_s = o_.link.timeout_s * hidden_wait_factor(eval_tokens_);
+    const auto deadline = after(wait_s);
+    while (!have_[r]) {
+      if (!worker_error_.empty()) fail(worker_error_);
+      if (ms_left(deadline) == 0) {
+        slots_[r].gone = "silent for " + seconds(wait_s) + " mid-eval";
+        fail(slots_[r].name + " sent no hidden state within " + seconds(wait_s) + " (its layers, pass " +
+             std::to_string(seq_) + " of eval " + std::to_string(step_) + "): it died, hung or lost its link");
+      }
+      poll_once(ms_left(deadline));
+    }
+    std::memcpy(data, partial_[r].data(), 4 * static_cast<size_t>(n));
+    ++stats_.hidden_passes;
+  }
+  hidden_from_ = -1;
   stats_.comm_s += since(t0);
 }
 

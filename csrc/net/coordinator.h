@@ -33,6 +33,13 @@ class PeerError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A layer split's hand-off waits for whole layer ranges over a chunk of
+// tokens, not one layer of one token: a prefill of n tokens may take up to
+// this factor times the timeout (1 for decode, at most 8).
+inline double hidden_wait_factor(int64_t eval_tokens) {
+  return eval_tokens <= 8 ? 1.0 : eval_tokens >= 64 ? 8.0 : static_cast<double>(eval_tokens) / 8.0;
+}
+
 struct LinkOptions {
   std::string libzmq;            // path of libzmq ("" = libzmq.so.5)
   CurveKeys keys;
@@ -55,7 +62,7 @@ struct CoordinatorOptions {
 
 // Per device: what it sent and received, and the coordinator's time in the transport.
 struct LinkStats {
-  int64_t evals = 0, all_reduces = 0;
+  int64_t evals = 0, all_reduces = 0, hidden_passes = 0;
   double comm_s = 0;                       // coordinator: in begin_eval + all_reduce (waiting included)
   std::vector<uint64_t> bytes_sent;        // (ranks) by each device (the coordinator is 0)
   std::vector<uint64_t> bytes_received;    // (ranks)
@@ -75,6 +82,9 @@ class Coordinator : public Communicator {
 
   void begin_eval(const int32_t* ids, int64_t n, int64_t start_pos) override;
   void all_reduce(float* data, int64_t n) override;
+  // Layer split (a star): the stream goes to each worker in rank order and
+  // comes back from it, one round trip per worker per forward pass.
+  void pass_hidden(float* data, int64_t n) override;
 
   LinkStats stats() const { return stats_; }
   void reset_stats();
@@ -107,10 +117,12 @@ class Coordinator : public Communicator {
   uint64_t step_ = 0;
   uint32_t seq_ = 0;
   int64_t n_cur_ = 0;  // values of the current all-reduce
+  int64_t eval_tokens_ = 0;  // tokens of the current eval
   bool in_eval_ = false;
   // Partial sums of the current all-reduce, by rank; filled by handle().
   std::vector<std::vector<uint8_t>> partial_;
   std::vector<bool> have_;
+  int hidden_from_ = -1;      // the rank whose layers the stream is in (pass_hidden), -1: none
   std::string worker_error_;  // set by handle() when a worker reported a failed eval
   int error_rank_ = -1;
   std::vector<uint8_t> out_;

@@ -33,7 +33,9 @@ std::string model_identity(const ModelFile& mf) {
 std::map<std::string, std::string> describe_shard(const ModelFile& mf, const Config& c, const ShardSpec& shard,
                                                   int rank, int ranks, const EngineOptions& o) {
   std::string format = "?";
-  if (const FileTensor* t = mf.tensor("blk.0.ffn_down.weight"); t && t->packed)
+  // The first layer the file holds (a layer split's worker starts later than 0).
+  const std::string down = "blk." + std::to_string(shard.resolved(c).layer_begin) + ".ffn_down.weight";
+  if (const FileTensor* t = mf.tensor(down); t && t->packed)
     format = t->qtype + "g" + std::to_string(t->pshape.group) + (t->pshape.asym ? "a" : "s");
   return {
       {"model", model_identity(mf)},

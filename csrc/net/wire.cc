@@ -27,6 +27,7 @@ const char* kind_name(Kind k) {
     case Kind::kError: return "error";
     case Kind::kBye: return "bye";
     case Kind::kAbort: return "abort";
+    case Kind::kHidden: return "hidden";
   }
   return "unknown";
 }
@@ -53,7 +54,7 @@ std::string decode(const uint8_t* frame, size_t size, uint64_t max_payload, Head
   if (version != kWireVersion)
     return "wire version " + std::to_string(version) + ", this edgelut speaks " + std::to_string(kWireVersion);
   const uint64_t kind = get(frame + 6, 2);
-  if (kind < 1 || kind > static_cast<uint64_t>(Kind::kAbort)) return "unknown message kind " + std::to_string(kind);
+  if (kind < 1 || kind > static_cast<uint64_t>(Kind::kHidden)) return "unknown message kind " + std::to_string(kind);
   Header h;
   h.kind = static_cast<Kind>(kind);
   h.seq = static_cast<uint32_t>(get(frame + 8, 4));

@@ -33,6 +33,7 @@ enum class Kind : uint16_t {
   kError = 7,    // worker -> coordinator: one-line reason its eval failed
   kBye = 8,      // either way: the sender is leaving
   kAbort = 9,    // coordinator -> worker: drop the current eval (another device failed)
+  kHidden = 10,  // either way, layer split: the residual stream (fp32, T x dim) into / out of a layer range
 };
 const char* kind_name(Kind k);
 

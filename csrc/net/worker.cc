@@ -135,6 +135,7 @@ std::string WorkerLink::serve(Engine& engine) {
     }
     ids.resize(n);
     std::memcpy(ids.data(), p + 16, 4 * n);
+    eval_tokens_ = n;
     const auto t0 = Clock::now();
     const double comm0 = stats_.comm_s;
     try {
@@ -154,17 +155,14 @@ std::string WorkerLink::serve(Engine& engine) {
   }
 }
 
-void WorkerLink::all_reduce(float* data, int64_t n) {
-  const auto t0 = Clock::now();
-  ++seq_;
-  out_.resize(sync_bytes(o_.link.sync, n));
-  sync_encode(o_.link.sync, data, n, out_.data());
-  send(Header{Kind::kPartial, seq_, rank_, step_, 0}, out_.data(), out_.size());
-  Message m(z_);
-  const int tmo = static_cast<int>(o_.link.timeout_s * 1000);
+// The next message of the current eval of kind `kind` (and sequence `seq`, when
+// not 0) into m; a bye or an abort ends the eval (Aborted), silence past the
+// timeout is the coordinator's failure.
+void WorkerLink::await(Message& m, Kind kind, uint32_t seq, const char* what, double timeout_s) {
+  const int tmo = static_cast<int>(timeout_s * 1000);
   for (;;) {
     if (!wait(m, tmo))
-      throw PeerError("the coordinator at " + o_.connect + " sent no sum within " + seconds(o_.link.timeout_s) +
+      throw PeerError("the coordinator at " + o_.connect + " sent no " + what + " within " + seconds(timeout_s) +
                       ": it died, hung or the link is down");
     stats_.bytes_received += m.size();
     Header h;
@@ -176,14 +174,44 @@ void WorkerLink::all_reduce(float* data, int64_t n) {
     }
     if (h.step != step_) continue;  // an older eval's
     if (h.kind == Kind::kAbort) throw Aborted{};
-    if (h.kind != Kind::kSum || h.seq != seq_) continue;
-    if (h.payload_bytes != out_.size())
-      throw PeerError("the coordinator sent a sum of " + std::to_string(h.payload_bytes) + " bytes, expected " +
-                      std::to_string(out_.size()));
-    sync_decode(o_.link.sync, m.data() + kHeaderBytes, n, data, true);
-    break;
+    if (h.kind != kind || (seq != 0 && h.seq != seq)) continue;
+    last_seq_ = h.seq;
+    return;
   }
+}
+
+void WorkerLink::all_reduce(float* data, int64_t n) {
+  const auto t0 = Clock::now();
+  ++seq_;
+  out_.resize(sync_bytes(o_.link.sync, n));
+  sync_encode(o_.link.sync, data, n, out_.data());
+  send(Header{Kind::kPartial, seq_, rank_, step_, 0}, out_.data(), out_.size());
+  Message m(z_);
+  await(m, Kind::kSum, seq_, "sum", o_.link.timeout_s);
+  if (m.size() - kHeaderBytes != out_.size())
+    throw PeerError("the coordinator sent a sum of " + std::to_string(m.size() - kHeaderBytes) +
+                    " bytes, expected " + std::to_string(out_.size()));
+  sync_decode(o_.link.sync, m.data() + kHeaderBytes, n, data, true);
   ++stats_.all_reduces;
+  stats_.comm_s += since(t0);
+}
+
+void WorkerLink::receive_hidden(float* data, int64_t n) {
+  const auto t0 = Clock::now();
+  Message m(z_);
+  // The devices before this one run their layers over the whole chunk first.
+  await(m, Kind::kHidden, 0, "hidden state", o_.link.timeout_s * hidden_wait_factor(eval_tokens_));
+  if (m.size() - kHeaderBytes != 4 * static_cast<uint64_t>(n))
+    throw PeerError("the coordinator sent a hidden state of " + std::to_string(m.size() - kHeaderBytes) +
+                    " bytes, expected " + std::to_string(4 * n));
+  std::memcpy(data, m.data() + kHeaderBytes, 4 * static_cast<size_t>(n));
+  hidden_seq_ = last_seq_;
+  stats_.comm_s += since(t0);
+}
+
+void WorkerLink::pass_hidden(float* data, int64_t n) {
+  const auto t0 = Clock::now();
+  send(Header{Kind::kHidden, hidden_seq_, rank_, step_, 0}, data, 4 * static_cast<size_t>(n));
   stats_.comm_s += since(t0);
 }
 

@@ -42,6 +42,9 @@ class WorkerLink : public Communicator {
   void stop() { stop_ = true; }
 
   void all_reduce(float* data, int64_t n) override;
+  // Layer split: the coordinator's stream into this worker's layers, and its output back.
+  void receive_hidden(float* data, int64_t n) override;
+  void pass_hidden(float* data, int64_t n) override;
   WorkerStats stats() const { return stats_; }
 
  private:
@@ -49,6 +52,7 @@ class WorkerLink : public Communicator {
   // Waits up to timeout_ms for a frame or a monitor event; returns false on timeout.
   // Throws PeerError on a lost connection or a refused handshake.
   bool wait(Message& m, int timeout_ms);
+  void await(Message& m, Kind kind, uint32_t seq, const char* what, double timeout_s);
   void monitor_event();
   void send(const Header& h, const void* p, size_t n);
   void join();
@@ -61,6 +65,9 @@ class WorkerLink : public Communicator {
   std::atomic<bool> stop_{false};
   uint64_t step_ = 0;
   uint32_t seq_ = 0;
+  uint32_t hidden_seq_ = 0;  // seq of the stream received (the answer carries it back)
+  uint32_t last_seq_ = 0;    // seq of the message await() returned
+  int64_t eval_tokens_ = 0;  // tokens of the current eval (a prefill's hand-off waits longer)
   uint32_t rank_ = 0;
   std::string bye_;
   std::vector<uint8_t> out_;

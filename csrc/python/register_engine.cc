@@ -234,8 +234,11 @@ void register_engine(py::module_& m) {
       .def("validate", &Config::validate);
 
   py::class_<ShardSpec>(m, "ShardSpec")
-      .def(py::init([](int64_t qb, int64_t qe, int64_t fb, int64_t fe, bool lm_head, int64_t eb, int64_t ee) {
+      .def(py::init([](int64_t qb, int64_t qe, int64_t fb, int64_t fe, bool lm_head, int64_t eb, int64_t ee,
+                       int64_t lb, int64_t le) {
              ShardSpec s;
+             s.layer_begin = lb;
+             s.layer_end = le;
              s.embd_begin = eb;
              s.embd_end = ee;
              s.q_head_begin = qb;
@@ -246,7 +249,8 @@ void register_engine(py::module_& m) {
              return s;
            }),
            py::arg("q_head_begin") = 0, py::arg("q_head_end") = -1, py::arg("ffn_begin") = 0,
-           py::arg("ffn_end") = -1, py::arg("lm_head") = true, py::arg("embd_begin") = 0, py::arg("embd_end") = -1)
+           py::arg("ffn_end") = -1, py::arg("lm_head") = true, py::arg("embd_begin") = 0, py::arg("embd_end") = -1,
+           py::arg("layer_begin") = 0, py::arg("layer_end") = -1)
       .def_readonly("q_head_begin", &ShardSpec::q_head_begin)
       .def_readonly("q_head_end", &ShardSpec::q_head_end)
       .def_readonly("ffn_begin", &ShardSpec::ffn_begin)
@@ -254,6 +258,8 @@ void register_engine(py::module_& m) {
       .def_readonly("lm_head", &ShardSpec::lm_head)
       .def_readonly("embd_begin", &ShardSpec::embd_begin)
       .def_readonly("embd_end", &ShardSpec::embd_end)
+      .def_readonly("layer_begin", &ShardSpec::layer_begin)
+      .def_readonly("layer_end", &ShardSpec::layer_end)
       .def_readonly("kv_head_begin", &ShardSpec::kv_head_begin)
       .def_readonly("kv_head_end", &ShardSpec::kv_head_end)
       .def("resolved", &ShardSpec::resolved, py::arg("config"),
@@ -261,6 +267,7 @@ void register_engine(py::module_& m) {
       .def("__repr__", [](const ShardSpec& s) {
         return "ShardSpec(q_heads=[" + std::to_string(s.q_head_begin) + ", " + std::to_string(s.q_head_end) +
                "), ffn=[" + std::to_string(s.ffn_begin) + ", " + std::to_string(s.ffn_end) +
+               "), layers=[" + std::to_string(s.layer_begin) + ", " + std::to_string(s.layer_end) +
                "), lm_head=" + (s.lm_head ? "True" : "False") + ")";
       });
 

@@ -70,6 +70,7 @@ py::dict coordinator_stats(const Coordinator& c) {
   py::dict d;
   d["evals"] = s.evals;
   d["all_reduces"] = s.all_reduces;
+  d["hidden_passes"] = s.hidden_passes;
   d["comm_s"] = s.comm_s;
   d["bytes_sent"] = s.bytes_sent;
   d["bytes_received"] = s.bytes_received;

@@ -127,6 +127,8 @@ def transport_json(stats: dict, tokens: int, tokens_per_s: float) -> dict:
         "compute_ms": 1e3 / tokens_per_s - comm_ms,
         "bytes_sent_per_token": [b / tokens for b in stats["bytes_sent"]],
         "all_reduces_per_token": stats["all_reduces"] / tokens,
+        # A layer split: hand-offs of the residual stream (each includes that worker's layers).
+        "hidden_passes_per_token": stats.get("hidden_passes", 0) / tokens,
     }
 
 
