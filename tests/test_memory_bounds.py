@@ -62,6 +62,42 @@ assert main(["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q"]) == 0
     assert peak - baseline < float_bytes / 2
 
 
+def test_gptq_quantize_holds_one_float32_hessian_at_a_time(tmp_path) -> None:
+    """GPTQ's peak is about one float32 K x K Hessian (64 MiB for ffn_down's K = 4096 here), which
+    becomes its own factor in place. The float64 code this replaced held the Hessian, its
+    reversed damped copy, numpy cholesky's work copy and result, and the contiguous factor at
+    once: five K x K float64 arrays, 640 MiB."""
+    shape = dict(hidden_size=256, intermediate_size=4096, n_layers=1, n_heads=4, head_dim=64)
+    cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=True, **shape)
+    src = write_gguf(tmp_path / "wide.gguf", cfg, tiny_weights(cfg))
+    out = tmp_path / "wide.elut"
+    text = tmp_path / "calib.txt"  # short: tokenising the built-in set would dominate the test's time
+    text.write_text("the quick brown fox jumps over the lazy dog; " * 40)
+    # Everything but the quantisation: imports, the JIT of the RTN kernel GPTQ's group fit uses,
+    # the import of the model and the tokenisation of the calibration text.
+    baseline = _child_peak(
+        "import numpy as np, tqdm, edgelut.cli.quantize, edgelut.models.modelfile\n"
+        "from edgelut.quantize.calibrate import calibration_ids\n"
+        "from edgelut.quantize.convert import load_source, quantize_tensor\n"
+        "from edgelut.quantize.gptq import hessian\n"
+        "from edgelut.quantize.recipe import TensorSpec\n"
+        "h = hessian(np.random.default_rng(0).standard_normal((128, 64)))\n"
+        "quantize_tensor('w', np.ones((64, 64), np.float32), TensorSpec('q4', 32, True), 'gptq', h=h)\n"
+        f"m = load_source({str(src)!r})\n"
+        f"ids = calibration_ids(m.tokenizer.tokenizer_json, {text.read_text()!r}, seq_len=128, n_seqs=2)"
+    )
+    script = f"""
+from edgelut.cli import main
+args = ["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q", "--method", "gptq", "--calib", {str(text)!r}]
+args += ["--calib-tokens", "256"]
+assert main(args) == 0
+"""
+    peak = _child_peak(script)
+    assert out.is_file()
+    k2 = 4096 * 4096 * 4
+    assert peak - baseline < 2 * k2, (peak / MIB, baseline / MIB)
+
+
 def test_row_blocks_give_the_same_bytes_as_the_whole_matrix(rng) -> None:
     from edgelut.quantize import convert
     from edgelut.quantize.recipe import TensorSpec
