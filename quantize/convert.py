@@ -239,7 +239,6 @@ def quantize_model(
         if h is None or recipe.method != "gptq" or recipe.act_order:
             return None
         if shared["h"] is not h:
-            shared["h"], shared["factor"] = None, None  # the last Hessian goes before the next is factorised
             shared["h"], shared["factor"] = h, gptq_factor(h, overwrite=True)
         return shared["factor"]
 

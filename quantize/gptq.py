@@ -79,9 +79,10 @@ def gptq_factor(h: np.ndarray, damp: float = 0.01, *, overwrite: bool = False) -
     If H + damp is not positive definite the damping is raised (DAMP_RETRIES);
     the Cholesky leaves H's strict upper triangle untouched, so H is restored from it.
     """
-    k = np.shape(h)[0]
-    if np.shape(h) != (k, k):
-        raise ValueError(f"Hessian must be square, got shape {np.shape(h)}")
+    h = np.asarray(h)
+    k = h.shape[0] if h.ndim else 0
+    if h.shape != (k, k):
+        raise ValueError(f"Hessian must be square, got shape {h.shape}")
     dtype = h.dtype if h.dtype in (np.float32, np.float64) else np.float32
     a = h if overwrite and h.dtype == dtype and h.flags.c_contiguous else np.array(h, dtype=dtype)
     diag = np.diagonal(a).astype(np.float64)
