@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cgroup_limit import available, run_limited
-from model_fixtures import tiny_config, tiny_weights, write_gguf
+from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir
 
 from edgelut import cache
 
@@ -29,15 +29,20 @@ def _child_peak(script: str, env: dict[str, str] | None = None) -> int:
 # ---- streaming conversion ---------------------------------------------------------------------
 
 
-def test_quantize_streams_a_model_larger_than_its_peak(tmp_path) -> None:
-    """A 201 MB float32 model converts with a peak of import overhead plus far less than the model."""
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_quantize_streams_a_model_larger_than_its_peak(tmp_path, kind) -> None:
+    """A 201 MB float32 model, as a GGUF or a HF safetensors directory, converts with a peak of
+    import overhead plus far less than the model."""
     # A wide embedding (the largest tensor, as in real models): 16384 rows, ids past the
     # tokenizer's 260 unused.
     shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=3, n_heads=8, head_dim=128)
     shape["vocab_size"] = 16384
     cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=True, **shape)
     weights = tiny_weights(cfg)
-    src = write_gguf(tmp_path / "big.gguf", cfg, weights)
+    if kind == "gguf":
+        src = write_gguf(tmp_path / "big.gguf", cfg, weights)
+    else:  # two float32 shards; the importer reads rows with pread (it read every tensor whole before)
+        src = write_hf_dir(tmp_path / "big", cfg, weights)
     float_bytes = sum(w.nbytes for w in weights.values())
     del weights
     assert float_bytes > 190 * MIB
