@@ -48,6 +48,10 @@ class LazyTensors(MutableMapping[str, Any]):
     def __delitem__(self, name: str) -> None:
         del self._items[name]
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would read the tensor to find out.
+        return name in self._items
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 

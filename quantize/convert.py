@@ -230,14 +230,16 @@ def quantize_model(
 
     store = sink or (lambda name, t: t)
     out: dict[str, Any] = {}
-    # The calibration runner hands Q/K/V (and gate/up) the same Hessian object: factorise it once.
+    # The calibration runner hands Q/K/V (and gate/up) the same Hessian object: factorise it once,
+    # in its own buffer (a Hessian is only read through its factor afterwards), so one K x K
+    # matrix is held, not two (2 x 321 MB for Qwen2.5-1.5B's ffn_down).
     shared: dict[str, Any] = {"h": None, "factor": None}
 
     def factor_of(h: np.ndarray | None) -> Any:
         if h is None or recipe.method != "gptq" or recipe.act_order:
             return None
         if shared["h"] is not h:
-            shared["h"], shared["factor"] = h, gptq_factor(h)
+            shared["h"], shared["factor"] = h, gptq_factor(h, overwrite=True)
         return shared["factor"]
 
     matrices = [n for n in model.tensors if len(tensor_shape(model.tensors, n)) == 2]
@@ -251,15 +253,17 @@ def quantize_model(
         exact_in = model.source_specs.get(name, Q4_SOURCE)
         lossless = name in model.source_codes and _is_lossless(spec, exact_in)
         uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
+        factor = factor_of(h) if uses_factor else None
+        consumed = factor is None and h is not None and shared["h"] is h  # holds a factor now
         t = quantize_tensor(
             name,
             w,
             spec,
             recipe.method,
-            h=h,
+            h=None if consumed else h,
             source_codes=model.source_codes.get(name),
             act_order=recipe.act_order,
-            factor=factor_of(h) if uses_factor else None,
+            factor=factor,
             source_spec=exact_in,
         )
         out[name] = store(name, t)

@@ -166,18 +166,47 @@ def test_cli_gptq_defaults_to_the_built_in_set_at_4096_tokens(tmp_path, monkeypa
 
 @pytest.mark.parametrize("k", [5, 256, 300, 600])
 def test_gptq_factor_is_the_upper_cholesky_of_the_damped_inverse(k):
-    """The in-place blocked triangular inverse (block 256: one, whole and partial blocks)
-    gives U with U^T U = (H + damp)^-1, dead inputs set to 1 first."""
+    """The in-place blocked Cholesky and triangular inverse (block 256: one, whole and partial
+    blocks) give U with U^T U = (H + damp)^-1, dead inputs set to 1 first: to float64 rounding
+    for a float64 H, to float32's for the float32 H calibration makes."""
     rng = np.random.default_rng(k)
     x = rng.standard_normal((2 * k, k))
     x[:, 1] = 0  # a dead input
     h = hessian(x)
-    assert np.allclose(h, 2 * x.T @ x / (2 * k))
-    f = gptq_factor(h, damp=0.01)
-    want = h.copy()
+    assert h.dtype == np.float32
+    assert np.allclose(h, 2 * x.T @ x / (2 * k), rtol=1e-5, atol=1e-6)
+    h64 = h.astype(np.float64)
+    want = h64.copy()
     want[1, 1] = 1.0
-    assert f.dead[1] and f.dead.sum() == 1 and np.array_equal(f.diag, np.diag(want))
+    diag = np.diag(want).copy()
     want[np.diag_indices(k)] += 0.01 * np.mean(np.diag(want))
-    u = f.hinv_upper
-    assert np.allclose(np.triu(u), u)
-    np.testing.assert_allclose(u.T @ u, np.linalg.inv(want), rtol=1e-7, atol=1e-9)
+    inv = np.linalg.inv(want)
+    for hh, rtol, atol in ((h64, 1e-7, 1e-9), (h, 2e-3, 2e-4)):
+        f = gptq_factor(hh, damp=0.01)
+        assert f.dead[1] and f.dead.sum() == 1 and np.array_equal(f.diag, diag)
+        u = f.hinv_upper
+        assert u.dtype == hh.dtype and f.damp == 0.01
+        assert np.array_equal(np.triu(u), u)
+        np.testing.assert_allclose(u.T.astype(np.float64) @ u, inv, rtol=rtol, atol=atol)
+
+
+def test_gptq_factor_overwrites_in_place_and_raises_the_damping_when_it_must():
+    rng = np.random.default_rng(5)
+    h = hessian(rng.standard_normal((700, 300)))
+    keep = h.copy()
+    f = gptq_factor(h, overwrite=True)
+    assert f.hinv_upper is h  # the factor lives in the Hessian's buffer
+    np.testing.assert_array_equal(gptq_factor(keep).hinv_upper, h)
+    # Indefinite even with 1% damping: the strict upper triangle the failed Cholesky left alone
+    # restores H, and the next damping (10%) gives the factor of H + 0.1 * mean(diag).
+    q, _ = np.linalg.qr(rng.standard_normal((300, 300)))
+    ev = np.linspace(1.0, 2.0, 300)
+    ev[0] = -0.1  # 1% damping (+0.015) leaves it indefinite, 10% (+0.15) does not
+    bad = (q * ev) @ q.T
+    bad = (bad + bad.T) / 2
+    f = gptq_factor(bad.copy(), overwrite=True)
+    assert f.damp == pytest.approx(0.1)
+    damped = bad + f.damp * np.mean(np.diag(bad)) * np.eye(300)
+    np.testing.assert_allclose(f.hinv_upper.T @ f.hinv_upper, np.linalg.inv(damped), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match=r"Hessian \(300 x 300\) is not positive definite"):
+        gptq_factor(-np.eye(300) - 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -239,6 +241,22 @@ def test_hf_errors(tmp_path: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises((ValueError, RuntimeError), match="model-00002-of-00002.safetensors"):
         load_model(d)
+
+    # A header whose byte range does not fit the tensor's shape is refused up front, naming both.
+    d3 = write_hf_dir(tmp_path / "hf3", cfg, tiny_weights(cfg))
+    shard = next(d3.glob("model-00001*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__" and len(header[k]["shape"]) == 2)
+    header[name]["shape"] = [header[name]["shape"][0] + 1, header[name]["shape"][1]]
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n  # the new row count may take one more digit; safetensors writes no spaces
+    text = text.ljust(n)
+    shard.write_bytes(bytes(data[:8]) + text + bytes(data[8 + n :]))
+    want = rf"model-00001-of-00002.safetensors: tensor {re.escape(name)} has \d+ bytes, F32"
+    with pytest.raises(ValueError, match=want):
+        load_model(d3)
 
     d2 = write_hf_dir(tmp_path / "hf2", cfg, tiny_weights(cfg))
     (d2 / "config.json").write_text('{"model_type": "gpt_neox", "hidden_size": 64}')

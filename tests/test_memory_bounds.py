@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cgroup_limit import available, run_limited
-from model_fixtures import tiny_config, tiny_weights, write_gguf
+from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir
 
 from edgelut import cache
 
@@ -29,15 +29,20 @@ def _child_peak(script: str, env: dict[str, str] | None = None) -> int:
 # ---- streaming conversion ---------------------------------------------------------------------
 
 
-def test_quantize_streams_a_model_larger_than_its_peak(tmp_path) -> None:
-    """A 201 MB float32 model converts with a peak of import overhead plus far less than the model."""
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_quantize_streams_a_model_larger_than_its_peak(tmp_path, kind) -> None:
+    """A 201 MB float32 model, as a GGUF or a HF safetensors directory, converts with a peak of
+    import overhead plus far less than the model."""
     # A wide embedding (the largest tensor, as in real models): 16384 rows, ids past the
     # tokenizer's 260 unused.
     shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=3, n_heads=8, head_dim=128)
     shape["vocab_size"] = 16384
     cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=True, **shape)
     weights = tiny_weights(cfg)
-    src = write_gguf(tmp_path / "big.gguf", cfg, weights)
+    if kind == "gguf":
+        src = write_gguf(tmp_path / "big.gguf", cfg, weights)
+    else:  # two float32 shards; the importer reads rows with pread (it read every tensor whole before)
+        src = write_hf_dir(tmp_path / "big", cfg, weights)
     float_bytes = sum(w.nbytes for w in weights.values())
     del weights
     assert float_bytes > 190 * MIB
@@ -60,6 +65,44 @@ assert main(["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q"]) == 0
     # (Measured: 53 MiB over the baseline for this 238 MiB model.)
     assert peak - baseline < 80 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
     assert peak - baseline < float_bytes / 2
+
+
+def test_gptq_quantize_holds_one_float32_hessian_at_a_time(tmp_path) -> None:
+    """GPTQ's peak is about one float32 K x K Hessian (64 MiB for ffn_down's K = 4096 here), which
+    becomes its own factor in place. The float64 code this replaced held the Hessian, its
+    reversed damped copy, numpy cholesky's work copy and result, and the contiguous factor at
+    once: five K x K float64 arrays, 640 MiB."""
+    shape = dict(hidden_size=256, intermediate_size=4096, n_layers=1, n_heads=4, head_dim=64)
+    cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=True, **shape)
+    src = write_gguf(tmp_path / "wide.gguf", cfg, tiny_weights(cfg))
+    out = tmp_path / "wide.elut"
+    text = tmp_path / "calib.txt"  # short: tokenising the built-in set would dominate the test's time
+    text.write_text("the quick brown fox jumps over the lazy dog; " * 40)
+    # Everything but the quantisation: imports, the JIT of the RTN kernel GPTQ's group fit uses,
+    # the import of the model and the tokenisation of the calibration text.
+    baseline = _child_peak(
+        "import numpy as np, tqdm, edgelut.cli.quantize, edgelut.models.modelfile\n"
+        "from edgelut.quantize.calibrate import calibration_ids\n"
+        "from edgelut.quantize.convert import load_source, quantize_tensor\n"
+        "from edgelut.quantize.gptq import hessian\n"
+        "from edgelut.quantize.recipe import TensorSpec\n"
+        "h = hessian(np.random.default_rng(0).standard_normal((128, 64)))\n"
+        "quantize_tensor('w', np.ones((64, 64), np.float32), TensorSpec('q4', 32, True), 'gptq', h=h)\n"
+        f"m = load_source({str(src)!r})\n"
+        f"ids = calibration_ids(m.tokenizer.tokenizer_json, {text.read_text()!r}, seq_len=128, n_seqs=2)"
+    )
+    script = f"""
+from edgelut.cli import main
+args = ["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q", "--method", "gptq", "--calib", {str(text)!r}]
+args += ["--calib-tokens", "256"]
+assert main(args) == 0
+"""
+    peak = _child_peak(script)
+    assert out.is_file()
+    # Measured: 97 MiB over the baseline (the Hessian's 64 MiB, the FFN's activations, one
+    # tensor's GPTQ work arrays); main before this change: 569 MiB.
+    k2 = 4096 * 4096 * 4
+    assert peak - baseline < 2.5 * k2, (peak / MIB, baseline / MIB)
 
 
 def test_row_blocks_give_the_same_bytes_as_the_whole_matrix(rng) -> None:

@@ -436,7 +436,7 @@ def test_gptq_factor_is_the_upper_cholesky_of_the_damped_inverse():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((500, 96))
     x[:, 7] = 0  # a dead input
-    h = hessian(x)
+    h = hessian(x).astype(np.float64)  # float64 in, float64 factor
     f = gptq_factor(h, damp=0.01)
     hd = h.copy()
     hd[7, 7] = 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from edgelut.models.config import ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
+from edgelut.models.lazy import LazyTensors, RowSource, tensor_shape
 
 # HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
 MODEL_TYPES = {t: arch for arch, traits in ARCHITECTURES.items() for t in traits.hf_model_types}
@@ -315,50 +317,88 @@ def tokenizer_from_dir(directory: Path) -> TokenizerData:
     )
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one .safetensors file as numpy arrays; bfloat16 widened to float32."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+_SAFETENSORS_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "F64": np.float64,
+    "BF16": np.uint16,  # numpy has no bfloat16: read as bits and widened (the top half of a float32)
+    "I64": np.int64,
+    "I32": np.int32,
+    "U8": np.uint8,
+}
 
+
+def safetensors_sources(path: Path) -> dict[str, RowSource]:
+    """Every tensor of one .safetensors file as a RowSource that reads its rows with pread.
+
+    The header is checked against the file up front (dtype, each tensor's byte range against
+    its shape and the file's size), so a bad file fails here, naming it, not halfway through a
+    conversion. Rows come back as stored (bf16 widened to float32); nothing is mapped, so
+    the rows a converter has read do not stay in its RSS.
+    """
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
             header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
         header.pop("__metadata__", None)
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a safetensors file ({e})") from e
-    if not any(v.get("dtype") == "BF16" for v in header.values()):
-        try:
-            return load_file(str(path))
-        except SafetensorError as e:
-            raise RuntimeError(f"{path}: cannot read safetensors ({e})") from e
-    # numpy has no bfloat16: read the raw bytes and widen (bf16 is the top half of a float32).
-    out: dict[str, np.ndarray] = {}
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    dtypes = {
-        "F32": np.float32,
-        "F16": np.float16,
-        "F64": np.float64,
-        "BF16": np.uint16,
-        "I64": np.int64,
-        "I32": np.int32,
-        "U8": np.uint8,
-    }
+    base, data_size = 8 + n, size - 8 - n
+    out: dict[str, RowSource] = {}
     for name, info in header.items():
-        if info["dtype"] not in dtypes:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        if end > data.size:
+        try:
+            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: tensor {name} has a malformed header entry ({e})") from e
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
+        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+            raise ValueError(f"{path}: tensor {name} has an impossible shape or byte range")
+        need = math.prod(shape) * np_dtype.itemsize
+        if end - begin != need:
+            raise ValueError(f"{path}: tensor {name} has {end - begin} bytes, {dtype} {shape} needs {need}")
+        if end > data_size:
             raise RuntimeError(f"{path}: truncated safetensors file (tensor {name})")
-        arr = np.frombuffer(data[begin:end].tobytes(), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr
+        out[name] = RowSource(shape, _safetensors_rows(path, base + begin, np_dtype, dtype == "BF16", shape))
     return out
 
 
+def _safetensors_rows(path: Path, offset: int, dtype: np.dtype, bf16: bool, shape: tuple[int, ...]):  # noqa: ANN202
+    row = math.prod(shape[1:]) * dtype.itemsize if shape else dtype.itemsize
+
+    def read(a: int, b: int) -> np.ndarray:
+        if not shape:
+            a, b = 0, 1
+        with open(path, "rb") as f:
+            buf = os.pread(f.fileno(), (b - a) * row, offset + a * row)
+        if len(buf) != (b - a) * row:
+            raise RuntimeError(f"{path}: truncated safetensors file")
+        arr = np.frombuffer(buf, dtype=dtype)
+        if bf16:
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        return arr.reshape(shape if not shape else (b - a, *shape[1:]))
+
+    return read
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as numpy arrays; bfloat16 widened to float32."""
+    return {name: _read_all(src) for name, src in safetensors_sources(path).items()}
+
+
+def _read_all(src: RowSource) -> np.ndarray:
+    return src.read_rows(0, src.shape[0] if src.shape else 1)  # a 0-d tensor is one "row"
+
+
 def finish_import(
-    raw: dict[str, np.ndarray], cfg_json: dict[str, Any], path: Path, tokenizer: TokenizerData
+    raw: dict[str, Any], cfg_json: dict[str, Any], path: Path, tokenizer: TokenizerData
 ) -> ImportedModel:
     """HF-named tensors -> ImportedModel (renamed, float32, shape-checked).
 
@@ -373,12 +413,19 @@ def finish_import(
     layers: dict[str, Any] = {}
     if fmt is not None:
         raw, layers = dequantize_checkpoint(raw, fmt, path)
-    tensors = {}
+    # A RowSource (a float checkpoint read lazily) stays lazy: the converter then holds one
+    # tensor, or a block of rows of one, at a time, not the float model.
+    tensors = LazyTensors()
     for name, arr in raw.items():
         gg = hf_to_gguf_name(name, arch)
-        if gg is not None:
+        if gg is None:
+            continue
+        norm_plus_one = plus_one and gg.endswith("norm.weight")
+        if isinstance(arr, RowSource):
+            tensors.add(gg, RowSource(arr.shape, _float32_rows(arr, norm_plus_one)))
+        else:
             tensors[gg] = np.ascontiguousarray(arr, dtype=np.float32)
-            if plus_one and gg.endswith("norm.weight"):
+            if norm_plus_one:
                 tensors[gg] = tensors[gg] + np.float32(1.0)
     if "token_embd.weight" not in tensors:
         raise ValueError(f"{path}: no model.embed_tokens.weight among the weights")
@@ -395,6 +442,14 @@ def finish_import(
     return model
 
 
+def _float32_rows(src: RowSource, plus_one: bool):  # noqa: ANN202
+    def read(a: int, b: int) -> np.ndarray:
+        w = np.ascontiguousarray(src.read_rows(a, b), dtype=np.float32)
+        return w + np.float32(1.0) if plus_one else w
+
+    return read
+
+
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return expected_tensors(config)
 
@@ -403,8 +458,9 @@ def check_tensors(tensors: dict[str, np.ndarray], config: ModelConfig, path: Pat
     for name, shape in expected_shapes(config).items():
         if name not in tensors:
             raise ValueError(f"{path}: missing weight {gguf_to_hf_name(name, config.architecture)} ({name})")
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+        got = tensor_shape(tensors, name)
+        if got != shape:
+            raise ValueError(f"{path}: {name} has shape {got}, expected {shape}")
 
 
 @register_importer("huggingface")
@@ -426,7 +482,11 @@ class HuggingFaceImporter(Importer):
         if not files:
             raise ValueError(f"{directory}: no *.safetensors files")
         cfg = read_json(directory / "config.json")
-        raw: dict[str, np.ndarray] = {}
+        raw: dict[str, Any] = {}
         for f in files:
-            raw.update(read_safetensors(f))
+            raw.update(safetensors_sources(f))
+        from edgelut.models.importers.lowbit import quant_format
+
+        if quant_format(cfg, directory) is not None:  # low-bit codes are converted whole
+            raw = {name: _read_all(src) for name, src in raw.items()}
         return finish_import(raw, cfg, directory, tokenizer_from_dir(directory))
