@@ -115,7 +115,9 @@ def _is_lossless(spec: TensorSpec, exact_in: tuple[str, int, bool]) -> bool:
 def spec_of(model: ImportedModel, recipe: Recipe, name: str) -> TensorSpec:
     """The recipe's spec, unless the import fixed this tensor's (trained low-bit codes)."""
     fixed = model.source_specs.get(name)
-    return TensorSpec(*fixed) if fixed is not None else recipe.spec_for(name)
+    if fixed is not None:
+        return TensorSpec(*fixed)
+    return recipe.spec_for(name, tied_head="output.weight" not in model.tensors)
 
 
 def _dequantized(t: PackedMatrix | np.ndarray) -> np.ndarray:

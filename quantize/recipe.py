@@ -21,8 +21,13 @@ Default overrides per type (keep the most sensitive tensors wider; measured on
 SmolLM2-135M with GPTQ, docs/benchmarks-history.md "GPTQ calibration and recipes"):
 
     q4: none
-    q3: token_embd, output, attn_v, ffn_down at q4 (GPTQ 54.7 at 4.44 bpw against
-        81.4 at 4.22 bpw with token_embd/output alone: 0.67x the perplexity for 5% more bits)
+    q3: output, attn_v, ffn_down at q4 (GPTQ 54.7 at 4.44 bpw against 81.4 at 4.22 bpw
+        with the head alone: 0.67x the perplexity for 5% more bits). The embedding stays at q3
+        unless it is also the head (a tied model, no output.weight: then it takes the head's
+        spec, as llama.cpp does): rows are looked up, not multiplied, and on
+        Qwen2.5-Coder-1.5B with the imatrix this recipe is 21.11 perplexity at 835 MB against
+        llama.cpp Q3_K_S's 21.66 at 861 MB, where the embedding at q4 (+29 MB) would be larger
+        than Q3_K_S (docs/BENCHMARKS.md "Size/perplexity front (session 6)")
     q2: token_embd, output, attn_v, ffn_down at q4 (GPTQ 319.7 at 3.87 bpw against 411.7 at
         3.68 bpw with ffn_down at q3)
     q1: token_embd, output at q4; attn_v, ffn_down at q3
@@ -56,7 +61,7 @@ LADDER = ("q1", "q2", "q3", "q4")
 
 DEFAULT_OVERRIDES: dict[str, dict[str, str]] = {
     "q4": {},
-    "q3": {"token_embd": "q4", "output": "q4", "attn_v": "q4", "ffn_down": "q4"},
+    "q3": {"output": "q4", "attn_v": "q4", "ffn_down": "q4"},
     "q2": {"token_embd": "q4", "output": "q4", "attn_v": "q4", "ffn_down": "q4"},
     "q1": {"token_embd": "q4", "output": "q4", "attn_v": "q3", "ffn_down": "q3"},
     "tq": {"token_embd": "q4", "output": "q4"},
@@ -257,8 +262,14 @@ class Recipe:
         merged.update(self.overrides)
         return merged
 
-    def spec_for(self, name: str) -> TensorSpec:
-        """The storage spec of a weight matrix (1-D tensors are always stored float)."""
+    def spec_for(self, name: str, *, tied_head: bool = False) -> TensorSpec:
+        """The storage spec of a weight matrix (1-D tensors are always stored float).
+
+        ``tied_head``: the model has no output.weight, so the embedding is also the head and takes
+        the head's spec, unless the user's own overrides name the embedding.
+        """
+        if tied_head and name == "token_embd.weight" and self.pinned_spec(name) is None:
+            name = "output.weight"
         spec = TensorSpec(self.qtype, self.group_size, bool(self.asym), int(self.super_block or 0))
         base = spec
         for pattern, value in self.all_overrides().items():

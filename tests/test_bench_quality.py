@@ -119,3 +119,26 @@ def test_plot_front_writes_a_png(bq, tmp_path: Path) -> None:
     png = tmp_path / "front.png"
     bq.plot_front(results, png, "tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_rtn_imatrix_gives_rtn_rows_llama_imatrix_file(bq, tmp_path: Path, capsys) -> None:
+    import argparse
+
+    (tmp_path / "f32.gguf").write_bytes(b"made")  # both exist: nothing is run
+    (tmp_path / "imatrix.dat").write_bytes(b"made")
+    calib = tmp_path / "calib.txt"
+    args = argparse.Namespace(calib=calib, rtn_imatrix=True, source=tmp_path / "src.gguf")
+    log = tmp_path / "log.txt"
+    assert bq.edgelut_calibration("q3-rtn-e2", args, tmp_path, log) == [
+        "--imatrix",
+        str(tmp_path / "imatrix.dat"),
+    ]
+    # GPTQ needs its Hessians: edgelut's own calibration pass on the same text.
+    assert bq.edgelut_calibration("q3-gptq-ao", args, tmp_path, log) == ["--calib", str(calib)]
+    args.rtn_imatrix = False
+    assert bq.edgelut_calibration("q3-rtn", args, tmp_path, log) == ["--calib", str(calib)]
+    args.calib = None
+    assert bq.edgelut_calibration("q3-rtn", args, tmp_path, log) == []
+    with pytest.raises(SystemExit):
+        bq.main(["x.gguf", "--llama-cpp-build", str(tmp_path), "--rtn-imatrix"])
+    assert "--rtn-imatrix: needs --calib" in capsys.readouterr().err

@@ -98,8 +98,11 @@ def test_default_overrides_apply_and_user_overrides_win():
     for qtype in ("q2", "q3"):
         r = Recipe(method="gptq", qtype=qtype)
         specs = {n: r.spec_for(n) for n in names}
-        # The embedding is always kept at 4 bits below 4 bits, and nothing goes below the base type.
-        assert specs["token_embd.weight"].qtype == "q4"
+        # The head is kept at 4 bits below 4 bits (a tied embedding is the head and follows it;
+        # q3 leaves an untied embedding at q3), and nothing goes below the base type.
+        assert specs["output.weight"].qtype == "q4"
+        assert r.spec_for("token_embd.weight", tied_head=True).qtype == "q4"
+        assert specs["token_embd.weight"].qtype == ("q4" if qtype == "q2" else "q3")
         assert all(int(s.qtype[1]) >= int(qtype[1]) for s in specs.values())
         assert specs["blk.0.attn_q.weight"].qtype == qtype
         user = Recipe(method="gptq", qtype=qtype, overrides="ffn_down=q2,token_embd=q3")

@@ -298,8 +298,25 @@ def test_recipe_defaults_and_overrides():
     assert r.spec_for("output.weight").qtype == "q1"
     assert Recipe(qtype="q2", overrides='{"attn_q": "q3"}').spec_for("blk.0.attn_q.weight").qtype == "q3"
     assert Recipe(qtype="q2", use_defaults=False).spec_for("token_embd.weight").qtype == "q2"
-    q3 = {"token_embd": "q4", "output": "q4", "attn_v": "q4", "ffn_down": "q4"}
+    q3 = {"output": "q4", "attn_v": "q4", "ffn_down": "q4"}
     assert Recipe(qtype="q3").to_json()["overrides"] == q3
+
+
+def test_q3_embedding_follows_the_head_only_when_tied():
+    from edgelut.quantize.convert import spec_of
+
+    r = Recipe(qtype="q3")
+    untied, tied = tiny_model(tie=False), tiny_model(tie=True)
+    assert "output.weight" in untied.tensors and "output.weight" not in tied.tensors
+    # A separate head keeps its q4; the embedding's rows are only looked up and stay at q3.
+    assert spec_of(untied, r, "output.weight").qtype == "q4"
+    assert spec_of(untied, r, "token_embd.weight") == r.spec_for("blk.0.attn_q.weight")
+    # A tied embedding is the head: it takes the head's spec (as llama.cpp does).
+    assert spec_of(tied, r, "token_embd.weight") == r.spec_for("output.weight")
+    assert spec_of(tied, r, "token_embd.weight").qtype == "q4"
+    # The user's own override of the embedding wins over the tie; one of the head is followed.
+    assert spec_of(tied, Recipe(qtype="q3", overrides="token_embd=q2"), "token_embd.weight").qtype == "q2"
+    assert spec_of(tied, Recipe(qtype="q3", overrides="output=q3"), "token_embd.weight").qtype == "q3"
 
 
 @pytest.mark.parametrize("bad", ["ffn_down", "ffn_down=q5", "x=q4:g48", "x=q4:fast", '{"a": 1', "x=+1x"])

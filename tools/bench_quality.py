@@ -23,7 +23,9 @@ width is not a multiple of 256, so a "Q2_K" file is not 2.625 bits).
 With ``--calib FILE`` both sides calibrate on the same text: llama.cpp's
 peer types are made with an importance matrix from ``llama-imatrix`` on FILE
 (``--imatrix-chunks`` windows of ``--ctx`` tokens; IQ2_XS and IQ3_XXS need one)
-and every ``edgelut quantize`` gets ``--calib FILE``. ``--speed`` then measures
+and every ``edgelut quantize`` gets ``--calib FILE`` (with ``--rtn-imatrix``, RTN rows get
+llama-imatrix's file as ``--imatrix`` instead: the same statistic, without edgelut's slow
+numpy calibration pass). ``--speed`` then measures
 decode and prefill speed of every row in one interleaved pass (``llama-bench``
 and ``edgelut bench``, same threads), and ``--plot PNG`` draws the
 size/perplexity fronts of both with matplotlib.
@@ -357,9 +359,23 @@ def plot_front(results: dict[str, Any], png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def edgelut_calibration(name: str, args: argparse.Namespace, work: Path, log: Path) -> list[str]:
+    """The calibration arguments of an edgelut row: ``--calib FILE``, or with ``--rtn-imatrix``
+    (RTN rows) llama-imatrix's file of the same text, so both sides weight by one importance matrix
+    and RTN skips edgelut's numpy calibration pass (GPTQ needs that pass for its Hessians)."""
+    if not args.calib:
+        return []
+    if args.rtn_imatrix and "-gptq" not in name:
+        f32 = work / "f32.gguf"
+        if not f32.exists():
+            write_float_gguf(args.source, f32)
+        return ["--imatrix", str(make_imatrix(f32, args, work, log))]
+    return ["--calib", str(args.calib)]
+
+
 def edgelut_row(name: str, args: argparse.Namespace, work: Path, log: Path) -> Row:
     out = work / f"{name}.elut"
-    calib = ["--calib", str(args.calib)] if args.calib else []
+    calib = edgelut_calibration(name, args, work, log)
     qargs = [str(args.source), "-o", str(out), *edgelut_args(name), *calib, *args.quantize_args]
     if not out.exists():
         # One BLAS thread: GPTQ's factorisations are small, and threads fight on a shared machine.
@@ -426,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=Path, default=None, help="calibration text for llama-imatrix and edgelut")
     ap.add_argument("--imatrix-chunks", type=int, default=8, help="llama-imatrix windows of --ctx tokens")
     ap.add_argument(
+        "--rtn-imatrix",
+        action="store_true",
+        help="with --calib: RTN rows use llama-imatrix's file of the calibration text (`edgelut quantize "
+        "--imatrix`) instead of edgelut's own calibration pass",
+    )
+    ap.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -445,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         VARIANTS[vname] = vargs.split()
     if args.calib is not None and not args.calib.is_file():
         ap.error(f"--calib: {args.calib} is not a file")
+    if args.rtn_imatrix and args.calib is None:
+        ap.error("--rtn-imatrix: needs --calib (the text llama-imatrix reads)")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress in nohup logs
     args.quantize_args = args.quantize_args.split()
     if args.text is None:
