@@ -781,8 +781,9 @@ class Model:
             m = _common_prefix(saved_ids, ids)
             if m >= best_n + min_gain:
                 best, best_n = i, m
-        held = min(len(self._cache_ids), self._engine.n_past)
-        if held - n >= min_gain:
+        # The snapshot holds the engine's n_past positions; their ids must be known.
+        held = self._engine.n_past
+        if held - n >= min_gain and len(self._cache_ids) >= held:
             self._save_cache(self._cache_ids[:held], self._engine.kv_snapshot())
         if best < 0:
             return n
