@@ -78,11 +78,26 @@ bool KvCache::holds(int64_t begin, int64_t end) const {
   return true;
 }
 
+template <class Self, class Part>
+void KvCache::for_each_part(Self& kv, int64_t n, Part&& part) {
+  const size_t eb = kv.elem_bytes();
+  for (size_t l = 0; l < kv.layer_row0_.size(); ++l) {
+    const size_t first = static_cast<size_t>(kv.layer_row0_[l]) * kv.row_;
+    const size_t count = static_cast<size_t>(kv.held_rows(static_cast<int64_t>(l), n)) * kv.row_;
+    part(kv.k_.data() + first * eb, count * eb);
+    part(kv.v_.data() + first * eb, count * eb);
+    if (kv.type_ == KvType::kQ8) {
+      part(kv.ks_.data() + first / kv.q8_block_, count / kv.q8_block_ * sizeof(float));
+      part(kv.vs_.data() + first / kv.q8_block_, count / kv.q8_block_ * sizeof(float));
+    }
+  }
+  part(kv.ring_pos_.data(), kv.ring_pos_.size() * sizeof(int64_t));
+}
+
 size_t KvCache::snapshot_bytes(int64_t n) const {
-  const size_t scale_bytes = type_ == KvType::kQ8 ? sizeof(float) * row_ / q8_block_ : 0;
-  size_t rows = 0;
-  for (size_t l = 0; l < layer_row0_.size(); ++l) rows += static_cast<size_t>(held_rows(l, n));
-  return rows * 2 * (row_ * elem_bytes() + scale_bytes) + ring_pos_.size() * sizeof(int64_t);
+  size_t total = 0;
+  for_each_part(*this, n, [&](const void*, size_t bytes) { total += bytes; });
+  return total;
 }
 
 std::vector<uint8_t> KvCache::snapshot(int64_t n) const {
@@ -90,20 +105,10 @@ std::vector<uint8_t> KvCache::snapshot(int64_t n) const {
     throw std::invalid_argument("kv snapshot: " + std::to_string(n) + " positions is outside the context");
   std::vector<uint8_t> out(snapshot_bytes(n));
   uint8_t* o = out.data();
-  auto put = [&](const void* src, size_t bytes) {
+  for_each_part(*this, n, [&](const void* src, size_t bytes) {
     std::memcpy(o, src, bytes);
     o += bytes;
-  };
-  for (size_t l = 0; l < layer_row0_.size(); ++l) {
-    const size_t first = static_cast<size_t>(layer_row0_[l]) * row_, count = held_rows(l, n) * row_;
-    put(k_.data() + first * elem_bytes(), count * elem_bytes());
-    put(v_.data() + first * elem_bytes(), count * elem_bytes());
-    if (type_ == KvType::kQ8) {
-      put(ks_.data() + first / q8_block_, count / q8_block_ * sizeof(float));
-      put(vs_.data() + first / q8_block_, count / q8_block_ * sizeof(float));
-    }
-  }
-  put(ring_pos_.data(), ring_pos_.size() * sizeof(int64_t));
+  });
   return out;
 }
 
@@ -112,20 +117,10 @@ void KvCache::restore(const uint8_t* data, size_t size, int64_t n) {
     throw std::invalid_argument("kv restore: " + std::to_string(size) + " bytes are not a snapshot of " +
                                 std::to_string(n) + " positions of this cache");
   const uint8_t* in = data;
-  auto get = [&](void* dst, size_t bytes) {
+  for_each_part(*this, n, [&](void* dst, size_t bytes) {
     std::memcpy(dst, in, bytes);
     in += bytes;
-  };
-  for (size_t l = 0; l < layer_row0_.size(); ++l) {
-    const size_t first = static_cast<size_t>(layer_row0_[l]) * row_, count = held_rows(l, n) * row_;
-    get(k_.data() + first * elem_bytes(), count * elem_bytes());
-    get(v_.data() + first * elem_bytes(), count * elem_bytes());
-    if (type_ == KvType::kQ8) {
-      get(ks_.data() + first / q8_block_, count / q8_block_ * sizeof(float));
-      get(vs_.data() + first / q8_block_, count / q8_block_ * sizeof(float));
-    }
-  }
-  get(ring_pos_.data(), ring_pos_.size() * sizeof(int64_t));
+  });
 }
 
 KvHeadRows KvCache::head(int64_t layer, int64_t kv_head, int64_t head_dim, int64_t first) const {

@@ -94,6 +94,11 @@ class KvCache {
   void store_row(size_t off, const float* k, const float* v);
   // Rows layer l holds for positions [0, n): n, or a ring layer's every row.
   int64_t held_rows(int64_t layer, int64_t n) const { return ring_layer_[layer] ? ring_ + window_ - 1 : n; }
+  // Calls part(pointer, bytes) for each piece of a snapshot of n positions, in
+  // snapshot order (Self is KvCache or const KvCache): one walk for the size,
+  // the copy out and the copy back.
+  template <class Self, class Part>
+  static void for_each_part(Self& kv, int64_t n, Part&& part);
   size_t snapshot_bytes(int64_t n) const;
   int64_t n_ctx_;
   size_t row_;  // n_kv_heads * head_dim
