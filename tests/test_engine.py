@@ -199,12 +199,21 @@ def test_decode_token_by_token_equals_prefill(tiny):
     np.testing.assert_allclose(one_by_one, all_at_once, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_threads", [2, 3])
+# 7 threads on a 2-core machine: most of them are descheduled at any moment, so
+# the chunks of each job go to whichever threads run (csrc/engine/thread_pool.h).
+@pytest.mark.parametrize("n_threads", [2, 3, 7])
 def test_thread_counts_agree(tiny, n_threads):
     cfg, tensors, _ = tiny
-    one = build(cfg, tensors, n_threads=1).eval(IDS)
-    many = build(cfg, tensors, n_threads=n_threads).eval(IDS)
-    np.testing.assert_allclose(many, one, rtol=1e-6, atol=1e-6)
+    one = build(cfg, tensors, n_threads=1)
+    many = build(cfg, tensors, n_threads=n_threads)
+    # Every output row is computed whole by one thread, so how a job is split
+    # cannot change a value: prefill and then decode are bit-identical.
+    np.testing.assert_array_equal(many.eval(IDS), one.eval(IDS))
+    for m in (one, many):
+        m.reset()
+    got = [many.engine.eval(np.array([t], np.int32), i) for i, t in enumerate(IDS)]
+    want = [one.engine.eval(np.array([t], np.int32), i) for i, t in enumerate(IDS)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
 
 
 def test_fp16_kv_cache_matches_numpy_reference(tiny):

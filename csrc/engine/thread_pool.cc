@@ -1,14 +1,29 @@
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "cpu_topology.h"
 
 namespace edgelut {
 
+namespace {
+// Chunks per thread: enough that the threads that run can absorb the share of
+// one that does not, few enough that taking a chunk stays negligible.
+constexpr int64_t kChunksPerThread = 4;
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+}  // namespace
+
 ThreadPool::ThreadPool(int n_threads) {
   const int n = n_threads < 1 ? 1 : n_threads;
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -21,27 +36,42 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_part(int index) {
-  const int parts = size();
-  const int64_t begin = job_n_ * index / parts, end = job_n_ * (index + 1) / parts;
-  if (begin >= end) return;
-  try {
-    (*job_)(begin, end);
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(error_mu_);
-    if (!error_) error_ = std::current_exception();
+int64_t ThreadPool::run_chunks(uint32_t gen) {
+  int64_t ran = 0;
+  uint64_t cur = cursor_.load(std::memory_order_acquire);
+  for (;;) {
+    if (static_cast<uint32_t>(cur >> 32) != gen) break;  // a newer job (or none) owns the cursor
+    const int64_t c = static_cast<int64_t>(cur & 0xffffffffu);
+    const int64_t chunks = chunks_.load(std::memory_order_relaxed);
+    if (c >= chunks) break;
+    if (!cursor_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+      continue;  // cur was reloaded
+    // Ours now: the job cannot change before this chunk is counted done.
+    const int64_t n = job_n_.load(std::memory_order_relaxed);
+    const int64_t total = chunks_.load(std::memory_order_relaxed);
+    const int64_t begin = n * c / total, end = n * (c + 1) / total;
+    if (begin < end) {
+      try {
+        (*job_.load(std::memory_order_relaxed))(begin, end);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    ++ran;
+    cur = cursor_.load(std::memory_order_acquire);
   }
+  return ran;
 }
 
-void ThreadPool::worker_loop(int index) {
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     // Spin first: the next job usually comes within microseconds.
     uint64_t gen = generation_.load(std::memory_order_acquire);
     for (int spin = 0; gen == seen && spin < 20000; ++spin) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+      cpu_relax();
       gen = generation_.load(std::memory_order_acquire);
     }
     if (gen == seen) {
@@ -51,8 +81,7 @@ void ThreadPool::worker_loop(int index) {
     }
     seen = gen;
     if (stop_.load()) return;
-    run_part(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    run_chunks(static_cast<uint32_t>(gen));
   }
 }
 
@@ -62,22 +91,32 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
-  job_ = &fn;
-  job_n_ = n;
+  job_.store(&fn, std::memory_order_relaxed);
+  job_n_.store(n, std::memory_order_relaxed);
+  const int64_t chunks = std::min<int64_t>(n, kChunksPerThread * size());
+  chunks_.store(chunks, std::memory_order_relaxed);
   error_ = nullptr;
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_release);
+  done_.store(0, std::memory_order_relaxed);
+  // Only this thread (and the destructor) moves the generation. The cursor
+  // goes first, with release, so a worker that takes a chunk of this job also
+  // sees the job above; the generation then wakes the workers.
+  const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  cursor_.store(static_cast<uint64_t>(static_cast<uint32_t>(gen)) << 32, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lk(mu_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.store(gen, std::memory_order_release);
   }
   wake_.notify_all();
-  run_part(0);
-  while (pending_.load(std::memory_order_acquire) != 0) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
+  run_chunks(static_cast<uint32_t>(gen));
+  // Every chunk is taken; wait for the ones other threads still run. Yield
+  // after a short spin: the thread we wait for may be queued on our core.
+  for (int spin = 0; done_.load(std::memory_order_acquire) != chunks; ++spin) {
+    if (spin < 2000)
+      cpu_relax();
+    else
+      std::this_thread::yield();
   }
-  job_ = nullptr;
+  job_.store(nullptr, std::memory_order_relaxed);
   if (error_) std::rethrow_exception(error_);
 }
 
