@@ -39,6 +39,7 @@ __all__ = [
     "from_buffer",
     "gemm",
     "gemv",
+    "int8_isas",
     "pack",
     "pack_two_level",
     "supported_isas",
@@ -214,6 +215,11 @@ def default_threads() -> int:
 def supported_isas() -> list[str]:
     """Every kernel ISA this CPU and build can run."""
     return list(_core.supported_isas())
+
+
+def int8_isas() -> list[str]:
+    """The supported ISAs that have an int8 prefill kernel (others take the LUT path for it)."""
+    return _core.int8_isas()
 
 
 def dequantize_reference(

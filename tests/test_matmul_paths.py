@@ -99,7 +99,10 @@ def test_auto_equals_forced_path_per_call(tiny) -> None:  # noqa: F811
             e.matmul_path = "lut"  # decode on the LUT GEMV after an int8 prefill
         out[path] = (prompt, e.eval(ids[:1], len(IDS)))
     assert np.array_equal(out["auto"][0], out["int8"][0])
-    assert not np.array_equal(out["lut"][0], out["int8"][0])  # the paths really differ
+    if K.cpu_isa() in K.int8_isas():
+        assert not np.array_equal(out["lut"][0], out["int8"][0])  # the paths really differ
+    else:  # no int8 kernel for this CPU (AVX2): "int8" runs the LUT kernels
+        assert np.array_equal(out["lut"][0], out["int8"][0])
     assert np.array_equal(out["auto"][1], out["int8"][1])
 
 

@@ -61,7 +61,9 @@ def test_chat(client: openai.OpenAI, paris: str) -> None:
     r = client.chat.completions.create(model="any", messages=QUESTION, temperature=0, max_tokens=24)
     choice = r.choices[0]
     assert choice.message.content == paris and choice.message.role == "assistant"
-    assert choice.finish_reason == "stop"
+    # The reply ends by itself unless it rambles to max_tokens (a greedy near-tie
+    # can do that on some CPUs: the kernels' int8 rounding differs per ISA).
+    assert choice.finish_reason == ("length" if r.usage.completion_tokens == 24 else "stop")
     assert r.object == "chat.completion" and r.model == "smollm2-135m-instruct-q4g32"
     assert r.usage.prompt_tokens > 10 and 0 < r.usage.completion_tokens <= 24
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -80,8 +82,9 @@ def test_chat_stream(client: openai.OpenAI, paris: str) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == paris
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == ["stop"]
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
+    assert finishes == ["length" if usage.completion_tokens == 24 else "stop"]
 
 
 def test_max_tokens_is_length(client: openai.OpenAI) -> None:
@@ -90,10 +93,9 @@ def test_max_tokens_is_length(client: openai.OpenAI) -> None:
 
 
 def test_stop_string(client: openai.OpenAI, paris: str) -> None:
-    r = client.chat.completions.create(
-        model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[" is"]
-    )
-    assert r.choices[0].message.content == paris.split(" is")[0]
+    stop = " " + paris.split()[2]  # a word the greedy reply has ("The capital of France is ...")
+    r = client.chat.completions.create(model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[stop])
+    assert r.choices[0].message.content == paris.split(stop)[0]
     assert r.choices[0].finish_reason == "stop"
 
 

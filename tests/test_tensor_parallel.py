@@ -113,7 +113,13 @@ def test_int8_sync_stays_within_tolerance(model_path, workers):
     single_tokens, single = greedy(edgelut.load(model_path, n_threads=1).engine)
     # int8 blocks of 32 with a scale: 1/254 of each block's largest value per partial sum.
     assert tokens[:4] == single_tokens[:4]
-    assert np.abs(logits[0] - single[0]).max() < 3.0
+    # Rounding the partial sums moves the logits mostly together (a shift that
+    # softmax ignores), so the distributions are compared: log-probabilities.
+    def logprobs(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) - x.max()
+        return x - np.log(np.exp(x).sum())
+
+    assert np.abs(logprobs(logits[0]) - logprobs(single[0])).max() < 3.0
     # What the coordinator sent the worker: per eval one EVAL and two SUMs a layer, each
     # a 32-byte header and, for the sums, 36 bytes per 32 values (fp32 would take 128).
     d, n_layers = model.config.hidden_size, model.config.n_layers

@@ -182,6 +182,13 @@ void register_kernels(py::module_& m) {
     for (CpuIsa i : supported_isas()) out.emplace_back(isa_name(i));
     return out;
   });
+  m.def("int8_isas", [] {
+    // The ISAs with an int8 prefill kernel; the others run "int8" requests on the LUT path.
+    std::vector<std::string> out;
+    for (CpuIsa i : supported_isas())
+      if (kernels_for(i).gemm_int8) out.emplace_back(isa_name(i));
+    return out;
+  });
   m.def("cpu_features", &cpu_features);
   m.def("hardware_threads", &hardware_threads);
   m.def("fast_core_count", &fast_core_count, py::arg("cpu_dir"));
