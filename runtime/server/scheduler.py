@@ -109,16 +109,22 @@ class Ticket:
         fd = job.fileno()
 
         def readable() -> None:
-            for piece in job.pieces():
-                events.put_nowait(("text", piece))
+            # Every token that arrived since the last wake-up makes one event: a
+            # client gets the same text in fewer, larger chunks when the event
+            # loop falls behind the model, instead of the loop falling further
+            # behind by sending each piece on its own.
+            text = "".join(job.pieces())
+            if text:
+                events.put_nowait(("text", text))
 
         def ended() -> None:
             # On the event loop, after the thread: the last pieces, then the
             # stats (or the failure); the model is free only now.
             loop.remove_reader(fd)
             try:
-                for piece in job.finish():
-                    events.put_nowait(("text", piece))
+                text = "".join(job.finish())
+                if text:
+                    events.put_nowait(("text", text))
                 events.put_nowait(("done", job.stats))
             except BaseException as e:  # raised again by the consumer below
                 events.put_nowait(("error", e))
@@ -138,6 +144,21 @@ class Ticket:
                 kind, value = await events.get()
                 if kind == "error":
                     raise value
+                if kind == "text":
+                    # Text that queued up while the consumer was busy goes out as one piece.
+                    later = None
+                    while later is None and not events.empty():
+                        k2, v2 = events.get_nowait()
+                        if k2 == "text":
+                            value += v2
+                        else:
+                            later = (k2, v2)
+                    yield kind, value
+                    if later is None:
+                        continue
+                    kind, value = later
+                    if kind == "error":
+                        raise value
                 yield kind, value
                 if kind == "done":
                     return
