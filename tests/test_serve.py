@@ -94,7 +94,9 @@ def test_max_tokens_is_length(client: openai.OpenAI) -> None:
 
 def test_stop_string(client: openai.OpenAI, paris: str) -> None:
     stop = " " + paris.split()[2]  # a word the greedy reply has ("The capital of France is ...")
-    r = client.chat.completions.create(model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[stop])
+    r = client.chat.completions.create(
+        model="any", messages=QUESTION, temperature=0, max_tokens=24, stop=[stop]
+    )
     assert r.choices[0].message.content == paris.split(stop)[0]
     assert r.choices[0].finish_reason == "stop"
 
