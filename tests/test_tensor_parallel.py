@@ -104,6 +104,11 @@ def test_group_matches_in_process_split_and_single_device(model_path, workers, s
     model.group.close()
 
 
+def log_probs(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64) - logits.max()
+    return x - np.log(np.exp(x).sum())
+
+
 def test_int8_sync_stays_within_tolerance(model_path, workers):
     where = url()
     workers.start(model_path, where, 1, 2, "--insecure")
@@ -115,11 +120,7 @@ def test_int8_sync_stays_within_tolerance(model_path, workers):
     assert tokens[:4] == single_tokens[:4]
     # Rounding the partial sums moves the logits mostly together (a shift that
     # softmax ignores), so the distributions are compared: log-probabilities.
-    def logprobs(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) - x.max()
-        return x - np.log(np.exp(x).sum())
-
-    assert np.abs(logprobs(logits[0]) - logprobs(single[0])).max() < 3.0
+    assert np.abs(log_probs(logits[0]) - log_probs(single[0])).max() < 3.0
     # What the coordinator sent the worker: per eval one EVAL and two SUMs a layer, each
     # a 32-byte header and, for the sums, 36 bytes per 32 values (fp32 would take 128).
     d, n_layers = model.config.hidden_size, model.config.n_layers
