@@ -50,6 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="host memory for the KV caches of other conversations, so interleaved conversations "
         "each continue from their own cache (default 256M; 0 with --memory-budget, which it would exceed)",
     )
+    net.add_argument(
+        "--stream-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="send a stream's new text at most this often (default 0: every token as it comes); "
+        "fewer, larger chunks leave more of a small machine's cores to the model",
+    )
     net.add_argument("--model-id", default=None, help="the model's name in the API (default: from MODEL)")
     net.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -91,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
     positive_int("--max-queue", args.max_queue)
     positive_int("--max-body", args.max_body)
+    if not 0.0 <= args.stream_interval <= 1.0:
+        raise UserError(f"--stream-interval must be in [0, 1] seconds, got {args.stream_interval}")
     if args.model is not None:
         resolve_model(args.model)  # a missing file is an error now, not after the port opened
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -105,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             max_waiting=args.max_queue,
             max_body_bytes=args.max_body,
             prompt_cache_bytes=_cache_ram(args),
+            stream_interval_s=args.stream_interval,
         )
     )
     sock = _listen(args.host, args.port)

@@ -60,6 +60,7 @@ class ServerConfig:
     max_waiting: int = 32  # requests queued behind the running one before a 429
     max_body_bytes: int = 4 << 20
     prompt_cache_bytes: int = 0  # Model.prompt_cache_bytes: saved KV caches of other conversations
+    stream_interval_s: float = 0.0  # Scheduler.stream_interval_s: how often a stream's tokens are taken
 
 
 class _State:
@@ -111,7 +112,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.state = _State()
-        self.scheduler = Scheduler(config.max_waiting)
+        self.scheduler = Scheduler(config.max_waiting, stream_interval_s=config.stream_interval_s)
 
     # ---- the model --------------------------------------------------------------------------
     def set_model(self, model: Model) -> None:

@@ -24,8 +24,13 @@ from edgelut.server.errors import APIError
 class Scheduler:
     """A FIFO of requests in front of one model; at most ``max_waiting`` wait behind the running one."""
 
-    def __init__(self, max_waiting: int, retry_after_s: int = 1) -> None:
+    def __init__(self, max_waiting: int, retry_after_s: int = 1, stream_interval_s: float = 0.0) -> None:
         self.max_waiting = max_waiting
+        # After the event loop takes tokens from a running generation, it looks
+        # again only this much later (0: at once). Each look costs the loop the
+        # same whatever it finds, and on a small machine that time comes from
+        # the compute threads; the text arrives in a few larger chunks instead.
+        self.stream_interval_s = stream_interval_s
         self.retry_after_s = retry_after_s
         self.waiting = 0
         self.served = 0
@@ -107,6 +112,12 @@ class Ticket:
             job.cancel()
         s._running = self
         fd = job.fileno()
+        interval = s.stream_interval_s
+        done = False
+
+        def watch() -> None:
+            if not done:
+                loop.add_reader(fd, readable)
 
         def readable() -> None:
             # Every token that arrived since the last wake-up makes one event: a
@@ -116,10 +127,15 @@ class Ticket:
             text = "".join(job.pieces())
             if text:
                 events.put_nowait(("text", text))
+            if interval > 0:
+                loop.remove_reader(fd)
+                loop.call_later(interval, watch)
 
         def ended() -> None:
             # On the event loop, after the thread: the last pieces, then the
             # stats (or the failure); the model is free only now.
+            nonlocal done
+            done = True
             loop.remove_reader(fd)
             try:
                 text = "".join(job.finish())
@@ -137,7 +153,7 @@ class Ticket:
             finally:
                 loop.call_soon_threadsafe(ended)
 
-        loop.add_reader(fd, readable)
+        watch()
         threading.Thread(target=thread, name="edgelut-serve-generate", daemon=True).start()
         try:
             while True:
