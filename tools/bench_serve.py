@@ -290,6 +290,18 @@ def main() -> int:
         metavar="TURNS",
         help="instead: two conversations taking TURNS turns each; TTFT with and without saved caches",
     )
+    ap.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only the single-client stream (TTFT, decode) and the engine bench: the server's overhead",
+    )
+    ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for `edgelut serve` (repeat; e.g. --serve-arg=--stream-interval=0.05)",
+    )
     args = ap.parse_args()
     for p in (args.llama_server, args.elut, args.gguf):
         if not Path(p).exists():
@@ -299,7 +311,7 @@ def main() -> int:
     servers = {
         "edgelut": lambda port: [
             sys.executable, "-m", "edgelut.cli", "serve", args.elut, "-t", t, "--ctx", str(args.ctx),
-            "--port", str(port), "--max-queue", str(slots),
+            "--port", str(port), "--max-queue", str(slots), *args.serve_arg,
         ],
         "llama.cpp": lambda port: [
             args.llama_server, "-m", args.gguf, "-t", t, "-tb", t, "-c", str(args.ctx * slots),
@@ -324,6 +336,8 @@ def main() -> int:
                 rows[name].add("decode", s.decode_tps)
                 if name == "edgelut":
                     prompt = s.prompt_tokens
+                if args.decode_only:
+                    continue
                 rows[name].add("json", stream_request(port, base, n, constrained=True).decode_tps)
                 base += 1
                 for c in args.clients:
@@ -335,12 +349,15 @@ def main() -> int:
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
 
     e, ll = rows["edgelut"], rows["llama.cpp"]
-    print(f"\n{args.rounds} rounds, medians; -t {t}, {n} tokens per request, load {os.getloadavg()[0]:.1f}\n")
+    extra = f"; edgelut serve {' '.join(args.serve_arg)}" if args.serve_arg else ""
+    load = os.getloadavg()[0]
+    print(f"\n{args.rounds} rounds, medians; -t {t}, {n} tokens per request, load {load:.1f}{extra}\n")
     print("| metric | edgelut serve | llama-server | edgelut / llama |")
     print("| --- | --- | --- | --- |")
     keys = [("ttft_ms", "TTFT, 1 client (ms)"), ("decode", "decode tokens/s, 1 client")]
-    keys += [("json", "decode tokens/s, 1 client, json_schema")]
-    keys += [(f"total{c}", f"total tokens/s, {c} clients") for c in args.clients]
+    if not args.decode_only:
+        keys += [("json", "decode tokens/s, 1 client, json_schema")]
+        keys += [(f"total{c}", f"total tokens/s, {c} clients") for c in args.clients]
     for key, label in keys:
         a, b = e.med(key), ll.med(key)
         print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
