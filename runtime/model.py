@@ -1283,27 +1283,44 @@ def _load(
     )
 
 
-def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
-    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+def _file_header(
+    path: str, tokenizer: TokenizerLike | None, engine_kw: dict[str, Any]
+) -> tuple[Any, Any, int]:
+    """The config, the tokenizer (the given one, else the file's) and, under a memory budget,
+    the engine's smallest footprint (0 otherwise) of a model file.
+
+    A function of its own so that the file's metadata, the tokenizer's JSON text among it (a
+    45 MB str for Gemma 3's 262k-token vocabulary), is freed before the engine maps the weights.
+    """
     from edgelut.models.gguf_file import ModelFileError
     from edgelut.models.modelfile import read_model_file
     from edgelut.tokenizer import Tokenizer
 
     # The config and tokenizer only; the engine checks the CRCs as it opens the file.
-    budget = int(engine_kw.get("budget_bytes", 0))
     with read_model_file(path, verify_crc=False) as mf:
         config, tok_data = mf.config, mf.tokenizer
         early = 0
-        if budget > 0 and not engine_kw.get("page_output") and not engine_kw.get("window"):
+        if (
+            engine_kw.get("budget_bytes", 0) > 0
+            and not engine_kw.get("page_output")
+            and not engine_kw.get("window")
+        ):
             from edgelut import budget as mem
 
             early = mem.engine_minimum(mf, int(engine_kw["n_ctx"]), str(engine_kw["kv_type"]))
-    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     if tokenizer is None and tok_data.tokenizer_json:
         try:
             tokenizer = Tokenizer(tok_data)
         except ValueError as e:
             raise ModelFileError(f"{path}: field 'edgelut.tokenizer.json' is unusable: {e}") from None
+    return config, tokenizer, early
+
+
+def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
+    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    budget = int(engine_kw.get("budget_bytes", 0))
+    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
+    config, tokenizer, early = _file_header(path, tokenizer, engine_kw)
     if budget > 0:
         from edgelut import budget as mem
 
