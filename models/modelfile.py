@@ -246,10 +246,14 @@ def write_model_file(
         if "factor" in config.rope_scaling:
             w.add_float32(f"{arch}.rope.scaling.factor", float(config.rope_scaling["factor"]))
         w.add_string("edgelut.rope_scaling", json.dumps(config.rope_scaling, sort_keys=True))
+        f32 = gguf.GGUFValueType.FLOAT32
         if "factors" in config.rope_scaling:  # for the C++ reader, which parses no JSON
             factors = [float(f) for f in config.rope_scaling["factors"]]
-            f32 = gguf.GGUFValueType.FLOAT32
             w.add_key_value("edgelut.rope_freq_factors", factors, gguf.GGUFValueType.ARRAY, f32)
+        if "long_factors" in config.rope_scaling:  # LongRoPE
+            long = [float(f) for f in config.rope_scaling["long_factors"]]
+            w.add_key_value("edgelut.rope_long_factors", long, gguf.GGUFValueType.ARRAY, f32)
+            w.add_uint32("edgelut.rope_original_context", int(config.rope_scaling["original_context"]))
     w.add_string("edgelut.rope_style", config.rope_style)
     w.add_bool("edgelut.tie_embeddings", config.tie_embeddings)
     w.add_bool("edgelut.attn_bias", config.attn_bias)

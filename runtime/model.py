@@ -62,16 +62,19 @@ class TokenizerLike(Protocol):
 
 
 def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
-    """The C++ engine's view of a ModelConfig (RoPE scaling: linear or per-frequency factors)."""
-    factor, freq_factors = 1.0, []
+    """The C++ engine's view of a ModelConfig (RoPE scaling: linear, per-frequency factors or LongRoPE)."""
+    factor, freq_factors, long_factors, original = 1.0, [], [], 0
     if cfg.rope_scaling:
         kind = cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type"))
         if kind == "linear":
             factor = float(cfg.rope_scaling["factor"])
-        elif kind == "freq_factors":  # Llama 3.1: each frequency divided by its own factor
+        elif kind in ("freq_factors", "longrope"):  # each frequency divided by its own factor
             freq_factors = [float(f) for f in cfg.rope_scaling["factors"]]
+            if kind == "longrope":  # Phi-3: other factors past the original context
+                long_factors = [float(f) for f in cfg.rope_scaling["long_factors"]]
+                original = int(cfg.rope_scaling["original_context"])
         else:
-            raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, freq_factors)")
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, freq_factors, longrope)")
     c = _core.EngineConfig()
     c.architecture = cfg.architecture
     c.dim = cfg.hidden_size
@@ -88,6 +91,8 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.rope_mscale = cfg.rope_mscale
     c.rope_linear_factor = factor
     c.rope_freq_factors = freq_factors
+    c.rope_long_factors = long_factors
+    c.rope_original_ctx = original
     c.attn_bias = cfg.attn_bias
     c.tie_embeddings = cfg.tie_embeddings
     c.qk_norm = bool(cfg.qk_norm)
