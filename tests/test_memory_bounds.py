@@ -160,9 +160,10 @@ def test_budget_run_finishes_inside_a_limit_of_the_budget(smol_file) -> None:
 
 @needs_cgroup
 def test_the_limit_is_real(smol_file) -> None:
-    # Control: the same run without a budget under a limit below its need is killed.
+    # Control: the same run without a budget under a limit below its need is killed (it used
+    # 83 MiB of the cgroup after the tokenizer stopped holding its JSON and build heap, 90+ before).
     cmd = [*_run(smol_file), "-n", "8", "--temp", "0"]
-    r, stats = run_limited(cmd, 90 * MIB)
+    r, stats = run_limited(cmd, 64 * MIB)
     assert r.returncode != 0 and stats.get("oom_kill", 0) >= 1, (r.returncode, stats)
 
 
@@ -181,11 +182,13 @@ def test_budget_keeps_peak_rss_under_it(smol_file) -> None:
     env = {**os.environ}
     script = f"""
 import edgelut
-m = edgelut.load({str(smol_file)!r}, n_ctx=512, memory_budget=200 << 20, drop_cache=True)
+m = edgelut.load({str(smol_file)!r}, n_ctx=512, memory_budget=170 << 20, drop_cache=True)
 assert 0 < m.engine.window < m.config.n_layers, m.engine.window
 m.generate("The capital of France is", max_tokens=8, temperature=0.0)
 """
-    assert _child_peak(script, env) <= 200 * MIB
+    # 170 MiB pages (window 25 of 30; measured peak 141 MiB). 200 MiB, the budget here before
+    # the tokenizer stopped holding its JSON and build heap, now holds every layer.
+    assert _child_peak(script, env) <= 170 * MIB
 
 
 # ---- perplexity holds a block of logits, not a window -----------------------------------------
