@@ -1290,7 +1290,7 @@ def _load(
 
 def _file_header(
     path: str, tokenizer: TokenizerLike | None, engine_kw: dict[str, Any]
-) -> tuple[Any, Any, int]:
+) -> tuple[ModelConfig, TokenizerLike | None, int]:
     """The config, the tokenizer (the given one, else the file's) and, under a memory budget,
     the engine's smallest footprint (0 otherwise) of a model file.
 

@@ -162,7 +162,7 @@ def release_free_heap() -> None:
     """Return the C heap's free pages to the system, where the C library can (glibc's malloc_trim).
 
     tokenizers builds a model from JSON through transient copies of its whole subtree, several
-    times the tokenizer's own size (Gemma 3: 181-379 MiB against 103 MiB kept); glibc keeps
+    times the tokenizer's own size (Gemma 3: 181-379 MiB against 78 MiB kept); glibc keeps
     most of that freed memory in the process, counted in its RSS and under a memory budget.
     """
     try:
