@@ -112,7 +112,10 @@ class ModelConfig:
     rope_style: str = "neox"  # "neox" (rotate half) or "adjacent" (interleaved pairs)
     rope_dim: int = 0  # leading dims of each head that RoPE rotates; 0: head_dim (partial: Phi-4-mini)
     rope_mscale: float = 1.0  # cos/sin times this (LongRoPE's attention factor)
-    rope_scaling: dict | None = None  # e.g. {"type": "linear", "factor": 2.0}
+    # e.g. {"type": "linear", "factor": 2.0}; {"type": "freq_factors", "factors": [...]} (one divisor
+    # per frequency); {"type": "longrope", "factors": short, "long_factors": long,
+    # "original_context": n} (Phi-3: the long factors for a sequence longer than n)
+    rope_scaling: dict | None = None
     context_length: int = 2048
     tie_embeddings: bool = False
     attn_bias: bool = False  # Qwen2 has q/k/v biases
@@ -185,6 +188,13 @@ class ModelConfig:
             raise ValueError("attn_scale and rope_local_theta must be >= 0")
         if not (0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0):
             raise ValueError(f"rope_dim must be even, in [0, {self.head_dim}], got {self.rope_dim}")
+        s = self.rope_scaling or {}
+        if s.get("type") == "longrope":
+            half = (self.rope_dim or self.head_dim) // 2
+            if len(s.get("factors", ())) != half or len(s.get("long_factors", ())) != half:
+                raise ValueError(f"longrope needs {half} short and {half} long factors (rope_dim / 2)")
+            if int(s.get("original_context", 0)) < 1:
+                raise ValueError("longrope needs original_context >= 1")
 
     @property
     def traits(self) -> ArchTraits:

@@ -34,6 +34,7 @@ __all__ = [
     "ModelFileError",
     "ShardSpec",
     "TensorEntry",
+    "compact_merges",
     "expected_tensors",
     "read_model_file",
     "tensor_set_problem",
@@ -148,6 +149,27 @@ def _pad(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
+def compact_merges(tokenizer_json: str) -> str:
+    """The tokenizers JSON document with its BPE merges as "left right" strings, when no piece
+    holds a space (otherwise, or without merges, the text unchanged).
+
+    Both forms load to the same tokenizer, but tokenizers buffers a model's whole JSON subtree
+    before building it, and a merge as a pair of strings is three allocations there against
+    one: building Gemma 3's tokenizer (513k merges) peaked 379 MiB above its start with pairs
+    and 181 MiB with strings (docs/BENCHMARKS.md, Gemma 3 section).
+    """
+    if not tokenizer_json:
+        return tokenizer_json
+    doc = json.loads(tokenizer_json)
+    merges = doc.get("model", {}).get("merges")
+    if not merges or not all(isinstance(m, list) and len(m) == 2 for m in merges):
+        return tokenizer_json
+    if any(" " in a or " " in b for a, b in merges):
+        return tokenizer_json  # "a b c" would be ambiguous
+    doc["model"]["merges"] = [f"{a} {b}" for a, b in merges]
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
 def write_model_file(
     path: str | os.PathLike[str],
     config: ModelConfig,
@@ -224,10 +246,14 @@ def write_model_file(
         if "factor" in config.rope_scaling:
             w.add_float32(f"{arch}.rope.scaling.factor", float(config.rope_scaling["factor"]))
         w.add_string("edgelut.rope_scaling", json.dumps(config.rope_scaling, sort_keys=True))
+        f32 = gguf.GGUFValueType.FLOAT32
         if "factors" in config.rope_scaling:  # for the C++ reader, which parses no JSON
             factors = [float(f) for f in config.rope_scaling["factors"]]
-            f32 = gguf.GGUFValueType.FLOAT32
             w.add_key_value("edgelut.rope_freq_factors", factors, gguf.GGUFValueType.ARRAY, f32)
+        if "long_factors" in config.rope_scaling:  # LongRoPE
+            long = [float(f) for f in config.rope_scaling["long_factors"]]
+            w.add_key_value("edgelut.rope_long_factors", long, gguf.GGUFValueType.ARRAY, f32)
+            w.add_uint32("edgelut.rope_original_context", int(config.rope_scaling["original_context"]))
     w.add_string("edgelut.rope_style", config.rope_style)
     w.add_bool("edgelut.tie_embeddings", config.tie_embeddings)
     w.add_bool("edgelut.attn_bias", config.attn_bias)
@@ -256,7 +282,7 @@ def write_model_file(
         w.add_uint32("tokenizer.ggml.eos_token_id", config.eos_token_ids[0])
         w.add_key_value("edgelut.eos_token_ids", list(config.eos_token_ids), gguf.GGUFValueType.ARRAY, u32)
     # Tokenizer.
-    w.add_string("edgelut.tokenizer.json", tokenizer.tokenizer_json)
+    w.add_string("edgelut.tokenizer.json", compact_merges(tokenizer.tokenizer_json))
     if tokenizer.chat_template:
         w.add_string("tokenizer.chat_template", tokenizer.chat_template)
     if tokenizer.bos_token:

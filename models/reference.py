@@ -44,8 +44,14 @@ def rope_angles(
             pos = pos / float(scaling["factor"])
         elif kind == "freq_factors":  # Llama 3 style: each frequency divided by its own factor
             inv_freq = inv_freq / np.asarray(scaling["factors"], dtype=np.float64)
+        elif kind == "longrope":
+            # Phi-3 (HF's Phi3LongRoPEScaledRotaryEmbedding): the short factors while the
+            # sequence fits the original context, the long ones for all of it once it does not.
+            beyond = positions.size > 0 and int(positions.max()) + 1 > int(scaling["original_context"])
+            factors = scaling["long_factors" if beyond else "factors"]
+            inv_freq = inv_freq / np.asarray(factors, dtype=np.float64)
         else:
-            raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors)")
+            raise ValueError(f"rope scaling {kind!r} is not supported (linear, freq_factors, longrope)")
     angles = np.outer(pos, inv_freq)
     m = 1.0 if local else config.rope_mscale
     return (m * np.cos(angles)).astype(dtype), (m * np.sin(angles)).astype(dtype)

@@ -62,16 +62,19 @@ class TokenizerLike(Protocol):
 
 
 def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
-    """The C++ engine's view of a ModelConfig (RoPE scaling: linear or per-frequency factors)."""
-    factor, freq_factors = 1.0, []
+    """The C++ engine's view of a ModelConfig (RoPE scaling: linear, per-frequency factors or LongRoPE)."""
+    factor, freq_factors, long_factors, original = 1.0, [], [], 0
     if cfg.rope_scaling:
         kind = cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type"))
         if kind == "linear":
             factor = float(cfg.rope_scaling["factor"])
-        elif kind == "freq_factors":  # Llama 3.1: each frequency divided by its own factor
+        elif kind in ("freq_factors", "longrope"):  # each frequency divided by its own factor
             freq_factors = [float(f) for f in cfg.rope_scaling["factors"]]
+            if kind == "longrope":  # Phi-3: other factors past the original context
+                long_factors = [float(f) for f in cfg.rope_scaling["long_factors"]]
+                original = int(cfg.rope_scaling["original_context"])
         else:
-            raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, freq_factors)")
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, freq_factors, longrope)")
     c = _core.EngineConfig()
     c.architecture = cfg.architecture
     c.dim = cfg.hidden_size
@@ -88,6 +91,8 @@ def engine_config(cfg: ModelConfig) -> _core.EngineConfig:
     c.rope_mscale = cfg.rope_mscale
     c.rope_linear_factor = factor
     c.rope_freq_factors = freq_factors
+    c.rope_long_factors = long_factors
+    c.rope_original_ctx = original
     c.attn_bias = cfg.attn_bias
     c.tie_embeddings = cfg.tie_embeddings
     c.qk_norm = bool(cfg.qk_norm)
@@ -1283,27 +1288,44 @@ def _load(
     )
 
 
-def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
-    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+def _file_header(
+    path: str, tokenizer: TokenizerLike | None, engine_kw: dict[str, Any]
+) -> tuple[ModelConfig, TokenizerLike | None, int]:
+    """The config, the tokenizer (the given one, else the file's) and, under a memory budget,
+    the engine's smallest footprint (0 otherwise) of a model file.
+
+    A function of its own so that the file's metadata, the tokenizer's JSON text among it (a
+    45 MB str for Gemma 3's 262k-token vocabulary), is freed before the engine maps the weights.
+    """
     from edgelut.models.gguf_file import ModelFileError
     from edgelut.models.modelfile import read_model_file
     from edgelut.tokenizer import Tokenizer
 
     # The config and tokenizer only; the engine checks the CRCs as it opens the file.
-    budget = int(engine_kw.get("budget_bytes", 0))
     with read_model_file(path, verify_crc=False) as mf:
         config, tok_data = mf.config, mf.tokenizer
         early = 0
-        if budget > 0 and not engine_kw.get("page_output") and not engine_kw.get("window"):
+        if (
+            engine_kw.get("budget_bytes", 0) > 0
+            and not engine_kw.get("page_output")
+            and not engine_kw.get("window")
+        ):
             from edgelut import budget as mem
 
             early = mem.engine_minimum(mf, int(engine_kw["n_ctx"]), str(engine_kw["kv_type"]))
-    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     if tokenizer is None and tok_data.tokenizer_json:
         try:
             tokenizer = Tokenizer(tok_data)
         except ValueError as e:
             raise ModelFileError(f"{path}: field 'edgelut.tokenizer.json' is unusable: {e}") from None
+    return config, tokenizer, early
+
+
+def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
+    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    budget = int(engine_kw.get("budget_bytes", 0))
+    # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
+    config, tokenizer, early = _file_header(path, tokenizer, engine_kw)
     if budget > 0:
         from edgelut import budget as mem
 

@@ -100,12 +100,16 @@ def hf_config_json(config: ModelConfig) -> dict:
             "hidden_activation": "gelu_pytorch_tanh",
         }
     if config.architecture == "phi3" and config.rope_scaling:
-        # LongRoPE: the config holds the short factors for the original context (4x shorter here).
-        short = config.rope_scaling["factors"]
+        # LongRoPE: short factors up to the original context, long ones past it (to context_length).
+        s = config.rope_scaling
         extra |= {
             "partial_rotary_factor": config.rotary_dim / config.head_dim,
-            "original_max_position_embeddings": config.context_length,
-            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": short[::-1]},
+            "original_max_position_embeddings": s.get("original_context", config.context_length),
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": s["factors"],
+                "long_factor": s.get("long_factors", s["factors"]),
+            },
         }
     base = {
         "model_type": config.traits.hf_model_types[0],
@@ -122,8 +126,6 @@ def hf_config_json(config: ModelConfig) -> dict:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": list(config.eos_token_ids),
     }
-    if "original_max_position_embeddings" in extra:
-        base["max_position_embeddings"] = 4 * config.context_length
     return base | extra
 
 
@@ -219,8 +221,7 @@ def write_gguf(
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny")
     w.add_block_count(config.n_layers)
-    longrope = config.architecture == "phi3" and config.rope_scaling
-    w.add_context_length(config.context_length * (4 if longrope else 1))
+    w.add_context_length(config.context_length)
     w.add_embedding_length(config.hidden_size)
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(config.n_heads)
@@ -238,10 +239,14 @@ def write_gguf(
     if config.rope_dim:
         w.add_rope_dimension_count(config.rope_dim)
     if config.architecture == "phi3" and config.rope_scaling:  # LongRoPE as llama.cpp's converter writes it
+        s = config.rope_scaling
         w.add_float32(f"{arch}.rope.scaling.attn_factor", config.rope_mscale)
-        w.add_uint32(f"{arch}.rope.scaling.original_context_length", config.context_length)
-        short = np.asarray(config.rope_scaling["factors"], np.float32)
-        tensors = {**tensors, "rope_factors_short.weight": short, "rope_factors_long.weight": 4 * short}
+        w.add_uint32(
+            f"{arch}.rope.scaling.original_context_length", s.get("original_context", config.context_length)
+        )
+        short = np.asarray(s["factors"], np.float32)
+        long = np.asarray(s.get("long_factors", s["factors"]), np.float32)
+        tensors = {**tensors, "rope_factors_short.weight": short, "rope_factors_long.weight": long}
     if config.traits.fused_qkv:
         tensors = fuse_phi3(tensors, config)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)

@@ -330,3 +330,33 @@ def test_modelfile_is_a_context_manager(written):
     with read_model_file(path) as f:
         assert isinstance(f, ModelFile)
         assert f.names()[0] == "token_embd.weight"
+
+
+def test_bpe_merges_are_stored_as_strings_and_load_to_the_same_tokenizer(tmp_path) -> None:
+    import json
+
+    from edgelut.models.modelfile import compact_merges
+    from edgelut.tokenizer import Tokenizer, tokenizer_json_from_gguf_vocab
+
+    tokens = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "c", "ab", "bc", "abc", "\u2581a", "\u2581ab"]
+    types = [2, 3, 3] + [1] * (len(tokens) - 3)
+    scores = [0.0] * 3 + [-float(i) for i in range(len(tokens) - 3)]
+    text = tokenizer_json_from_gguf_vocab(
+        model="llama", tokens=tokens, token_types=types, scores=scores, unk_id=0
+    )
+    assert all(isinstance(m, list) for m in json.loads(text)["model"]["merges"])
+    model = tiny_model(vocab=len(tokens))
+    model.tokenizer.tokenizer_json = text
+    path = write_model_file(tmp_path / "t.elut", model.config, model.tokenizer, _quantized(model))
+    stored = read_model_file(path, verify_crc=False).tokenizer.tokenizer_json
+    merges = json.loads(stored)["model"]["merges"]
+    assert merges and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    sample = "abc cab ab bca a"
+    assert Tokenizer(read_model_file(path).tokenizer).encode(sample) == Tokenizer(model.tokenizer).encode(
+        sample
+    )
+    # A piece with a space would make "a b c" ambiguous: such merges stay pairs.
+    doc = json.loads(text)
+    doc["model"]["merges"].append(["a b", "c"])
+    spaced = json.dumps(doc)
+    assert compact_merges(spaced) is spaced

@@ -121,6 +121,7 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   logits_.resize(c_.vocab_size);
   embd_row_.resize(w_.embd_cols);
   inv_freq_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_freq_factors);
+  if (!c_.rope_long_factors.empty()) inv_freq_long_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_long_factors);
   // Sliding layers (Gemma 3) have their own base and no scaling.
   if (c_.sliding_window > 0) {
     inv_freq_local_ =
@@ -257,7 +258,7 @@ void Engine::forward(const int32_t* ids, int64_t T, int64_t pos, int64_t first_l
       if (L0 == 0) embed(ids[t], x + t * D);
       if (L0 == 0 && c_.embed_scale != 1.0f)
         for (int64_t i = 0; i < D; ++i) x[t * D + i] *= c_.embed_scale;
-      rope_angles(cos_sin_.data() + t * hd, inv_freq_.data(), half,
+      rope_angles(cos_sin_.data() + t * hd, (rope_long_ ? inv_freq_long_ : inv_freq_).data(), half,
                   static_cast<double>(pos + t) / c_.rope_linear_factor);
       if (c_.rope_mscale != 1.0f)
         for (int64_t i = 0; i < 2 * half; ++i) cos_sin_[t * hd + i] *= c_.rope_mscale;
@@ -443,6 +444,7 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
           "eval: the sliding-window KV ring no longer holds the positions before " + std::to_string(start_pos) +
               "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
+  rope_long_ = !inv_freq_long_.empty() && start_pos + n > c_.rope_original_ctx;
   comm_->begin_eval(ids, n, start_pos);
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {

@@ -168,17 +168,25 @@ Config config_from_file(const ModelFile& mf) {
   }
   const std::string scaling = h.architecture + ".rope.scaling.";
   if (const GgufValue* type = mf.find(scaling + "type"); type && !type->s.empty()) {
-    require_file(type->s == "linear" || type->s == "freq_factors",
-                 mf.path() + ": rope scaling '" + type->s + "' is not supported (linear, freq_factors)");
+    require_file(type->s == "linear" || type->s == "freq_factors" || type->s == "longrope",
+                 mf.path() + ": rope scaling '" + type->s + "' is not supported (linear, freq_factors, longrope)");
     if (type->s == "linear") {
       const double factor = mf.get_float(scaling + "factor");
       require_file(std::isfinite(factor) && factor > 0 && factor <= 1024,
                    mf.path() + ": field '" + scaling + "factor' has impossible value " + std::to_string(factor));
       c.rope_linear_factor = static_cast<float>(factor);
-    } else {  // Llama 3.1+: one divisor per frequency
+    } else {  // Llama 3.1+: one divisor per frequency; LongRoPE: two sets (short, long)
       const GgufValue* f = mf.find("edgelut.rope_freq_factors");
-      require_file(f != nullptr, mf.path() + ": rope scaling 'freq_factors' without edgelut.rope_freq_factors");
+      require_file(f != nullptr, mf.path() + ": rope scaling '" + type->s + "' without edgelut.rope_freq_factors");
       c.rope_freq_factors.assign(f->floats.begin(), f->floats.end());
+      if (type->s == "longrope") {
+        const GgufValue* lf = mf.find("edgelut.rope_long_factors");
+        require_file(lf != nullptr && mf.find("edgelut.rope_original_context"),
+                     mf.path() + ": rope scaling 'longrope' without edgelut.rope_long_factors and "
+                                 "edgelut.rope_original_context");
+        c.rope_long_factors.assign(lf->floats.begin(), lf->floats.end());
+        c.rope_original_ctx = mf.get_int("edgelut.rope_original_context");
+      }
     }
   }
   try {

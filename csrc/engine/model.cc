@@ -49,6 +49,12 @@ void Config::validate() const {
           "config: rope_freq_factors must have rope_dim / 2 = " + std::to_string(rotary_dim() / 2) +
               " entries, got " + std::to_string(rope_freq_factors.size()));
   for (float f : rope_freq_factors) require(f > 0, "config: rope_freq_factors must be positive");
+  require(rope_long_factors.empty() || static_cast<int64_t>(rope_long_factors.size()) == rotary_dim() / 2,
+          "config: rope_long_factors must have rope_dim / 2 = " + std::to_string(rotary_dim() / 2) +
+              " entries, got " + std::to_string(rope_long_factors.size()));
+  for (float f : rope_long_factors) require(f > 0, "config: rope_long_factors must be positive");
+  require(rope_long_factors.empty() || rope_original_ctx > 0,
+          "config: rope_long_factors need rope_original_ctx > 0, got " + std::to_string(rope_original_ctx));
   require(embed_scale > 0, "config: embed_scale must be positive");
   require(attn_scale >= 0, "config: attn_scale must be >= 0 (0: 1 / sqrt(head_dim))");
   require(sliding_window >= 0 && sliding_window_pattern >= 0,

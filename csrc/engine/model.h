@@ -41,6 +41,11 @@ struct Config {
   bool rope_neox = true;               // false: adjacent pairs (GPT-J / Meta layout)
   float rope_linear_factor = 1.0f;     // linear position scaling (positions / factor)
   std::vector<float> rope_freq_factors; // (rope_dim / 2) divisors of each frequency (Llama 3.1, LongRoPE), or empty
+  // LongRoPE (Phi-3): past rope_original_ctx the long factors replace rope_freq_factors (the
+  // short ones). As in Hugging Face's Phi-3, an eval call whose positions reach beyond the
+  // original context rotates all its tokens with the long factors; keys already cached keep theirs.
+  std::vector<float> rope_long_factors; // (rope_dim / 2), or empty: no switch
+  int64_t rope_original_ctx = 0;        // positions of the short factors (with rope_long_factors)
 
   int64_t rotary_dim() const { return rope_dim > 0 ? rope_dim : head_dim; }
   bool attn_bias = false;              // q/k/v biases (Qwen2)
@@ -336,6 +341,8 @@ class Engine {
   std::vector<float> hb_;       // (C, n_ffn) gate, then SwiGLU
   std::vector<float> hb2_;      // (C, n_ffn) up
   std::vector<float> inv_freq_; // (head_dim / 2) RoPE frequencies
+  std::vector<float> inv_freq_long_;  // (head_dim / 2) past the original context (LongRoPE), or empty
+  bool rope_long_ = false;            // this eval call reaches past the original context
   std::vector<float> cos_sin_;  // (C, head_dim / 2, 2)
   std::vector<float> inv_freq_local_;  // (head_dim / 2) of sliding layers, when they differ
   std::vector<float> cos_sin_local_;   // (C, head_dim / 2, 2)

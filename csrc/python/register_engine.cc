@@ -217,6 +217,8 @@ void register_engine(py::module_& m) {
       .def_readwrite("rope_mscale", &Config::rope_mscale)
       .def_readwrite("rope_linear_factor", &Config::rope_linear_factor)
       .def_readwrite("rope_freq_factors", &Config::rope_freq_factors)
+      .def_readwrite("rope_long_factors", &Config::rope_long_factors)
+      .def_readwrite("rope_original_ctx", &Config::rope_original_ctx)
       .def_readwrite("attn_bias", &Config::attn_bias)
       .def_readwrite("tie_embeddings", &Config::tie_embeddings)
       .def_readwrite("qk_norm", &Config::qk_norm)

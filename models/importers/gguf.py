@@ -297,12 +297,13 @@ class GGUFImporter(Importer):
 def _phi3_rope(
     meta: Metadata, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray], path: Path
 ) -> None:
-    """Partial RoPE and LongRoPE as llama.cpp stores them (Phi-3): within the original context."""
+    """Partial RoPE and LongRoPE as llama.cpp stores them (Phi-3): the short factors within the
+    original context, the long ones past it."""
     rope_dim = meta.int(f"{arch}.rope.dimension_count", None, lo=2, hi=MAX_WIDTH)
     if rope_dim is not None and int(rope_dim) != config.head_dim:
         config.rope_dim = int(rope_dim)
     short = tensors.pop("rope_factors_short.weight", None)
-    tensors.pop("rope_factors_long.weight", None)  # for contexts past the original: not supported yet
+    long = tensors.pop("rope_factors_long.weight", None)
     if short is None:
         return
     if config.rope_scaling is not None:
@@ -310,9 +311,22 @@ def _phi3_rope(
     original = meta.int(
         f"{arch}.rope.scaling.original_context_length", config.context_length, lo=1, hi=MAX_CONTEXT
     )
-    config.rope_scaling = {"type": "freq_factors", "factors": [float(f) for f in short.reshape(-1)]}
+    factors = [float(f) for f in short.reshape(-1)]
     config.rope_mscale = f32(meta.float(f"{arch}.rope.scaling.attn_factor", 1.0, lo=0.0, hi=100.0))
-    config.context_length = min(config.context_length, int(original))
+    if long is None or config.context_length <= int(original):
+        config.rope_scaling = {"type": "freq_factors", "factors": factors}
+        config.context_length = min(config.context_length, int(original))
+        return
+    if long.size != short.size:
+        raise ModelFileError(
+            f"{path}: rope_factors_long.weight has {long.size} values, rope_factors_short.weight {short.size}"
+        )
+    config.rope_scaling = {
+        "type": "longrope",
+        "factors": factors,
+        "long_factors": [float(f) for f in long.reshape(-1)],
+        "original_context": int(original),
+    }
 
 
 # ggml types the gguf package cannot dequantise; load_gguf asks gguf for the rest there, since

@@ -164,7 +164,8 @@ def split_specs(specs: dict[str, Any]) -> None:
 
 
 def longrope(scaling: dict[str, Any], max_pos: int, original: int, attn_factor: Any = None) -> dict[str, Any]:
-    """Phi-3 LongRoPE within the original context: the short factors and the cos/sin factor.
+    """Phi-3 LongRoPE: the short factors within the original context, the long ones past it,
+    and the cos/sin factor.
 
     HF multiplies cos and sin by sqrt(1 + ln(scale) / ln(original)), scale =
     max_position_embeddings / original, unless the config gives attention_factor.
@@ -172,10 +173,23 @@ def longrope(scaling: dict[str, Any], max_pos: int, original: int, attn_factor: 
     scale = max_pos / original
     if attn_factor is None:
         attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+    short = [float(x) for x in scaling["short_factor"]]
+    long = scaling.get("long_factor")
+    if long is None or max_pos <= original:  # nothing past the original context
+        return {
+            "rope_scaling": {"type": "freq_factors", "factors": short},
+            "rope_mscale": float(attn_factor),
+            "context_length": int(original),
+        }
     return {
-        "rope_scaling": {"type": "freq_factors", "factors": [float(x) for x in scaling["short_factor"]]},
+        "rope_scaling": {
+            "type": "longrope",
+            "factors": short,
+            "long_factors": [float(x) for x in long],
+            "original_context": int(original),
+        },
         "rope_mscale": float(attn_factor),
-        "context_length": int(original),
+        "context_length": int(max_pos),
     }
 
 

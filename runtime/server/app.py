@@ -123,9 +123,12 @@ class Server:
         model.complete([0], GenerateOptions(max_tokens=1, temperature=0.0), lambda _: None)
         model.reset()
         tok = model.tokenizer
-        tok_json = getattr(getattr(tok, "data", None), "tokenizer_json", None)
-        if tok_json:
-            self.state.grammars = Grammars(tok_json, model.config.vocab_size, model._eos_ids())
+        if getattr(tok, "data", None) is not None:
+            # The document is asked for when the first constrained request comes (Tokenizer
+            # serialises it anew; holding it would cost tens of MB for a large vocabulary).
+            self.state.grammars = Grammars(
+                lambda: tok.data.tokenizer_json, model.config.vocab_size, model._eos_ids()
+            )
         self.state.model = model
 
     def _model(self) -> Model:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ class MatcherConstraint:
 class Grammars:
     """Builds request constraints for one model; the llguidance tokenizer is made once (about a second)."""
 
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_ids: list[int]) -> None:
+    def __init__(self, tokenizer_json: Callable[[], str], vocab_size: int, eos_ids: list[int]) -> None:
         self._json = tokenizer_json
         self._vocab = vocab_size
         self._eos = list(eos_ids)
@@ -65,7 +66,7 @@ class Grammars:
 
         with self._lock:
             if self._tok is None:
-                self._tok = llguidance.LLTokenizer(self._json, n_vocab=self._vocab, eos_token=self._eos)
+                self._tok = llguidance.LLTokenizer(self._json(), n_vocab=self._vocab, eos_token=self._eos)
             return self._tok
 
     def _matcher(self, grammar: str, param: str) -> MatcherConstraint:
