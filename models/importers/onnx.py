@@ -10,6 +10,10 @@ graph: the MatMul node that reads them is named after the module
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from edgelut.models.importers.huggingface import (
     read_json,
     tokenizer_from_dir,
 )
+from edgelut.models.lazy import LazyTensors, RowSource
 
 # Graph ops that mean the weights are already quantised by ONNX tooling.
 _QUANTISED_OPS = {"MatMulNBits", "MatMulInteger", "DequantizeLinear", "QLinearMatMul", "GatherBlockQuantized"}
@@ -59,19 +64,223 @@ def find_onnx_file(path: Path) -> Path:
     return found[0]
 
 
-def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict[str, np.ndarray]:
-    """GGUF-named float32 arrays from a graph's initializers (orientation not yet checked).
+# ONNX TensorProto data types the importer reads -> (numpy storage type, bfloat16 bits?).
+_DTYPES = {
+    1: (np.float32, False),  # FLOAT
+    10: (np.float16, False),  # FLOAT16
+    11: (np.float64, False),  # DOUBLE
+    16: (np.uint16, True),  # BFLOAT16: stored as the top half of a float32
+}
+# Reads of W^T columns and tensor comparisons go through buffers of about this many bytes.
+BLOCK_BYTES = 1 << 22
 
-    Gemma's ``(1 + w)`` norms are folded as the HF importer does.
+
+def _widen(arr: np.ndarray, bf16: bool) -> np.ndarray:
+    if bf16:
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):  # one read returns at most 2 GiB on Linux
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise RuntimeError(f"{path}: truncated ONNX external data file")
+        done += n
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """One initializer as stored: inline in the graph (``proto``, in memory with it) or in an
+    external data file at ``offset`` (read with pread when rows are asked for)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    bf16: bool
+    proto: Any = None
+    path: Path | None = None
+    offset: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def inline(self) -> np.ndarray:
+        """The inline values, as stored. protobuf hands out a copy of the bytes on every access,
+        so this is a transient copy of one tensor, not a second copy of the model."""
+        t = self.proto
+        if t.HasField("raw_data"):
+            return np.frombuffer(t.raw_data, dtype=self.dtype).reshape(self.shape)
+        if t.data_type in (1, 11):  # FLOAT, DOUBLE: their own typed fields
+            typed = t.float_data if t.data_type == 1 else t.double_data
+            return np.asarray(typed, dtype=self.dtype).reshape(self.shape)
+        # 16-bit types: each value's bits in the low half of an int32_data entry
+        return np.asarray(t.int32_data, np.uint32).astype(np.uint16).view(self.dtype).reshape(self.shape)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Stored rows [a, b) as float32."""
+        if self.proto is not None:
+            return _widen(np.array(self.inline()[a:b]), self.bf16)
+        out = np.empty((b - a, *self.shape[1:]), dtype=self.dtype)
+        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+            _pread_into(f.fileno(), out, self.offset + a * self.row_bytes, self.path)  # type: ignore[arg-type]
+        return _widen(out, self.bf16)
+
+    def columns(self, a: int, b: int) -> np.ndarray:
+        """Columns [a, b) of a stored 2-D tensor, transposed: rows [a, b) of the W that W^T holds.
+
+        Filled a block of stored rows at a time, so nothing but the result and one block is held
+        (an inline tensor: and its transient copy).
+        """
+        n_rows, n_cols = self.shape
+        out = np.empty((b - a, n_rows), dtype=np.float32)
+        size = self.dtype.itemsize
+        whole_rows = 2 * (b - a) >= n_cols  # most of each row: read whole rows, else just the band
+        step = max(1, BLOCK_BYTES // ((n_cols if whole_rows else b - a) * size))
+        data = self.inline() if self.proto is not None else None
+        with contextlib.ExitStack() as stack:
+            fd = None if data is not None else stack.enter_context(open(self.path, "rb")).fileno()  # type: ignore[arg-type]
+            for r in range(0, n_rows, step):
+                s = min(n_rows, r + step) - r
+                if data is not None:
+                    block = data[r : r + s, a:b]
+                elif whole_rows:
+                    block = np.empty((s, n_cols), dtype=self.dtype)
+                    _pread_into(fd, block, self.offset + r * self.row_bytes, self.path)  # type: ignore[arg-type]
+                    block = block[:, a:b]
+                else:
+                    block = np.empty((s, b - a), dtype=self.dtype)
+                    for i in range(s):
+                        at = self.offset + ((r + i) * n_cols + a) * size
+                        _pread_into(fd, block[i], at, self.path)  # type: ignore[arg-type]
+                out[:, r : r + s] = _widen(block, self.bf16).T
+        return out
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A model weight: a stored initializer, read as is or as the W its W^T holds; Gemma's norms + 1."""
+
+    stored: _Stored
+    transposed: bool = False
+    plus_one: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stored.shape[::-1] if self.transposed else self.stored.shape
+
+    def flipped(self) -> _Weight:
+        return replace(self, transposed=not self.transposed)
+
+    def read_rows(self, a: int, b: int) -> np.ndarray:
+        w = self.stored.columns(a, b) if self.transposed else self.stored.rows(a, b)
+        return w + np.float32(1.0) if self.plus_one else w
+
+    def source(self) -> RowSource:
+        return RowSource(self.shape, self.read_rows)
+
+
+def _equal(x: _Weight, y: _Weight) -> bool:
+    """np.array_equal of the two weights, read a block of rows at a time (no whole copies)."""
+    if x.shape != y.shape or not x.shape:
+        return False
+    step = max(1, BLOCK_BYTES // max(1, 4 * math.prod(x.shape[1:])))
+    if x.stored.proto is not None or y.stored.proto is not None:
+        step = x.shape[0]  # every read of an inline tensor copies all of it: read it once
+    return all(
+        np.array_equal(x.read_rows(a, min(a + step, x.shape[0])), y.read_rows(a, min(a + step, x.shape[0])))
+        for a in range(0, x.shape[0], step)
+    )
+
+
+def _external(t: Any, directory: Path, onnx_path: Path, need: int) -> tuple[Path, int]:
+    """(data file, offset) of an external initializer, checked before anything is read: the
+    location stays inside the model's directory, and the byte range fits its shape and the file."""
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise ValueError(f"{onnx_path}: tensor {t.name} is external but names no location")
+    if Path(location).is_absolute():
+        raise ValueError(f"{onnx_path}: tensor {t.name} has external data at absolute path {location!r}")
+    path = directory / location
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has external data {location!r} outside the model directory"
+        )
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", need))
+        size = path.stat().st_size
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: tensor {t.name} has a malformed external data offset or length ({e})"
+        ) from e
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the external data of tensor {t.name} ({e.strerror})") from e
+    if not path.is_file():
+        raise ValueError(f"{path}: the external data of tensor {t.name} is not a regular file")
+    if length != need:
+        raise ValueError(
+            f"{path}: tensor {t.name} has {length} bytes of external data, its shape needs {need}"
+        )
+    if offset < 0 or offset + length > size:
+        raise ValueError(
+            f"{path}: tensor {t.name} needs bytes [{offset}, {offset + length}) of a file of {size} bytes"
+        )
+    return path, offset
+
+
+def _stored(t: Any, directory: Path, onnx_path: Path) -> _Stored:
+    """Where an initializer's values are, checked against its shape and type (nothing is read)."""
+    if t.data_type not in _DTYPES:
+        from onnx import TensorProto
+
+        kind = TensorProto.DataType.Name(t.data_type)
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has data type {kind} (float32, float16 or bfloat16 expected)"
+        )
+    np_dtype, bf16 = _DTYPES[t.data_type]
+    dtype = np.dtype(np_dtype)
+    shape = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{onnx_path}: tensor {t.name} has a negative dimension {shape}")
+    need = math.prod(shape) * dtype.itemsize
+    if t.data_location == 1:  # TensorProto.EXTERNAL
+        path, offset = _external(t, directory, onnx_path, need)
+        return _Stored(t.name, shape, dtype, bf16, path=path, offset=offset)
+    if t.HasField("raw_data"):
+        got = len(t.raw_data)  # a transient copy of this one tensor's bytes
+        if got != need:
+            raise ValueError(f"{onnx_path}: tensor {t.name} has {got} bytes, its shape needs {need}")
+    else:
+        typed = {1: t.float_data, 11: t.double_data}.get(t.data_type, t.int32_data)
+        if len(typed) != math.prod(shape):
+            raise ValueError(
+                f"{onnx_path}: tensor {t.name} has {len(typed)} values, its shape needs {math.prod(shape)}"
+            )
+    return _Stored(t.name, shape, dtype, bf16, proto=t)
+
+
+def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict[str, _Weight]:
+    """GGUF-named weights from a graph's initializers, unread (orientation not yet checked).
+
+    Gemma's ``(1 + w)`` norms are folded as the HF importer does, as rows are read.
     """
-    from onnx import numpy_helper
-
+    directory = onnx_path.parent
     inits = {t.name: t for t in graph.initializer}
-    out: dict[str, np.ndarray] = {}
-    for name, t in inits.items():
+    stored: dict[str, _Stored] = {}
+
+    def get(name: str) -> _Stored:
+        if name not in stored:
+            stored[name] = _stored(inits[name], directory, onnx_path)
+        return stored[name]
+
+    out: dict[str, _Weight] = {}
+    for name in inits:
         gg = hf_to_gguf_name(name, arch)
         if gg is not None:
-            out[gg] = numpy_helper.to_array(t).astype(np.float32)
+            out[gg] = _Weight(get(name))
     # Anonymous linear weights: name them after the MatMul/Gemm node that reads them.
     for node in graph.node:
         if node.op_type in _QUANTISED_OPS:
@@ -86,23 +295,21 @@ def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict
         gg = hf_to_gguf_name(param, arch) if param else None
         if gg is None or gg in out:
             continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         # MatMul computes x @ B, so B is W^T (K, N); Gemm with transB=1 stores W (N, K).
-        out[gg] = w if trans_b else w.T
+        w = _Weight(get(node.input[1]))
+        out[gg] = w if trans_b or len(w.shape) != 2 else w.flipped()
     if ARCHITECTURES[arch].norm_plus_one:
-        out = {k: v + np.float32(1.0) if k.endswith("norm.weight") else v for k, v in out.items()}
+        out = {k: replace(v, plus_one=True) if k.endswith("norm.weight") else v for k, v in out.items()}
     return out
 
 
-def orient(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+def orient(weights: dict[str, _Weight], shapes: dict[str, tuple[int, ...]]) -> None:
     """Transpose named 2-D weights that were stored as W^T (square ones are trusted as named)."""
-    for name, arr in tensors.items():
+    for name, w in weights.items():
         want = shapes.get(name)
-        if want and arr.ndim == 2 and tuple(arr.shape) != want and tuple(arr.shape[::-1]) == want:
-            tensors[name] = arr.T
-    for name in tensors:
-        tensors[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        if want and len(w.shape) == 2 and w.shape != want and w.shape[::-1] == want:
+            weights[name] = w.flipped()
 
 
 @register_importer("onnx")
@@ -121,32 +328,36 @@ class ONNXImporter(Importer):
         if not cfg_path.is_file():
             raise ValueError(f"{onnx_path}: no config.json beside it (optimum exports write one)")
         try:
-            proto = onnx.load(str(onnx_path), load_external_data=True)
+            # Initializers in external files stay there: their rows are read when converted.
+            proto = onnx.load(str(onnx_path), load_external_data=False)
         except Exception as e:  # protobuf and onnx raise assorted types on bad bytes
             raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
         cfg_json = read_json(cfg_path)
-        tensors = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path))
-        if "token_embd.weight" not in tensors:
+        weights = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path))
+        if "token_embd.weight" not in weights:
             raise ValueError(
                 f"{onnx_path}: no model.embed_tokens.weight initializer; export with parameter names"
             )
         # A tied lm_head is often exported as its own (transposed) copy of the embedding.
-        head, emb = tensors.get("output.weight"), tensors["token_embd.weight"]
-        if head is not None and (np.array_equal(head, emb) or np.array_equal(head.T, emb)):
-            del tensors["output.weight"]
+        head, emb = weights.get("output.weight"), weights["token_embd.weight"]
+        if head is not None and (_equal(head, emb) or _equal(head.flipped(), emb)):
+            del weights["output.weight"]
         config = config_from_hf(
             cfg_json,
             onnx_path,
-            tied="output.weight" not in tensors,
-            bias="blk.0.attn_q.bias" in tensors,
+            tied="output.weight" not in weights,
+            bias="blk.0.attn_q.bias" in weights,
         )
-        orient(tensors, expected_shapes(config))
-        missing = [n for n in expected_shapes(config) if n not in tensors]
+        orient(weights, expected_shapes(config))
+        missing = [n for n in expected_shapes(config) if n not in weights]
         if missing:
             raise ValueError(
                 f"{onnx_path}: cannot locate weight {missing[0]} (and {len(missing) - 1} more); the export "
                 f"must keep parameter names or module-named MatMul nodes (as optimum's export does)"
             )
+        tensors = LazyTensors()
+        for name, w in weights.items():
+            tensors.add(name, w.source())
         check_tensors(tensors, config, onnx_path)
         return ImportedModel(
             config=config, tensors=tensors, tokenizer=tokenizer_from_dir(directory), source=str(onnx_path)
