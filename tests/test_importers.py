@@ -519,6 +519,30 @@ def test_onnx_bad_external_data_is_one_clear_error(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_onnx_skeleton_is_the_graph_without_its_raw_weights(tmp_path: Path) -> None:
+    """The field walk gives the graph onnx parses, minus raw_data, and where each raw_data is."""
+    import onnx
+
+    from edgelut.models.importers.onnx import read_skeleton
+
+    cfg = tiny_config("qwen2")
+    path = write_onnx(tmp_path / "m", cfg, tiny_weights(cfg))
+    skeleton, raws = read_skeleton(path)
+    full = onnx.load(str(path))
+    file_bytes = path.read_bytes()
+    assert len(raws) == len(full.graph.initializer) and len(skeleton) < len(file_bytes) // 20
+    for t, raw in zip(full.graph.initializer, raws, strict=True):
+        assert raw is not None and file_bytes[raw[0] : raw[0] + raw[1]] == t.raw_data, t.name
+        t.ClearField("raw_data")
+    assert onnx.ModelProto.FromString(skeleton) == full
+    # A cut file is refused as unreadable, naming it.
+    path.write_bytes(file_bytes[: len(file_bytes) // 2])
+    with pytest.raises(
+        ValueError, match=r"model\.onnx: not a readable ONNX model \(ValueError: a field at byte"
+    ):
+        load_model(path)
+
+
 def test_onnx_values_in_typed_fields(tmp_path: Path) -> None:
     """Initializers may hold values in float_data / int32_data (16-bit bits) instead of raw_data."""
     import onnx
@@ -558,6 +582,15 @@ def test_onnx_unsupported_weight_type_is_named(tmp_path: Path) -> None:
     norm.CopyFrom(numpy_helper.from_array(np.ones(cfg.hidden_size, np.int32), "model.norm.weight"))
     onnx.save(proto, str(path))
     with pytest.raises(ValueError, match=r"model\.onnx: tensor model\.norm\.weight has data type INT32"):
+        load_model(path)
+    # raw_data whose length does not fit the tensor's shape
+    norm.CopyFrom(numpy_helper.from_array(np.ones(cfg.hidden_size, np.float32), "model.norm.weight"))
+    norm.dims[0] = cfg.hidden_size + 1
+    onnx.save(proto, str(path))
+    need = 4 * (cfg.hidden_size + 1)
+    with pytest.raises(
+        ValueError, match=rf"model\.norm\.weight has {need - 4} bytes, its shape needs {need}"
+    ):
         load_model(path)
 
 

@@ -6,6 +6,11 @@ the tokenizer files. Weights are initializers: most keep their HF names
 anonymous ``onnx::MatMul_123`` tensors holding W^T. Those are recovered from the
 graph: the MatMul node that reads them is named after the module
 (``/model/layers.0/self_attn/q_proj/MatMul``).
+
+Nothing is loaded whole: the graph is parsed without its weights' bytes
+(:func:`read_skeleton`), and each weight is a RowSource that reads the rows the
+converter asks for from the graph file or the external data file with pread, so
+a conversion holds a block of rows at a time, not the float model.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -64,6 +70,95 @@ def find_onnx_file(path: Path) -> Path:
     return found[0]
 
 
+# Field numbers of onnx.proto3 that the skeleton reader needs: ModelProto.graph,
+# GraphProto.initializer, TensorProto.raw_data; wire type 2 is length-delimited.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA, _LEN = 7, 5, 9, 2
+
+
+def _read_varint(f: BinaryIO) -> int:
+    value = shift = 0
+    while True:
+        b = f.read(1)
+        if not b or shift > 63:
+            raise ValueError("a truncated or overlong varint")
+        value |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return value
+        shift += 7
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _fields(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, payload start, field end) of each field of the
+    message in bytes [start, end) of the file; payloads are not read."""
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        key = _read_varint(f)
+        field, wire = key >> 3, key & 7
+        payload = f.tell()
+        if wire == 0:
+            _read_varint(f)
+            stop = f.tell()
+        elif wire == _LEN:
+            n = _read_varint(f)
+            payload = f.tell()
+            stop = payload + n
+        elif wire in (1, 5):
+            stop = payload + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"wire type {wire} at byte {pos}")
+        if stop > end:
+            raise ValueError(f"a field at byte {pos} runs past its message")
+        yield field, wire, pos, payload, stop
+        pos = stop
+
+
+def _span(f: BinaryIO, a: int, b: int) -> bytes:
+    f.seek(a)
+    return f.read(b - a)
+
+
+def read_skeleton(path: Path) -> tuple[bytes, list[tuple[int, int] | None]]:
+    """The model's bytes without its initializers' raw_data, and where each one's raw_data is in
+    the file ((offset, length), or None), in the order of the graph's initializers.
+
+    onnx.load reads the whole file and parses it, holding the weights twice; this walks
+    the protobuf fields instead, copying all but the raw weights (which stay in the file
+    to be read with pread, as external data is).
+    """
+    out, raws = bytearray(), []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for field, wire, at, payload, stop in list(_fields(f, 0, size)):
+            if (field, wire) != (_MODEL_GRAPH, _LEN):
+                out += _span(f, at, stop)
+                continue
+            graph = bytearray()
+            for g_field, g_wire, g_at, g_payload, g_stop in list(_fields(f, payload, stop)):
+                if (g_field, g_wire) != (_GRAPH_INITIALIZER, _LEN):
+                    graph += _span(f, g_at, g_stop)
+                    continue
+                tensor, raw = bytearray(), None
+                for t_field, t_wire, t_at, t_payload, t_stop in list(_fields(f, g_payload, g_stop)):
+                    if (t_field, t_wire) == (_TENSOR_RAW_DATA, _LEN):
+                        raw = (t_payload, t_stop - t_payload)
+                    else:
+                        tensor += _span(f, t_at, t_stop)
+                raws.append(raw)
+                graph += _varint(_GRAPH_INITIALIZER << 3 | _LEN) + _varint(len(tensor)) + tensor
+            out += _varint(_MODEL_GRAPH << 3 | _LEN) + _varint(len(graph)) + graph
+    return bytes(out), raws
+
+
 # ONNX TensorProto data types the importer reads -> (numpy storage type, bfloat16 bits?).
 _DTYPES = {
     1: (np.float32, False),  # FLOAT
@@ -92,8 +187,9 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
 
 @dataclass(frozen=True)
 class _Stored:
-    """One initializer as stored: inline in the graph (``proto``, in memory with it) or in an
-    external data file at ``offset`` (read with pread when rows are asked for)."""
+    """One initializer as stored: bytes at ``offset`` of ``path`` (external data, or the raw_data
+    of the graph file itself), read with pread when rows are asked for; or values in the
+    typed fields of its TensorProto (``proto``, small tensors in memory with the graph)."""
 
     name: str
     shape: tuple[int, ...]
@@ -108,11 +204,8 @@ class _Stored:
         return math.prod(self.shape[1:]) * self.dtype.itemsize
 
     def inline(self) -> np.ndarray:
-        """The inline values, as stored. protobuf hands out a copy of the bytes on every access,
-        so this is a transient copy of one tensor, not a second copy of the model."""
+        """The values of the graph's typed fields (a transient array on every call)."""
         t = self.proto
-        if t.HasField("raw_data"):
-            return np.frombuffer(t.raw_data, dtype=self.dtype).reshape(self.shape)
         if t.data_type in (1, 11):  # FLOAT, DOUBLE: their own typed fields
             typed = t.float_data if t.data_type == 1 else t.double_data
             return np.asarray(typed, dtype=self.dtype).reshape(self.shape)
@@ -188,7 +281,7 @@ def _equal(x: _Weight, y: _Weight) -> bool:
         return False
     step = max(1, BLOCK_BYTES // max(1, 4 * math.prod(x.shape[1:])))
     if x.stored.proto is not None or y.stored.proto is not None:
-        step = x.shape[0]  # every read of an inline tensor copies all of it: read it once
+        step = x.shape[0]  # every read of typed-field values builds all of them: read them once
     return all(
         np.array_equal(x.read_rows(a, min(a + step, x.shape[0])), y.read_rows(a, min(a + step, x.shape[0])))
         for a in range(0, x.shape[0], step)
@@ -231,8 +324,9 @@ def _external(t: Any, directory: Path, onnx_path: Path, need: int) -> tuple[Path
     return path, offset
 
 
-def _stored(t: Any, directory: Path, onnx_path: Path) -> _Stored:
-    """Where an initializer's values are, checked against its shape and type (nothing is read)."""
+def _stored(t: Any, directory: Path, onnx_path: Path, raw: tuple[int, int] | None) -> _Stored:
+    """Where an initializer's values are, checked against its shape and type (nothing is read);
+    ``raw``: (offset, length) of its raw_data in the graph file."""
     if t.data_type not in _DTYPES:
         from onnx import TensorProto
 
@@ -249,31 +343,34 @@ def _stored(t: Any, directory: Path, onnx_path: Path) -> _Stored:
     if t.data_location == 1:  # TensorProto.EXTERNAL
         path, offset = _external(t, directory, onnx_path, need)
         return _Stored(t.name, shape, dtype, bf16, path=path, offset=offset)
-    if t.HasField("raw_data"):
-        got = len(t.raw_data)  # a transient copy of this one tensor's bytes
-        if got != need:
-            raise ValueError(f"{onnx_path}: tensor {t.name} has {got} bytes, its shape needs {need}")
-    else:
-        typed = {1: t.float_data, 11: t.double_data}.get(t.data_type, t.int32_data)
-        if len(typed) != math.prod(shape):
-            raise ValueError(
-                f"{onnx_path}: tensor {t.name} has {len(typed)} values, its shape needs {math.prod(shape)}"
-            )
+    if raw is not None:
+        if raw[1] != need:
+            raise ValueError(f"{onnx_path}: tensor {t.name} has {raw[1]} bytes, its shape needs {need}")
+        return _Stored(t.name, shape, dtype, bf16, path=onnx_path, offset=raw[0])
+    typed = {1: t.float_data, 11: t.double_data}.get(t.data_type, t.int32_data)
+    if len(typed) != math.prod(shape):
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has {len(typed)} values, its shape needs {math.prod(shape)}"
+        )
     return _Stored(t.name, shape, dtype, bf16, proto=t)
 
 
-def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict[str, _Weight]:
+def weights_from_graph(
+    graph: Any, onnx_path: Path, arch: str = "llama", raws: list[tuple[int, int] | None] | None = None
+) -> dict[str, _Weight]:
     """GGUF-named weights from a graph's initializers, unread (orientation not yet checked).
 
+    ``raws``: where each initializer's raw_data is in the file (:func:`read_skeleton`).
     Gemma's ``(1 + w)`` norms are folded as the HF importer does, as rows are read.
     """
     directory = onnx_path.parent
     inits = {t.name: t for t in graph.initializer}
+    raw_at = dict(zip((t.name for t in graph.initializer), raws or [], strict=False))
     stored: dict[str, _Stored] = {}
 
     def get(name: str) -> _Stored:
         if name not in stored:
-            stored[name] = _stored(inits[name], directory, onnx_path)
+            stored[name] = _stored(inits[name], directory, onnx_path, raw_at.get(name))
         return stored[name]
 
     out: dict[str, _Weight] = {}
@@ -328,12 +425,17 @@ class ONNXImporter(Importer):
         if not cfg_path.is_file():
             raise ValueError(f"{onnx_path}: no config.json beside it (optimum exports write one)")
         try:
-            # Initializers in external files stay there: their rows are read when converted.
-            proto = onnx.load(str(onnx_path), load_external_data=False)
-        except Exception as e:  # protobuf and onnx raise assorted types on bad bytes
+            # The weights stay in their files (the graph's own raw_data, or external data):
+            # their rows are read when converted.
+            skeleton, raws = read_skeleton(onnx_path)
+            proto = onnx.ModelProto()
+            proto.ParseFromString(skeleton)
+        except Exception as e:  # protobuf and the field walk raise assorted types on bad bytes
             raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        if len(raws) != len(proto.graph.initializer):
+            raise ValueError(f"{onnx_path}: not a readable ONNX model (initializers out of step)")
         cfg_json = read_json(cfg_path)
-        weights = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path))
+        weights = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path), raws)
         if "token_embd.weight" not in weights:
             raise ValueError(
                 f"{onnx_path}: no model.embed_tokens.weight initializer; export with parameter names"
