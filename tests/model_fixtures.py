@@ -316,7 +316,7 @@ def write_onnx(
     )
     counter = 100
     for name, arr in w.items():
-        hf = gguf_to_hf_name(name, cfg.architecture)
+        hf = _hf_name(name, cfg.architecture)  # Phi-3's fused tensors (fuse_phi3) included
         if cfg.traits.norm_plus_one and name.endswith("norm.weight"):
             arr = arr - np.float32(1.0)  # HF Gemma stores w of x * (1 + w)
         module = "/" + hf.rsplit(".", 1)[0].replace(".", "/")

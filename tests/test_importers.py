@@ -519,6 +519,25 @@ def test_onnx_bad_external_data_is_one_clear_error(tmp_path: Path) -> None:
         load_model(path)
 
 
+@pytest.mark.parametrize("external", [True, False])
+def test_onnx_phi3_fused_tensors_split_lazily(tmp_path: Path, external: bool) -> None:
+    """A Phi-3 export's qkv_proj and gate_up_proj MatMuls split as the HF and GGUF importers split them."""
+    from model_fixtures import fuse_phi3
+
+    from edgelut.models.lazy import RowSource, tensor_rows
+
+    cfg = tiny_config("phi3", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=8)
+    m = load_model(write_onnx(tmp_path / "phi", cfg, fuse_phi3(w, cfg), external=external))
+    assert set(m.tensors) == set(w) and m.config.tie_embeddings
+    for name, arr in w.items():
+        np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+    assert isinstance(m.tensors.source("blk.0.attn_k.weight"), RowSource)
+    np.testing.assert_array_equal(
+        tensor_rows(m.tensors, "blk.1.ffn_up.weight", 5, 9), w["blk.1.ffn_up.weight"][5:9]
+    )
+
+
 def test_onnx_skeleton_is_the_graph_without_its_raw_weights(tmp_path: Path) -> None:
     """The field walk gives the graph onnx parses, minus raw_data, and where each raw_data is."""
     import onnx

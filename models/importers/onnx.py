@@ -34,6 +34,7 @@ from edgelut.models.importers.huggingface import (
     expected_shapes,
     hf_to_gguf_name,
     read_json,
+    split_fused,
     tokenizer_from_dir,
 )
 from edgelut.models.lazy import LazyTensors, RowSource
@@ -451,15 +452,17 @@ class ONNXImporter(Importer):
             bias="blk.0.attn_q.bias" in weights,
         )
         orient(weights, expected_shapes(config))
-        missing = [n for n in expected_shapes(config) if n not in weights]
+        tensors = LazyTensors()
+        for name, w in weights.items():
+            tensors.add(name, w.source())
+        if ARCHITECTURES[config.architecture].fused_qkv:
+            split_fused(tensors, config)  # Phi-3: parts that read their rows of the fused tensors
+        missing = [n for n in expected_shapes(config) if n not in tensors]
         if missing:
             raise ValueError(
                 f"{onnx_path}: cannot locate weight {missing[0]} (and {len(missing) - 1} more); the export "
                 f"must keep parameter names or module-named MatMul nodes (as optimum's export does)"
             )
-        tensors = LazyTensors()
-        for name, w in weights.items():
-            tensors.add(name, w.source())
         check_tensors(tensors, config, onnx_path)
         return ImportedModel(
             config=config, tensors=tensors, tokenizer=tokenizer_from_dir(directory), source=str(onnx_path)
