@@ -505,7 +505,7 @@ def test_onnx_bad_external_data_is_one_clear_error(tmp_path: Path) -> None:
         ({"location": "gone.bin"}, rf"gone\.bin: cannot read the external data of tensor {emb}"),
         ({"offset": "ten"}, rf"model\.onnx_data: tensor {emb} has a malformed external data offset"),
     ]
-    original = path.read_bytes()
+    original, original_data = path.read_bytes(), data.read_bytes()
     for change, message in cases:
         path.write_bytes(original)
         _external_entry(path, emb, **change)
@@ -517,6 +517,12 @@ def test_onnx_bad_external_data_is_one_clear_error(tmp_path: Path) -> None:
     data.write_bytes(data.read_bytes()[: need // 2])
     with pytest.raises(ValueError, match=r"model\.onnx_data: tensor \S+ needs bytes"):
         load_model(path)
+    # One cut after the import checked it fails at the read, naming the file.
+    data.write_bytes(original_data)
+    m = load_model(path)
+    data.write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"model\.onnx_data: truncated \(a tensor's bytes run past"):
+        m.tensors["token_embd.weight"]
 
 
 @pytest.mark.parametrize("external", [True, False])

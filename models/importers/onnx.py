@@ -182,7 +182,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
     while done < len(view):  # one read returns at most 2 GiB on Linux
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
-            raise RuntimeError(f"{path}: truncated ONNX external data file")
+            raise RuntimeError(f"{path}: truncated (a tensor's bytes run past the end of the file)")
         done += n
 
 
