@@ -276,3 +276,79 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _onnx_initializer(name: str, arr: np.ndarray, dtype: str):  # noqa: ANN202
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dtype == "bf16":  # the top half of each float32 (truncated), as raw bytes
+        bits = (np.ascontiguousarray(arr, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        return helper.make_tensor(name, TensorProto.BFLOAT16, arr.shape, bits.tobytes(), raw=True)
+    return numpy_helper.from_array(
+        np.ascontiguousarray(arr, {"f32": np.float32, "f16": np.float16}[dtype]), name
+    )
+
+
+def write_onnx(
+    directory: Path,
+    cfg: ModelConfig,
+    w: dict[str, np.ndarray],
+    module_names: bool = True,
+    *,
+    external: bool = False,
+    gemm: bool = False,
+    dtype: str = "f32",
+) -> Path:
+    """A float decoder graph in optimum/torch.onnx style.
+
+    Norm weights and the embedding are initializers with HF names; linear weights
+    are anonymous ``onnx::MatMul_N`` initializers holding W^T, read by MatMul nodes
+    named after their module (``gemm``: Gemm nodes with transB=1 holding W). Only the
+    weights matter to the importer, so the graph is a plausible chain (embedding ->
+    norms/matmuls), not a full decoder. ``external`` puts every initializer in one
+    ``model.onnx_data`` file beside the graph, as exports of models over 2 GB do;
+    ``dtype`` is f32, f16 or bf16.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    inits, nodes = [], []
+    x = "x0"
+    nodes.append(
+        helper.make_node(
+            "Gather", ["model.embed_tokens.weight", "input_ids"], [x], name="/model/embed_tokens/Gather"
+        )
+    )
+    counter = 100
+    for name, arr in w.items():
+        hf = _hf_name(name, cfg.architecture)  # Phi-3's fused tensors (fuse_phi3) included
+        if cfg.traits.norm_plus_one and name.endswith("norm.weight"):
+            arr = arr - np.float32(1.0)  # HF Gemma stores w of x * (1 + w)
+        module = "/" + hf.rsplit(".", 1)[0].replace(".", "/")
+        if arr.ndim == 2 and name != "token_embd.weight":
+            counter += 1
+            op = "Gemm" if gemm else "MatMul"
+            init = f"onnx::{op}_{counter}"
+            inits.append(_onnx_initializer(init, arr if gemm else arr.T, dtype))
+            node_name = f"{module}/{op}" if module_names else f"{op}_{counter}"
+            attrs = {"transB": 1} if gemm else {}
+            nodes.append(helper.make_node(op, [x, init], [f"y{counter}"], name=node_name, **attrs))
+        else:
+            inits.append(_onnx_initializer(hf, arr, dtype))
+    graph = helper.make_graph(
+        nodes,
+        "decoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+        inits,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.onnx"
+    model = helper.make_model(graph)
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx_data", size_threshold=0)
+    else:
+        onnx.save(model, str(path))
+    (directory / "config.json").write_text(json.dumps(hf_config_json(cfg)))
+    write_tokenizer_files(directory)
+    return path

@@ -17,6 +17,7 @@ from model_fixtures import (
     tiny_weights,
     write_gguf,
     write_hf_dir,
+    write_onnx,
     write_tokenizer_files,
 )
 
@@ -295,58 +296,32 @@ def test_hub_needs_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("hf:org/name")
 
 
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_phi3_fused_split_is_lazy_and_converts_as_before(tmp_path: Path, kind: str) -> None:
+    """Each part of Phi-3's fused qkv and gate_up is a lazy view of its rows of the fused tensor;
+    the file converted from them is the one the split arrays (what the importer held) give."""
+    from dataclasses import replace
+
+    from edgelut.models.lazy import LazyTensors, RowSource, tensor_rows
+    from edgelut.quantize.convert import convert
+    from edgelut.quantize.recipe import Recipe
+
+    cfg = tiny_config("phi3", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=7)
+    src = write_gguf(tmp_path / "p.gguf", cfg, w) if kind == "gguf" else write_hf_dir(tmp_path / "p", cfg, w)
+    m = load_model(src)
+    assert isinstance(m.tensors, LazyTensors) and set(m.tensors) == set(w)
+    for name in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):
+        name = f"blk.1.{name}.weight"
+        assert isinstance(m.tensors.source(name), RowSource), name
+        np.testing.assert_array_equal(tensor_rows(m.tensors, name, 3, 11), w[name][3:11], err_msg=name)
+    recipe = Recipe(qtype="q4", group_size=32)
+    lazy = convert(m, tmp_path / "lazy.elut", recipe, progress=False)
+    eager = convert(replace(m, tensors=dict(w)), tmp_path / "eager.elut", recipe, progress=False)
+    assert lazy.read_bytes() == eager.read_bytes()
+
+
 # --- ONNX ---------------------------------------------------------------------------------------
-
-
-def write_onnx(directory: Path, cfg, w: dict[str, np.ndarray], module_names: bool = True) -> Path:
-    """A float decoder graph in optimum/torch.onnx style.
-
-    Norm weights and the embedding are initializers with HF names; linear weights
-    are anonymous ``onnx::MatMul_N`` initializers holding W^T, read by MatMul nodes
-    named after their module. Only the weights matter to the importer, so the
-    graph is a plausible chain (embedding -> norms/matmuls), not a full decoder.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits, nodes = [], []
-    x = "x0"
-    nodes.append(
-        helper.make_node(
-            "Gather", ["model.embed_tokens.weight", "input_ids"], [x], name="/model/embed_tokens/Gather"
-        )
-    )
-    counter = 100
-    for name, arr in w.items():
-        hf = gguf_to_hf_name(name, cfg.architecture)
-        if cfg.traits.norm_plus_one and name.endswith("norm.weight"):
-            arr = arr - np.float32(1.0)  # HF Gemma stores w of x * (1 + w)
-        module = "/" + hf.rsplit(".", 1)[0].replace(".", "/")
-        if arr.ndim == 2 and name != "token_embd.weight":
-            counter += 1
-            init = f"onnx::MatMul_{counter}" if module_names else f"onnx::MatMul_{counter}"
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.T), init))
-            node_name = f"{module}/MatMul" if module_names else f"MatMul_{counter}"
-            nodes.append(helper.make_node("MatMul", [x, init], [f"y{counter}"], name=node_name))
-        else:
-            inits.append(numpy_helper.from_array(arr, hf))
-    graph = helper.make_graph(
-        nodes,
-        "decoder",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
-        inits,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "model.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    import json
-
-    from model_fixtures import hf_config_json
-
-    (directory / "config.json").write_text(json.dumps(hf_config_json(cfg)))
-    write_tokenizer_files(directory)
-    return path
 
 
 def test_onnx_tied_head_copy_is_recognised(tmp_path: Path) -> None:
@@ -405,6 +380,243 @@ def test_onnx_not_onnx(tmp_path: Path) -> None:
     (d / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=r"model\.onnx: not a readable ONNX model"):
         load_model(d / "model.onnx")
+
+
+def _eager_onnx(path: Path, arch: str) -> dict[str, np.ndarray]:
+    """What the ONNX importer returned before it streamed: every initializer loaded (external data
+    too), converted to float32 at once, MatMul weights transposed, orientation and a tied copy of
+    the embedding resolved on whole arrays, Gemma's norms + 1."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgelut.models.config import ARCHITECTURES
+    from edgelut.models.importers.huggingface import config_from_hf, expected_shapes, read_json
+    from edgelut.models.importers.onnx import module_param_from_node
+
+    graph = onnx.load(str(path), load_external_data=True).graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    out = {hf_to_gguf_name(n, arch): a for n, a in inits.items() if hf_to_gguf_name(n, arch)}
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in inits and node.input[1] not in out:
+            gg = hf_to_gguf_name(module_param_from_node(node.name), arch)
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            out[gg] = inits[node.input[1]] if trans_b else inits[node.input[1]].T
+    if ARCHITECTURES[arch].norm_plus_one:
+        out = {k: v + np.float32(1.0) if k.endswith("norm.weight") else v for k, v in out.items()}
+    head, emb = out.get("output.weight"), out["token_embd.weight"]
+    if head is not None and (np.array_equal(head, emb) or np.array_equal(head.T, emb)):
+        del out["output.weight"]
+    cfg = config_from_hf(read_json(path.parent / "config.json"), path, tied="output.weight" not in out)
+    for name, want in expected_shapes(cfg).items():
+        if out[name].ndim == 2 and out[name].shape != want:
+            out[name] = out[name].T
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+ONNX_LAYOUTS = [  # arch, external data, Gemm transB (else MatMul of W^T), dtype, tied head copy
+    ("llama", True, False, "f32", True),
+    ("llama", False, False, "f32", False),
+    ("llama", True, True, "f16", False),
+    ("qwen2", True, False, "bf16", False),
+    ("qwen2", False, True, "bf16", True),
+    ("gemma3", True, False, "f32", True),
+    ("gemma3", False, False, "f16", False),
+]
+
+
+@pytest.mark.parametrize(("arch", "external", "gemm", "dtype", "tied"), ONNX_LAYOUTS)
+def test_onnx_streams_what_the_eager_import_read(tmp_path, monkeypatch, arch, external, gemm, dtype, tied):
+    """Lazy rows (read from the external file, or sliced from the proto's bytes) are the eager
+    import's arrays, row range by row range, and convert to the same .elut bytes."""
+    from dataclasses import replace
+
+    from edgelut.models.importers import onnx as onnx_importer
+    from edgelut.models.lazy import LazyTensors, tensor_rows
+    from edgelut.quantize import convert as convert_module
+    from edgelut.quantize.recipe import Recipe
+
+    extra = (
+        {"sliding_window": 8, "sliding_window_pattern": 2, "rope_local_theta": 1e4}
+        if arch == "gemma3"
+        else {}
+    )
+    cfg = tiny_config(arch, tie_embeddings=tied, **extra)
+    w = tiny_weights(cfg, seed=5)
+    if tied:
+        w["output.weight"] = w["token_embd.weight"].copy()  # torch.onnx writes a tied head as a copy
+    path = write_onnx(tmp_path / "m", cfg, w, external=external, gemm=gemm, dtype=dtype)
+    assert (tmp_path / "m" / "model.onnx_data").is_file() == external
+    # Small blocks, so that W^T reads take several blocks and both of their read patterns.
+    monkeypatch.setattr(onnx_importer, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(convert_module, "ROW_BLOCK_WEIGHTS", 64 * 64)
+    lazy = load_model(path)
+    eager = _eager_onnx(path, arch)
+    assert isinstance(lazy.tensors, LazyTensors) and set(lazy.tensors) == set(eager)
+    assert lazy.config.tie_embeddings == tied
+    for name, want in eager.items():
+        n = want.shape[0]
+        for a, b in ((0, n), (1, 2), (n // 3, n - 1)):
+            got = tensor_rows(lazy.tensors, name, a, b)
+            assert got.dtype == np.float32 and got.flags.c_contiguous, name
+            np.testing.assert_array_equal(got, want[a:b], err_msg=f"{name} [{a}, {b})")
+    recipe = Recipe(qtype="q4", group_size=32)
+    streamed = convert_module.convert(lazy, tmp_path / "lazy.elut", recipe, progress=False)
+    whole = convert_module.convert(
+        replace(lazy, tensors=eager), tmp_path / "eager.elut", recipe, progress=False
+    )
+    assert streamed.read_bytes() == whole.read_bytes()
+
+
+def _external_entry(path: Path, tensor: str, **change: str) -> None:
+    """Rewrites one initializer's external-data entry (location/offset/length) in the graph file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    t = next(t for t in proto.graph.initializer if t.name == tensor)
+    entries = {e.key: e.value for e in t.external_data} | change
+    del t.external_data[:]
+    for key, value in entries.items():
+        t.external_data.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def test_onnx_bad_external_data_is_one_clear_error(tmp_path: Path) -> None:
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    path = write_onnx(tmp_path / "m", cfg, w, external=True)
+    data = tmp_path / "m" / "model.onnx_data"
+    emb = "model.embed_tokens.weight"
+    need = w["token_embd.weight"].nbytes
+    (tmp_path / "model.onnx_data").write_bytes(data.read_bytes())  # there, but outside the model
+    cases = [
+        (
+            {"offset": str(data.stat().st_size - 8)},
+            rf"model\.onnx_data: tensor {emb} needs bytes \[\d+, \d+\) of a file of",
+        ),
+        ({"location": str(data)}, rf"model\.onnx: tensor {emb} has external data at absolute path"),
+        (
+            {"location": "../model.onnx_data"},
+            rf"model\.onnx: tensor {emb} has external data '\.\./model\.onnx_data' outside",
+        ),
+        (
+            {"length": str(need - 4)},
+            rf"model\.onnx_data: tensor {emb} has {need - 4} bytes of external data, its shape needs {need}",
+        ),
+        ({"location": "gone.bin"}, rf"gone\.bin: cannot read the external data of tensor {emb}"),
+        ({"offset": "ten"}, rf"model\.onnx_data: tensor {emb} has a malformed external data offset"),
+    ]
+    original, original_data = path.read_bytes(), data.read_bytes()
+    for change, message in cases:
+        path.write_bytes(original)
+        _external_entry(path, emb, **change)
+        with pytest.raises(ValueError, match=message) as e:
+            load_model(path)
+        assert "\n" not in str(e.value), str(e.value)
+    # A graph that is fine apart from a truncated data file fails when it is checked, not midway.
+    path.write_bytes(original)
+    data.write_bytes(data.read_bytes()[: need // 2])
+    with pytest.raises(ValueError, match=r"model\.onnx_data: tensor \S+ needs bytes"):
+        load_model(path)
+    # One cut after the import checked it fails at the read, naming the file.
+    data.write_bytes(original_data)
+    m = load_model(path)
+    data.write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"model\.onnx_data: truncated \(a tensor's bytes run past"):
+        m.tensors["token_embd.weight"]
+
+
+@pytest.mark.parametrize("external", [True, False])
+def test_onnx_phi3_fused_tensors_split_lazily(tmp_path: Path, external: bool) -> None:
+    """A Phi-3 export's qkv_proj and gate_up_proj MatMuls split as the HF and GGUF importers split them."""
+    from model_fixtures import fuse_phi3
+
+    from edgelut.models.lazy import RowSource, tensor_rows
+
+    cfg = tiny_config("phi3", tie_embeddings=True)
+    w = tiny_weights(cfg, seed=8)
+    m = load_model(write_onnx(tmp_path / "phi", cfg, fuse_phi3(w, cfg), external=external))
+    assert set(m.tensors) == set(w) and m.config.tie_embeddings
+    for name, arr in w.items():
+        np.testing.assert_array_equal(m.tensors[name], arr, err_msg=name)
+    assert isinstance(m.tensors.source("blk.0.attn_k.weight"), RowSource)
+    np.testing.assert_array_equal(
+        tensor_rows(m.tensors, "blk.1.ffn_up.weight", 5, 9), w["blk.1.ffn_up.weight"][5:9]
+    )
+
+
+def test_onnx_skeleton_is_the_graph_without_its_raw_weights(tmp_path: Path) -> None:
+    """The field walk gives the graph onnx parses, minus raw_data, and where each raw_data is."""
+    import onnx
+
+    from edgelut.models.importers.onnx import read_skeleton
+
+    cfg = tiny_config("qwen2")
+    path = write_onnx(tmp_path / "m", cfg, tiny_weights(cfg))
+    skeleton, raws = read_skeleton(path)
+    full = onnx.load(str(path))
+    file_bytes = path.read_bytes()
+    assert len(raws) == len(full.graph.initializer) and len(skeleton) < len(file_bytes) // 20
+    for t, raw in zip(full.graph.initializer, raws, strict=True):
+        assert raw is not None and file_bytes[raw[0] : raw[0] + raw[1]] == t.raw_data, t.name
+        t.ClearField("raw_data")
+    assert onnx.ModelProto.FromString(skeleton) == full
+    # A cut file is refused as unreadable, naming it.
+    path.write_bytes(file_bytes[: len(file_bytes) // 2])
+    with pytest.raises(
+        ValueError, match=r"model\.onnx: not a readable ONNX model \(ValueError: a field at byte"
+    ):
+        load_model(path)
+
+
+def test_onnx_values_in_typed_fields(tmp_path: Path) -> None:
+    """Initializers may hold values in float_data / int32_data (16-bit bits) instead of raw_data."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    path = write_onnx(tmp_path / "m", cfg, w)
+    proto = onnx.load(str(path))
+    typed = {
+        "model.norm.weight": (TensorProto.FLOAT, w["output_norm.weight"]),
+        "model.layers.1.input_layernorm.weight": (TensorProto.FLOAT16, w["blk.1.attn_norm.weight"]),
+        "model.embed_tokens.weight": (TensorProto.FLOAT16, w["token_embd.weight"]),
+    }
+    for t in proto.graph.initializer:
+        if t.name in typed:
+            kind, arr = typed[t.name]
+            vals = arr.astype(np.float16) if kind == TensorProto.FLOAT16 else arr
+            t.CopyFrom(helper.make_tensor(t.name, kind, arr.shape, vals.reshape(-1), raw=False))
+            assert not t.HasField("raw_data")
+    onnx.save(proto, str(path))
+    m = load_model(path)
+    np.testing.assert_array_equal(m.tensors["output_norm.weight"], w["output_norm.weight"])
+    for name in ("blk.1.attn_norm.weight", "token_embd.weight"):
+        np.testing.assert_array_equal(m.tensors[name], w[name].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(m.tensors["blk.0.attn_norm.weight"], w["blk.0.attn_norm.weight"])
+
+
+def test_onnx_unsupported_weight_type_is_named(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    cfg = tiny_config("llama")
+    path = write_onnx(tmp_path / "m", cfg, tiny_weights(cfg))
+    proto = onnx.load(str(path))
+    norm = next(t for t in proto.graph.initializer if t.name == "model.norm.weight")
+    norm.CopyFrom(numpy_helper.from_array(np.ones(cfg.hidden_size, np.int32), "model.norm.weight"))
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match=r"model\.onnx: tensor model\.norm\.weight has data type INT32"):
+        load_model(path)
+    # raw_data whose length does not fit the tensor's shape
+    norm.CopyFrom(numpy_helper.from_array(np.ones(cfg.hidden_size, np.float32), "model.norm.weight"))
+    norm.dims[0] = cfg.hidden_size + 1
+    onnx.save(proto, str(path))
+    need = 4 * (cfg.hidden_size + 1)
+    with pytest.raises(
+        ValueError, match=rf"model\.norm\.weight has {need - 4} bytes, its shape needs {need}"
+    ):
+        load_model(path)
 
 
 # --- dispatch -----------------------------------------------------------------------------------

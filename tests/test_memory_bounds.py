@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cgroup_limit import available, run_limited
-from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir
+from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir, write_onnx
 
 from edgelut import cache
 
@@ -65,6 +65,81 @@ assert main(["quantize", {str(src)!r}, "-o", {str(out)!r}, "-q"]) == 0
     # (Measured: 53 MiB over the baseline for this 238 MiB model.)
     assert peak - baseline < 80 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
     assert peak - baseline < float_bytes / 2
+
+
+def _rtn_baseline(imports: str = "") -> int:
+    """Peak RSS of the converter's imports and the numba JIT of the RTN kernel (no model)."""
+    return _child_peak(
+        f"import numpy as np, tqdm, edgelut.cli.quantize, edgelut.models.modelfile{imports}\n"
+        "from edgelut.quantize.convert import quantize_tensor\n"
+        "from edgelut.quantize.recipe import TensorSpec\n"
+        "quantize_tensor('w', np.ones((64, 64), np.float32), TensorSpec('q4', 32, True), 'rtn')"
+    )
+
+
+def _quantize_peak(src: Path, out: Path) -> int:
+    args = ["quantize", str(src), "-o", str(out), "-q"]
+    peak = _child_peak(f"from edgelut.cli import main\nassert main({args!r}) == 0")
+    assert out.is_file()
+    return peak
+
+
+@pytest.mark.parametrize("external", [True, False], ids=["external", "inline"])
+def test_onnx_quantize_streams(tmp_path, external) -> None:
+    """A 244 MiB float32 ONNX export (an untied head stored as W^T), its weights in an external
+    data file or inline in the graph, converts with a peak far below the model: rows are read
+    from the file when quantised (W^T a band of columns at a time), the graph is parsed
+    without its raw weights, and the tied-head check stops at the first block that differs."""
+    shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=2, n_heads=8, head_dim=128)
+    cfg = tiny_config("qwen2", attn_bias=True, tie_embeddings=False, vocab_size=16384, **shape)
+    weights = tiny_weights(cfg)
+    src = write_onnx(tmp_path / "big", cfg, weights, external=external)
+    float_bytes = sum(w.nbytes for w in weights.values())
+    del weights
+    assert float_bytes > 240 * MIB
+    baseline = _rtn_baseline(", onnx")
+    peak = _quantize_peak(src, tmp_path / "big.elut")
+    # Measured: 67-74 MiB over the baseline, either layout (one 16 MiB block of rows of the W^T
+    # head, its quantiser's temporaries, the parsed graph); main's eager import, which held
+    # every initializer as float32 with its transposes: 482 MiB.
+    assert peak - baseline < 100 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
+
+
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_phi3_fused_parts_read_only_their_rows(tmp_path, kind) -> None:
+    """Phi-3's fused qkv and gate_up split into lazy parts: each part reads its own rows of the
+    fused tensor (same values as slicing it whole) and the conversion holds none of them whole."""
+    from edgelut.models.importers import load_model
+    from edgelut.models.lazy import LazyTensors, RowSource, tensor_rows
+
+    shape = dict(hidden_size=1024, intermediate_size=4096, n_layers=3, n_heads=8, n_kv_heads=8, head_dim=128)
+    cfg = tiny_config("phi3", tie_embeddings=True, vocab_size=4096, **shape)
+    weights = tiny_weights(cfg)
+    src = (
+        write_gguf(tmp_path / "phi.gguf", cfg, weights)
+        if kind == "gguf"
+        else write_hf_dir(tmp_path / "phi", cfg, weights)
+    )
+    m = load_model(src)
+    assert isinstance(m.tensors, LazyTensors) and "blk.0.attn_qkv.weight" not in m.tensors
+    for name in (
+        "blk.1.attn_q.weight",
+        "blk.1.attn_k.weight",
+        "blk.1.attn_v.weight",
+        "blk.2.ffn_gate.weight",
+        "blk.2.ffn_up.weight",
+    ):
+        assert isinstance(m.tensors.source(name), RowSource), name
+        np.testing.assert_array_equal(m.tensors[name], weights[name], err_msg=name)
+        np.testing.assert_array_equal(tensor_rows(m.tensors, name, 5, 77), weights[name][5:77], err_msg=name)
+    float_bytes = sum(w.nbytes for w in weights.values())
+    del weights, m
+    assert float_bytes > 140 * MIB
+    baseline = _rtn_baseline()
+    peak = _quantize_peak(src, tmp_path / "phi.elut")
+    # Measured: 47-56 MiB over the baseline; main, which read each fused tensor whole and kept
+    # its parts as arrays for the whole conversion (every qkv and gate_up), 178-189 MiB.
+    assert peak - baseline < 75 * MIB, (peak / MIB, baseline / MIB, float_bytes / MIB)
 
 
 def test_gptq_quantize_holds_one_float32_hessian_at_a_time(tmp_path) -> None:

@@ -128,28 +128,45 @@ def split_fused(tensors: dict[str, Any], config: ModelConfig) -> None:
     """Phi-3's fused tensors, in place: attn_qkv -> attn_q/k/v, an ffn_up of 2F rows -> ffn_gate, ffn_up.
 
     Works on anything sliceable by rows (float weights, and the codes/scales/mins
-    of a Q4 source), given as a dict name -> array or name -> tuple of arrays.
+    of a Q4 source), given as a dict name -> array or name -> tuple of arrays. In a
+    :class:`LazyTensors`, a part of a lazy tensor stays lazy: it reads only its own
+    rows of the fused one when asked (the split is by rows of W).
     """
     q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     f = config.intermediate_size
+    lazy = isinstance(tensors, LazyTensors)
 
-    def rows(t: Any, a: int, b: int) -> Any:
-        if isinstance(t, tuple):  # (codes, scales, mins); ternary codes have no mins
-            return tuple(None if x is None else x[a:b] for x in t)
-        return np.ascontiguousarray(t[a:b])
+    def stored(name: str) -> Any:
+        return tensors.source(name) if lazy else tensors[name]  # type: ignore[attr-defined]
+
+    def put(name: str, t: Any, a: int, b: int) -> None:
+        if isinstance(t, RowSource):
+            tensors.add(name, _row_range(t, a, b))  # type: ignore[attr-defined]
+        elif isinstance(t, tuple):  # (codes, scales, mins); ternary codes have no mins
+            tensors[name] = tuple(None if x is None else x[a:b] for x in t)
+        else:
+            tensors[name] = np.ascontiguousarray(t[a:b])
 
     for i in range(config.n_layers):
         p = f"blk.{i}."
-        qkv = tensors.pop(p + "attn_qkv.weight", None)
-        if qkv is not None:
-            tensors[p + "attn_q.weight"] = rows(qkv, 0, q)
-            tensors[p + "attn_k.weight"] = rows(qkv, q, q + kv)
-            tensors[p + "attn_v.weight"] = rows(qkv, q + kv, q + 2 * kv)
-        up = tensors.get(p + "ffn_up.weight")
-        n = None if up is None else (up[0] if isinstance(up, tuple) else up).shape[0]
+        if p + "attn_qkv.weight" in tensors:
+            qkv = stored(p + "attn_qkv.weight")
+            del tensors[p + "attn_qkv.weight"]
+            put(p + "attn_q.weight", qkv, 0, q)
+            put(p + "attn_k.weight", qkv, q, q + kv)
+            put(p + "attn_v.weight", qkv, q + kv, q + 2 * kv)
+        if p + "ffn_up.weight" not in tensors:
+            continue
+        up = stored(p + "ffn_up.weight")
+        n = (up[0] if isinstance(up, tuple) else up).shape[0]
         if n == 2 * f and p + "ffn_gate.weight" not in tensors:  # gate first, then up (HF chunk(2))
-            tensors[p + "ffn_gate.weight"] = rows(up, 0, f)
-            tensors[p + "ffn_up.weight"] = rows(up, f, 2 * f)
+            put(p + "ffn_gate.weight", up, 0, f)
+            put(p + "ffn_up.weight", up, f, 2 * f)
+
+
+def _row_range(src: RowSource, start: int, stop: int) -> RowSource:
+    """Rows [start, stop) of a lazy tensor, as a lazy tensor of its own."""
+    return RowSource((stop - start, *src.shape[1:]), lambda a, b: src.read_rows(start + a, start + b))
 
 
 def split_specs(specs: dict[str, Any]) -> None:

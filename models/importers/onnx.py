@@ -6,12 +6,22 @@ the tokenizer files. Weights are initializers: most keep their HF names
 anonymous ``onnx::MatMul_123`` tensors holding W^T. Those are recovered from the
 graph: the MatMul node that reads them is named after the module
 (``/model/layers.0/self_attn/q_proj/MatMul``).
+
+Nothing is loaded whole: the graph is parsed without its weights' bytes
+(:func:`read_skeleton`), and each weight is a RowSource that reads the rows the
+converter asks for from the graph file or the external data file with pread, so
+a conversion holds a block of rows at a time, not the float model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -24,8 +34,10 @@ from edgelut.models.importers.huggingface import (
     expected_shapes,
     hf_to_gguf_name,
     read_json,
+    split_fused,
     tokenizer_from_dir,
 )
+from edgelut.models.lazy import LazyTensors, RowSource
 
 # Graph ops that mean the weights are already quantised by ONNX tooling.
 _QUANTISED_OPS = {"MatMulNBits", "MatMulInteger", "DequantizeLinear", "QLinearMatMul", "GatherBlockQuantized"}
@@ -59,19 +71,314 @@ def find_onnx_file(path: Path) -> Path:
     return found[0]
 
 
-def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict[str, np.ndarray]:
-    """GGUF-named float32 arrays from a graph's initializers (orientation not yet checked).
+# Field numbers of onnx.proto3 that the skeleton reader needs: ModelProto.graph,
+# GraphProto.initializer, TensorProto.raw_data; wire type 2 is length-delimited.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA, _LEN = 7, 5, 9, 2
 
-    Gemma's ``(1 + w)`` norms are folded as the HF importer does.
+
+def _read_varint(f: BinaryIO) -> int:
+    value = shift = 0
+    while True:
+        b = f.read(1)
+        if not b or shift > 63:
+            raise ValueError("a truncated or overlong varint")
+        value |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return value
+        shift += 7
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _fields(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, payload start, field end) of each field of the
+    message in bytes [start, end) of the file; payloads are not read."""
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        key = _read_varint(f)
+        field, wire = key >> 3, key & 7
+        payload = f.tell()
+        if wire == 0:
+            _read_varint(f)
+            stop = f.tell()
+        elif wire == _LEN:
+            n = _read_varint(f)
+            payload = f.tell()
+            stop = payload + n
+        elif wire in (1, 5):
+            stop = payload + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"wire type {wire} at byte {pos}")
+        if stop > end:
+            raise ValueError(f"a field at byte {pos} runs past its message")
+        yield field, wire, pos, payload, stop
+        pos = stop
+
+
+def _span(f: BinaryIO, a: int, b: int) -> bytes:
+    f.seek(a)
+    return f.read(b - a)
+
+
+def read_skeleton(path: Path) -> tuple[bytes, list[tuple[int, int] | None]]:
+    """The model's bytes without its initializers' raw_data, and where each one's raw_data is in
+    the file ((offset, length), or None), in the order of the graph's initializers.
+
+    onnx.load reads the whole file and parses it, holding the weights twice; this walks
+    the protobuf fields instead, copying all but the raw weights (which stay in the file
+    to be read with pread, as external data is).
     """
-    from onnx import numpy_helper
+    out, raws = bytearray(), []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for field, wire, at, payload, stop in list(_fields(f, 0, size)):
+            if (field, wire) != (_MODEL_GRAPH, _LEN):
+                out += _span(f, at, stop)
+                continue
+            graph = bytearray()
+            for g_field, g_wire, g_at, g_payload, g_stop in list(_fields(f, payload, stop)):
+                if (g_field, g_wire) != (_GRAPH_INITIALIZER, _LEN):
+                    graph += _span(f, g_at, g_stop)
+                    continue
+                tensor, raw = bytearray(), None
+                for t_field, t_wire, t_at, t_payload, t_stop in list(_fields(f, g_payload, g_stop)):
+                    if (t_field, t_wire) == (_TENSOR_RAW_DATA, _LEN):
+                        raw = (t_payload, t_stop - t_payload)
+                    else:
+                        tensor += _span(f, t_at, t_stop)
+                raws.append(raw)
+                graph += _varint(_GRAPH_INITIALIZER << 3 | _LEN) + _varint(len(tensor)) + tensor
+            out += _varint(_MODEL_GRAPH << 3 | _LEN) + _varint(len(graph)) + graph
+    return bytes(out), raws
 
+
+# ONNX TensorProto data types the importer reads -> (numpy storage type, bfloat16 bits?).
+_DTYPES = {
+    1: (np.float32, False),  # FLOAT
+    10: (np.float16, False),  # FLOAT16
+    11: (np.float64, False),  # DOUBLE
+    16: (np.uint16, True),  # BFLOAT16: stored as the top half of a float32
+}
+# Reads of W^T columns and tensor comparisons go through buffers of about this many bytes.
+BLOCK_BYTES = 1 << 22
+
+
+def _widen(arr: np.ndarray, bf16: bool) -> np.ndarray:
+    if bf16:
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):  # one read returns at most 2 GiB on Linux
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise RuntimeError(f"{path}: truncated (a tensor's bytes run past the end of the file)")
+        done += n
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """One initializer as stored: bytes at ``offset`` of ``path`` (external data, or the raw_data
+    of the graph file itself), read with pread when rows are asked for; or values in the
+    typed fields of its TensorProto (``proto``, small tensors in memory with the graph)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    bf16: bool
+    proto: Any = None
+    path: Path | None = None
+    offset: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def inline(self) -> np.ndarray:
+        """The values of the graph's typed fields (a transient array on every call)."""
+        t = self.proto
+        if t.data_type in (1, 11):  # FLOAT, DOUBLE: their own typed fields
+            typed = t.float_data if t.data_type == 1 else t.double_data
+            return np.asarray(typed, dtype=self.dtype).reshape(self.shape)
+        # 16-bit types: each value's bits in the low half of an int32_data entry
+        return np.asarray(t.int32_data, np.uint32).astype(np.uint16).view(self.dtype).reshape(self.shape)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Stored rows [a, b) as float32."""
+        if self.proto is not None:
+            return _widen(np.array(self.inline()[a:b]), self.bf16)
+        out = np.empty((b - a, *self.shape[1:]), dtype=self.dtype)
+        with open(self.path, "rb") as f:  # type: ignore[arg-type]
+            _pread_into(f.fileno(), out, self.offset + a * self.row_bytes, self.path)  # type: ignore[arg-type]
+        return _widen(out, self.bf16)
+
+    def columns(self, a: int, b: int) -> np.ndarray:
+        """Columns [a, b) of a stored 2-D tensor, transposed: rows [a, b) of the W that W^T holds.
+
+        Filled a block of stored rows at a time, so nothing but the result and one block is held
+        (an inline tensor: and its transient copy).
+        """
+        n_rows, n_cols = self.shape
+        out = np.empty((b - a, n_rows), dtype=np.float32)
+        size = self.dtype.itemsize
+        whole_rows = 2 * (b - a) >= n_cols  # most of each row: read whole rows, else just the band
+        step = max(1, BLOCK_BYTES // ((n_cols if whole_rows else b - a) * size))
+        data = self.inline() if self.proto is not None else None
+        with contextlib.ExitStack() as stack:
+            fd = None if data is not None else stack.enter_context(open(self.path, "rb")).fileno()  # type: ignore[arg-type]
+            for r in range(0, n_rows, step):
+                s = min(n_rows, r + step) - r
+                if data is not None:
+                    block = data[r : r + s, a:b]
+                elif whole_rows:
+                    block = np.empty((s, n_cols), dtype=self.dtype)
+                    _pread_into(fd, block, self.offset + r * self.row_bytes, self.path)  # type: ignore[arg-type]
+                    block = block[:, a:b]
+                else:
+                    block = np.empty((s, b - a), dtype=self.dtype)
+                    for i in range(s):
+                        at = self.offset + ((r + i) * n_cols + a) * size
+                        _pread_into(fd, block[i], at, self.path)  # type: ignore[arg-type]
+                out[:, r : r + s] = _widen(block, self.bf16).T
+        return out
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A model weight: a stored initializer, read as is or as the W its W^T holds; Gemma's norms + 1."""
+
+    stored: _Stored
+    transposed: bool = False
+    plus_one: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stored.shape[::-1] if self.transposed else self.stored.shape
+
+    def flipped(self) -> _Weight:
+        return replace(self, transposed=not self.transposed)
+
+    def read_rows(self, a: int, b: int) -> np.ndarray:
+        w = self.stored.columns(a, b) if self.transposed else self.stored.rows(a, b)
+        return w + np.float32(1.0) if self.plus_one else w
+
+    def source(self) -> RowSource:
+        return RowSource(self.shape, self.read_rows)
+
+
+def _equal(x: _Weight, y: _Weight) -> bool:
+    """np.array_equal of the two weights, read a block of rows at a time (no whole copies)."""
+    if x.shape != y.shape or not x.shape:
+        return False
+    step = max(1, BLOCK_BYTES // max(1, 4 * math.prod(x.shape[1:])))
+    if x.stored.proto is not None or y.stored.proto is not None:
+        step = x.shape[0]  # every read of typed-field values builds all of them: read them once
+    return all(
+        np.array_equal(x.read_rows(a, min(a + step, x.shape[0])), y.read_rows(a, min(a + step, x.shape[0])))
+        for a in range(0, x.shape[0], step)
+    )
+
+
+def _external(t: Any, directory: Path, onnx_path: Path, need: int) -> tuple[Path, int]:
+    """(data file, offset) of an external initializer, checked before anything is read: the
+    location stays inside the model's directory, and the byte range fits its shape and the file."""
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise ValueError(f"{onnx_path}: tensor {t.name} is external but names no location")
+    if Path(location).is_absolute():
+        raise ValueError(f"{onnx_path}: tensor {t.name} has external data at absolute path {location!r}")
+    path = directory / location
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has external data {location!r} outside the model directory"
+        )
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", need))
+        size = path.stat().st_size
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: tensor {t.name} has a malformed external data offset or length ({e})"
+        ) from e
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the external data of tensor {t.name} ({e.strerror})") from e
+    if not path.is_file():
+        raise ValueError(f"{path}: the external data of tensor {t.name} is not a regular file")
+    if length != need:
+        raise ValueError(
+            f"{path}: tensor {t.name} has {length} bytes of external data, its shape needs {need}"
+        )
+    if offset < 0 or offset + length > size:
+        raise ValueError(
+            f"{path}: tensor {t.name} needs bytes [{offset}, {offset + length}) of a file of {size} bytes"
+        )
+    return path, offset
+
+
+def _stored(t: Any, directory: Path, onnx_path: Path, raw: tuple[int, int] | None) -> _Stored:
+    """Where an initializer's values are, checked against its shape and type (nothing is read);
+    ``raw``: (offset, length) of its raw_data in the graph file."""
+    if t.data_type not in _DTYPES:
+        from onnx import TensorProto
+
+        kind = TensorProto.DataType.Name(t.data_type)
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has data type {kind} (float32, float16 or bfloat16 expected)"
+        )
+    np_dtype, bf16 = _DTYPES[t.data_type]
+    dtype = np.dtype(np_dtype)
+    shape = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{onnx_path}: tensor {t.name} has a negative dimension {shape}")
+    need = math.prod(shape) * dtype.itemsize
+    if t.data_location == 1:  # TensorProto.EXTERNAL
+        path, offset = _external(t, directory, onnx_path, need)
+        return _Stored(t.name, shape, dtype, bf16, path=path, offset=offset)
+    if raw is not None:
+        if raw[1] != need:
+            raise ValueError(f"{onnx_path}: tensor {t.name} has {raw[1]} bytes, its shape needs {need}")
+        return _Stored(t.name, shape, dtype, bf16, path=onnx_path, offset=raw[0])
+    typed = {1: t.float_data, 11: t.double_data}.get(t.data_type, t.int32_data)
+    if len(typed) != math.prod(shape):
+        raise ValueError(
+            f"{onnx_path}: tensor {t.name} has {len(typed)} values, its shape needs {math.prod(shape)}"
+        )
+    return _Stored(t.name, shape, dtype, bf16, proto=t)
+
+
+def weights_from_graph(
+    graph: Any, onnx_path: Path, arch: str = "llama", raws: list[tuple[int, int] | None] | None = None
+) -> dict[str, _Weight]:
+    """GGUF-named weights from a graph's initializers, unread (orientation not yet checked).
+
+    ``raws``: where each initializer's raw_data is in the file (:func:`read_skeleton`).
+    Gemma's ``(1 + w)`` norms are folded as the HF importer does, as rows are read.
+    """
+    directory = onnx_path.parent
     inits = {t.name: t for t in graph.initializer}
-    out: dict[str, np.ndarray] = {}
-    for name, t in inits.items():
+    raw_at = dict(zip((t.name for t in graph.initializer), raws or [], strict=False))
+    stored: dict[str, _Stored] = {}
+
+    def get(name: str) -> _Stored:
+        if name not in stored:
+            stored[name] = _stored(inits[name], directory, onnx_path, raw_at.get(name))
+        return stored[name]
+
+    out: dict[str, _Weight] = {}
+    for name in inits:
         gg = hf_to_gguf_name(name, arch)
         if gg is not None:
-            out[gg] = numpy_helper.to_array(t).astype(np.float32)
+            out[gg] = _Weight(get(name))
     # Anonymous linear weights: name them after the MatMul/Gemm node that reads them.
     for node in graph.node:
         if node.op_type in _QUANTISED_OPS:
@@ -86,23 +393,21 @@ def weights_from_graph(graph: Any, onnx_path: Path, arch: str = "llama") -> dict
         gg = hf_to_gguf_name(param, arch) if param else None
         if gg is None or gg in out:
             continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         # MatMul computes x @ B, so B is W^T (K, N); Gemm with transB=1 stores W (N, K).
-        out[gg] = w if trans_b else w.T
+        w = _Weight(get(node.input[1]))
+        out[gg] = w if trans_b or len(w.shape) != 2 else w.flipped()
     if ARCHITECTURES[arch].norm_plus_one:
-        out = {k: v + np.float32(1.0) if k.endswith("norm.weight") else v for k, v in out.items()}
+        out = {k: replace(v, plus_one=True) if k.endswith("norm.weight") else v for k, v in out.items()}
     return out
 
 
-def orient(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+def orient(weights: dict[str, _Weight], shapes: dict[str, tuple[int, ...]]) -> None:
     """Transpose named 2-D weights that were stored as W^T (square ones are trusted as named)."""
-    for name, arr in tensors.items():
+    for name, w in weights.items():
         want = shapes.get(name)
-        if want and arr.ndim == 2 and tuple(arr.shape) != want and tuple(arr.shape[::-1]) == want:
-            tensors[name] = arr.T
-    for name in tensors:
-        tensors[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        if want and len(w.shape) == 2 and w.shape != want and w.shape[::-1] == want:
+            weights[name] = w.flipped()
 
 
 @register_importer("onnx")
@@ -121,26 +426,37 @@ class ONNXImporter(Importer):
         if not cfg_path.is_file():
             raise ValueError(f"{onnx_path}: no config.json beside it (optimum exports write one)")
         try:
-            proto = onnx.load(str(onnx_path), load_external_data=True)
-        except Exception as e:  # protobuf and onnx raise assorted types on bad bytes
+            # The weights stay in their files (the graph's own raw_data, or external data):
+            # their rows are read when converted.
+            skeleton, raws = read_skeleton(onnx_path)
+            proto = onnx.ModelProto()
+            proto.ParseFromString(skeleton)
+        except Exception as e:  # protobuf and the field walk raise assorted types on bad bytes
             raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        if len(raws) != len(proto.graph.initializer):
+            raise ValueError(f"{onnx_path}: not a readable ONNX model (initializers out of step)")
         cfg_json = read_json(cfg_path)
-        tensors = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path))
-        if "token_embd.weight" not in tensors:
+        weights = weights_from_graph(proto.graph, onnx_path, arch_of(cfg_json, onnx_path), raws)
+        if "token_embd.weight" not in weights:
             raise ValueError(
                 f"{onnx_path}: no model.embed_tokens.weight initializer; export with parameter names"
             )
         # A tied lm_head is often exported as its own (transposed) copy of the embedding.
-        head, emb = tensors.get("output.weight"), tensors["token_embd.weight"]
-        if head is not None and (np.array_equal(head, emb) or np.array_equal(head.T, emb)):
-            del tensors["output.weight"]
+        head, emb = weights.get("output.weight"), weights["token_embd.weight"]
+        if head is not None and (_equal(head, emb) or _equal(head.flipped(), emb)):
+            del weights["output.weight"]
         config = config_from_hf(
             cfg_json,
             onnx_path,
-            tied="output.weight" not in tensors,
-            bias="blk.0.attn_q.bias" in tensors,
+            tied="output.weight" not in weights,
+            bias="blk.0.attn_q.bias" in weights,
         )
-        orient(tensors, expected_shapes(config))
+        orient(weights, expected_shapes(config))
+        tensors = LazyTensors()
+        for name, w in weights.items():
+            tensors.add(name, w.source())
+        if ARCHITECTURES[config.architecture].fused_qkv:
+            split_fused(tensors, config)  # Phi-3: parts that read their rows of the fused tensors
         missing = [n for n in expected_shapes(config) if n not in tensors]
         if missing:
             raise ValueError(
