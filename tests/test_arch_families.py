@@ -21,7 +21,9 @@ from model_fixtures import tiny_config, tiny_weights, write_gguf, write_hf_dir
 from edgelut import Model, _core
 from edgelut.model import engine_config, pack_tensors
 from edgelut.models.config import ModelConfig
+from edgelut.models.gguf_file import Metadata
 from edgelut.models.importers import load_model
+from edgelut.models.importers.gguf import config_from_metadata
 from edgelut.models.reference import forward
 
 # Engine (int8 activation tables) vs numpy over the same q4 weights: measured up to 0.035
@@ -376,3 +378,31 @@ def test_kv_snapshot_restores_a_ring_exactly(kv_type):
     np.testing.assert_array_equal(e.eval(a[:3], len(a)), want)
     with pytest.raises(ValueError, match="not a snapshot of 29 positions"):
         e.kv_restore(saved, len(a) - 1)
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "hidden", "n_heads", "head_dim", "scale"),
+    [
+        (18, 640, 4, 256, 256**-0.5),  # Gemma 3 270M: the head size
+        (62, 5376, 32, 128, 168**-0.5),  # Gemma 3 27B: query_pre_attn_scalar = hidden / heads
+    ],
+)
+def test_gemma3_gguf_query_scale_follows_the_model_size(
+    n_layers: int, hidden: int, n_heads: int, head_dim: int, scale: float
+) -> None:
+    # Gemma 3 GGUFs carry no query_pre_attn_scalar; config.json's value is known by the size.
+    a = "gemma3."
+    values = {
+        "general.architecture": "gemma3",
+        a + "embedding_length": hidden,
+        a + "attention.head_count": n_heads,
+        a + "attention.head_count_kv": n_heads // 2,
+        a + "attention.key_length": head_dim,
+        a + "feed_forward_length": 4 * hidden,
+        a + "block_count": n_layers,
+        a + "attention.layer_norm_rms_epsilon": 1e-6,
+        a + "context_length": 32768,
+    }
+    meta = Metadata(Path("gemma.gguf"), values, {})
+    cfg = config_from_metadata(meta, Path("gemma.gguf"), 262144, tied=True, bias=False)
+    assert cfg.query_scale == pytest.approx(scale)

@@ -147,6 +147,19 @@ def _sliding(meta: Metadata, arch: str) -> dict[str, Any]:
     }
 
 
+# Gemma 3's config.json sets query_pre_attn_scalar, the softmax scale's 1/sqrt(.), which its
+# GGUFs do not carry. It is the head size (256) for every size but 27B, the only one with 62
+# layers, whose value is hidden / heads (5376 / 32 = 168 against a head size of 128); the
+# same rule as llama.cpp's loader.
+_GEMMA3_27B_LAYERS = 62
+
+
+def _query_scale(arch: str | None, n_layers: int, hidden: int, n_heads: int) -> dict[str, Any]:
+    if arch == "gemma3" and n_layers == _GEMMA3_27B_LAYERS:
+        return {"attn_scale": f32((hidden / n_heads) ** -0.5)}
+    return {}
+
+
 # GGUF architecture names that are an edgelut architecture with switches of their own: llama.cpp's
 # "bitnet" graph (the 1bitLLM models) gates with SiLU, bitnet.cpp's "bitnet-b1.58" (2B-4T) with ReLU^2.
 GGUF_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -177,6 +190,7 @@ def config_from_metadata(
     n_heads = meta.int(a + "attention.head_count", lo=1, hi=MAX_HEADS)
     head_dim = meta.int(a + "attention.key_length", hidden // n_heads, lo=2, hi=MAX_WIDTH)
     vocab = meta.int(a + "vocab_size", n_vocab_tensor, lo=1, hi=MAX_VOCAB)
+    n_layers = meta.int(a + "block_count", lo=1, hi=MAX_LAYERS)
     eos = meta.token_id("tokenizer.ggml.eos_token_id", vocab)
     eot = meta.token_id("tokenizer.ggml.eot_token_id", vocab)
     eos_ids = tuple(dict.fromkeys(int(t) for t in (eos, eot) if t is not None))
@@ -186,7 +200,7 @@ def config_from_metadata(
             vocab_size=vocab,
             hidden_size=hidden,
             intermediate_size=meta.int(a + "feed_forward_length", lo=1, hi=MAX_WIDTH),
-            n_layers=meta.int(a + "block_count", lo=1, hi=MAX_LAYERS),
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=meta.int(a + "attention.head_count_kv", n_heads, lo=1, hi=n_heads),
             head_dim=head_dim,
@@ -201,6 +215,7 @@ def config_from_metadata(
             eos_token_ids=eos_ids,
             name=meta.str("general.name", path.stem),
             **_sliding(meta, arch),
+            **_query_scale(arch, n_layers, hidden, n_heads),
             **switches,
         )
     except ValueError as e:
