@@ -179,21 +179,34 @@ def quantize_rows(
     source_codes: Mapping[str, Any],
     importance: np.ndarray | None = None,
     source_specs: Mapping[str, tuple[str, int, bool]] | None = None,
+    *,
+    h: np.ndarray | None = None,
+    act_order: bool = False,
+    factor: Any = None,
 ) -> PackedMatrix | np.ndarray:
-    """RTN / ternary / lossless quantisation of one matrix, a block of rows at a time.
+    """RTN / ternary / lossless / GPTQ (with ``h``) quantisation of one matrix, a block of rows at a time.
 
-    Each row's groups are quantised on their own, so the blocks give the same
-    bytes as the whole matrix at once, in a fraction of the memory (the float
-    matrix of a large embedding is most of a conversion's peak otherwise).
+    Each row's groups are quantised on their own, and GPTQ carries a row's error
+    only along that row, so the blocks give the same bytes as the whole matrix
+    at once, in a fraction of the memory (the float matrix of a large embedding
+    or head is most of a conversion's peak otherwise).
     """
     n, k = tensor_shape(tensors, name)
     step = max(64, ROW_BLOCK_WEIGHTS // max(k, 1) // 64 * 64)
     exact_in = (source_specs or {}).get(name, Q4_SOURCE)
     codes = source_codes if _is_lossless(spec, exact_in) and name in source_codes else None
+    gptq = {"h": h, "act_order": act_order, "factor": factor}
     if spec.is_float or n <= step:
         sc = None if codes is None else codes[name]
         return quantize_tensor(
-            name, tensors[name], spec, method, source_codes=sc, importance=importance, source_spec=exact_in
+            name,
+            tensors[name],
+            spec,
+            method,
+            source_codes=sc,
+            importance=importance,
+            source_spec=exact_in,
+            **gptq,
         )
     parts = []
     for a in range(0, n, step):
@@ -202,7 +215,7 @@ def quantize_rows(
         rows = tensor_rows(tensors, name, a, b)
         parts.append(
             quantize_tensor(
-                name, rows, spec, method, source_codes=sc, importance=importance, source_spec=exact_in
+                name, rows, spec, method, source_codes=sc, importance=importance, source_spec=exact_in, **gptq
             )
         )
     return join_row_blocks(parts, n, k)
@@ -250,13 +263,29 @@ def quantize_model(
     # per-tensor rate would promise a far too long (or short) remainder after one tick.
     bar = tqdm(total=total, desc="quantize", unit="w", unit_scale=True, smoothing=0.1, disable=not progress)
 
-    def calibrated(name: str, w: np.ndarray, h: np.ndarray | None) -> np.ndarray:
+    def calibrated(name: str, w: np.ndarray | None, h: np.ndarray | None) -> np.ndarray | None:
         spec = spec_of(model, recipe, name)
         exact_in = model.source_specs.get(name, Q4_SOURCE)
         lossless = name in model.source_codes and _is_lossless(spec, exact_in)
         uses_factor = not (spec.is_float or lossless or name == "token_embd.weight")
         factor = factor_of(h) if uses_factor else None
         consumed = factor is None and h is not None and shared["h"] is h  # holds a factor now
+        if w is None:  # the head: read and quantised a block of rows at a time; nothing uses it after
+            t = quantize_rows(
+                name,
+                model.tensors,
+                spec,
+                recipe.method,
+                model.source_codes,
+                None,
+                model.source_specs,
+                h=None if consumed else h,
+                act_order=recipe.act_order,
+                factor=factor,
+            )
+            out[name] = store(name, t)
+            bar.update(int(np.prod(tensor_shape(model.tensors, name))))
+            return None
         t = quantize_tensor(
             name,
             w,

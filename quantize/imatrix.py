@@ -109,11 +109,11 @@ def collect_imatrix(
         x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
         return np.einsum("tk,tk->k", x, x)
 
-    def record(name: str, w: np.ndarray, s: np.ndarray | None) -> np.ndarray:
+    def record(name: str, w: np.ndarray | None, s: np.ndarray | None) -> np.ndarray | None:
         if s is not None:
             im.sums[name] = np.asarray(s, dtype=np.float32)
             im.counts[name] = tokens
-        return np.asarray(w, dtype=np.float32)
+        return w
 
     bar = tqdm(total=model.config.n_layers, desc="imatrix", unit="layer", disable=not progress)
     for _ in run_calibrated(model, ids, record, sum_squares, head_too=True):

@@ -359,3 +359,26 @@ print(status('VmRSS') - base, status('VmHWM') - base)
     after, peak = (int(x) for x in r.stdout.split())
     assert after < 46 * MIB, (after / MIB, peak / MIB)
     assert peak < 100 * MIB, (after / MIB, peak / MIB)
+
+
+def test_gptq_row_blocks_give_the_same_bytes_as_the_whole_matrix(rng) -> None:
+    # The head of a large vocabulary is GPTQ-quantised a block of rows at a time
+    # (quantize/calibrate.py hands it over as None): GPTQ carries each row's error
+    # only along that row, so the blocks must equal the whole matrix exactly.
+    from edgelut.quantize import convert
+    from edgelut.quantize.recipe import TensorSpec
+
+    w = rng.standard_normal((1000, 256)).astype(np.float32)
+    x = rng.standard_normal((512, 256)).astype(np.float32)
+    h = 2.0 * (x.T @ x).astype(np.float32)
+    for spec, act_order in ((TensorSpec("q4", 32, True), False), (TensorSpec("q3", 64, True), True)):
+        whole = convert.quantize_tensor("output.weight", w, spec, "gptq", h=h.copy(), act_order=act_order)
+        old = convert.ROW_BLOCK_WEIGHTS
+        try:
+            convert.ROW_BLOCK_WEIGHTS = 192 * 256  # blocks of 192 rows, and a short last one
+            blocked = convert.quantize_rows(
+                "output.weight", {"output.weight": w}, spec, "gptq", {}, h=h.copy(), act_order=act_order
+            )
+        finally:
+            convert.ROW_BLOCK_WEIGHTS = old
+        assert np.asarray(blocked.data).tobytes() == np.asarray(whole.data).tobytes(), spec
