@@ -8,9 +8,9 @@
 namespace edgelut {
 
 namespace {
-// Chunks per thread: enough that the threads that run can absorb the share of
-// one that does not, few enough that taking a chunk stays negligible.
-constexpr int64_t kChunksPerThread = 4;
+// Chunks per home share: enough that the threads that run can absorb the share
+// of one that does not, few enough that an idle machine pays little for them.
+constexpr int64_t kChunksPerThread = 2;
 
 inline void cpu_relax() {
 #if defined(__x86_64__)
@@ -21,9 +21,9 @@ inline void cpu_relax() {
 }
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) {
+ThreadPool::ThreadPool(int n_threads) : parts_(static_cast<size_t>(n_threads < 1 ? 1 : n_threads)) {
   const int n = n_threads < 1 ? 1 : n_threads;
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -36,36 +36,48 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-int64_t ThreadPool::run_chunks(uint32_t gen) {
-  int64_t ran = 0;
-  uint64_t cur = cursor_.load(std::memory_order_acquire);
+bool ThreadPool::claim(int part, uint32_t gen, int64_t& chunk) {
+  std::atomic<uint64_t>& cursor = parts_[static_cast<size_t>(part)].cursor;
+  uint64_t cur = cursor.load(std::memory_order_acquire);
   for (;;) {
-    if (static_cast<uint32_t>(cur >> 32) != gen) break;  // a newer job (or none) owns the cursor
-    const int64_t c = static_cast<int64_t>(cur & 0xffffffffu);
-    const int64_t chunks = chunks_.load(std::memory_order_relaxed);
-    if (c >= chunks) break;
-    if (!cursor_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire))
-      continue;  // cur was reloaded
-    // Ours now: the job cannot change before this chunk is counted done.
-    const int64_t n = job_n_.load(std::memory_order_relaxed);
-    const int64_t total = chunks_.load(std::memory_order_relaxed);
-    const int64_t begin = n * c / total, end = n * (c + 1) / total;
-    if (begin < end) {
-      try {
-        (*job_.load(std::memory_order_relaxed))(begin, end);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(error_mu_);
-        if (!error_) error_ = std::current_exception();
-      }
+    if (static_cast<uint32_t>(cur >> 32) != gen) return false;  // a newer job (or none) owns it
+    const int64_t i = static_cast<int64_t>(cur & 0xffffffffu);
+    if (i >= kChunksPerThread) return false;
+    if (cursor.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+      chunk = part * kChunksPerThread + i;
+      return true;
     }
-    done_.fetch_add(1, std::memory_order_acq_rel);
-    ++ran;
-    cur = cursor_.load(std::memory_order_acquire);
   }
+}
+
+int64_t ThreadPool::run_chunks(int self, uint32_t gen) {
+  const int parts = size();
+  int64_t ran = 0;
+  for (int k = 0; k < parts; ++k) {
+    const int part = (self + k) % parts;  // home first, then the others in turn
+    int64_t c;
+    while (claim(part, gen, c)) {
+      // Ours now: the job cannot change before this chunk is counted done.
+      const int64_t n = job_n_.load(std::memory_order_relaxed);
+      const int64_t total = kChunksPerThread * parts;
+      const int64_t begin = n * c / total, end = n * (c + 1) / total;
+      if (begin < end) {
+        try {
+          (*job_.load(std::memory_order_relaxed))(begin, end);
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(error_mu_);
+          if (!error_) error_ = std::current_exception();
+        }
+      }
+      ++ran;
+    }
+  }
+  // One count per thread and job, not per chunk: the caller waits on it.
+  if (ran) done_.fetch_add(ran, std::memory_order_acq_rel);
   return ran;
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
     // Spin first: the next job usually comes within microseconds.
@@ -81,7 +93,7 @@ void ThreadPool::worker_loop() {
     }
     seen = gen;
     if (stop_.load()) return;
-    run_chunks(static_cast<uint32_t>(gen));
+    run_chunks(index, static_cast<uint32_t>(gen));
   }
 }
 
@@ -93,23 +105,23 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   job_.store(&fn, std::memory_order_relaxed);
   job_n_.store(n, std::memory_order_relaxed);
-  const int64_t chunks = std::min<int64_t>(n, kChunksPerThread * size());
-  chunks_.store(chunks, std::memory_order_relaxed);
   error_ = nullptr;
   done_.store(0, std::memory_order_relaxed);
-  // Only this thread (and the destructor) moves the generation. The cursor
-  // goes first, with release, so a worker that takes a chunk of this job also
+  // Only this thread (and the destructor) moves the generation. The cursors
+  // go first, with release, so a thread that takes a chunk of this job also
   // sees the job above; the generation then wakes the workers.
   const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
-  cursor_.store(static_cast<uint64_t>(static_cast<uint32_t>(gen)) << 32, std::memory_order_release);
+  const uint64_t start = static_cast<uint64_t>(static_cast<uint32_t>(gen)) << 32;
+  for (Part& p : parts_) p.cursor.store(start, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lk(mu_);
     generation_.store(gen, std::memory_order_release);
   }
   wake_.notify_all();
-  run_chunks(static_cast<uint32_t>(gen));
+  run_chunks(0, static_cast<uint32_t>(gen));
   // Every chunk is taken; wait for the ones other threads still run. Yield
   // after a short spin: the thread we wait for may be queued on our core.
+  const int64_t chunks = kChunksPerThread * size();
   for (int spin = 0; done_.load(std::memory_order_acquire) != chunks; ++spin) {
     if (spin < 2000)
       cpu_relax();
