@@ -233,6 +233,12 @@ class Tokenizer:
         """What rebuilds this tokenizer; its JSON document is serialised anew on each access."""
         return dataclasses.replace(self._data, tokenizer_json=self._tk.to_str())
 
+    @property
+    def settings(self) -> TokenizerData:
+        """The chat template, special tokens and BOS rule, without the JSON document (free to
+        read, unlike ``data``, which serialises it: tens of MB for a large vocabulary)."""
+        return self._data
+
     @classmethod
     def from_source(cls, source: str | Path) -> Tokenizer:
         """The tokenizer of a model source (.gguf file, HF or ONNX export directory) without its weights."""

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     # As llama-perplexity: a model whose tokenizer adds BOS gets BOS as the first token of
     # every window (Gemma's attention leans on it; without it Gemma 3 270M scores 22.8, not 18.3).
     tok = model.tokenizer
-    bos = getattr(tok, "bos_id", None) if getattr(getattr(tok, "data", None), "add_bos", False) else None
+    bos = getattr(tok, "bos_id", None) if getattr(getattr(tok, "settings", None), "add_bos", False) else None
     ids = model.tokenize(path.read_text(encoding="utf-8"), add_special=bos is not None)
     ctx = args.ctx
     n_windows = len(ids) // ctx

@@ -123,7 +123,7 @@ class Server:
         model.complete([0], GenerateOptions(max_tokens=1, temperature=0.0), lambda _: None)
         model.reset()
         tok = model.tokenizer
-        if getattr(tok, "data", None) is not None:
+        if getattr(tok, "settings", None) is not None:  # an edgelut Tokenizer: it can serialise itself
             # The document is asked for when the first constrained request comes (Tokenizer
             # serialises it anew; holding it would cost tens of MB for a large vocabulary).
             self.state.grammars = Grammars(
@@ -223,7 +223,7 @@ class Server:
         tok = model.tokenizer
         if tok is None:
             raise bad_request("this model has no tokenizer; use /v1/completions with token ids", "messages")
-        template = getattr(getattr(tok, "data", None), "chat_template", None)
+        template = getattr(getattr(tok, "settings", None), "chat_template", None)
         plan = tools.plan(req.tools, req.tool_choice, template)
         schema = response_format_schema(req.response_format)
         if schema is not None and plan.forced is not None:
