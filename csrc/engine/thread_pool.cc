@@ -1,6 +1,5 @@
 #include "thread_pool.h"
 
-#include <algorithm>
 #include <memory>
 
 #include "cpu_topology.h"
@@ -50,7 +49,7 @@ bool ThreadPool::claim(int part, uint32_t gen, int64_t& chunk) {
   }
 }
 
-int64_t ThreadPool::run_chunks(int self, uint32_t gen) {
+void ThreadPool::run_chunks(int self, uint32_t gen) {
   const int parts = size();
   int64_t ran = 0;
   for (int k = 0; k < parts; ++k) {
@@ -74,7 +73,6 @@ int64_t ThreadPool::run_chunks(int self, uint32_t gen) {
   }
   // One count per thread and job, not per chunk: the caller waits on it.
   if (ran) done_.fetch_add(ran, std::memory_order_acq_rel);
-  return ran;
 }
 
 void ThreadPool::worker_loop(int index) {

@@ -51,9 +51,8 @@ class ThreadPool {
   };
 
   void worker_loop(int index);
-  // Takes and runs chunks of job `gen`, its own part first, then the others';
-  // returns how many it ran.
-  int64_t run_chunks(int self, uint32_t gen);
+  // Takes and runs chunks of job `gen`, its own part first, then the others'.
+  void run_chunks(int self, uint32_t gen);
   bool claim(int part, uint32_t gen, int64_t& chunk);
 
   std::vector<std::thread> workers_;
