@@ -9,13 +9,14 @@ Setting a name stores a concrete value (tests and importers may override).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LazyTensors", "RowSource", "tensor_rows", "tensor_shape"]
+__all__ = ["LazyTensors", "RowSource", "pread_exact", "tensor_rows", "tensor_shape", "to_float32"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,21 @@ def tensor_rows(tensors: Mapping[str, Any], name: str, a: int, b: int) -> Any:
     if isinstance(v, tuple):  # (codes, scales, mins) of a source-quantised tensor
         return tuple(None if x is None else x[a:b] for x in v)
     return v[a:b]
+
+
+def pread_exact(fd: int, buf: np.ndarray, offset: int, short: str) -> None:
+    """Fills buf with the file's bytes from offset on; a file that ends first raises
+    RuntimeError(short). One read returns at most 2 GiB on Linux, so it loops."""
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise RuntimeError(short)
+        done += n
+
+
+def to_float32(arr: np.ndarray, bf16: bool) -> np.ndarray:
+    """Stored values as float32; bf16: uint16 bits, the top half of a float32 (numpy has no bfloat16)."""
+    if bf16:
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from edgelut.models.config import ARCHITECTURES, ImportedModel, ModelConfig, TokenizerData, expected_tensors
 from edgelut.models.importers import Importer, ModelNotFoundError, register_importer
-from edgelut.models.lazy import LazyTensors, RowSource, tensor_shape
+from edgelut.models.lazy import LazyTensors, RowSource, pread_exact, tensor_shape, to_float32
 
 # HF model_type -> edgelut architecture (Mistral is a llama with a sliding window).
 MODEL_TYPES = {t: arch for arch, traits in ARCHITECTURES.items() for t in traits.hf_model_types}
@@ -407,13 +406,11 @@ def _safetensors_rows(path: Path, offset: int, dtype: np.dtype, bf16: bool, shap
     def read(a: int, b: int) -> np.ndarray:
         if not shape:
             a, b = 0, 1
+        arr = np.empty((b - a) * row // dtype.itemsize, dtype=dtype)
         with open(path, "rb") as f:
-            buf = os.pread(f.fileno(), (b - a) * row, offset + a * row)
-        if len(buf) != (b - a) * row:
-            raise RuntimeError(f"{path}: truncated safetensors file")
-        arr = np.frombuffer(buf, dtype=dtype)
+            pread_exact(f.fileno(), arr, offset + a * row, f"{path}: truncated safetensors file")
         if bf16:
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            arr = to_float32(arr, True)
         return arr.reshape(shape if not shape else (b - a, *shape[1:]))
 
     return read

@@ -37,7 +37,7 @@ from edgelut.models.importers.huggingface import (
     split_fused,
     tokenizer_from_dir,
 )
-from edgelut.models.lazy import LazyTensors, RowSource
+from edgelut.models.lazy import LazyTensors, RowSource, pread_exact, to_float32
 
 # Graph ops that mean the weights are already quantised by ONNX tooling.
 _QUANTISED_OPS = {"MatMulNBits", "MatMulInteger", "DequantizeLinear", "QLinearMatMul", "GatherBlockQuantized"}
@@ -171,19 +171,8 @@ _DTYPES = {
 BLOCK_BYTES = 1 << 22
 
 
-def _widen(arr: np.ndarray, bf16: bool) -> np.ndarray:
-    if bf16:
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
 def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
-    view, done = memoryview(buf).cast("B"), 0
-    while done < len(view):  # one read returns at most 2 GiB on Linux
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise RuntimeError(f"{path}: truncated (a tensor's bytes run past the end of the file)")
-        done += n
+    pread_exact(fd, buf, offset, f"{path}: truncated (a tensor's bytes run past the end of the file)")
 
 
 @dataclass(frozen=True)
@@ -216,11 +205,11 @@ class _Stored:
     def rows(self, a: int, b: int) -> np.ndarray:
         """Stored rows [a, b) as float32."""
         if self.proto is not None:
-            return _widen(np.array(self.inline()[a:b]), self.bf16)
+            return to_float32(np.array(self.inline()[a:b]), self.bf16)
         out = np.empty((b - a, *self.shape[1:]), dtype=self.dtype)
         with open(self.path, "rb") as f:  # type: ignore[arg-type]
             _pread_into(f.fileno(), out, self.offset + a * self.row_bytes, self.path)  # type: ignore[arg-type]
-        return _widen(out, self.bf16)
+        return to_float32(out, self.bf16)
 
     def columns(self, a: int, b: int) -> np.ndarray:
         """Columns [a, b) of a stored 2-D tensor, transposed: rows [a, b) of the W that W^T holds.
@@ -249,7 +238,7 @@ class _Stored:
                     for i in range(s):
                         at = self.offset + ((r + i) * n_cols + a) * size
                         _pread_into(fd, block[i], at, self.path)  # type: ignore[arg-type]
-                out[:, r : r + s] = _widen(block, self.bf16).T
+                out[:, r : r + s] = to_float32(block, self.bf16).T
         return out
 
 
