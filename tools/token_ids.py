@@ -16,7 +16,7 @@ import argparse
 import sys
 
 import edgelut
-from edgelut.cli.common import DEFAULT_SYSTEM
+from edgelut.cli.common import DEFAULT_SYSTEM, SYSTEM_HELP
 
 
 def encode(model: edgelut.Model, text: str, system: str, raw: bool) -> list[int]:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     enc = sub.add_parser("encode", help="text -> ids")
     enc.add_argument("text")
-    enc.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
+    enc.add_argument("--system", default=DEFAULT_SYSTEM, help=SYSTEM_HELP)
     enc.add_argument("--raw", action="store_true", help="no chat template")
     dec = sub.add_parser("decode", help="ids -> text")
     dec.add_argument("ids", nargs="+")

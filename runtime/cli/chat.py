@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgelut.cli.common import DEFAULT_SYSTEM, add_model_args, load_model
+from edgelut.cli.common import DEFAULT_SYSTEM, SYSTEM_HELP, add_model_args, load_model
 from edgelut.cli.sampling_args import add_sampling_args, sampling_kwargs
 
 HELP = "commands: /reset (clear history), /stats (speed, memory), /exit"
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a model", description=__doc__)
     add_model_args(p)
     add_sampling_args(p)
-    p.add_argument("--system", default=DEFAULT_SYSTEM, help="system message ('' for none)")
+    p.add_argument("--system", default=DEFAULT_SYSTEM, help=SYSTEM_HELP)
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="longest reply in tokens")
     think = p.add_mutually_exclusive_group()
     think.add_argument(

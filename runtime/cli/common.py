@@ -8,7 +8,13 @@ from pathlib import Path
 from edgelut.cli import UserError
 from edgelut.cli.distributed_args import add_coordinator_args, coordinator_options
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
+# No system message by default: the model's chat template then applies its own
+# default (SmolLM2's names the model, Qwen2.5's too), as llama.cpp and
+# transformers do. A generic "You are a helpful assistant." overrides that, and
+# on SmolLM2-135M it turned the greedy answer to "What is the capital of
+# France?" into a French ramble instead of "The capital of France is Paris."
+DEFAULT_SYSTEM = ""
+SYSTEM_HELP = "system message (default: none, so the chat template's own default applies)"
 
 
 def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None:

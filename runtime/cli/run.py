@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgelut.cli.common import DEFAULT_SYSTEM, add_model_args, load_model
+from edgelut.cli.common import DEFAULT_SYSTEM, SYSTEM_HELP, add_model_args, load_model
 from edgelut.cli.sampling_args import add_sampling_args, sampling_kwargs
 
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     p.add_argument("-n", "--max-tokens", type=int, default=256)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--system", default=DEFAULT_SYSTEM, help="system message with --chat")
+    p.add_argument("--system", default=DEFAULT_SYSTEM, help="with --chat: " + SYSTEM_HELP)
     p.set_defaults(func=run)
 
 
