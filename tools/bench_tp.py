@@ -38,7 +38,11 @@ EDGELUT = [sys.executable, "-m", "edgelut.cli"]
 MODELS = {
     # name: (source GGUF, edgelut file name)
     "smollm2": (Path.home() / ".cache/edgelut/models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-q4g32.elut"),
-    "qwen1.5b": (Path("/work/models/qwen2.5-coder-1.5b-instruct.gguf"), "qwen2.5-coder-1.5b-q4g32.elut"),
+    # where `edgelut pull qwen2.5-coder-1.5b-instruct` leaves the joined GGUF
+    "qwen1.5b": (
+        Path.home() / ".cache/edgelut/models/qwen2.5-coder-1.5b-instruct.gguf",
+        "qwen2.5-coder-1.5b-q4g32.elut",
+    ),
 }
 RPC_PORT = 50052
 TP_PORT = 5555
