@@ -22,73 +22,50 @@ import netlab  # noqa: E402
 
 pytestmark = pytest.mark.skipif(netlab.available() is not None, reason=str(netlab.available()))
 
-# Echoes every byte back (RTT), or counts what arrives and prints the rate (tbf).
+# Counts what arrives and prints the rate (tbf); the round trips use netlab's echo pair.
 SERVER = r"""
 import socket, sys, time
-mode, host = sys.argv[1], sys.argv[2]
+host = sys.argv[1]
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((host, 0)); s.listen(1)
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-if mode == "echo":
-    while d := c.recv(4096):
-        c.sendall(d)
-else:
-    n, t0 = 0, None
-    while d := c.recv(1 << 16):
-        t0 = t0 or time.monotonic()
-        n += len(d)
-    print(n, time.monotonic() - t0, flush=True)
+n, t0 = 0, None
+while d := c.recv(1 << 16):
+    t0 = t0 or time.monotonic()
+    n += len(d)
+print(n, time.monotonic() - t0, flush=True)
 """
 
-# Round trips of one byte (the fastest of 100, seconds: a busy machine only adds to
-# some of them, and the relay can never make one shorter than its delay) or a bulk send.
 CLIENT = r"""
-import socket, sys, time
-mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = socket.create_connection((host, port), timeout=20)
-c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-if mode == "echo":
-    rtts = []
-    for _ in range(100):
-        t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtts.append(time.perf_counter() - t0)
-    print(min(rtts), flush=True)
-else:
-    c.sendall(b"\0" * int(sys.argv[4])); c.shutdown(socket.SHUT_WR); c.recv(1)
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+c.sendall(b"\0" * int(sys.argv[3])); c.shutdown(socket.SHUT_WR); c.recv(1)
 """
 
 
-def _server(lab: netlab.NetLab, mode: str) -> tuple[subprocess.Popen, int]:
-    p = lab.popen(0, [sys.executable, "-c", SERVER, mode, lab.addr(0)], stdout=subprocess.PIPE, text=True)
+def _server(lab: netlab.NetLab) -> tuple[subprocess.Popen, int]:
+    p = lab.popen(0, [sys.executable, "-c", SERVER, lab.addr(0)], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     return p, int(p.stdout.readline())
 
 
-def _rtt(lab: netlab.NetLab, delay_ms: float) -> float:
-    _, port = _server(lab, "echo")
-    relay = lab.relay(1, (lab.addr(0), port), delay_ms)
-    out = lab.run(
-        1, [sys.executable, "-c", CLIENT, "echo", "127.0.0.1", str(relay)], timeout=60, capture_output=True
-    )
-    return float(out.stdout)
-
-
 def test_relay_rtt_is_twice_the_one_way_delay():
     with netlab.NetLab(2) as lab:
-        base = _rtt(lab, 0.0)
-        delayed = _rtt(lab, 2.0)
+        # The fastest of 100: a busy machine only adds to some round trips, and the relay
+        # can never make one shorter than its delay.
+        base = lab.echo_rtt(1, 0.0, stat="min")
+        delayed = lab.echo_rtt(1, 2.0, stat="min")
     # The relay adds the delay once in each direction; the rest is the (loaded) machine.
-    assert base < 0.002, f"RTT through an undelayed relay is {base * 1e3:.2f} ms"
+    assert base < 0.002, f"RTT straight over the veth is {base * 1e3:.2f} ms"
     assert 0.0038 < delayed < 0.0040 + base + 0.0015, f"RTT with 2 ms each way is {delayed * 1e3:.2f} ms"
 
 
 def test_tbf_limits_the_rate():
     with netlab.NetLab(2, rate_mbit=40) as lab:
-        server, port = _server(lab, "count")
+        server, port = _server(lab)
         n = 3_000_000
-        lab.run(
-            1, [sys.executable, "-c", CLIENT, "bulk", lab.addr(0), str(port), str(n)], timeout=60, check=True
-        )
+        lab.run(1, [sys.executable, "-c", CLIENT, lab.addr(0), str(port), str(n)], timeout=60, check=True)
         got, seconds = server.communicate(timeout=30)[0].split()
     mbit = int(got) * 8 / float(seconds) / 1e6
     assert int(got) == n

@@ -10,7 +10,8 @@ For each model: decode and prefill tokens/s of
   - llama.cpp, 1 device, 1 thread (llama-bench) and 2 devices over RPC (ggml-rpc-server in the
     other namespace, llama-bench --rpc) on the Q4_0 of the same model, on the same links.
 Links are tools/netlab.py: veth + `tc tbf` for the rate; this kernel has no sch_netem, so the
-delay is tools/delay_relay.py, a user-space relay on the dialling side. Needs root.
+delay is tools/delay_relay.py, a user-space relay on the dialling side (at 0 ms the dialling
+side connects straight over the veth). Needs root.
 
     python tools/bench_tp.py --llama-build /work/peers/llama.cpp/build --workdir /tmp/tp \\
         --models smollm2,qwen1.5b --delays 0,0.5,2 --rate 100 -p 64 -n 32
@@ -88,6 +89,37 @@ def prepare(name: str, workdir: Path, llama_bin: Path) -> dict[str, Path]:
     return {"elut": elut, "shards": shards, "layers": layers, "q4_0": q4_0}
 
 
+def link_endpoint(lab: netlab.NetLab, host: int, target: tuple[str, int], delay: float) -> str:
+    """Where host dials target: through a delaying relay, or straight over the veth at 0 ms.
+
+    At 0 ms the relay would only add a third busy process (Python, on the dialling host's
+    CPU) and two socket hops per message; on a 2-core machine it competes with both
+    "devices" for the cores, which real devices do not share.
+    """
+    if delay <= 0:
+        return f"{target[0]}:{target[1]}"
+    return f"127.0.0.1:{lab.relay(host, target, delay)}"
+
+
+def floor_note(
+    base: dict[str, tuple[float, float]], sync: str, decode: float, rtt: float, n_layers: int
+) -> str:
+    """The head split's per-token cost of a link against its floor, (2 L + 1) x the RTT added.
+
+    A decode token makes two all-reduces per layer plus the token's hand-over, each a round
+    trip. The first link a sync mode runs on (normally 0 ms) is the base: what a slower link
+    adds to the token time is compared with what its RTT adds to the floor.
+    """
+    token = 1.0 / decode if decode else float("inf")
+    if sync not in base:
+        base[sync] = (token, rtt)
+        return f"RTT {rtt * 1e3:.2f} ms"
+    token0, rtt0 = base[sync]
+    floor = (2 * n_layers + 1) * (rtt - rtt0)
+    ratio = (token - token0) / floor if floor > 0 else float("nan")
+    return f"RTT {rtt * 1e3:.2f} ms; added {1e3 * (token - token0):.0f} ms/token = {ratio:.2f}x the floor"
+
+
 # ---- edgelut ------------------------------------------------------------------------------
 def edgelut_one(elut: Path, p: int, n: int, r: int) -> tuple[float, float]:
     out = run(
@@ -130,16 +162,16 @@ def has_worker() -> bool:
 def edgelut_two(
     lab: netlab.NetLab, shards: Path, delay: float, sync: str, p: int, n: int, r: int, budget: list[str]
 ) -> tuple[float, float]:
-    """Coordinator (`edgelut bench --shards`) in host 0; `edgelut worker` in host 1 dials via the relay."""
+    """Coordinator (`edgelut bench --shards`) in host 0; `edgelut worker` in host 1 dials it."""
     files = sorted(shards.glob("shard-*.elut"))
     listen = f"tcp://{lab.addr(0)}:{TP_PORT}"
-    relay = lab.relay(1, (lab.addr(0), TP_PORT), delay)
+    via = link_endpoint(lab, 1, (lab.addr(0), TP_PORT), delay)
     auth = ["--insecure"]  # the CURVE cost is the same for both rows of a pair; keys are tp's tests
     coord_cmd = [*EDGELUT, "bench", str(files[0]), "--shards", "2", "--listen", listen, "--sync", sync, *auth]
     coord_cmd += ["-t", "1", "-p", str(p), "-n", str(n), "-r", str(r), "--json"]
     coord = lab.popen(0, coord_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lab.wait_port(1, (lab.addr(0), TP_PORT))
-    worker_cmd = [*EDGELUT, "worker", str(files[1]), "--connect", f"tcp://127.0.0.1:{relay}"]
+    worker_cmd = [*EDGELUT, "worker", str(files[1]), "--connect", f"tcp://{via}"]
     worker_cmd += ["--rank", "1", "--shards", "2", "-t", "1", *auth, *budget]
     worker = lab.popen(1, worker_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -188,8 +220,8 @@ def llama_rpc(lab: netlab.NetLab, llama_bin: Path, q4_0: Path, delay: float, p: 
     )
     try:
         lab.wait_port(0, (lab.addr(1), RPC_PORT))
-        relay = lab.relay(0, (lab.addr(1), RPC_PORT), delay)
-        return llama_bench(lab, llama_bin, q4_0, p, n, r, f"127.0.0.1:{relay}")
+        via = link_endpoint(lab, 0, (lab.addr(1), RPC_PORT), delay)
+        return llama_bench(lab, llama_bin, q4_0, p, n, r, via)
     finally:
         server.kill()
         server.wait(10)
@@ -313,9 +345,12 @@ def main(argv: list[str] | None = None) -> int:
                     *llama_bench(None, llama_bin, files["q4_0"], args.p, args.n, args.r, None),
                 )
             )
+        n_layers = int(json.loads((files["shards"] / "manifest.json").read_text())["n_layers"])
+        base: dict[str, tuple[float, float]] = {}  # sync -> (token s, RTT s) on the first link
         for delay, rate in links:
             link = f"{delay:g} ms" + (f" @ {rate:g} Mbit/s" if rate else "")
             with netlab.NetLab(2, rate_mbit=rate) as lab:
+                rtt = lab.echo_rtt(1, delay)
                 for sync in args.syncs.split(",") if "tp" in want else []:
                     if not tp:
                         emit(
@@ -333,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     try:
                         res = edgelut_two(lab, files["shards"], delay, sync, args.p, args.n, args.r, [])
-                        emit(Row(name, "edgelut", 2, link, sync, *res))
+                        emit(
+                            Row(
+                                name,
+                                "edgelut",
+                                2,
+                                link,
+                                sync,
+                                *res,
+                                floor_note(base, sync, res[1], rtt, n_layers),
+                            )
+                        )
                     except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
                         emit(Row(name, "edgelut", 2, link, sync, None, None, f"failed: {e}"))
                 if "layers" in want and tp:

@@ -47,6 +47,28 @@ def _ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
 
+# One-byte echo over TCP (NODELAY): the server prints its port, the client the median (or
+# the min) of COUNT round trips in seconds.
+ECHO_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while d := c.recv(4096):
+    c.sendall(d)
+"""
+ECHO_CLIENT = r"""
+import socket, statistics, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtts = []
+for _ in range(int(sys.argv[3])):
+    t0 = time.perf_counter(); c.sendall(b"x"); c.recv(1); rtts.append(time.perf_counter() - t0)
+print(min(rtts) if sys.argv[4] == "min" else statistics.median(rtts), flush=True)
+"""
+
+
 class NetLab:
     """n_hosts namespaces on one bridge; rate_mbit (optional) limits every host's link both ways."""
 
@@ -167,6 +189,33 @@ class NetLab:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"nothing listens on {target[0]}:{target[1]} after {timeout:.0f} s")
+
+    def echo_rtt(self, host: int, delay_ms: float, count: int = 100, stat: str = "median") -> float:
+        """Median (or "min") round trip (s) of one byte from host to an echo server in host 0.
+
+        Through the delaying relay when delay_ms > 0, straight over the veth otherwise,
+        as a tensor-parallel worker in host dials the coordinator: the RTT that the
+        all-reduce floor (2 per layer) is measured against.
+        """
+        server = self.popen(
+            0, [sys.executable, "-c", ECHO_SERVER, self.addr(0)], stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        target = (
+            ("127.0.0.1", self.relay(host, (self.addr(0), port), delay_ms))
+            if delay_ms > 0
+            else (self.addr(0), port)
+        )
+        out = self.run(
+            host,
+            [sys.executable, "-c", ECHO_CLIENT, target[0], str(target[1]), str(count), stat],
+            timeout=60,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return float(out.stdout)
 
     def relay(self, host: int, target: tuple[str, int], delay_ms: float) -> int:
         """Starts a delaying relay in host's namespace to target; returns its port on 127.0.0.1."""
