@@ -291,7 +291,9 @@ def test_int8_prefill_exact_at_the_int16_extremes(qtype: str, group: int) -> Non
     codes = np.where(np.arange(n)[:, None] % 2 == 0, hi, lo) * np.ones((1, k), np.int64)
     scales = np.full((n, -(-k // group)), 0.01, np.float32)
     w = K.pack(codes, scales, None, qtype, group)
-    x = np.stack([np.full(k, 3.0), np.full(k, -3.0), np.where(np.arange(k) % 2 == 0, 3.0, -3.0)]).astype(np.float32)
+    x = np.stack([np.full(k, 3.0), np.full(k, -3.0), np.where(np.arange(k) % 2 == 0, 3.0, -3.0)]).astype(
+        np.float32
+    )
     ref = K.gemm(w, x, isa="scalar", int8=True)
     exact = (w.dequantize().astype(np.float64) @ x.T.astype(np.float64)).T
     assert np.allclose(ref, exact, rtol=1e-5, atol=1e-4)

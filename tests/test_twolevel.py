@@ -113,7 +113,9 @@ def test_scalar_within_table_bound_of_float64(rng, qtype: str) -> None:
 @pytest.mark.parametrize("isa", [i for i in K.int8_isas() if i != "scalar"])
 @pytest.mark.parametrize("qtype", ["q1", "q2", "q3", "q4"])
 @pytest.mark.parametrize(("n", "k", "group", "m"), [(130, 576, 32, 20), (70, 200, 64, 3), (65, 1000, 128, 9)])
-def test_int8_simd_exact_to_its_reference(rng, isa: str, qtype: str, n: int, k: int, group: int, m: int) -> None:
+def test_int8_simd_exact_to_its_reference(
+    rng, isa: str, qtype: str, n: int, k: int, group: int, m: int
+) -> None:
     # 576 ends in a partial super-block, 200 and 1000 in a group past K.
     w, _ = random_two_level(rng, n, k, qtype, group)
     x = rng.standard_normal((m, k)).astype(np.float32)
