@@ -6,7 +6,8 @@
 // (broadcast to both 128-bit lanes) looks up 32 rows at once. The int16
 // accumulation scheme is described in lut_x86_driver.h. Tokens are processed
 // in blocks of kTokBlock (2: AVX2 has only 16 registers) so one pair of index
-// vectors serves several lookups.
+// vectors serves several lookups. The int8 prefill kernel (bit-identical to
+// int8_gemm_ref) is further down.
 #include <immintrin.h>
 
 #include "dispatch.h"
@@ -229,6 +230,7 @@ inline Int8Scratch& int8_scratch() {
   return s;
 }
 
+// malloc aligns to at least 16 bytes, so the skip is whole elements.
 template <class T>
 T* aligned_buffer(std::vector<T>& v, size_t count) {
   v.resize(count + 64 / sizeof(T));
