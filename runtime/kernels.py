@@ -180,7 +180,7 @@ def gemm(
 
     ``int8=True`` takes the int8 prefill path (activations quantised to int8
     per group, see csrc/kernels/lut.h for its error bound) where the ISA has
-    one (scalar reference, avx512); elsewhere it is the LUT path.
+    one (scalar reference, avx2, avx512); elsewhere it is the LUT path.
     """
     x = _as_f32(x, "x")
     if x.ndim != 2:

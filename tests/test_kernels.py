@@ -281,6 +281,37 @@ def test_int8_prefill_576x1536(rng: np.random.Generator, isa: str, m: int) -> No
 
 
 @pytest.mark.parametrize("qtype", K.QTYPES)
+@pytest.mark.parametrize("group", K.GROUP_SIZES)
+def test_int8_prefill_exact_at_the_int16_extremes(qtype: str, group: int) -> None:
+    # Every weight at its extreme level and every activation at +-amax: xu = 255
+    # or 1 everywhere, the largest partial sums the SIMD kernels form in int16
+    # (AVX2: 4 chunks of vpmaddubsw pairs, 4 * 2 * 255 * 15 = 30600 for q4).
+    lo, hi = K.CODE_RANGE[qtype]
+    n, k = 130, 3 * group + 8  # a partial last tile and a last group past K
+    codes = np.where(np.arange(n)[:, None] % 2 == 0, hi, lo) * np.ones((1, k), np.int64)
+    scales = np.full((n, -(-k // group)), 0.01, np.float32)
+    w = K.pack(codes, scales, None, qtype, group)
+    x = np.stack([np.full(k, 3.0), np.full(k, -3.0), np.where(np.arange(k) % 2 == 0, 3.0, -3.0)]).astype(
+        np.float32
+    )
+    ref = K.gemm(w, x, isa="scalar", int8=True)
+    exact = (w.dequantize().astype(np.float64) @ x.T.astype(np.float64)).T
+    assert np.allclose(ref, exact, rtol=1e-5, atol=1e-4)
+    for isa in INT8_ISAS:
+        assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), ref), isa
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+def test_int8_prefill_many_tokens_any_thread_split(rng: np.random.Generator, isa: str) -> None:
+    # 5 tiles (the last one partial) split over 1-3 threads, 70 tokens, K with a tail group.
+    w, _ = make_matrix(rng, 300, 1000, "q3", 64, True)
+    x = rng.standard_normal((70, 1000)).astype(np.float32)
+    ref = K.gemm(w, x, isa="scalar", int8=True, n_threads=1)
+    for threads in (1, 2, 3):
+        assert np.array_equal(K.gemm(w, x, isa=isa, int8=True, n_threads=threads), ref), threads
+
+
+@pytest.mark.parametrize("qtype", K.QTYPES)
 @pytest.mark.parametrize("asym", [False, True])
 def test_pack_unpack_round_trip(rng: np.random.Generator, qtype: str, asym: bool) -> None:
     lo, hi = K.CODE_RANGE[qtype]

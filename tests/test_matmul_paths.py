@@ -101,7 +101,7 @@ def test_auto_equals_forced_path_per_call(tiny) -> None:  # noqa: F811
     assert np.array_equal(out["auto"][0], out["int8"][0])
     if K.cpu_isa() in K.int8_isas():
         assert not np.array_equal(out["lut"][0], out["int8"][0])  # the paths really differ
-    else:  # no int8 kernel for this CPU (AVX2): "int8" runs the LUT kernels
+    else:  # no int8 kernel for this CPU (NEON): "int8" runs the LUT kernels
         assert np.array_equal(out["lut"][0], out["int8"][0])
     assert np.array_equal(out["auto"][1], out["int8"][1])
 

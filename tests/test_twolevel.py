@@ -110,12 +110,23 @@ def test_scalar_within_table_bound_of_float64(rng, qtype: str) -> None:
     assert np.all(np.abs(y - exact) <= bound)
 
 
-@pytest.mark.parametrize("isa", [i for i in ISAS if i in ("scalar", "avx512")])  # ISAs with an int8 kernel
-def test_int8_prefill_exact_to_its_reference(rng, isa: str) -> None:
+@pytest.mark.parametrize("isa", [i for i in K.int8_isas() if i != "scalar"])
+@pytest.mark.parametrize("qtype", ["q1", "q2", "q3", "q4"])
+@pytest.mark.parametrize(("n", "k", "group", "m"), [(130, 576, 32, 20), (70, 200, 64, 3), (65, 1000, 128, 9)])
+def test_int8_simd_exact_to_its_reference(
+    rng, isa: str, qtype: str, n: int, k: int, group: int, m: int
+) -> None:
+    # 576 ends in a partial super-block, 200 and 1000 in a group past K.
+    w, _ = random_two_level(rng, n, k, qtype, group)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    ref = K.gemm(w, x, isa="scalar", int8=True)
+    assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), ref)
+
+
+def test_int8_prefill_close_to_the_lut_path(rng) -> None:
     w, _ = random_two_level(rng, 130, 576, "q2")
     x = rng.standard_normal((20, 576)).astype(np.float32)
     ref = K.gemm(w, x, isa="scalar", int8=True)
-    assert np.array_equal(K.gemm(w, x, isa=isa, int8=True), ref)
     # Different rounding than the LUT path, but close to it.
     lut = K.gemm(w, x, isa="scalar")
     assert np.max(np.abs(ref - lut)) < 0.05 * np.max(np.abs(lut))

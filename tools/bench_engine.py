@@ -140,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--gen-tokens", type=int, default=32)
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("--tests", nargs="+", choices=("pp128", "pp512", "tg"), default=["pp128", "pp512", "tg"])
-    ap.add_argument("--matmul-path", choices=("auto", "lut", "int8"), default="auto")
+    ap.add_argument(
+        "--matmul-path",
+        nargs="+",
+        choices=("auto", "lut", "int8"),
+        default=["auto"],
+        help="edgelut's prefill kernels; with several, each pair runs once per path (label PAIR/PATH)",
+    )
     ap.add_argument("--ppl-file", default=None, help="text for perplexity (ctx 512)")
     ap.add_argument("--ppl-chunks", type=int, default=0, help="windows of 512 tokens (0 = no perplexity)")
     ap.add_argument("--json-out", default=None, help="also write all samples here")
@@ -152,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         elut, _, gguf = files.partition(":")
         if not (label and elut and gguf):
             ap.error(f"--pair must look like LABEL=ELUT:GGUF, got {spec!r}")
-        pairs.append((label, os.path.expanduser(elut), os.path.expanduser(gguf)))
-
-    extra = ["--matmul-path", args.matmul_path]
+        for path in args.matmul_path:
+            name = label if len(args.matmul_path) == 1 else f"{label}/{path}"
+            pairs.append((name, os.path.expanduser(elut), os.path.expanduser(gguf), path))
     ours: dict[tuple[str, int], Sample] = {}
     peer: dict[tuple[str, int], Sample] = {}
     bpw: dict[str, tuple[float, float]] = {}
     for r in range(args.rounds):
-        for label, elut, gguf in pairs:
+        for label, elut, gguf, path in pairs:
             for t in args.threads:
                 key = (label, t)
                 ps, po = peer.setdefault(key, Sample()), ours.setdefault(key, Sample())
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 rss_max = 0.0
                 for name in args.tests:
                     p, n = (1, args.gen_tokens) if name == "tg" else (int(name[2:]), 1)
-                    js, rss = edgelut_bench(elut, t, p, n, extra)
+                    js, rss = edgelut_bench(elut, t, p, n, ["--matmul-path", path])
                     po.add(name, js["decode_tokens_per_s"] if name == "tg" else js["prefill_tokens_per_s"])
                     rss_max = max(rss_max, rss)
                 po.add("rss_mib", rss_max)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ppl: dict[str, tuple[float, float]] = {}
     if args.ppl_chunks and args.ppl_file:
-        for label, elut, gguf in pairs:
+        for label, elut, gguf, _ in pairs:
             ppl[label] = (
                 perplexity_edgelut(elut, args.ppl_file, args.ppl_chunks),
                 perplexity_llama(args.llama_cpp_build, gguf, args.ppl_file, args.ppl_chunks),
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     # (both sides of a round ran within a minute of each other).
     print("| pair | threads | metric | edgelut | llama.cpp | ratio | paired ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, _, _ in pairs:
+    for label, _, _, _ in pairs:
         eb, lb = bpw[label]
         for t in args.threads:
             o, p = ours[(label, t)], peer[(label, t)]

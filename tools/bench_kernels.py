@@ -493,13 +493,16 @@ def run(args: argparse.Namespace) -> list[Result]:
                 solo: dict[str, tuple[Callable[[], object], int, str]] = {}
                 closers: list[Callable[[], None]] = []
                 for q, pm in packed.items():
+                    # Decode is always the LUT GEMV; prefill takes each requested path.
+                    for path in args.paths if m > 1 else ["lut"]:
 
-                    def fn(pm=pm, x=x, thr=thr, m=m) -> np.ndarray:
-                        if m == 1:
-                            return kernels.gemv(pm, x[0], isa=args.isa, n_threads=thr)
-                        return kernels.gemm(pm, x, isa=args.isa, n_threads=thr)
+                        def fn(pm=pm, x=x, thr=thr, m=m, int8=path == "int8") -> np.ndarray:
+                            if m == 1:
+                                return kernels.gemv(pm, x[0], isa=args.isa, n_threads=thr)
+                            return kernels.gemm(pm, x, isa=args.isa, n_threads=thr, int8=int8)
 
-                    cands[f"edgelut {q}"] = (fn, pm.nbytes, f"{pm.bits_per_weight:.2f} bpw")
+                        label = f"edgelut {q}" if path == "lut" else f"edgelut {q}:int8"
+                        cands[label] = (fn, pm.nbytes, f"{pm.bits_per_weight:.2f} bpw")
                 if "np" in args.peers:
 
                     def np_mm(deq=deq, xt=xt, thr=thr) -> np.ndarray:
@@ -687,6 +690,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time each type with asymmetric fp16 group scales (qNa) and with two-level scales (qNk)",
     )
     ap.add_argument("--isa", default="", help="edgelut kernel ISA (scalar, avx2, avx512, ...); default: best")
+    ap.add_argument(
+        "--paths",
+        nargs="+",
+        choices=["lut", "int8"],
+        default=["lut"],
+        help="prefill (m > 1) kernels to time: the LUT GEMM and/or the int8 kernel (edgelut qN:int8)",
+    )
     ap.add_argument("--peers", nargs="*", default=["np", "ort"], choices=["np", "ort"])
     ap.add_argument("--ort-block", type=int, default=32, choices=[16, 32, 64, 128])
     ap.add_argument("--llama-cpp-build", default="", help="llama.cpp CMake build dir (BUILD_SHARED_LIBS=ON)")

@@ -1,5 +1,5 @@
 // Scalar reference of the int8 prefill path (lut.h, "Int8 prefill path"): the
-// oracle the VNNI kernel is tested against.
+// oracle the SIMD kernels (AVX2, AVX-512 VNNI) are tested against.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

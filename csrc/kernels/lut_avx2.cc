@@ -6,7 +6,8 @@
 // (broadcast to both 128-bit lanes) looks up 32 rows at once. The int16
 // accumulation scheme is described in lut_x86_driver.h. Tokens are processed
 // in blocks of kTokBlock (2: AVX2 has only 16 registers) so one pair of index
-// vectors serves several lookups.
+// vectors serves several lookups. The int8 prefill kernel (bit-identical to
+// int8_gemm_ref) is further down.
 #include <immintrin.h>
 
 #include "dispatch.h"
@@ -191,10 +192,201 @@ void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float*
   if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
 }
 
+// ---------------------------------------------------------------------------
+// Int8 prefill (lut.h, "Int8 prefill path") on AVX2: no VNNI, so the int32
+// dot products go through vpmaddubsw (biased uint8 activations x int8 weights
+// -> int16 pair sums) and vpmaddwd against ones (-> int32).
+//
+// A tile-group's codes are expanded once into w8 = 2 * (level - center), laid
+// out [chunk][row block b][8 rows][4 bytes] (a dword is one row's 4 weights of
+// the chunk, so a broadcast dword of activations meets 8 rows per ymm). The
+// expansion replicates each code byte into a dword (vpshufb), tests bit j of
+// byte j against 0x08040201 (low nibble: rows 0..31) or 0x80402010 (high
+// nibble: rows 32..63) and adds 2 * icoef[p] where it is set.
+//
+// Exactness: |w8| <= 15 for every type (q4: 2 * 7.5; ternary: 2), xu <= 255,
+// so a vpmaddubsw pair is at most 2 * 255 * 15 = 7650 (never saturates) and
+// the int16 sum of four chunks' pairs at most 30600 < 32767. Four chunks are
+// therefore added as int16 before one vpmaddwd widens them, and every group
+// (8, 16 or 32 chunks) is a whole number of such quads. The +128 bias of the
+// activations adds 128 * sum_k w8 per row; the sums start at its negation.
+
+// Rows 8b..8b+7 of a run are bytes 8b..8b+7; byte r of the qword goes to dword r.
+alignas(32) constexpr int8_t kRepCtl[32] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
+                                            4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7};
+
+// Per-thread buffers of one group block of one tile, each used from its first
+// 64-byte boundary (aligned_buffer): a 32-byte load that straddles two cache
+// lines costs two (measured: 20% of the whole kernel for w8).
+struct Int8Scratch {
+  std::vector<int8_t> w8;       // (groups, cpg * 256) expanded weights
+  std::vector<int32_t> negbias; // (groups, 64) -128 * sum_k w8 per row
+  std::vector<float> sc, mn;    // (groups, 64) row scales and offsets as the epilogue uses them
+  std::vector<float> out;       // (m, 64) one tile's outputs per token
+};
+
+inline Int8Scratch& int8_scratch() {
+  thread_local Int8Scratch s;
+  return s;
+}
+
+// malloc aligns to at least 16 bytes, so the skip is whole elements.
+template <class T>
+T* aligned_buffer(std::vector<T>& v, size_t count) {
+  v.resize(count + 64 / sizeof(T));
+  const size_t skip = (64 - reinterpret_cast<uintptr_t>(v.data()) % 64) % 64;
+  return v.data() + skip / sizeof(T);
+}
+
+// Expands one (tile, group) into w8 (cpg * 256 bytes) and negbias (64 rows).
+template <int P>
+void expand_group_avx2(const uint8_t* codes, const GroupCtx& cx, int8_t* w8, int32_t* negbias) {
+  const __m256i ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(kRepCtl));
+  const __m256i lowsel = _mm256_set1_epi32(0x08040201);
+  const __m256i highsel = _mm256_set1_epi32(static_cast<int32_t>(0x80402010u));
+  const __m256i start = _mm256_set1_epi8(static_cast<char>(-cx.csum));
+  for (int64_t c = 0; c < cx.cpg; ++c) {
+    __m256i acc[8];
+    for (int b = 0; b < 8; ++b) acc[b] = start;
+    for (int p = 0; p < P; ++p) {
+      const uint8_t* run = codes + static_cast<size_t>(c * P + p) * 32;
+      const __m256i add = _mm256_set1_epi8(static_cast<char>(2 * cx.icoef[p]));
+      for (int b = 0; b < 4; ++b) {
+        int64_t q8;
+        std::memcpy(&q8, run + 8 * b, sizeof q8);
+        const __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi64x(q8), ctl);
+        const __m256i lo = _mm256_cmpeq_epi8(_mm256_and_si256(rep, lowsel), lowsel);
+        const __m256i hi = _mm256_cmpeq_epi8(_mm256_and_si256(rep, highsel), highsel);
+        acc[b] = _mm256_add_epi8(acc[b], _mm256_and_si256(lo, add));
+        acc[b + 4] = _mm256_add_epi8(acc[b + 4], _mm256_and_si256(hi, add));
+      }
+    }
+    for (int b = 0; b < 8; ++b) _mm256_storeu_si256(reinterpret_cast<__m256i*>(w8 + c * 256 + 32 * b), acc[b]);
+  }
+  // Row sums: pairs of |w8| <= 15 and at most 32 chunks keep int16 exact.
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int b = 0; b < 8; ++b) {
+    __m256i s16 = _mm256_setzero_si256();
+    for (int64_t c = 0; c < cx.cpg; ++c)
+      s16 = _mm256_add_epi16(
+          s16, _mm256_maddubs_epi16(ones8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w8 + c * 256 + 32 * b))));
+    const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(s16, ones16), 7);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(negbias + 8 * b), _mm256_sub_epi32(_mm256_setzero_si256(), bias));
+  }
+}
+
+// One token, one group: the exact int32 dots (w8 . xq) of the 64 rows (8 row
+// blocks, each activation broadcast once), then the float epilogue in the
+// reference's op order.
+template <bool kMin>
+inline void int8_group(const int8_t* w8, const int32_t* negbias, const float* sc, const float* mn, const uint8_t* xu,
+                       int64_t cpg, float half_xs, float asum, float center, float* out) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i acc[8];
+  for (int b = 0; b < 8; ++b) acc[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(negbias + 8 * b));
+  for (int64_t c0 = 0; c0 < cpg; c0 += 4) {
+    __m256i x[4];
+    for (int cc = 0; cc < 4; ++cc) {
+      int32_t v;
+      std::memcpy(&v, xu + (c0 + cc) * kChunk, sizeof v);
+      x[cc] = _mm256_set1_epi32(v);
+    }
+    const int8_t* wq = w8 + c0 * 256;
+    for (int b = 0; b < 8; ++b) {
+      const int8_t* wp = wq + 32 * b;
+      const auto ld = [wp](int cc) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 256 * cc)); };
+      const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(x[0], ld(0)), _mm256_maddubs_epi16(x[1], ld(1)));
+      const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(x[2], ld(2)), _mm256_maddubs_epi16(x[3], ld(3)));
+      acc[b] = _mm256_add_epi32(acc[b], _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones16));
+    }
+  }
+  const __m256 hx = _mm256_set1_ps(half_xs);
+  for (int b = 0; b < 8; ++b) {
+    const int r = 8 * b;
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[b]), hx);
+    __m256 o = _mm256_loadu_ps(out + r);
+    if constexpr (kMin) {
+      const __m256 as = _mm256_set1_ps(asum);
+      o = _mm256_fmadd_ps(_mm256_loadu_ps(sc + r), _mm256_fmadd_ps(_mm256_set1_ps(center), as, v), o);
+      o = _mm256_fmadd_ps(_mm256_loadu_ps(mn + r), as, o);
+    } else {
+      o = _mm256_fmadd_ps(_mm256_loadu_ps(sc + r), v, o);
+    }
+    _mm256_storeu_ps(out + r, o);
+  }
+}
+
+constexpr int64_t kInt8BlockBytes = 16 * 1024;  // expanded weights per group block (stays in L1 across tokens)
+
+template <int P>
+void int8_gemm_avx2_planes(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                           int64_t t1) {
+  const PackedShape& s = w.shape;
+  const GroupCtx cx = make_ctx(s);
+  const int64_t ng = s.groups();
+  const size_t gbytes = s.group_code_bytes();
+  const int64_t gblock = std::min(ng, std::max<int64_t>(1, kInt8BlockBytes / (cx.cpg * 256)));
+  Int8Scratch& scr = int8_scratch();
+  int8_t* const w8buf = aligned_buffer(scr.w8, static_cast<size_t>(gblock * cx.cpg) * 256);
+  int32_t* const negbias = aligned_buffer(scr.negbias, static_cast<size_t>(gblock) * kTileRows);
+  float* const scales = aligned_buffer(scr.sc, static_cast<size_t>(gblock) * kTileRows);
+  float* const mins = aligned_buffer(scr.mn, static_cast<size_t>(gblock) * kTileRows);
+  float* const outs = aligned_buffer(scr.out, static_cast<size_t>(m) * kTileRows);
+  const bool has_min = s.asym;
+  for (int64_t t = t0; t < t1; ++t) {
+    std::fill(outs, outs + m * kTileRows, 0.0f);
+    for (int64_t g0 = 0; g0 < ng; g0 += gblock) {
+      const int64_t nb = std::min(gblock, ng - g0);
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t g = g0 + i;
+        expand_group_avx2<P>(w.codes + static_cast<size_t>(t * ng + g) * gbytes, cx,
+                             w8buf + i * cx.cpg * 256, negbias + i * kTileRows);
+        const GroupMeta meta = group_meta(w, t, g);
+        for (int q = 0; q < 8; ++q) {
+          __m256 vs, vm;
+          Avx2::load_meta(meta, q, vs, vm);
+          _mm256_storeu_ps(scales + i * kTileRows + 8 * q, vs);
+          _mm256_storeu_ps(mins + i * kTileRows + 8 * q, vm);
+        }
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        const Int8Acts& a = acts[j];
+        float* out = outs + j * kTileRows;
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t g = g0 + i;
+          const int8_t* w8 = w8buf + i * cx.cpg * 256;
+          const int32_t* nbias = negbias + i * kTileRows;
+          const float* gs = scales + i * kTileRows;
+          const float* gm = mins + i * kTileRows;
+          const uint8_t* xu = a.xu + g * s.group;
+          const float half_xs = 0.5f * a.xscale[g];
+          if (has_min)
+            int8_group<true>(w8, nbias, gs, gm, xu, cx.cpg, half_xs, a.asum[g], cx.center, out);
+          else
+            int8_group<false>(w8, nbias, gs, gm, xu, cx.cpg, half_xs, a.asum[g], cx.center, out);
+        }
+      }
+    }
+    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+    for (int64_t j = 0; j < m; ++j)
+      std::memcpy(y + j * ldy + t * kTileRows, outs + j * kTileRows, static_cast<size_t>(rows) * sizeof(float));
+  }
+}
+
+void int8_gemm_avx2(const PackedView& w, const Int8Acts* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                    int64_t t1) {
+  switch (w.shape.planes()) {
+    case 1: int8_gemm_avx2_planes<1>(w, acts, m, y, ldy, t0, t1); break;
+    case 2: int8_gemm_avx2_planes<2>(w, acts, m, y, ldy, t0, t1); break;
+    case 3: int8_gemm_avx2_planes<3>(w, acts, m, y, ldy, t0, t1); break;
+    default: int8_gemm_avx2_planes<4>(w, acts, m, y, ldy, t0, t1); break;
+  }
+}
+
 }  // namespace
 
 const KernelSet& kernels_avx2() {
-  static const KernelSet k{lut_gemm_x86<Avx2>, lut_gemm_x86<Avx2>, nullptr, build_tables_avx2};
+  static const KernelSet k{lut_gemm_x86<Avx2>, lut_gemm_x86<Avx2>, int8_gemm_avx2, build_tables_avx2};
   return k;
 }
 
