@@ -47,9 +47,14 @@ __all__ = [
     "measure_tensor",
 ]
 
-DEFAULT_CANDIDATES: tuple[TensorSpec, ...] = tuple(
-    TensorSpec(q, g, True) for q in ("q2", "q3", "q4") for g in (128, 64, 32)
-) + (TensorSpec("q1", 32, True),)
+# Two-level scales (4-bit sub-scales under an fp16 pair per 256 weights) are candidates beside the
+# fp16-per-group forms: at g32 they cost 0.375 bits of scales per weight instead of 1.0, the
+# cheapest way to g32's accuracy below 4 bits (quantize/twolevel.py).
+DEFAULT_CANDIDATES: tuple[TensorSpec, ...] = (
+    tuple(TensorSpec(q, g, True) for q in ("q2", "q3", "q4") for g in (128, 64, 32))
+    + tuple(TensorSpec(q, 32, True, 256) for q in ("q2", "q3", "q4"))
+    + (TensorSpec("q1", 32, True),)
+)
 
 
 @dataclass
@@ -69,6 +74,9 @@ class Allocation:
 
     def recipe(self, base: Recipe) -> Recipe:
         overrides = {name: str(spec) for name, spec in self.specs.items()}
+        # super_block=0: an override inherits the recipe's super-block unless it names one, and a
+        # one-level spec's text names none, so under a q1..q3 base (two-level by default) the
+        # measured fp16-per-group forms would be written two-level, with other bytes and errors.
         return Recipe(
             method=base.method,
             qtype=base.qtype,
@@ -77,6 +85,7 @@ class Allocation:
             overrides=overrides,
             use_defaults=False,
             act_order=base.act_order,
+            super_block=0,
         )
 
     def summary(self) -> dict[str, object]:

@@ -10,7 +10,7 @@ from edgelut.cli import main
 from edgelut.models.modelfile import read_model_file
 from edgelut.quantize.allocate import _hull, allocate, choose_widths, measure_model
 from edgelut.quantize.imatrix import ImportanceMatrix
-from edgelut.quantize.recipe import TensorSpec
+from edgelut.quantize.recipe import Recipe, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,21 @@ def test_cli_target_bad_values(tmp_path, small_source, capsys):
     assert "--target-size" in capsys.readouterr().err
     assert main(["quantize", "tiny", "-o", out, "--target-size", "10k", "-q"]) == 2
     assert "below the smallest" in capsys.readouterr().err
+
+
+def test_recipe_writes_the_measured_specs_and_two_level_candidates_are_chosen():
+    # A q1..q3 recipe is two-level by default; the chosen fp16-per-group specs must stay one-level
+    # in the file (their bytes and errors are what was measured), and the two-level candidates
+    # must stay two-level.
+    m = tiny_model(hidden=256, inter=512, layers=2, vocab=256)
+    n = sum(t.size for t in m.tensors.values())
+    measured = measure_model(m)
+    for bpw in (2.4, 2.6, 3.4):
+        alloc = allocate(measured, int(bpw * n / 8))
+        for q in ("q2", "q3"):
+            recipe = alloc.recipe(Recipe(qtype=q))
+            assert {k: recipe.spec_for(k) for k in alloc.specs} == alloc.specs
+    # At 2.4 bits two-level q2 (2.375) beats every one-level form that fits (q2 g128: 2.25 bits,
+    # half the scales per weight).
+    specs = allocate(measured, int(2.4 * n / 8)).specs.values()
+    assert any(s.two_level for s in specs) and any(not s.two_level for s in specs), specs
