@@ -352,35 +352,15 @@ def main(argv: list[str] | None = None) -> int:
             with netlab.NetLab(2, rate_mbit=rate) as lab:
                 rtt = lab.echo_rtt(1, delay)
                 for sync in args.syncs.split(",") if "tp" in want else []:
-                    if not tp:
-                        emit(
-                            Row(
-                                name,
-                                "edgelut",
-                                2,
-                                link,
-                                sync,
-                                None,
-                                None,
-                                "no `edgelut worker` in this build",
-                            )
-                        )
-                        continue
-                    try:
-                        res = edgelut_two(lab, files["shards"], delay, sync, args.p, args.n, args.r, [])
-                        emit(
-                            Row(
-                                name,
-                                "edgelut",
-                                2,
-                                link,
-                                sync,
-                                *res,
-                                floor_note(base, sync, res[1], rtt, n_layers),
-                            )
-                        )
-                    except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
-                        emit(Row(name, "edgelut", 2, link, sync, None, None, f"failed: {e}"))
+                    res: tuple[float | None, float | None] = (None, None)
+                    note = "no `edgelut worker` in this build"
+                    if tp:
+                        try:
+                            res = edgelut_two(lab, files["shards"], delay, sync, args.p, args.n, args.r, [])
+                            note = floor_note(base, sync, res[1], rtt, n_layers)
+                        except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
+                            note = f"failed: {e}"
+                    emit(Row(name, "edgelut", 2, link, sync, *res, note))
                 if "layers" in want and tp:
                     try:
                         res = edgelut_two(lab, files["layers"], delay, "fp32", args.p, args.n, args.r, [])
