@@ -10,9 +10,11 @@ from edgelut.cli.distributed_args import add_coordinator_args, coordinator_optio
 
 # No system message by default: the model's chat template then applies its own
 # default (SmolLM2's names the model, Qwen2.5's too), as llama.cpp and
-# transformers do. A generic "You are a helpful assistant." overrides that, and
-# on SmolLM2-135M it turned the greedy answer to "What is the capital of
-# France?" into a French ramble instead of "The capital of France is Paris."
+# transformers do. A small model's greedy reply is fragile to it: on SmolLM2-135M
+# with the LUT prefill path, a generic "You are a helpful assistant." turned the
+# answer to "What is the capital of France?" into a French ramble, where the
+# template's own default gave "The capital of France is Paris." (both give that
+# with the int8 prefill path).
 DEFAULT_SYSTEM = ""
 SYSTEM_HELP = "system message (default: none, so the chat template's own default applies)"
 
