@@ -89,18 +89,6 @@ def prepare(name: str, workdir: Path, llama_bin: Path) -> dict[str, Path]:
     return {"elut": elut, "shards": shards, "layers": layers, "q4_0": q4_0}
 
 
-def link_endpoint(lab: netlab.NetLab, host: int, target: tuple[str, int], delay: float) -> str:
-    """Where host dials target: through a delaying relay, or straight over the veth at 0 ms.
-
-    At 0 ms the relay would only add a third busy process (Python, on the dialling host's
-    CPU) and two socket hops per message; on a 2-core machine it competes with both
-    "devices" for the cores, which real devices do not share.
-    """
-    if delay <= 0:
-        return f"{target[0]}:{target[1]}"
-    return f"127.0.0.1:{lab.relay(host, target, delay)}"
-
-
 def floor_note(
     base: dict[str, tuple[float, float]], sync: str, decode: float, rtt: float, n_layers: int
 ) -> str:
@@ -165,7 +153,7 @@ def edgelut_two(
     """Coordinator (`edgelut bench --shards`) in host 0; `edgelut worker` in host 1 dials it."""
     files = sorted(shards.glob("shard-*.elut"))
     listen = f"tcp://{lab.addr(0)}:{TP_PORT}"
-    via = link_endpoint(lab, 1, (lab.addr(0), TP_PORT), delay)
+    via = ":".join(map(str, lab.endpoint(1, (lab.addr(0), TP_PORT), delay)))
     auth = ["--insecure"]  # the CURVE cost is the same for both rows of a pair; keys are tp's tests
     coord_cmd = [*EDGELUT, "bench", str(files[0]), "--shards", "2", "--listen", listen, "--sync", sync, *auth]
     coord_cmd += ["-t", "1", "-p", str(p), "-n", str(n), "-r", str(r), "--json"]
@@ -220,7 +208,7 @@ def llama_rpc(lab: netlab.NetLab, llama_bin: Path, q4_0: Path, delay: float, p: 
     )
     try:
         lab.wait_port(0, (lab.addr(1), RPC_PORT))
-        via = link_endpoint(lab, 0, (lab.addr(1), RPC_PORT), delay)
+        via = ":".join(map(str, lab.endpoint(0, (lab.addr(1), RPC_PORT), delay)))
         return llama_bench(lab, llama_bin, q4_0, p, n, r, via)
     finally:
         server.kill()
