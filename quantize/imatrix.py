@@ -33,7 +33,14 @@ import numpy as np
 from edgelut.models.config import ImportedModel
 from edgelut.models.lazy import tensor_shape
 
-__all__ = ["ImportanceMatrix", "collect_imatrix", "importance_for", "load_imatrix", "save_imatrix"]
+__all__ = [
+    "ImportanceMatrix",
+    "collect_imatrix",
+    "imatrix_from_text",
+    "importance_for",
+    "load_imatrix",
+    "save_imatrix",
+]
 
 
 @dataclass
@@ -120,6 +127,24 @@ def collect_imatrix(
         bar.update(1)
     bar.close()
     return im
+
+
+def imatrix_from_text(
+    model: ImportedModel,
+    text: str | None = None,
+    *,
+    ctx: int = 512,
+    chunks: int = 8,
+    datasets: Iterable[str] = ("builtin",),
+    progress: bool = False,
+    rotation: int = -1,
+) -> ImportanceMatrix:
+    """The importance matrix of ``chunks`` sequences of ``ctx`` tokens spread over a text
+    (default: the built-in calibration text), as `edgelut imatrix` and registry conversions make it."""
+    from edgelut.quantize.calibrate import calibration_ids
+
+    ids = calibration_ids(model.tokenizer.tokenizer_json, text, seq_len=ctx, n_seqs=chunks)
+    return collect_imatrix(model, ids, datasets=datasets, progress=progress, rotation=rotation)
 
 
 def save_imatrix(path: str | os.PathLike[str], im: ImportanceMatrix) -> Path:

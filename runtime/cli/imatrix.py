@@ -31,9 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgelut.quantize.calibrate import calibration_ids
     from edgelut.quantize.convert import load_source
-    from edgelut.quantize.imatrix import collect_imatrix, save_imatrix
+    from edgelut.quantize.imatrix import imatrix_from_text, save_imatrix
 
     if args.ctx < 2 or args.chunks < 1:
         raise UserError(f"--ctx must be >= 2 and --chunks >= 1, got {args.ctx} and {args.chunks}")
@@ -49,9 +48,14 @@ def run(args: argparse.Namespace) -> int:
 
         model = rotate_model(model, args.rotate)
     text = "\n".join(Path(t).read_text(encoding="utf-8") for t in args.text) if args.text else None
-    ids = calibration_ids(model.tokenizer.tokenizer_json, text, seq_len=args.ctx, n_seqs=args.chunks)
-    datasets = [str(t) for t in args.text] if args.text else ["builtin"]
-    rotation = -1 if args.rotate is None else args.rotate
-    im = collect_imatrix(model, ids, datasets=datasets, progress=not args.quiet, rotation=rotation)
+    im = imatrix_from_text(
+        model,
+        text,
+        ctx=args.ctx,
+        chunks=args.chunks,
+        datasets=[str(t) for t in args.text] if args.text else ["builtin"],
+        progress=not args.quiet,
+        rotation=-1 if args.rotate is None else args.rotate,
+    )
     print(save_imatrix(out, im))
     return 0
