@@ -154,9 +154,9 @@ def test_ring_equals_full_cache_past_the_window():
 
 
 def test_pulled_by_name_gets_the_q3_head_with_an_importance_matrix(tmp_path):
-    """`edgelut pull gemma-3-270m` converts with the registry row's recipe: a q3 head whose clip
-    search is weighted by an importance matrix of the built-in text. Fewer bytes than plain q4,
-    about the same perplexity (Lee, 8 x 512: 23.17 against 21.51; llama.cpp Q4_0 25.42)."""
+    """`edgelut pull gemma-3-270m` converts with the registry row's recipe: a two-level q3 head
+    whose clip search is weighted by an importance matrix of the built-in text. Fewer bytes than
+    plain q4, about the same perplexity (Lee, 8 x 512: 23.08 against 21.51; llama.cpp Q4_0 25.42)."""
     from edgelut import registry
     from edgelut.models.modelfile import read_model_file
 
@@ -177,9 +177,9 @@ def test_pulled_by_name_gets_the_q3_head_with_an_importance_matrix(tmp_path):
     path = Path(r.stdout.strip())
     assert path.name.startswith("gemma-3-270m-q4g32-r") and path.is_file()
     with read_model_file(path) as f:
-        assert f.recipe["overrides"]["output"] == "q3" and f.recipe["imatrix"]["datasets"] == ["builtin"]
+        assert f.recipe["overrides"]["output"] == "q3:k256" and f.recipe["imatrix"]["datasets"] == ["builtin"]
         head, layer = f.tensor("token_embd.weight"), f.tensor("blk.0.ffn_down.weight")
-        assert head.qtype == "q3" and layer.qtype == "q4"
+        assert (head.qtype, head.super_block) == ("q3", 256) and (layer.qtype, layer.super_block) == ("q4", 0)
     assert path.stat().st_size < 0.9 * gemma_q4_file().stat().st_size
     plain, tuned = first_window_perplexity(gemma_q4_file()), first_window_perplexity(path)
     assert tuned < 1.15 * plain, (tuned, plain)
