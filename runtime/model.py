@@ -768,6 +768,7 @@ class Model:
         n = _common_prefix(self._cache_ids[: self._engine.n_past], ids)
         if self.prompt_cache_bytes > 0 and self.group is None:
             n = self._swap_saved_cache(ids, n)
+        n = self._engine.reusable_prefix(n, len(ids))  # LongRoPE: keys of the other factors are not kept
         if self.chunk_aligned_reuse:
             n -= n % self.prefill_chunk
         self._engine.truncate(n)

@@ -209,6 +209,47 @@ def test_longrope_past_the_original_context():
     )
 
 
+def test_longrope_prompt_cache_keeps_only_keys_of_the_same_factors():
+    """A prompt that shares a prefix with the cache reuses it only where a fresh evaluation
+    would rotate the keys the same way: after a prompt past the original context (long
+    factors), a shorter prompt with the same start is evaluated from 0 again, and the
+    other way round; two prompts past it share their prefix."""
+    cfg = family_config("phi3")
+    w = tiny_weights(cfg, seed=6)
+    ids = (IDS * 3)[:40]
+    short, long, longer = ids[: ORIGINAL - 2], ids[: ORIGINAL + 6], ids[: ORIGINAL + 12]
+
+    def cache_after(*prompts: list[int]) -> np.ndarray:
+        m = build(cfg, w)
+        # The LUT kernels give every token the same result in a call of 1 or of many tokens
+        # (the int8 prefill quantises activations per call), so a reused key equals a fresh one.
+        m._engine.matmul_path = "lut"
+        for p in prompts:
+            m.generate(p, max_tokens=1, temperature=0.0)
+        e = m._engine
+        assert e.n_past == len(prompts[-1])
+        return np.frombuffer(e.kv_snapshot(), np.float32)
+
+    fresh_short, fresh_long = cache_after(short), cache_after(long)
+    np.testing.assert_array_equal(cache_after(long, short), fresh_short)
+    np.testing.assert_array_equal(cache_after(short, long), fresh_long)
+    # The same factors: the prefix is reused, and the cache is the fresh one.
+    np.testing.assert_array_equal(cache_after(longer, long), fresh_long)
+
+    e = build(cfg, w)._engine
+    e.eval(np.array(long, np.int32), 0)
+    assert e.reusable_prefix(len(short), len(short)) == 0  # long keys, short call
+    assert e.reusable_prefix(len(short), len(longer)) == len(short)
+    e.kv_restore(e.kv_snapshot(), e.n_past)  # restored keys: factors unknown, nothing kept
+    assert e.reusable_prefix(len(short), len(longer)) == 0
+    with pytest.raises(ValueError, match="reusable_prefix"):
+        e.reusable_prefix(e.n_past + 1, e.n_past + 1)
+    # Without LongRoPE every prefix is reusable.
+    q = build(family_config("qwen3"), tiny_weights(family_config("qwen3"), seed=6))._engine
+    q.eval(np.array(long, np.int32), 0)
+    assert q.reusable_prefix(len(short), len(short)) == len(short)
+
+
 def test_reference_window_matters():
     """The sliding window, the local RoPE base and the query scale all change the logits."""
     cfg = family_config("gemma3")

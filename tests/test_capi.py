@@ -359,6 +359,35 @@ def test_chat_reuses_prefix_and_answers(cm: C, pm: edgelut.Model) -> None:
     assert pm.chat(msgs, max_tokens=12, temperature=0.0) == reply2
 
 
+def test_longrope_prefix_reuse_follows_the_factors(ffi: Any, lib: Any, tmp_path: Path) -> None:
+    """Phi-3's LongRoPE: generate reuses a cached prefix only when its keys were rotated with
+    the factors the new prompt needs (the Python API's rule, Engine::reusable_prefix)."""
+    import subprocess
+    import sys
+
+    from model_fixtures import tiny_weights, write_gguf
+    from test_arch_families import ORIGINAL as original
+    from test_arch_families import family_config
+
+    cfg = family_config("phi3")
+    src = write_gguf(tmp_path / "phi3.gguf", cfg, tiny_weights(cfg, seed=6))
+    out = tmp_path / "phi3.elut"
+    cmd = [sys.executable, "-m", "edgelut.cli", "quantize", str(src), "-o", str(out), "-q"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    m = C(ffi, lib, out, n_ctx=64)
+    try:
+        assert m.status == lib.EDGELUT_OK, m.error
+        ids = [(7 * i + 3) % 200 + 4 for i in range(40)]
+        short, long, longer = ids[: original - 2], ids[: original + 6], ids[: original + 12]
+        m.generate(ids=longer, max_tokens=1, temperature=0.0)
+        assert m.generate(ids=long, max_tokens=1, temperature=0.0)[2].n_cached == len(long) - 1
+        assert m.generate(ids=short, max_tokens=1, temperature=0.0)[2].n_cached == 0
+        assert m.generate(ids=short + [5], max_tokens=1, temperature=0.0)[2].n_cached == len(short)
+        assert m.generate(ids=long, max_tokens=1, temperature=0.0)[2].n_cached == 0
+    finally:
+        m.close()
+
+
 def test_stop_reasons(ffi: Any, lib: Any, model_path: Path, cm: C) -> None:
     ids = cm.tokenize("Count: one, two, three,")
     cm.lib.edgelut_reset(cm.m)

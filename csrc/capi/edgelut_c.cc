@@ -189,7 +189,7 @@ void generate(edgelut_model* m, const std::vector<int32_t>& ids, const edgelut_g
   int64_t cached = 0;
   const int64_t limit = std::min<int64_t>({n - 1, static_cast<int64_t>(m->cache_ids.size()), e.n_past()});
   while (cached < limit && m->cache_ids[cached] == ids[cached]) ++cached;
-  e.truncate(cached);
+  e.truncate(e.reusable_prefix(cached, n));
   cached = e.n_past();  // a sliding-window ring that lost the window before `cached` keeps nothing
   m->cache_ids.resize(cached);
   o.history.assign(ids.begin(), ids.begin() + cached);

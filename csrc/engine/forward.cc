@@ -121,7 +121,10 @@ Engine::Engine(const Config& c, const WeightLookup& lookup, const EngineOptions&
   logits_.resize(c_.vocab_size);
   embd_row_.resize(w_.embd_cols);
   inv_freq_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_freq_factors);
-  if (!c_.rope_long_factors.empty()) inv_freq_long_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_long_factors);
+  if (!c_.rope_long_factors.empty()) {
+    inv_freq_long_ = rope_frequencies(c_.rope_theta, c_.rotary_dim(), c_.rope_long_factors);
+    rope_long_at_.assign(static_cast<size_t>(kv_.n_ctx()), 2);
+  }
   // Sliding layers (Gemma 3) have their own base and no scaling.
   if (c_.sliding_window > 0) {
     inv_freq_local_ =
@@ -445,6 +448,8 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
               "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
   rope_long_ = !inv_freq_long_.empty() && start_pos + n > c_.rope_original_ctx;
+  if (!rope_long_at_.empty())
+    std::fill(rope_long_at_.begin() + start_pos, rope_long_at_.begin() + start_pos + n, rope_long_ ? 1 : 0);
   comm_->begin_eval(ids, n, start_pos);
   const int64_t C = opt_.prefill_chunk, V = c_.vocab_size;
   for (int64_t c0 = 0; c0 < n; c0 += C) {
@@ -473,6 +478,17 @@ void Engine::truncate(int64_t n) {
   n_past_ = kv_.holds(n - c_.sliding_window + 1, n) ? n : 0;
 }
 
+int64_t Engine::reusable_prefix(int64_t n, int64_t total) const {
+  require(n >= 0 && n <= n_past_ && total >= n, "reusable_prefix: need 0 <= n <= n_past (" +
+                                                    std::to_string(n_past_) + ") and total >= n, got n " +
+                                                    std::to_string(n) + ", total " + std::to_string(total));
+  if (rope_long_at_.empty()) return n;
+  const uint8_t want = total > c_.rope_original_ctx ? 1 : 0;
+  int64_t m = 0;
+  while (m < n && rope_long_at_[m] == want) ++m;
+  return m;
+}
+
 std::vector<uint8_t> Engine::kv_snapshot() const {
   require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
           "kv snapshot: a tensor-parallel shard cannot keep its cache alone");
@@ -484,6 +500,7 @@ void Engine::kv_restore(const uint8_t* data, size_t size, int64_t n) {
           "kv restore: a tensor-parallel shard cannot restore its cache alone");
   kv_.restore(data, size, n);
   n_past_ = n;
+  if (!rope_long_at_.empty()) std::fill(rope_long_at_.begin(), rope_long_at_.begin() + n, 2);
 }
 
 GenerateResult Engine::generate(const int32_t* ids, int64_t n, const GenerateOptions& o,

@@ -272,6 +272,14 @@ class Engine {
   void truncate(int64_t n);
   void reset() { truncate(0); }
 
+  // How many of the first n cached positions a call that continues them up to
+  // `total` positions may keep. LongRoPE (Phi-3) rotates every position of an
+  // eval call with the short or the long factors by where the call ends, so
+  // keys rotated the other way (or restored from a snapshot, whose factors
+  // are not recorded) would give other logits than evaluating from 0. n when
+  // the model has no LongRoPE.
+  int64_t reusable_prefix(int64_t n, int64_t total) const;
+
   // Positions [0, n_past()) of the KV cache as bytes, and back (KvCache::snapshot):
   // a prompt cache of several conversations. Not for a tensor-parallel shard
   // (the other devices' caches would not follow): std::invalid_argument.
@@ -343,6 +351,7 @@ class Engine {
   std::vector<float> inv_freq_; // (head_dim / 2) RoPE frequencies
   std::vector<float> inv_freq_long_;  // (head_dim / 2) past the original context (LongRoPE), or empty
   bool rope_long_ = false;            // this eval call reaches past the original context
+  std::vector<uint8_t> rope_long_at_; // LongRoPE: per cached position 0 short, 1 long, 2 unknown
   std::vector<float> cos_sin_;  // (C, head_dim / 2, 2)
   std::vector<float> inv_freq_local_;  // (head_dim / 2) of sliding layers, when they differ
   std::vector<float> cos_sin_local_;   // (C, head_dim / 2, 2)

@@ -349,6 +349,9 @@ void register_engine(py::module_& m) {
            })
       .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false)
       .def("truncate", &Engine::truncate, py::arg("n"))
+      .def("reusable_prefix", &Engine::reusable_prefix, py::arg("n"), py::arg("total"),
+           "How many of the first n cached positions a call reaching `total` positions may keep "
+           "(LongRoPE: keys rotated with the other factors are not reusable); n without LongRoPE.")
       .def("reset", &Engine::reset)
       .def(
           "kv_snapshot",
