@@ -745,12 +745,15 @@ class Model:
             raise ValueError(f"eval_tail: block must be >= 1, got {block}")
         self._cache_ids = []
         self._engine.reset()
+        # LongRoPE picks its factors by the length of the whole window, as one call over it would.
+        # A tensor-parallel group's workers are not told it (see Engine::eval), so it goes by blocks.
+        end = len(ids) if self.group is None else 0
         if first:
-            self._engine.eval(np.asarray(ids[:first], dtype=np.int32), 0, all_logits=False)
+            self._engine.eval(np.asarray(ids[:first], dtype=np.int32), 0, all_logits=False, rope_end=end)
         self._cache_ids = ids[:first]
         for a in range(first, len(ids), block):
             chunk = ids[a : a + block]
-            logits = self._engine.eval(np.asarray(chunk, dtype=np.int32), a, all_logits=True)
+            logits = self._engine.eval(np.asarray(chunk, dtype=np.int32), a, all_logits=True, rope_end=end)
             self._cache_ids = ids[: a + len(chunk)]
             yield logits
 

@@ -209,6 +209,25 @@ def test_longrope_past_the_original_context():
     )
 
 
+def test_longrope_perplexity_blocks_use_the_whole_windows_factors():
+    """eval_tail (perplexity) evaluates a window in blocks; each block rotates with the factors
+    of the whole window, so the logits are those of one call over it, even where the first
+    blocks end inside the original context."""
+    cfg = family_config("phi3")
+    w = tiny_weights(cfg, seed=6)
+    ids = (IDS * 3)[: ORIGINAL + 8]
+    m = build(cfg, w)
+    m._engine.matmul_path = "lut"  # the same kernels for a block as for the whole call
+    whole = m.eval(ids)
+    tail = np.concatenate(list(m.eval_tail(ids, first=4, block=5)))
+    np.testing.assert_array_equal(tail, whole[4:])
+    # Blocks deciding by their own end would differ before the original context.
+    e = m._engine
+    e.reset()
+    own = e.eval(np.array(ids[: ORIGINAL - 2], np.int32), 0, all_logits=True)
+    assert np.abs(own[4:] - whole[4 : ORIGINAL - 2]).max() > 1e-3
+
+
 def test_longrope_prompt_cache_keeps_only_keys_of_the_same_factors():
     """A prompt that shares a prefix with the cache reuses it only where a fresh evaluation
     would rotate the keys the same way: after a prompt past the original context (long

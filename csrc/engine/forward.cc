@@ -427,7 +427,8 @@ void Engine::lm_head(const float* xb, int64_t m, float* out) {
   }
 }
 
-void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits) {
+void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits,
+                  int64_t rope_end) {
   require(n > 0, "eval: need at least one token");
   require(start_pos >= 0 && start_pos <= n_past_,
           "eval: start_pos " + std::to_string(start_pos) + " must be in [0, " + std::to_string(n_past_) +
@@ -447,7 +448,11 @@ void Engine::eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logit
           "eval: the sliding-window KV ring no longer holds the positions before " + std::to_string(start_pos) +
               "; evaluate from position 0 (or truncate first)");
   n_past_ = start_pos;  // positions after start_pos are forgotten
-  rope_long_ = !inv_freq_long_.empty() && start_pos + n > c_.rope_original_ctx;
+  // The workers of a tensor-parallel group decide by their own call's end; they are not told rope_end.
+  require(rope_end <= start_pos + n || inv_freq_long_.empty() ||
+              dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
+          "eval: rope_end is not passed to tensor-parallel workers");
+  rope_long_ = !inv_freq_long_.empty() && std::max(start_pos + n, rope_end) > c_.rope_original_ctx;
   if (!rope_long_at_.empty())
     std::fill(rope_long_at_.begin() + start_pos, rope_long_at_.begin() + start_pos + n, rope_long_ ? 1 : 0);
   comm_->begin_eval(ids, n, start_pos);

@@ -264,7 +264,11 @@ class Engine {
   // start_pos may be at most n_past() (positions after it are overwritten and
   // forgotten). Throws std::invalid_argument for bad ids or positions.
   // logits may be null: no lm_head at all (a tensor-parallel worker).
-  void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits);
+  // rope_end: when this call is one block of a sequence of rope_end positions
+  // (perplexity's blocks), LongRoPE picks its factors by that length, as one
+  // call over the whole sequence would; 0 = start_pos + n.
+  void eval(const int32_t* ids, int64_t n, int64_t start_pos, float* logits, bool all_logits,
+            int64_t rope_end = 0);
 
   // Forgets positions >= n (prompt-cache reuse keeps a common prefix). With
   // sliding-window rings it forgets everything when the ring no longer holds

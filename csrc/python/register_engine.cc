@@ -103,14 +103,14 @@ std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx,
   return engine_from_file(path, o, p, shard, std::move(comm));
 }
 
-py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits) {
+py::array_t<float> eval(Engine& e, I32 ids, int64_t start_pos, bool all_logits, int64_t rope_end) {
   if (ids.ndim() != 1) throw std::invalid_argument("eval: ids must be a 1-D sequence of token ids");
   const int64_t n = ids.shape(0), V = e.config().vocab_size;
   py::array_t<float> out = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>({V});
   float* p = out.mutable_data();
   const int32_t* ip = ids.data();
   py::gil_scoped_release release;
-  e.eval(ip, n, start_pos, p, all_logits);
+  e.eval(ip, n, start_pos, p, all_logits, rope_end);
   return out;
 }
 
@@ -347,7 +347,10 @@ void register_engine(py::module_& m) {
            [](const Engine& e) {
              if (e.pager()) e.pager()->reset_stats();
            })
-      .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false)
+      .def("eval", &eval, py::arg("ids"), py::arg("start_pos"), py::arg("all_logits") = false,
+           py::arg("rope_end") = 0,
+           "Logits of ids at start_pos..; rope_end: the length of the sequence this call is a block "
+           "of, for LongRoPE's choice of factors (0: this call's end).")
       .def("truncate", &Engine::truncate, py::arg("n"))
       .def("reusable_prefix", &Engine::reusable_prefix, py::arg("n"), py::arg("total"),
            "How many of the first n cached positions a call reaching `total` positions may keep "
