@@ -32,6 +32,7 @@ from edgelut.registry import UnknownModelError, known_names, lookup
 __all__ = [
     "CachedModel",
     "ConvertOptions",
+    "cached_file",
     "cached_models",
     "convert_source",
     "is_model_file",
@@ -112,15 +113,26 @@ def convert_source(source: Path | str, out: Path, opts: ConvertOptions) -> Path:
     return out
 
 
-def model_file(name: str, opts: ConvertOptions | None = None) -> Path:
-    """The model file of a registry model: pulled and converted on first use, then cached."""
+def _registry_target(name: str, opts: ConvertOptions | None) -> tuple[Path, ConvertOptions]:
     entry = lookup(name)
     if opts is None:
         opts = ConvertOptions(entry.bits, entry.group_size)
     if (opts.bits, opts.group_size) == (entry.bits, entry.group_size) and not opts.overrides:
         # The row's overrides are tuned for its width; another width gets the plain recipe.
         opts = replace(opts, overrides=entry.recipe, imatrix=opts.imatrix or entry.imatrix)
-    out = _models_dir() / f"{entry.name}-{opts.tag}.elut"
+    return _models_dir() / f"{entry.name}-{opts.tag}.elut", opts
+
+
+def cached_file(name: str) -> Path | None:
+    """A registry model's default model file if it has been pulled, without pulling it."""
+    out, _ = _registry_target(name, None)
+    return out if out.is_file() else None
+
+
+def model_file(name: str, opts: ConvertOptions | None = None) -> Path:
+    """The model file of a registry model: pulled and converted on first use, then cached."""
+    entry = lookup(name)
+    out, opts = _registry_target(name, opts)
     if out.is_file():
         return out
     source = cache.pull(entry.name, progress=opts.progress)

@@ -184,8 +184,14 @@ def test_a_rows_recipe_and_imatrix_make_the_default_file_and_not_other_widths(
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert str(tuned) in listing and str(plain) in listing
+    # `info NAME` describes the row's default file.
+    assert main(["info", "tiny-chat", "--no-verify"]) == 0
+    info = capsys.readouterr().out
+    assert str(tuned) in info and "attn_v" in info and "imatrix:" in info
     assert main(["rm", "tiny-chat"]) == 0
     assert not tuned.exists() and not plain.exists()
+    assert main(["info", "tiny-chat"]) == 2
+    assert "not pulled yet; `edgelut pull tiny-chat`" in capsys.readouterr().err
 
 
 def test_a_bad_row_recipe_fails_before_any_forward_pass(tmp_path, monkeypatch, tiny_gguf) -> None:

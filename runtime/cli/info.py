@@ -9,7 +9,7 @@ from edgelut.cli import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe an edgelut model file")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a model file, or the name of a pulled model")
     p.add_argument("--tensors", action="store_true", help="list every tensor, not one line per kind")
     p.add_argument("--no-verify", action="store_true", help="skip the CRC check")
     p.set_defaults(func=run)
@@ -57,7 +57,17 @@ def run(args: argparse.Namespace) -> int:
     from edgelut.models.modelfile import read_model_file
 
     if not os.path.exists(args.file):
-        raise UserError(f"{args.file} does not exist")
+        from edgelut.registry import known_names
+        from edgelut.store import cached_file
+
+        if args.file.lower() not in known_names():
+            raise UserError(f"{args.file} does not exist")
+        path = cached_file(args.file.lower())
+        if path is None:
+            raise UserError(
+                f"{args.file} is not pulled yet; `edgelut pull {args.file}` downloads and converts it"
+            )
+        args.file = str(path)
     # The same reader and checks as `edgelut run` (csrc/io/model_file.cc), and the tensor
     # set the engine binds: a file info describes is one the engine would open.
     f = read_model_file(args.file, verify_crc=not args.no_verify)
