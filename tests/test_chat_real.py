@@ -1,8 +1,9 @@
 """End to end on the real default model (SmolLM2-135M-Instruct at 4 bits).
 
 The questions and expected words are the answers llama.cpp gives for the
-source GGUF with the same system message; the default system prompt of the
-template makes this small model drift, so the tests name theirs.
+source GGUF with the same system message. The tests name their system message
+so that what they check does not depend on the template's default one, which
+`edgelut chat` uses when it is given none (runtime/cli/common.py).
 """
 
 from __future__ import annotations
