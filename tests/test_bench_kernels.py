@@ -61,3 +61,15 @@ def test_markdown_ratios_and_scaling(bench) -> None:
     assert "| 4096x4096 | 1 | 2 | 50.0 (80) | - |" in md
     assert "| q2 vs llama q2_K |" in md and "| 4096x4096 | 1 | 1 | 3.00 |" in md
     assert "| 4096x4096 | 1 | 2.00 | - |" in md  # thread scaling: edgelut 2x, llama missing
+
+
+def test_markdown_has_the_int8_kernel_columns(bench) -> None:
+    R = bench.Result
+    results = [
+        R("4096x4096", 128, 1, "edgelut q4", 400e-6, 9_000_000, "5.0 bpw"),
+        R("4096x4096", 128, 1, "edgelut q4:int8", 200e-6, 9_000_000, "5.0 bpw"),
+        R("4096x4096", 128, 1, "llama q4_0", 500e-6, 9_000_000),
+    ]
+    md = bench.markdown(results, bench.parse_args(["--threads", "1"]))
+    assert "| q4 vs llama q4_0 | q4:int8 vs llama q4_0 | q4:int8 vs edgelut q4 |" in md
+    assert "| 4096x4096 | 128 | 1 | 1.25 | 2.50 | 2.00 |" in md

@@ -612,6 +612,15 @@ def markdown(results: list[Result], args: argparse.Namespace) -> str:
         ("q2k", "llama q2_K"),
         ("q3k", "llama q3_K"),
         ("q4k", "llama q4_K"),
+        # --paths int8: the int8 prefill kernel against the K-quants and against edgelut's own LUT GEMM.
+        ("q2:int8", "llama q2_K"),
+        ("q3:int8", "llama q3_K"),
+        ("q4:int8", "llama q4_0"),
+        ("q4:int8", "llama q4_K"),
+        ("q1:int8", "edgelut q1"),
+        ("q2:int8", "edgelut q2"),
+        ("q3:int8", "edgelut q3"),
+        ("q4:int8", "edgelut q4"),
     ]
     pairs = [(e, p) for e, p in pairs if f"edgelut {e}" in impls and p in impls]
     if pairs:
