@@ -574,7 +574,7 @@ class Model:
     # set_context_overflow); class defaults so every constructor path has them.
     context_overflow: str = "error"
     n_keep: int = 32
-    # The engine's prefill chunk (tokens per GEMM pass; every load path uses the default).
+    # The engine's prefill chunk (tokens per GEMM pass; from_packed may set another).
     prefill_chunk: int = 64
     # With True, a reused prompt prefix is cut back to a multiple of prefill_chunk, so the rest
     # of the prompt runs in the same chunks, hence the same kernels, as a cold prompt: a
@@ -679,7 +679,9 @@ class Model:
             shard=shard,
             communicator=communicator,
         )
-        return cls(engine, config, tokenizer)
+        model = cls(engine, config, tokenizer)
+        model.prefill_chunk = prefill_chunk  # the prompt cache's unit follows the engine's chunk
+        return model
 
     # ---- properties -------------------------------------------------------
     @property

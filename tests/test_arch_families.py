@@ -247,7 +247,10 @@ def test_longrope_prompt_cache_keeps_only_keys_of_the_same_factors():
             m.generate(p, max_tokens=1, temperature=0.0)
         e = m._engine
         assert e.n_past == len(prompts[-1])
-        return np.frombuffer(e.kv_snapshot(), np.float32)
+        blob = e.kv_snapshot()  # the keys, then one factor byte per position
+        want = 1 if len(prompts[-1]) > ORIGINAL else 0
+        assert list(blob[len(blob) - e.n_past :]) == [want] * e.n_past
+        return np.frombuffer(blob[: len(blob) - e.n_past], np.float32)
 
     fresh_short, fresh_long = cache_after(short), cache_after(long)
     np.testing.assert_array_equal(cache_after(long, short), fresh_short)
@@ -259,8 +262,26 @@ def test_longrope_prompt_cache_keeps_only_keys_of_the_same_factors():
     e.eval(np.array(long, np.int32), 0)
     assert e.reusable_prefix(len(short), len(short)) == 0  # long keys, short call
     assert e.reusable_prefix(len(short), len(longer)) == len(short)
-    e.kv_restore(e.kv_snapshot(), e.n_past)  # restored keys: factors unknown, nothing kept
-    assert e.reusable_prefix(len(short), len(longer)) == 0
+    saved = e.kv_snapshot()
+    e.reset()
+    e.eval(np.array(short, np.int32), 0)  # another conversation, short factors
+    e.kv_restore(saved, len(long))  # the restored keys keep their factors
+    assert e.reusable_prefix(len(short), len(longer)) == len(short)
+    assert e.reusable_prefix(len(short), len(short)) == 0
+    with pytest.raises(ValueError, match="not a snapshot"):
+        e.kv_restore(saved[:-1], len(long))
+    bad = bytearray(saved)
+    bad[-1] = 7
+    with pytest.raises(ValueError, match="factor record is corrupt"):
+        e.kv_restore(bytes(bad), len(long))
+    assert e.reusable_prefix(len(short), len(longer)) == len(short)  # a refused restore changed nothing
+    # Through the Model's prompt cache: a long conversation, another one, then the first
+    # again with more: its saved keys come back with their factors and are reused.
+    m = build(cfg, w, prefill_chunk=4)
+    m.prompt_cache_bytes = 1 << 20
+    for p in (long, long[::-1], longer):
+        m.generate(p, max_tokens=1, temperature=0.0)
+    assert m.stats.cached_tokens >= len(long)
     with pytest.raises(ValueError, match="reusable_prefix"):
         e.reusable_prefix(e.n_past + 1, e.n_past + 1)
     # Without LongRoPE every prefix is reusable.

@@ -497,15 +497,26 @@ int64_t Engine::reusable_prefix(int64_t n, int64_t total) const {
 std::vector<uint8_t> Engine::kv_snapshot() const {
   require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
           "kv snapshot: a tensor-parallel shard cannot keep its cache alone");
-  return kv_.snapshot(n_past_);
+  std::vector<uint8_t> out = kv_.snapshot(n_past_);
+  // LongRoPE: the factors each key was rotated with travel with the keys, so a
+  // restored conversation can still reuse its prefix (reusable_prefix).
+  if (!rope_long_at_.empty()) out.insert(out.end(), rope_long_at_.begin(), rope_long_at_.begin() + n_past_);
+  return out;
 }
 
 void Engine::kv_restore(const uint8_t* data, size_t size, int64_t n) {
   require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
           "kv restore: a tensor-parallel shard cannot restore its cache alone");
-  kv_.restore(data, size, n);
+  const bool fits = n >= 0 && n <= kv_.n_ctx();
+  const size_t record = rope_long_at_.empty() || !fits ? 0 : static_cast<size_t>(n);
+  require(fits && size == kv_.snapshot_bytes(n) + record, "kv restore: " + std::to_string(size) +
+                                                              " bytes are not a snapshot of " + std::to_string(n) +
+                                                              " positions of this cache");
+  for (size_t i = 0; i < record; ++i)
+    require(data[size - record + i] <= 2, "kv restore: the snapshot's RoPE factor record is corrupt");
+  kv_.restore(data, size - record, n);
+  std::copy(data + size - record, data + size, rope_long_at_.begin());
   n_past_ = n;
-  if (!rope_long_at_.empty()) std::fill(rope_long_at_.begin(), rope_long_at_.begin() + n, 2);
 }
 
 GenerateResult Engine::generate(const int32_t* ids, int64_t n, const GenerateOptions& o,

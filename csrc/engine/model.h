@@ -286,7 +286,8 @@ class Engine {
 
   // Positions [0, n_past()) of the KV cache as bytes, and back (KvCache::snapshot):
   // a prompt cache of several conversations. Not for a tensor-parallel shard
-  // (the other devices' caches would not follow): std::invalid_argument.
+  // (the other devices' caches would not follow): std::invalid_argument. With
+  // LongRoPE the bytes end with one byte per position (rope_long_at_).
   std::vector<uint8_t> kv_snapshot() const;
   void kv_restore(const uint8_t* data, size_t size, int64_t n);
 
