@@ -232,7 +232,8 @@ def test_longrope_prompt_cache_keeps_only_keys_of_the_same_factors():
     """A prompt that shares a prefix with the cache reuses it only where a fresh evaluation
     would rotate the keys the same way: after a prompt past the original context (long
     factors), a shorter prompt with the same start is evaluated from 0 again, and the
-    other way round; two prompts past it share their prefix."""
+    other way round; two prompts past it share their prefix. A KV snapshot carries the
+    factors, so a conversation saved and restored (the prompt cache) still shares it."""
     cfg = family_config("phi3")
     w = tiny_weights(cfg, seed=6)
     ids = (IDS * 3)[:40]
