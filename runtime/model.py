@@ -574,8 +574,6 @@ class Model:
     # set_context_overflow); class defaults so every constructor path has them.
     context_overflow: str = "error"
     n_keep: int = 32
-    # The engine's prefill chunk (tokens per GEMM pass; from_packed may set another).
-    prefill_chunk: int = 64
     # With True, a reused prompt prefix is cut back to a multiple of prefill_chunk, so the rest
     # of the prompt runs in the same chunks, hence the same kernels, as a cold prompt: a
     # repeated request then gets the cold request's reply. Without it the last prompt token
@@ -679,9 +677,7 @@ class Model:
             shard=shard,
             communicator=communicator,
         )
-        model = cls(engine, config, tokenizer)
-        model.prefill_chunk = prefill_chunk  # the prompt cache's unit follows the engine's chunk
-        return model
+        return cls(engine, config, tokenizer)
 
     # ---- properties -------------------------------------------------------
     @property
@@ -691,6 +687,11 @@ class Model:
     @property
     def n_threads(self) -> int:
         return self._engine.n_threads
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Tokens per GEMM pass of the engine: also the prompt cache's unit of reuse."""
+        return self._engine.prefill_chunk
 
     @property
     def engine(self) -> _core.Engine:

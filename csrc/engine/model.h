@@ -257,6 +257,7 @@ class Engine {
   int64_t n_ctx() const { return kv_.n_ctx(); }
   int64_t n_past() const { return n_past_; }
   int n_threads() const { return pool_.size(); }
+  int64_t prefill_chunk() const { return opt_.prefill_chunk; }
   size_t kv_bytes() const { return kv_.nbytes(); }
 
   // Runs ids (n tokens) at positions start_pos.. and writes logits: of the

@@ -376,6 +376,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("n_past", &Engine::n_past)
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
+      .def_property_readonly("prefill_chunk", &Engine::prefill_chunk)
       .def_property_readonly("kv_bytes", &Engine::kv_bytes)
       .def("set_profiling", &Engine::set_profiling, py::arg("on"))
       .def("reset_profile", &Engine::reset_profile)
