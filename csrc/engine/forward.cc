@@ -507,11 +507,12 @@ std::vector<uint8_t> Engine::kv_snapshot() const {
 void Engine::kv_restore(const uint8_t* data, size_t size, int64_t n) {
   require(dynamic_cast<const NullCommunicator*>(comm_.get()) != nullptr,
           "kv restore: a tensor-parallel shard cannot restore its cache alone");
-  const bool fits = n >= 0 && n <= kv_.n_ctx();
-  const size_t record = rope_long_at_.empty() || !fits ? 0 : static_cast<size_t>(n);
-  require(fits && size == kv_.snapshot_bytes(n) + record, "kv restore: " + std::to_string(size) +
-                                                              " bytes are not a snapshot of " + std::to_string(n) +
-                                                              " positions of this cache");
+  // The size is checked before the record is read: in a blob of the wrong
+  // size the last n bytes may be keys.
+  const size_t record = rope_long_at_.empty() || n < 0 ? 0 : static_cast<size_t>(n);
+  require(size >= record && kv_.is_snapshot(size - record, n),
+          "kv restore: " + std::to_string(size) + " bytes are not a snapshot of " + std::to_string(n) +
+              " positions of this cache");
   for (size_t i = 0; i < record; ++i)
     require(data[size - record + i] <= 2, "kv restore: the snapshot's RoPE factor record is corrupt");
   kv_.restore(data, size - record, n);

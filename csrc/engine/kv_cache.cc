@@ -113,7 +113,7 @@ std::vector<uint8_t> KvCache::snapshot(int64_t n) const {
 }
 
 void KvCache::restore(const uint8_t* data, size_t size, int64_t n) {
-  if (n < 0 || n > n_ctx_ || size != snapshot_bytes(n))
+  if (!is_snapshot(size, n))
     throw std::invalid_argument("kv restore: " + std::to_string(size) + " bytes are not a snapshot of " +
                                 std::to_string(n) + " positions of this cache");
   const uint8_t* in = data;

@@ -71,8 +71,8 @@ class KvCache {
   // ring's position map. restore() puts such a copy back exactly, so a prompt
   // cache can keep several conversations and continue any of them.
   std::vector<uint8_t> snapshot(int64_t n) const;
-  // Bytes of snapshot(n); n must be in [0, n_ctx].
-  size_t snapshot_bytes(int64_t n) const;
+  // Whether size bytes can be a snapshot of n positions (n in [0, n_ctx], the size of snapshot(n)).
+  bool is_snapshot(size_t size, int64_t n) const { return n >= 0 && n <= n_ctx_ && size == snapshot_bytes(n); }
   // Throws std::invalid_argument when data is not a snapshot of n positions of this cache.
   void restore(const uint8_t* data, size_t size, int64_t n);
 
@@ -101,6 +101,7 @@ class KvCache {
   // the copy out and the copy back.
   template <class Self, class Part>
   static void for_each_part(Self& kv, int64_t n, Part&& part);
+  size_t snapshot_bytes(int64_t n) const;
   int64_t n_ctx_;
   size_t row_;  // n_kv_heads * head_dim
   KvType type_;
