@@ -61,6 +61,7 @@ struct Avx2 {
             for (int u = 0; u < 2; ++u) s[i][pp][u] = h[i][pp][u] = _mm256_setzero_si256();
         const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p0) * 32;
         for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
+          if (p0 == 0 && a.prefetch) prefetch_chunk_codes<P>(run);
           __m256i tab[TB];
           for (int i = 0; i < TB; ++i)
             tab[i] = _mm256_broadcastsi128_si256(

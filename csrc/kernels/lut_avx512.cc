@@ -81,6 +81,7 @@ struct Avx512 {
     const uint8_t* run = a.codes + static_cast<size_t>(c0 * P) * 32;
     const int8_t* tp = a.tab[0] + c0 * kTableSize;
     for (int64_t c = 0; c < nc; ++c, run += P * 32, tp += kTableSize) {
+      prefetch_chunk_codes<P>(run);
       const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp)));
       for (int q = 0; q < kPairs; ++q) {
         const __m512i v = _mm512_loadu_si512(run + 64 * q);
@@ -146,6 +147,7 @@ struct Avx512 {
         for (int i = 0; i < TB; ++i) s[i] = h[i] = _mm512_setzero_si512();
         const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p) * 32;
         for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
+          if (p == 0 && a.prefetch) prefetch_chunk_codes<P>(run);
           const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
           const __m512i idx = _mm512_srlv_epi16(v, nib_shift);
           for (int i = 0; i < TB; ++i) {
