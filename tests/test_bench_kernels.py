@@ -6,7 +6,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from edgelut import kernels
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "bench_kernels.py"
 
@@ -73,3 +76,27 @@ def test_markdown_has_the_int8_kernel_columns(bench) -> None:
     md = bench.markdown(results, bench.parse_args(["--threads", "1"]))
     assert "| q4 vs llama q4_0 | q4:int8 vs llama q4_0 | q4:int8 vs edgelut q4 |" in md
     assert "| 4096x4096 | 128 | 1 | 1.25 | 2.50 | 2.00 |" in md
+
+
+def test_dram_copies_compute_the_same_product_at_other_addresses(bench) -> None:
+    """--dram: each copy is the same matrix in its own buffer, and the rotation visits all."""
+    rng = np.random.default_rng(3)
+    pm = bench.random_packed(96, 256, "q3", 32, rng, "k")
+    count = bench.copies_for(pm.nbytes, 3 * pm.nbytes / 1e6)
+    assert count == 3
+    pms = bench.packed_copies(pm, count)
+    addrs = {c.data.ctypes.data for c in pms}
+    assert len(addrs) == 3 and all(a % 64 == 0 for a in addrs)
+    x = rng.standard_normal(256).astype(np.float32)
+    want = kernels.gemv(pm, x)
+    seen: list[int] = []
+    run = bench.rotating([lambda c=c: (seen.append(id(c)), kernels.gemv(c, x))[1] for c in pms])
+    for _ in range(6):
+        np.testing.assert_array_equal(run(), want)
+    assert seen == [id(c) for c in pms] * 2
+    assert bench.copies_for(pm.nbytes, 0.0) == 1
+
+
+def test_dram_flag_parses(bench) -> None:
+    assert bench.parse_args(["--dram", "256"]).dram == 256.0
+    assert bench.parse_args([]).dram == 0.0

@@ -14,6 +14,11 @@ each weight type and, beside it:
   ``test-backend-ops perf`` on the same shapes as a cross-check (that tool
   always uses hardware_concurrency/2 threads; we report what it used).
 
+``--dram MB`` gives every implementation enough copies of its weights to
+fill MB and rotates through them call by call, so with MB well above the last
+level cache each call streams its weights from DRAM as decode does in a whole
+model (the default reuses one copy, which stays in cache for the shapes here).
+
 Times are medians of repeated calls after a warm-up; the number of repeats is
 adaptive (about ``--target`` seconds per measurement) unless ``--repeats`` is
 given. Weight GB/s = packed weight bytes / time. The machine this was written
@@ -31,7 +36,9 @@ import argparse
 import ctypes
 import dataclasses
 import datetime
+import functools
 import glob
+import itertools
 import os
 import platform
 import re
@@ -183,6 +190,28 @@ def random_packed(
         d = rng.uniform(0.001, 0.002, size=(n, nsb)).astype(np.float32)
         return kernels.pack_two_level(codes, sub, sub[:, ::-1].copy(), d, -d, qtype, group, 256)
     return kernels.pack(codes, scales, -scales if form == "a" else None, qtype, group)
+
+
+def packed_copies(pm: kernels.PackedMatrix, count: int) -> list[kernels.PackedMatrix]:
+    """pm and count - 1 byte copies of it at other addresses (for --dram)."""
+    out = [pm]
+    for _ in range(count - 1):
+        raw = np.empty(pm.nbytes + 64, np.uint8)
+        off = -raw.ctypes.data % 64  # from_buffer wants the packed sections 64-byte aligned
+        buf = raw[off : off + pm.nbytes]
+        buf[:] = pm.data
+        out.append(kernels.from_buffer(buf, pm.n, pm.k, pm.qtype, pm.group_size, pm.asym, pm.super_block))
+    return out
+
+
+def rotating(fns: list[Callable[[], object]]) -> Callable[[], object]:
+    """One callable running fns in turn, a call each."""
+    it = itertools.cycle(fns)
+    return lambda: next(it)()
+
+
+def copies_for(nbytes: int, dram_mb: float) -> int:
+    return max(1, -(-int(dram_mb * 1e6) // max(nbytes, 1))) if dram_mb else 1
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -454,6 +483,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     isa = args.isa or kernels.cpu_isa()
     print(f"# machine: {machine_summary()}")
     print(f"# edgelut isa={isa} group={args.group}; numpy BLAS={blas}")
+    if args.dram:
+        print(f"# edgelut and llama.cpp weights rotated over copies filling {args.dram:g} MB (from DRAM)")
     results: list[Result] = []
     bo_cases: list[tuple[str, int, int, int]] = []
 
@@ -480,6 +511,7 @@ def run(args: argparse.Namespace) -> list[Result]:
         else:
             packed = {q: random_packed(n, k, q, args.group, rng) for q in args.types}
         wf = rng.standard_normal((n, k), dtype=np.float32) * 0.02
+        copies: dict[str, list[kernels.PackedMatrix]] = {}
         dq_type = "q4" if "q4" in packed else next(iter(packed))
         deq = packed[dq_type].dequantize() if "np" in args.peers else None
         for m in args.m:
@@ -493,6 +525,9 @@ def run(args: argparse.Namespace) -> list[Result]:
                 solo: dict[str, tuple[Callable[[], object], int, str]] = {}
                 closers: list[Callable[[], None]] = []
                 for q, pm in packed.items():
+                    if q not in copies:  # made once per shape, reused across m and threads
+                        copies[q] = packed_copies(pm, copies_for(pm.nbytes, args.dram))
+                    pms = copies[q]
                     # Decode is always the LUT GEMV; prefill takes each requested path.
                     for path in args.paths if m > 1 else ["lut"]:
 
@@ -502,7 +537,8 @@ def run(args: argparse.Namespace) -> list[Result]:
                             return kernels.gemm(pm, x, isa=args.isa, n_threads=thr, int8=int8)
 
                         label = f"edgelut {q}" if path == "lut" else f"edgelut {q}:int8"
-                        cands[label] = (fn, pm.nbytes, f"{pm.bits_per_weight:.2f} bpw")
+                        run_fn = rotating([functools.partial(fn, pm=c) for c in pms])
+                        cands[label] = (run_fn, pm.nbytes, f"{pm.bits_per_weight:.2f} bpw")
                 if "np" in args.peers:
 
                     def np_mm(deq=deq, xt=xt, thr=thr) -> np.ndarray:
@@ -522,8 +558,13 @@ def run(args: argparse.Namespace) -> list[Result]:
                         if got is None:
                             add(Result(sname, m, thr, f"llama {tname}", float("nan"), 0, note))
                             continue
-                        cands[f"llama {tname}"] = (got[0], got[1], note)
+                        runs = [got[0]]
                         closers.append(got[2])
+                        for _ in range(copies_for(got[1], args.dram) - 1):
+                            more, _ = ggml.matmul(tname, wf, m, thr, rng)  # its own weight buffer
+                            runs.append(more[0])
+                            closers.append(more[2])
+                        cands[f"llama {tname}"] = (rotating(runs), got[1], note)
                         if thr == 1:
                             bo_cases.append((tname, n, k, m))
                 settle = 0.01 if thr > 1 else 0.0
@@ -716,6 +757,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target", type=float, default=0.2, help="seconds per measurement when adaptive")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table for docs/BENCHMARKS.md")
     ap.add_argument("--stat", choices=["median", "min"], default="median", help="statistic the tables show")
+    ap.add_argument(
+        "--dram",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="rotate each implementation through copies of its weights filling MB (above the last level "
+        "cache: every call streams from DRAM, as decode does); default: one copy",
+    )
     ap.add_argument("--no-stream", action="store_true", help="skip the memory bandwidth reference")
     ap.add_argument("--no-deq", action="store_true", help="skip numpy dequantise+matmul (slow)")
     ap.add_argument("--from-log", default="", help="re-render the tables of a saved run's output; no timing")
