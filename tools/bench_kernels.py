@@ -211,6 +211,7 @@ def rotating(fns: list[Callable[[], object]]) -> Callable[[], object]:
 
 
 def copies_for(nbytes: int, dram_mb: float) -> int:
+    """Copies of nbytes of weights that fill dram_mb (1 when dram_mb is 0: no rotation)."""
     return max(1, -(-int(dram_mb * 1e6) // max(nbytes, 1))) if dram_mb else 1
 
 

@@ -81,7 +81,7 @@ struct Avx512 {
     const uint8_t* run = a.codes + static_cast<size_t>(c0 * P) * 32;
     const int8_t* tp = a.tab[0] + c0 * kTableSize;
     for (int64_t c = 0; c < nc; ++c, run += P * 32, tp += kTableSize) {
-      prefetch_chunk_codes<P>(run);
+      if (a.prefetch) prefetch_chunk_codes<P>(run);
       const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp)));
       for (int q = 0; q < kPairs; ++q) {
         const __m512i v = _mm512_loadu_si512(run + 64 * q);

@@ -79,10 +79,10 @@ inline X86Scratch& x86_scratch() {
 // hardware prefetcher does not cover: q2-q4 GEMVs of 8960 x 1536 and
 // 1536 x 8960 streamed from DRAM ran 1.13-1.28x faster with this on the AMD
 // EPYC (Zen 3) VM, and 1.03-1.11x from L3 (docs/BENCHMARKS.md, "Kernels from
-// DRAM"). One or two prefetches
-// per chunk, spread through the loop, cover every 64-byte line of the P * 32
-// bytes a chunk reads; a burst of a whole group's lines per group measured no
-// faster than none, and prefetching the scale streams as well gained nothing.
+// DRAM"). One or two prefetches per chunk, spread through the loop, cover
+// every 64-byte line of the P * 32 bytes a chunk reads; a burst of a whole
+// group's lines per group measured no faster than none, and prefetching the
+// scale streams as well gained nothing.
 constexpr size_t kCodePrefetchBytes = 4096;
 
 template <int P>
