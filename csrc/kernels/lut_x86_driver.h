@@ -77,7 +77,7 @@ inline X86Scratch& x86_scratch() {
 // Decode streams the codes from DRAM once per token, and the lookups are dense
 // enough that the out-of-order window holds only a dozen lines ahead, which the
 // hardware prefetcher does not cover: q2-q4 GEMVs of 8960 x 1536 and
-// 1536 x 8960 streamed from DRAM ran 1.13-1.28x faster with this on the AMD
+// 1536 x 8960 streamed from DRAM ran 1.10-1.28x faster with this on the AMD
 // EPYC (Zen 3) VM, and 1.03-1.11x from L3 (docs/BENCHMARKS.md, "Kernels from
 // DRAM"). One or two prefetches per chunk, spread through the loop, cover
 // every 64-byte line of the P * 32 bytes a chunk reads; a burst of a whole
