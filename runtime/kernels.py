@@ -235,8 +235,17 @@ def dequantize_reference(
 
 
 def table_error_bound(w: PackedMatrix, x: np.ndarray) -> np.ndarray:
-    """Per-row bound on |gemv(w, x) - exact| from int8 table rounding (see csrc/kernels/lut.h)."""
+    """Per-row bound on |gemv(w, x) - exact| from int8 table rounding (see csrc/kernels/lut.h).
+
+    On the integer sub-scale path the table scale is the super-block's and the
+    group sums are rounded to its steps, which adds (|s| * center + |m|) * tscale / 2
+    per group.
+    """
     _, tscale, _ = tables(w, x)
-    _, scales, _ = w.unpack()
+    _, scales, mins = w.unpack()
     per_group = 0.25 * tscale[None, :] * sum(abs(c) for c in PLANE_ICOEF[w.qtype]) * (w.group_size // 4)
-    return (np.abs(scales) * per_group).sum(axis=1)
+    bound = (np.abs(scales) * per_group).sum(axis=1)
+    if w.int_subscales:
+        steps = np.abs(scales) * abs(CENTER[w.qtype]) + np.abs(mins)
+        bound = bound + (steps * (0.5 * tscale[None, :])).sum(axis=1)
+    return bound

@@ -32,6 +32,15 @@ void validate_shape(const PackedShape& s) {
     throw std::invalid_argument("packed matrix: dimension too large");
 }
 
+bool PackedShape::int_subscales() const {
+  if (!two_level()) return false;
+  const QTypeTraits& tr = qtype_traits(qtype);
+  int32_t sumabs = 0;
+  for (int p = 0; p < tr.planes; ++p) sumabs += tr.icoef[p] < 0 ? -tr.icoef[p] : tr.icoef[p];
+  const int64_t two_center = static_cast<int64_t>(2.0f * tr.center);
+  return (sumabs + two_center) * 127 * (group / kChunk) <= 32767 && super / group <= 34;
+}
+
 namespace {
 // Address of the 32-byte run for (tile, group, chunk-in-group, plane).
 inline size_t run_offset(const PackedShape& s, int64_t t, int64_t g, int64_t c, int p) {

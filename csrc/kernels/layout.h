@@ -49,6 +49,16 @@ struct PackedShape {
   int32_t super = 0;     // two-level scales: weights per super-block (0 = fp16 per group)
 
   bool two_level() const { return super > 0; }
+  // Two-level scales take the integer sub-scale path of lut.h when a group's
+  // sum with its center term fits int16 and a super-block's int32 sums stay
+  // exact in float: (sum|icoef| + 2 * center) * 127 * chunks <= 32767 and at
+  // most 34 groups per super-block. That is every two-level type at group 32,
+  // q1-q3 and ternary at 64, q1, q2 and ternary at 128.
+  bool int_subscales() const;
+  // Weights that share one activation-table scale: the super-block on the
+  // integer sub-scale path, else the group.
+  int32_t table_group() const { return int_subscales() ? super : group; }
+  int64_t groups_per_table() const { return table_group() / group; }
   int64_t tiles() const { return (n + kTileRows - 1) / kTileRows; }
   int64_t groups() const { return (k + group - 1) / group; }
   int64_t groups_per_super() const { return two_level() ? super / group : 1; }

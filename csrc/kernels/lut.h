@@ -17,7 +17,24 @@
 // Error bound of the int8 tables (the only approximation): each looked-up entry
 // is off by at most tscale[g]/2, so per (row, group)
 //   |y_lut - y_exact| <= |s| * 0.5 * tscale[g] * 0.5 * sum_p |icoef[p]| * (G/4).
+//
+// Integer sub-scale path (two-level shapes with PackedShape::int_subscales()).
+// The per-group float epilogue above costs as much as the lookups of a q3
+// GEMV, so these shapes take the K-quants' dot-product structure instead:
+// the groups of a super-block share one table scale (tscale[g] is the max over
+// the super-block's chunks / 127, stored for each of its groups), and per
+// (row, super-block), exactly in integers,
+//   aq[g] = nearbyint(asum[g] / tscale[g])   (0 when tscale[g] is 0)
+//   accs  = sum_g ls[g] * (comb[g] + csum * aq[g])   (csum = sum_p icoef[p] = 2 * center)
+//   accm  = sum_g lm[g] * aq[g]
+// then, once per super-block, with d and dmin the row's fp16 values as float:
+//   y = fma(d, float(accs) * (0.5f * tscale), y);  y = fma(dmin, float(accm) * tscale, y)
+// comb + csum * aq fits int16 and accs, accm stay below 2^24 (int_subscales()
+// checks both), so every kernel gets the same bits. Rounding asum adds, per
+// (row, group), (|s| * center + |m|) * tscale / 2 to the table bound above,
+// which is taken with the super-block's tscale.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "layout.h"
@@ -33,14 +50,32 @@ struct ActTables {
 // Sizes of the table buffers for one token.
 inline size_t table_bytes(const PackedShape& s) { return static_cast<size_t>(s.k_padded() / kChunk) * kTableSize; }
 
-// x has s.k floats; the tail to k_padded is treated as zeros.
+// x has s.k floats; the tail to k_padded is treated as zeros. One table scale
+// covers s.table_group() weights (the group, or the super-block on the integer
+// sub-scale path); tscale still has one entry per group.
 // The scalar reference; SIMD builders (KernelSet::tables) are bit-identical to it.
 void build_tables(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum);
 
-// The reference for groups [g0, g1) only (tab, tscale, asum point at group 0):
-// the SIMD builders use it for a last group that runs past K.
+// The reference for groups [g0, g1) only (tab, tscale, asum point at group 0),
+// g0 on a table-scale boundary: the SIMD builders use it for a last table
+// block that runs past K.
 void build_tables_groups_ref(const PackedShape& s, const float* x, int64_t g0, int64_t g1, int8_t* tab,
                              float* tscale, float* asum);
+
+// The pieces of lut.h's integer sub-scale path that every kernel computes the
+// same way. In an anonymous namespace for the reason given in layout.h.
+namespace {
+// aq: the group's activation sum in steps of the table scale.
+inline int32_t asum_steps(float asum, float tscale) {
+  return tscale > 0.0f ? static_cast<int32_t>(std::nearbyint(asum / tscale)) : 0;
+}
+// sum_p icoef[p]: the plane combination of an all-ones code, 2 * center.
+inline int32_t icoef_sum(const QTypeTraits& tr) {
+  int32_t s = 0;
+  for (int p = 0; p < tr.planes; ++p) s += tr.icoef[p];
+  return s;
+}
+}  // namespace
 
 using BuildTablesFn = void (*)(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum);
 

@@ -37,56 +37,64 @@ struct Avx2 {
     acc[3] = _mm256_add_epi32(acc[3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(b, 1)));
   }
 
+  // Chunks [c0, c0 + nc) of one (tile, group) for TB tokens: the int16 sums
+  // of lut_x86_driver.h, planes combined, bias not yet removed. [half]: rows
+  // 0..31, 32..63; cs holds whole words, ch the odd rows (high bytes).
+  template <int P, int TB>
+  static void lookup_block(const GroupCtx& cx, const uint8_t* codes, const int8_t* const* tabs, bool prefetch,
+                           int64_t c0, int64_t nc, __m256i cs[][2], __m256i ch[][2]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int i = 0; i < TB; ++i)
+      for (int u = 0; u < 2; ++u) cs[i][u] = ch[i][u] = _mm256_setzero_si256();
+    // One token: two planes per pass share each table load and give the
+    // core two independent chains; token blocks already have that.
+    constexpr int kPG = TB == 1 && P > 1 ? 2 : 1;
+    for (int p0 = 0; p0 < P; p0 += kPG) {
+      const int np = std::min(kPG, P - p0);
+      __m256i s[TB][kPG][2], h[TB][kPG][2];
+      for (int i = 0; i < TB; ++i)
+        for (int pp = 0; pp < kPG; ++pp)
+          for (int u = 0; u < 2; ++u) s[i][pp][u] = h[i][pp][u] = _mm256_setzero_si256();
+      const uint8_t* run = codes + static_cast<size_t>(c0 * P + p0) * 32;
+      for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
+        if (p0 == 0 && prefetch) prefetch_chunk_codes<P>(run);
+        __m256i tab[TB];
+        for (int i = 0; i < TB; ++i)
+          tab[i] = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(tabs[i] + c * kTableSize)));
+        for (int pp = 0; pp < kPG; ++pp) {
+          if (pp >= np) break;
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + 32 * pp));
+          const __m256i idx[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
+          for (int i = 0; i < TB; ++i)
+            for (int u = 0; u < 2; ++u) {
+              const __m256i r = _mm256_shuffle_epi8(tab[i], idx[u]);
+              s[i][pp][u] = _mm256_add_epi16(s[i][pp][u], r);
+              h[i][pp][u] = _mm256_add_epi16(h[i][pp][u], _mm256_srli_epi16(r, 8));
+            }
+        }
+      }
+      for (int pp = 0; pp < np; ++pp) {
+        const __m256i k = _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[p0 + pp]));
+        for (int i = 0; i < TB; ++i)
+          for (int u = 0; u < 2; ++u) {
+            cs[i][u] = _mm256_add_epi16(cs[i][u], _mm256_mullo_epi16(s[i][pp][u], k));
+            ch[i][u] = _mm256_add_epi16(ch[i][u], _mm256_mullo_epi16(h[i][pp][u], k));
+          }
+      }
+    }
+  }
+
   template <int P, int TB>
   static void step(const GroupCtx& cx, const StepArgs& a) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-
     __m256i comb[TB][8];  // int32 rows 8q..8q+7
     for (int i = 0; i < TB; ++i)
       for (int q = 0; q < 8; ++q) comb[i][q] = _mm256_setzero_si256();
 
     for (int64_t c0 = 0; c0 < cx.cpg; c0 += cx.block) {
       const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
-      __m256i cs[TB][2], ch[TB][2];  // [half]: rows 0..31, 32..63
-      for (int i = 0; i < TB; ++i)
-        for (int u = 0; u < 2; ++u) cs[i][u] = ch[i][u] = _mm256_setzero_si256();
-      // One token: two planes per pass share each table load and give the
-      // core two independent chains; token blocks already have that.
-      constexpr int kPG = TB == 1 && P > 1 ? 2 : 1;
-      for (int p0 = 0; p0 < P; p0 += kPG) {
-        const int np = std::min(kPG, P - p0);
-        __m256i s[TB][kPG][2], h[TB][kPG][2];
-        for (int i = 0; i < TB; ++i)
-          for (int pp = 0; pp < kPG; ++pp)
-            for (int u = 0; u < 2; ++u) s[i][pp][u] = h[i][pp][u] = _mm256_setzero_si256();
-        const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p0) * 32;
-        for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
-          if (p0 == 0 && a.prefetch) prefetch_chunk_codes<P>(run);
-          __m256i tab[TB];
-          for (int i = 0; i < TB; ++i)
-            tab[i] = _mm256_broadcastsi128_si256(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize)));
-          for (int pp = 0; pp < kPG; ++pp) {
-            if (pp >= np) break;
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(run + 32 * pp));
-            const __m256i idx[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
-            for (int i = 0; i < TB; ++i)
-              for (int u = 0; u < 2; ++u) {
-                const __m256i r = _mm256_shuffle_epi8(tab[i], idx[u]);
-                s[i][pp][u] = _mm256_add_epi16(s[i][pp][u], r);
-                h[i][pp][u] = _mm256_add_epi16(h[i][pp][u], _mm256_srli_epi16(r, 8));
-              }
-          }
-        }
-        for (int pp = 0; pp < np; ++pp) {
-          const __m256i k = _mm256_set1_epi16(static_cast<int16_t>(cx.icoef[p0 + pp]));
-          for (int i = 0; i < TB; ++i)
-            for (int u = 0; u < 2; ++u) {
-              cs[i][u] = _mm256_add_epi16(cs[i][u], _mm256_mullo_epi16(s[i][pp][u], k));
-              ch[i][u] = _mm256_add_epi16(ch[i][u], _mm256_mullo_epi16(h[i][pp][u], k));
-            }
-        }
-      }
+      __m256i cs[TB][2], ch[TB][2];
+      lookup_block<P, TB>(cx, a.codes, a.tab, a.prefetch, c0, nc, cs, ch);
       const __m256i bias = _mm256_set1_epi16(block_bias(cx, nc));
       for (int i = 0; i < TB; ++i)
         for (int u = 0; u < 2; ++u) {
@@ -120,6 +128,76 @@ struct Avx2 {
     }
   }
 
+  // lut.h's integer sub-scale path for one (tile, super-block): per group, the
+  // int16 sums with csum * aq folded into the bias, widened and multiplied by
+  // the 4-bit sub-scales with vpmaddwd (a widened int32 lane is the word pair
+  // (value, sign) and a sub-scale lane (ls, 0), so the product is exact); the
+  // sub-min sums and the float step once per super-block.
+  template <int P, int TB>
+  static void step_super(const GroupCtx& cx, const SuperArgs& a) {
+    __m256i accs[TB][8];  // int32 rows 8q..8q+7
+    for (int i = 0; i < TB; ++i)
+      for (int q = 0; q < 8; ++q) accs[i][q] = _mm256_setzero_si256();
+    const __m256i low4 = _mm256_set1_epi32(15);
+    const int16_t bias0 = block_bias(cx, cx.cpg);
+    for (int gi = 0; gi < a.ngroups; ++gi) {
+      const int8_t* tabs[TB];
+      for (int i = 0; i < TB; ++i) tabs[i] = a.tab[i] + gi * cx.cpg * kTableSize;
+      __m256i cs[TB][2], ch[TB][2];
+      lookup_block<P, TB>(cx, a.codes + gi * a.gbytes, tabs, a.prefetch, 0, cx.cpg, cs, ch);
+      const uint8_t* sub = a.meta.sub + gi * kTileRows;
+      for (int u = 0; u < 2; ++u) {
+        __m256i ls[4];  // rows 32u + 8q..: order of widen_rows' outputs
+        for (int q = 0; q < 4; ++q)
+          ls[q] = _mm256_and_si256(
+              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sub + 32 * u + 8 * q))), low4);
+        for (int i = 0; i < TB; ++i) {
+          const int16_t k = static_cast<int16_t>(cx.csum * a.aq[i][gi]);
+          const __m256i bias = _mm256_set1_epi16(static_cast<int16_t>(bias0 - k));
+          const __m256i even = _mm256_sub_epi16(_mm256_sub_epi16(cs[i][u], _mm256_slli_epi16(ch[i][u], 8)), bias);
+          const __m256i odd = _mm256_sub_epi16(ch[i][u], bias);
+          const __m256i lo = _mm256_unpacklo_epi16(even, odd);  // rows 0..7 | 16..23
+          const __m256i hi = _mm256_unpackhi_epi16(even, odd);  // rows 8..15 | 24..31
+          const __m256i r[4] = {_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)),
+                                _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)),
+                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)),
+                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1))};
+          for (int q = 0; q < 4; ++q)
+            accs[i][4 * u + q] = _mm256_add_epi32(accs[i][4 * u + q], _mm256_madd_epi16(r[q], ls[q]));
+        }
+      }
+    }
+    // Sub-min sums two groups at a time: the bytes of groups g and g + 1
+    // interleaved and zero-extended give word pairs (lm_g, lm_g+1) per row,
+    // against the pair (aq_g, aq_g+1) in one vpmaddwd.
+    for (int q = 0; q < 8; ++q) {
+      __m256i accm[TB];
+      for (int i = 0; i < TB; ++i) accm[i] = _mm256_setzero_si256();
+      for (int gi = 0; gi < a.ngroups; gi += 2) {
+        const uint8_t* sub = a.meta.sub + gi * kTileRows + 8 * q;
+        const bool pair = gi + 1 < a.ngroups;
+        const __m128i b0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sub));
+        const __m128i b1 = pair ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sub + kTileRows)) : _mm_setzero_si128();
+        const __m256i lm = _mm256_srli_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b0, b1)), 4);
+        for (int i = 0; i < TB; ++i) {
+          const uint32_t q0 = static_cast<uint16_t>(a.aq[i][gi]);
+          const uint32_t q1 = pair ? static_cast<uint16_t>(a.aq[i][gi + 1]) : 0u;
+          const __m256i aq = _mm256_set1_epi32(static_cast<int32_t>(q0 | q1 << 16));
+          accm[i] = _mm256_add_epi32(accm[i], _mm256_madd_epi16(lm, aq));
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.meta.d + 8 * q)));
+      const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.meta.dmin + 8 * q)));
+      for (int i = 0; i < TB; ++i) {
+        float* o = a.out[i] + 8 * q;
+        __m256 v = _mm256_loadu_ps(o);
+        v = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(accs[i][q]), _mm256_set1_ps(0.5f * a.ts[i])), v);
+        v = _mm256_fmadd_ps(dmin, _mm256_mul_ps(_mm256_cvtepi32_ps(accm[i]), _mm256_set1_ps(a.ts[i])), v);
+        _mm256_storeu_ps(o, v);
+      }
+    }
+  }
+
   // Scales and offsets of rows 8q..8q+7: fp16 loads, or (two-level) the
   // sub-scale nibbles times the fp16 super-block values, one multiply each as
   // in row_scale/row_min (layout.h).
@@ -142,8 +220,7 @@ struct Avx2 {
 // build_tables_avx512 for why lane idx can be computed directly. One chunk is
 // two ymm: entries 0..7 and 8..15.
 void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
-  const int64_t ng = s.groups(), G = s.group, cpg = G / kChunk;
-  const int64_t full = s.k / G;
+  const int64_t cpg = s.group / kChunk;
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 neg[2][kChunk];  // [half][j]: sign flip of a_j in lane idx = 8 * half + i
   for (int h = 0; h < 2; ++h)
@@ -153,8 +230,7 @@ void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float*
       neg[h][j] = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(m)));
     }
   const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
-  for (int64_t g = 0; g < full; ++g) {
-    const float* xg = x + g * G;
+  const auto max_l1 = [&](const float* xg) {
     __m256 vmax = _mm256_setzero_ps();
     for (int64_t c = 0; c < cpg; c += 2) {
       const __m256 v = _mm256_and_ps(_mm256_loadu_ps(xg + c * kChunk), absmask);
@@ -165,13 +241,10 @@ void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float*
     }
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, vmax);
-    const float maxabs = std::max(lanes[0], lanes[4]);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < G; ++i) sum += xg[i];
-    asum[g] = sum;
-    tscale[g] = maxabs / 127.0f;
-    const __m256 inv = _mm256_set1_ps(maxabs > 0.0f ? 127.0f / maxabs : 0.0f);
-    int8_t* out = tab + g * cpg * kTableSize;
+    return std::max(lanes[0], lanes[4]);
+  };
+  const auto build = [&](const float* xg, float inv_s, int8_t* out) {
+    const __m256 inv = _mm256_set1_ps(inv_s);
     for (int64_t c = 0; c < cpg; ++c) {
       const float* a = xg + c * kChunk;
       __m256i iq[2];
@@ -189,8 +262,8 @@ void build_tables_avx2(const PackedShape& s, const float* x, int8_t* tab, float*
       const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * kTableSize), b);
     }
-  }
-  if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
+  };
+  build_tables_x86(s, x, tab, tscale, asum, max_l1, build);
 }
 
 // ---------------------------------------------------------------------------

@@ -72,16 +72,16 @@ struct Avx512 {
   // and ch in the same word order as the token-block path (word i: rows 2i,
   // 2i+1 of 0..31; word 16 + i: rows 32 + 2i, 33 + 2i).
   template <int P>
-  static void one_token_block(const StepArgs& a, const GroupCtx& cx, int64_t c0, int64_t nc, __m512i nib_shift,
-                              __m512i& cs, __m512i& ch) {
+  static void one_token_block(const uint8_t* codes, const int8_t* tab0, bool prefetch, const GroupCtx& cx,
+                              int64_t c0, int64_t nc, __m512i nib_shift, __m512i& cs, __m512i& ch) {
     constexpr int kPairs = P / 2;
     __m512i sl[kPairs + 1], hl[kPairs + 1], sh[kPairs + 1], hh[kPairs + 1];
     for (int q = 0; q <= kPairs; ++q) sl[q] = hl[q] = sh[q] = hh[q] = _mm512_setzero_si512();
     __m512i s1 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
-    const uint8_t* run = a.codes + static_cast<size_t>(c0 * P) * 32;
-    const int8_t* tp = a.tab[0] + c0 * kTableSize;
+    const uint8_t* run = codes + static_cast<size_t>(c0 * P) * 32;
+    const int8_t* tp = tab0 + c0 * kTableSize;
     for (int64_t c = 0; c < nc; ++c, run += P * 32, tp += kTableSize) {
-      if (a.prefetch) prefetch_chunk_codes<P>(run);
+      if (prefetch) prefetch_chunk_codes<P>(run);
       const __m512i tab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp)));
       for (int q = 0; q < kPairs; ++q) {
         const __m512i v = _mm512_loadu_si512(run + 64 * q);
@@ -124,34 +124,26 @@ struct Avx512 {
     }
   }
 
+  // Chunks [c0, c0 + nc) of one (tile, group) for TB tokens: the int16 sums
+  // of lut_x86_driver.h, planes combined, bias not yet removed (word i: rows
+  // 2i, 2i + 1 of 0..31; word 16 + i: rows 32 + 2i, 33 + 2i).
   template <int P, int TB>
-  static void step(const GroupCtx& cx, const StepArgs& a) {
-    // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
-    const __m512i nib_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    const __m512i perm_lo = _mm512_load_si512(kRowPerm.lo);
-    const __m512i perm_hi = _mm512_load_si512(kRowPerm.hi);
-
-    __m512i comb[TB][4];  // int32 rows 16q..16q+15
-    for (int i = 0; i < TB; ++i)
-      for (int q = 0; q < 4; ++q) comb[i][q] = _mm512_setzero_si512();
-
-    for (int64_t c0 = 0; c0 < cx.cpg; c0 += cx.block) {
-      const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
-      __m512i cs[TB], ch[TB];
-      for (int i = 0; i < TB; ++i) cs[i] = ch[i] = _mm512_setzero_si512();
-      if constexpr (TB == 1) {
-        one_token_block<P>(a, cx, c0, nc, nib_shift, cs[0], ch[0]);
-      } else {
+  static void lookup_block(const GroupCtx& cx, const uint8_t* codes, const int8_t* const* tabs, bool prefetch,
+                           int64_t c0, int64_t nc, __m512i nib_shift, __m512i cs[], __m512i ch[]) {
+    for (int i = 0; i < TB; ++i) cs[i] = ch[i] = _mm512_setzero_si512();
+    if constexpr (TB == 1) {
+      one_token_block<P>(codes, tabs[0], prefetch, cx, c0, nc, nib_shift, cs[0], ch[0]);
+    } else {
       for (int p = 0; p < P; ++p) {
         __m512i s[TB], h[TB];
         for (int i = 0; i < TB; ++i) s[i] = h[i] = _mm512_setzero_si512();
-        const uint8_t* run = a.codes + static_cast<size_t>(c0 * P + p) * 32;
+        const uint8_t* run = codes + static_cast<size_t>(c0 * P + p) * 32;
         for (int64_t c = c0; c < c0 + nc; ++c, run += P * 32) {
-          if (p == 0 && a.prefetch) prefetch_chunk_codes<P>(run);
+          if (p == 0 && prefetch) prefetch_chunk_codes<P>(run);
           const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(run)));
           const __m512i idx = _mm512_srlv_epi16(v, nib_shift);
           for (int i = 0; i < TB; ++i) {
-            const __m128i t16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tab[i] + c * kTableSize));
+            const __m128i t16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tabs[i] + c * kTableSize));
             const __m512i tab = _mm512_broadcast_i32x4(t16);
             const __m512i r = _mm512_permutexvar_epi8(idx, tab);
             s[i] = _mm512_add_epi16(s[i], r);
@@ -164,17 +156,43 @@ struct Avx512 {
           ch[i] = _mm512_add_epi16(ch[i], _mm512_mullo_epi16(h[i], k));
         }
       }
-      }
+    }
+  }
+
+  // Shift counts per int16 word: 0 for rows 0..31, 4 for rows 32..63.
+  static __m512i make_nib_shift() { return _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1); }
+
+  // The int16 sums with the bias removed, back in row order and widened:
+  // r[q] holds int32 rows 16q..16q+15.
+  static void widen_rows(__m512i cs, __m512i ch, __m512i bias, __m512i r[4]) {
+    const __m512i perm_lo = _mm512_load_si512(kRowPerm.lo);
+    const __m512i perm_hi = _mm512_load_si512(kRowPerm.hi);
+    const __m512i even = _mm512_sub_epi16(_mm512_sub_epi16(cs, _mm512_slli_epi16(ch, 8)), bias);
+    const __m512i odd = _mm512_sub_epi16(ch, bias);
+    const __m512i lo = _mm512_permutex2var_epi16(even, perm_lo, odd);  // rows 0..31
+    const __m512i hi = _mm512_permutex2var_epi16(even, perm_hi, odd);  // rows 32..63
+    r[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(lo));
+    r[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(lo, 1));
+    r[2] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(hi));
+    r[3] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(hi, 1));
+  }
+
+  template <int P, int TB>
+  static void step(const GroupCtx& cx, const StepArgs& a) {
+    const __m512i shift = make_nib_shift();
+    __m512i comb[TB][4];  // int32 rows 16q..16q+15
+    for (int i = 0; i < TB; ++i)
+      for (int q = 0; q < 4; ++q) comb[i][q] = _mm512_setzero_si512();
+
+    for (int64_t c0 = 0; c0 < cx.cpg; c0 += cx.block) {
+      const int64_t nc = std::min<int64_t>(cx.block, cx.cpg - c0);
+      __m512i cs[TB], ch[TB];
+      lookup_block<P, TB>(cx, a.codes, a.tab, a.prefetch, c0, nc, shift, cs, ch);
       const __m512i bias = _mm512_set1_epi16(block_bias(cx, nc));
       for (int i = 0; i < TB; ++i) {
-        const __m512i even = _mm512_sub_epi16(_mm512_sub_epi16(cs[i], _mm512_slli_epi16(ch[i], 8)), bias);
-        const __m512i odd = _mm512_sub_epi16(ch[i], bias);
-        const __m512i lo = _mm512_permutex2var_epi16(even, perm_lo, odd);  // rows 0..31
-        const __m512i hi = _mm512_permutex2var_epi16(even, perm_hi, odd);  // rows 32..63
-        comb[i][0] = _mm512_add_epi32(comb[i][0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(lo)));
-        comb[i][1] = _mm512_add_epi32(comb[i][1], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(lo, 1)));
-        comb[i][2] = _mm512_add_epi32(comb[i][2], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(hi)));
-        comb[i][3] = _mm512_add_epi32(comb[i][3], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(hi, 1)));
+        __m512i r[4];
+        widen_rows(cs[i], ch[i], bias, r);
+        for (int q = 0; q < 4; ++q) comb[i][q] = _mm512_add_epi32(comb[i][q], r[q]);
       }
     }
 
@@ -198,6 +216,64 @@ struct Avx512 {
           float* o = a.out[i] + 16 * q;
           _mm512_storeu_ps(o, _mm512_fmadd_ps(sc, v, _mm512_loadu_ps(o)));
         }
+      }
+    }
+  }
+
+  // lut.h's integer sub-scale path for one (tile, super-block); as in the AVX2
+  // kernel: sub-scales applied per group with vpmaddwd on the widened sums
+  // (csum * aq folded into the bias), sub-min sums two groups per vpmaddwd,
+  // and the float step once per super-block.
+  template <int P, int TB>
+  static void step_super(const GroupCtx& cx, const SuperArgs& a) {
+    const __m512i shift = make_nib_shift();
+    const __m512i low4 = _mm512_set1_epi32(15);
+    __m512i accs[TB][4];  // int32 rows 16q..16q+15
+    for (int i = 0; i < TB; ++i)
+      for (int q = 0; q < 4; ++q) accs[i][q] = _mm512_setzero_si512();
+    const int16_t bias0 = block_bias(cx, cx.cpg);
+    for (int gi = 0; gi < a.ngroups; ++gi) {
+      const int8_t* tabs[TB];
+      for (int i = 0; i < TB; ++i) tabs[i] = a.tab[i] + gi * cx.cpg * kTableSize;
+      __m512i cs[TB], ch[TB];
+      lookup_block<P, TB>(cx, a.codes + gi * a.gbytes, tabs, a.prefetch, 0, cx.cpg, shift, cs, ch);
+      const uint8_t* sub = a.meta.sub + gi * kTileRows;
+      __m512i ls[4];
+      for (int q = 0; q < 4; ++q)
+        ls[q] = _mm512_and_si512(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sub + 16 * q))), low4);
+      for (int i = 0; i < TB; ++i) {
+        const int16_t k = static_cast<int16_t>(cx.csum * a.aq[i][gi]);
+        __m512i r[4];
+        widen_rows(cs[i], ch[i], _mm512_set1_epi16(static_cast<int16_t>(bias0 - k)), r);
+        for (int q = 0; q < 4; ++q) accs[i][q] = _mm512_add_epi32(accs[i][q], _mm512_madd_epi16(r[q], ls[q]));
+      }
+    }
+    for (int q = 0; q < 4; ++q) {
+      __m512i accm[TB];
+      for (int i = 0; i < TB; ++i) accm[i] = _mm512_setzero_si512();
+      for (int gi = 0; gi < a.ngroups; gi += 2) {
+        const uint8_t* sub = a.meta.sub + gi * kTileRows + 16 * q;
+        const bool pair = gi + 1 < a.ngroups;
+        const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sub));
+        const __m128i b1 = pair ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(sub + kTileRows)) : _mm_setzero_si128();
+        const __m256i inter = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(b0, b1)),
+                                                      _mm_unpackhi_epi8(b0, b1), 1);
+        const __m512i lm = _mm512_srli_epi16(_mm512_cvtepu8_epi16(inter), 4);
+        for (int i = 0; i < TB; ++i) {
+          const uint32_t q0 = static_cast<uint16_t>(a.aq[i][gi]);
+          const uint32_t q1 = pair ? static_cast<uint16_t>(a.aq[i][gi + 1]) : 0u;
+          accm[i] = _mm512_add_epi32(accm[i], _mm512_madd_epi16(lm, _mm512_set1_epi32(static_cast<int32_t>(q0 | q1 << 16))));
+        }
+      }
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.meta.d + 16 * q)));
+      const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.meta.dmin + 16 * q)));
+      for (int i = 0; i < TB; ++i) {
+        float* o = a.out[i] + 16 * q;
+        __m512 v = _mm512_loadu_ps(o);
+        v = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(accs[i][q]), _mm512_set1_ps(0.5f * a.ts[i])), v);
+        v = _mm512_fmadd_ps(dmin, _mm512_mul_ps(_mm512_cvtepi32_ps(accm[i]), _mm512_set1_ps(a.ts[i])), v);
+        _mm512_storeu_ps(o, v);
       }
     }
   }
@@ -394,8 +470,7 @@ void int8_gemm_avx512(const PackedView& w, const Int8Acts* acts, int64_t m, floa
 // the negation of the reference's entry 7 - idx | 8 (IEEE add, multiply and
 // round-to-nearest-even are sign-symmetric), so no separate negation pass.
 void build_tables_avx512(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum) {
-  const int64_t ng = s.groups(), G = s.group, cpg = G / kChunk;
-  const int64_t full = s.k / G;  // groups that lie entirely inside K
+  const int64_t cpg = s.group / kChunk;
   const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   // Sign of a_j in lane idx: + when bit j of idx is set.
   __m512i neg[kChunk];
@@ -405,10 +480,9 @@ void build_tables_avx512(const PackedShape& s, const float* x, int8_t* tab, floa
     neg[j] = _mm512_load_si512(m);
   }
   const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
-  for (int64_t g = 0; g < full; ++g) {
-    const float* xg = x + g * G;
-    // Chunk L1 norms ((|a0| + |a1|) + |a2|) + |a3| land in element 0 of each
-    // 128-bit lane (one chunk per lane); the maximum is order-independent.
+  // Chunk L1 norms ((|a0| + |a1|) + |a2|) + |a3| land in element 0 of each
+  // 128-bit lane (one chunk per lane); the maximum is order-independent.
+  const auto max_l1 = [&](const float* xg) {
     __m512 vmax = _mm512_setzero_ps();
     for (int64_t c = 0; c < cpg; c += 4) {
       const __m512 v = _mm512_and_ps(_mm512_loadu_ps(xg + c * kChunk), absmask);
@@ -417,14 +491,10 @@ void build_tables_avx512(const PackedShape& s, const float* x, int8_t* tab, floa
       l1 = _mm512_add_ps(l1, _mm512_shuffle_ps(v, v, 0xff));
       vmax = _mm512_max_ps(vmax, _mm512_maskz_mov_ps(0x1111, l1));
     }
-    const float maxabs = _mm512_reduce_max_ps(vmax);
-    // The group sum stays serial: the reference adds the columns in order.
-    float sum = 0.0f;
-    for (int64_t i = 0; i < G; ++i) sum += xg[i];
-    asum[g] = sum;
-    tscale[g] = maxabs / 127.0f;
-    const __m512 inv = _mm512_set1_ps(maxabs > 0.0f ? 127.0f / maxabs : 0.0f);
-    int8_t* out = tab + g * cpg * kTableSize;
+    return _mm512_reduce_max_ps(vmax);
+  };
+  const auto build = [&](const float* xg, float inv_s, int8_t* out) {
+    const __m512 inv = _mm512_set1_ps(inv_s);
     for (int64_t c = 0; c < cpg; ++c) {
       const float* a = xg + c * kChunk;
       __m512 t = _mm512_add_ps(_mm512_xor_ps(_mm512_set1_ps(a[0]), _mm512_castsi512_ps(neg[0])),
@@ -435,8 +505,8 @@ void build_tables_avx512(const PackedShape& s, const float* x, int8_t* tab, floa
       q = _mm512_min_ps(lim, _mm512_max_ps(nlim, q));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * kTableSize), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
     }
-  }
-  if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
+  };
+  build_tables_x86(s, x, tab, tscale, asum, max_l1, build);
 }
 
 }  // namespace

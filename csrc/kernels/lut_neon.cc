@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "dispatch.h"
+#include "lut.h"
 #include "tile_walk.h"
 
 namespace edgelut {
@@ -97,6 +98,38 @@ inline void apply_group(const int32x4_t comb[16], const GroupMeta& e, float cent
   }
 }
 
+// lut.h's integer sub-scale path: SuperAcc (tile_walk.h) with its per-group
+// step vectorised; the per-super-block float step is SuperAcc::flush.
+inline void add_group_int(const int32x4_t comb[16], const uint8_t* sub, int32_t csum, int32_t aq, SuperAcc& sa) {
+  const int32x4_t k = vdupq_n_s32(csum * aq), vaq = vdupq_n_s32(aq);
+  const uint32x4_t low4 = vdupq_n_u32(15);
+  for (int i = 0; i < 4; ++i) {
+    const uint8x16_t b = vld1q_u8(sub + 16 * i);
+    const uint16x8_t w[2] = {vmovl_u8(vget_low_u8(b)), vmovl_high_u8(b)};
+    for (int h = 0; h < 4; ++h) {
+      const uint32x4_t raw = h % 2 == 0 ? vmovl_u16(vget_low_u16(w[h / 2])) : vmovl_high_u16(w[h / 2]);
+      const int j = 4 * i + h;  // rows 4j..4j+3
+      const int32x4_t ls = vreinterpretq_s32_u32(vandq_u32(raw, low4));
+      const int32x4_t lm = vreinterpretq_s32_u32(vshrq_n_u32(raw, 4));
+      vst1q_s32(sa.s + 4 * j, vmlaq_s32(vld1q_s32(sa.s + 4 * j), vaddq_s32(comb[j], k), ls));
+      vst1q_s32(sa.m + 4 * j, vmlaq_s32(vld1q_s32(sa.m + 4 * j), lm, vaq));
+    }
+  }
+}
+
+// One group's comb into out: the float epilogue, or on the integer sub-scale
+// path the super-block sums (flushed after its last group).
+inline void finish_group(const PackedShape& s, const int32x4_t comb[16], const GroupMeta& e, int64_t g, float center,
+                         int32_t csum, float tscale, float asum, SuperAcc& sa, float* out) {
+  if (!s.int_subscales()) {
+    apply_group(comb, e, center, tscale, asum, out);
+    return;
+  }
+  add_group_int(comb, e.sub, csum, asum_steps(asum, tscale), sa);
+  const int64_t gps = s.groups_per_super();
+  if (g % gps == gps - 1 || g == s.groups() - 1) sa.flush(e, tscale, out);
+}
+
 inline void zero(int16x8_t acc[8]) {
   const int16x8_t z = vdupq_n_s16(0);
   acc[0] = acc[1] = acc[2] = acc[3] = acc[4] = acc[5] = acc[6] = acc[7] = z;
@@ -110,10 +143,12 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
                    int64_t t1) {
   const QTypeTraits& tr = qtype_traits(w.shape.qtype);
   const TileWalk tw(w.shape);
+  const int32_t csum = icoef_sum(tr);
   for (int64_t tok = 0; tok < m; ++tok) {
     const ActTables& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
       alignas(16) float out[kTileRows] = {0};
+      SuperAcc sa;
       for (int64_t g = 0; g < tw.ng; ++g) {
         const uint8_t* codes = tw.codes(w, t, g);
         const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
@@ -126,7 +161,7 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
             lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * tw.planes + p) * 32), acc);
           combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
         }
-        apply_group(comb, group_meta(w, t, g), tr.center, a.tscale[g], a.asum[g], out);
+        finish_group(w.shape, comb, group_meta(w, t, g), g, tr.center, csum, a.tscale[g], a.asum[g], sa, out);
       }
       store_tile(w.shape, t, out, y + tok * ldy);
     }
@@ -141,6 +176,8 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
   const TileWalk tw(w.shape);
   RunIdx idx[kMaxRunsPerGroup];  // (cpg, planes) split runs of the current group
   alignas(16) float out[kTokenBlock][kTileRows];
+  SuperAcc sa[kTokenBlock];  // flushed (zeroed) after each super-block's last group
+  const int32_t csum = icoef_sum(tr);
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t b0 = 0; b0 < m; b0 += kTokenBlock) {
       const int64_t nb = std::min<int64_t>(kTokenBlock, m - b0);
@@ -161,7 +198,7 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
               lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * tw.planes + p], acc);
             combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
           }
-          apply_group(comb, e, tr.center, a.tscale[g], a.asum[g], out[b]);
+          finish_group(w.shape, comb, e, g, tr.center, csum, a.tscale[g], a.asum[g], sa[b], out[b]);
         }
       }
       for (int64_t b = 0; b < nb; ++b) store_tile(w.shape, t, out[b], y + (b0 + b) * ldy);

@@ -141,10 +141,11 @@ void lut_matmul_multi(const MatmulOut* outs, int n_out, const float* x, int64_t 
   for (int i = 0; i < n_out; ++i) {
     const PackedShape& s = outs[i].w->shape;
     check(s, m, ldx, outs[i].ldy);
-    // Tables and int8 activations depend only on K and the group size, not on
-    // the weight type (a recipe may give attn_v more bits than q/k); the kernel
-    // family must agree too.
-    shared = shared && s.k == s0.k && s.group == s0.group && use_int8(s, m, path) == int8;
+    // Tables and int8 activations depend only on K, the group size and the
+    // table-scale block, not on the weight type (a recipe may give attn_v more
+    // bits than q/k); the kernel family must agree too.
+    shared = shared && s.k == s0.k && s.group == s0.group && s.table_group() == s0.table_group() &&
+             use_int8(s, m, path) == int8;
   }
   if (shared) {
     matmul_same_input(outs, n_out, x, m, ldx, isa, pool, int8, prep_seconds);

@@ -17,39 +17,42 @@ void build_tables(const PackedShape& s, const float* x, int8_t* tab, float* tsca
 void build_tables_groups_ref(const PackedShape& s, const float* x, int64_t g0, int64_t g1, int8_t* tab,
                              float* tscale, float* asum) {
   const int64_t cpg = s.group / kChunk;
+  const int64_t gpt = s.groups_per_table();
+  const auto at = [&](int64_t col) { return col < s.k ? x[col] : 0.0f; };
   float t[kTableSize];
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t base = g * s.group;
-    float maxabs = 0.0f, sum = 0.0f;
-    for (int64_t c = 0; c < cpg; ++c) {
-      float l1 = 0.0f;
-      for (int j = 0; j < kChunk; ++j) {
-        const int64_t col = base + c * kChunk + j;
-        const float a = col < s.k ? x[col] : 0.0f;
-        l1 += std::fabs(a);
-        sum += a;
+  for (int64_t b0 = g0; b0 < g1; b0 += gpt) {
+    const int64_t b1 = std::min(g1, b0 + gpt);
+    float maxabs = 0.0f;
+    for (int64_t g = b0; g < b1; ++g) {
+      float sum = 0.0f;
+      for (int64_t c = 0; c < cpg; ++c) {
+        float l1 = 0.0f;
+        for (int j = 0; j < kChunk; ++j) {
+          const float a = at(g * s.group + c * kChunk + j);
+          l1 += std::fabs(a);
+          sum += a;
+        }
+        maxabs = std::max(maxabs, l1);
       }
-      maxabs = std::max(maxabs, l1);
+      asum[g] = sum;
     }
-    asum[g] = sum;
-    tscale[g] = maxabs / 127.0f;
     const float inv = maxabs > 0.0f ? 127.0f / maxabs : 0.0f;
-    for (int64_t c = 0; c < cpg; ++c) {
-      float a[kChunk];
-      for (int j = 0; j < kChunk; ++j) {
-        const int64_t col = base + c * kChunk + j;
-        a[j] = col < s.k ? x[col] : 0.0f;
-      }
-      // Mirror symmetry: build the 8 entries with bit 3 set, negate for the rest.
-      for (int idx = 0; idx < 8; ++idx) {
-        const float p = ((idx & 1 ? a[0] : -a[0]) + (idx & 2 ? a[1] : -a[1])) + (idx & 4 ? a[2] : -a[2]);
-        t[idx | 8] = p + a[3];
-      }
-      int8_t* out = tab + (g * cpg + c) * kTableSize;
-      for (int idx = 0; idx < 8; ++idx) {
-        const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(t[idx | 8] * inv)));
-        out[idx | 8] = static_cast<int8_t>(q);
-        out[7 - idx] = static_cast<int8_t>(-q);
+    for (int64_t g = b0; g < b1; ++g) {
+      tscale[g] = maxabs / 127.0f;
+      for (int64_t c = 0; c < cpg; ++c) {
+        float a[kChunk];
+        for (int j = 0; j < kChunk; ++j) a[j] = at(g * s.group + c * kChunk + j);
+        // Mirror symmetry: build the 8 entries with bit 3 set, negate for the rest.
+        for (int idx = 0; idx < 8; ++idx) {
+          const float p = ((idx & 1 ? a[0] : -a[0]) + (idx & 2 ? a[1] : -a[1])) + (idx & 4 ? a[2] : -a[2]);
+          t[idx | 8] = p + a[3];
+        }
+        int8_t* out = tab + (g * cpg + c) * kTableSize;
+        for (int idx = 0; idx < 8; ++idx) {
+          const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(t[idx | 8] * inv)));
+          out[idx | 8] = static_cast<int8_t>(q);
+          out[7 - idx] = static_cast<int8_t>(-q);
+        }
       }
     }
   }
@@ -59,10 +62,14 @@ void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* 
                   int64_t t1) {
   const QTypeTraits& tr = qtype_traits(w.shape.qtype);
   const TileWalk tw(w.shape);
+  const bool int_path = w.shape.int_subscales();
+  const int64_t gps = w.shape.groups_per_super();
+  const int32_t csum = icoef_sum(tr);
   for (int64_t tok = 0; tok < m; ++tok) {
     const ActTables& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
       float out[kTileRows] = {0};
+      SuperAcc sa;
       for (int64_t g = 0; g < tw.ng; ++g) {
         const uint8_t* codes = tw.codes(w, t, g);
         const int8_t* tab = a.tab + g * tw.cpg * kTableSize;
@@ -75,10 +82,16 @@ void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* 
             comb[r] += tr.icoef[p] * acc;
           }
         }
+        const GroupMeta meta = group_meta(w, t, g);
+        if (int_path) {
+          sa.add_group(meta, comb, csum, asum_steps(a.asum[g], a.tscale[g]));
+          if (g % gps == gps - 1 || g == tw.ng - 1) sa.flush(meta, a.tscale[g], out);
+          continue;
+        }
         float v[kTileRows];
         const float half_ts = 0.5f * a.tscale[g];
         for (int r = 0; r < kTileRows; ++r) v[r] = static_cast<float>(comb[r]) * half_ts;
-        add_group_ref(group_meta(w, t, g), tr.center, v, a.asum[g], out);
+        add_group_ref(meta, tr.center, v, a.asum[g], out);
       }
       store_tile(w.shape, t, out, y + tok * ldy);
     }

@@ -66,6 +66,7 @@ inline int16_t block_bias(const GroupCtx& cx, int64_t nc) {
 struct X86Scratch {
   std::vector<int8_t> tab;
   std::vector<float> out;
+  std::vector<int32_t> aq;  // integer sub-scale path: asum_steps per (token, group)
 };
 
 inline X86Scratch& x86_scratch() {
@@ -102,14 +103,82 @@ struct StepArgs {
   float* out[8];            // 64 floats per token
 };
 
+// One step of lut.h's integer sub-scale path: a (tile, super-block) for TB tokens.
+struct SuperArgs {
+  const uint8_t* codes;     // the super-block's first group; groups follow gbytes apart
+  size_t gbytes;
+  int ngroups;              // groups in this super-block (the last may be partial)
+  bool prefetch;            // the first token block: prefetch the codes ahead
+  GroupMeta meta;           // of the first group: sub advances kTileRows bytes per group
+  const int8_t* tab[8];     // biased tables of each token, at the first group
+  const int32_t* aq[8];     // asum_steps per group of the super-block, per token
+  float ts[8];              // the super-block's table scale per token
+  float* out[8];            // 64 floats per token
+};
+
 // Isa provides:
 //   static void bias_tables(const int8_t* src, int8_t* dst, size_t bytes);  (bytes % 64 == 0)
 //   template <int P, int TB> static void step(const GroupCtx&, const StepArgs&);
+//   template <int P, int TB> static void step_super(const GroupCtx&, const SuperArgs&);
 //   static constexpr int kTokBlock;
+template <class Isa, int P>
+void lut_gemm_supers(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
+                     int64_t t1) {
+  const PackedShape& s = w.shape;
+  const GroupCtx cx = make_ctx(s);
+  const int64_t ng = s.groups(), gps = s.groups_per_super();
+  const size_t tbytes = table_bytes(s);
+  const size_t gbytes = s.group_code_bytes();
+  X86Scratch& sc = x86_scratch();
+  sc.tab.resize(tbytes * static_cast<size_t>(m));
+  sc.aq.resize(static_cast<size_t>(m * ng));
+  for (int64_t j = 0; j < m; ++j) {
+    Isa::bias_tables(acts[j].tab, sc.tab.data() + tbytes * j, tbytes);
+    for (int64_t g = 0; g < ng; ++g) sc.aq[j * ng + g] = asum_steps(acts[j].asum[g], acts[j].tscale[g]);
+  }
+  sc.out.resize(static_cast<size_t>(m) * kTileRows);
+  float* out = sc.out.data();
+
+  for (int64_t t = t0; t < t1; ++t) {
+    std::fill(sc.out.begin(), sc.out.end(), 0.0f);
+    for (int64_t g0 = 0; g0 < ng; g0 += gps) {
+      SuperArgs a;
+      a.codes = w.codes + static_cast<size_t>(t * ng + g0) * gbytes;
+      a.gbytes = gbytes;
+      a.ngroups = static_cast<int>(std::min(gps, ng - g0));
+      a.meta = group_meta(w, t, g0);
+      for (int64_t j0 = 0; j0 < m; j0 += Isa::kTokBlock) {
+        const int nb = static_cast<int>(std::min<int64_t>(Isa::kTokBlock, m - j0));
+        a.prefetch = j0 == 0;
+        for (int i = 0; i < nb; ++i) {
+          const int64_t j = j0 + i;
+          a.tab[i] = sc.tab.data() + tbytes * j + static_cast<size_t>(g0 * cx.cpg * kTableSize);
+          a.aq[i] = sc.aq.data() + j * ng + g0;
+          a.ts[i] = acts[j].tscale[g0];
+          a.out[i] = out + j * kTileRows;
+        }
+        switch (nb) {
+          case 1: Isa::template step_super<P, 1>(cx, a); break;
+          case 2: Isa::template step_super<P, 2>(cx, a); break;
+          case 3: Isa::template step_super<P, 3>(cx, a); break;
+          default: Isa::template step_super<P, 4>(cx, a); break;
+        }
+      }
+    }
+    const int64_t rows = std::min<int64_t>(kTileRows, s.n - t * kTileRows);
+    for (int64_t j = 0; j < m; ++j)
+      std::memcpy(y + j * ldy + t * kTileRows, out + j * kTileRows, static_cast<size_t>(rows) * sizeof(float));
+  }
+}
+
 template <class Isa, int P>
 void lut_gemm_planes(const PackedView& w, const ActTables* acts, int64_t m, float* y, int64_t ldy, int64_t t0,
                      int64_t t1) {
   const PackedShape& s = w.shape;
+  if (s.int_subscales()) {
+    lut_gemm_supers<Isa, P>(w, acts, m, y, ldy, t0, t1);
+    return;
+  }
   const GroupCtx cx = make_ctx(s);
   const int64_t ng = s.groups();
   const size_t tbytes = table_bytes(s);
@@ -160,6 +229,34 @@ void lut_gemm_x86(const PackedView& w, const ActTables* acts, int64_t m, float* 
     case 3: lut_gemm_planes<Isa, 3>(w, acts, m, y, ldy, t0, t1); break;
     default: lut_gemm_planes<Isa, 4>(w, acts, m, y, ldy, t0, t1); break;
   }
+}
+
+// The SIMD table builders' walk over table blocks (lut.h): blocks that lie
+// entirely inside K, each group's chunk-L1 maximum first (max_l1(xg)), then
+// the block's scale, then each group's entries (build(xg, inv, out)). The
+// group sums stay serial, in column order, as in the reference; a last block
+// that runs past K is left to the reference.
+template <class MaxL1, class Build>
+void build_tables_x86(const PackedShape& s, const float* x, int8_t* tab, float* tscale, float* asum,
+                      const MaxL1& max_l1, const Build& build) {
+  const int64_t ng = s.groups(), G = s.group, cpg = G / kChunk, gpt = s.groups_per_table();
+  const int64_t full = s.k / s.table_group() * gpt;  // groups of the blocks inside K
+  for (int64_t b0 = 0; b0 < full; b0 += gpt) {
+    float maxabs = 0.0f;
+    for (int64_t g = b0; g < b0 + gpt; ++g) {
+      const float* xg = x + g * G;
+      maxabs = std::max(maxabs, max_l1(xg));
+      float sum = 0.0f;
+      for (int64_t i = 0; i < G; ++i) sum += xg[i];
+      asum[g] = sum;
+    }
+    const float inv = maxabs > 0.0f ? 127.0f / maxabs : 0.0f;
+    for (int64_t g = b0; g < b0 + gpt; ++g) {
+      tscale[g] = maxabs / 127.0f;
+      build(x + g * G, inv, tab + g * cpg * kTableSize);
+    }
+  }
+  if (full < ng) build_tables_groups_ref(s, x, full, ng, tab, tscale, asum);
 }
 
 }  // namespace

@@ -56,4 +56,30 @@ inline void add_group_ref(const GroupMeta& m, float center, const float* v, floa
   }
 }
 
+// Per-row integer sums of one super-block on lut.h's integer sub-scale path,
+// in the contract's exact order; the scalar and NEON kernels share it.
+struct SuperAcc {
+  int32_t s[kTileRows] = {0};
+  int32_t m[kTileRows] = {0};
+
+  // One group: comb (64 rows), csum = sum icoef, aq = asum_steps of the group.
+  void add_group(const GroupMeta& meta, const int32_t* comb, int32_t csum, int32_t aq) {
+    const int32_t k = csum * aq;
+    for (int r = 0; r < kTileRows; ++r) {
+      s[r] += static_cast<int32_t>(meta.sub[r] & 15u) * (comb[r] + k);
+      m[r] += static_cast<int32_t>(meta.sub[r] >> 4) * aq;
+    }
+  }
+
+  // Adds the super-block to out and starts the next one.
+  void flush(const GroupMeta& meta, float tscale, float* out) {
+    const float half_ts = 0.5f * tscale;
+    for (int r = 0; r < kTileRows; ++r) {
+      out[r] = std::fma(fp16_to_fp32(meta.d[r]), static_cast<float>(s[r]) * half_ts, out[r]);
+      out[r] = std::fma(fp16_to_fp32(meta.dmin[r]), static_cast<float>(m[r]) * tscale, out[r]);
+      s[r] = m[r] = 0;
+    }
+  }
+};
+
 }  // namespace edgelut

@@ -154,6 +154,8 @@ void register_kernels(py::module_& m) {
       .def_property_readonly("asym", [](const PackedMatrix& p) { return p.shape().asym; })
       .def_property_readonly("super_block", [](const PackedMatrix& p) { return p.shape().super; },
                              "Weights per super-block of two-level scales (0 = fp16 scales per group).")
+      .def_property_readonly("int_subscales", [](const PackedMatrix& p) { return p.shape().int_subscales(); },
+                             "True when the kernels take the integer sub-scale path (csrc/kernels/lut.h).")
       .def_property_readonly("nbytes", &PackedMatrix::nbytes)
       .def_property_readonly("bits_per_weight", &PackedMatrix::bits_per_weight)
       .def_property_readonly(

@@ -132,6 +132,9 @@ std::vector<double> error_bounds(const Case& c, const Matrix& mat, const std::ve
       for (int64_t g = 0; g < ng; ++g) {
         const double sc = std::abs(mat.scales[r * ng + g]);
         table += sc * 0.5 * tscale[g] * 0.5 * icoef_sum * (s.group / kChunk);
+        // The integer sub-scale path rounds asum to steps of the super-block's tscale.
+        if (s.int_subscales())
+          table += (sc * std::abs(tr.center) + std::abs(mat.mins[r * ng + g])) * 0.5 * tscale[g];
         double l1 = 0.0;
         for (int64_t col = g * s.group; col < std::min<int64_t>(s.k, (g + 1) * s.group); ++col)
           l1 += std::abs(xt[col]);
