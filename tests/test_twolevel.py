@@ -123,7 +123,9 @@ def test_scalar_within_table_bound_of_float64(rng, qtype: str) -> None:
         ("q3", 32, 1120, False),
     ],
 )
-def test_which_shapes_take_the_integer_sub_scale_path(rng, qtype: str, group: int, sb: int, expected: bool) -> None:
+def test_which_shapes_take_the_integer_sub_scale_path(
+    rng, qtype: str, group: int, sb: int, expected: bool
+) -> None:
     w, _ = random_two_level(rng, 64, sb, qtype, group, sb)
     assert w.int_subscales is expected
     assert K.pack(np.zeros((64, 256)), np.ones((64, 256 // group)), None, qtype, group).int_subscales is False
@@ -131,7 +133,7 @@ def test_which_shapes_take_the_integer_sub_scale_path(rng, qtype: str, group: in
 
 def chunk_l1_max(x: np.ndarray, lo: int, hi: int) -> float:
     seg = np.zeros(hi - lo, np.float32)
-    part = x[lo:min(hi, x.size)]
+    part = x[lo : min(hi, x.size)]
     seg[: part.size] = part
     return float(np.abs(seg.reshape(-1, 4)).sum(axis=1).max())
 
