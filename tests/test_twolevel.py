@@ -356,6 +356,37 @@ def test_model_file_round_trip_and_paged_engine(tmp_path) -> None:
     assert np.array_equal(paged.eval(prompt, 0, all_logits=True), ref)
 
 
+def test_engine_mixes_integer_and_float_paths_on_one_input(tmp_path) -> None:
+    # q3 g64 takes the integer sub-scale path (one table scale per 256) and q4 g64 the
+    # float one (per group), so q/k and v cannot share one set of tables even though
+    # K and the group size agree: the engine must build both (lut_ops.cc).
+    from types import SimpleNamespace
+
+    from edgelut.models.modelfile import write_model_file
+    from edgelut.models.reference import forward
+
+    m = tiny_model(layers=2, hidden=256, inter=256, vocab=200, tie=True, seed=4)
+    # The first matrix of each fused input (q, gate) on the float path: its tables, if
+    # shared, would be per group where k, v and up read one scale per super-block.
+    specs = {"attn_q": TensorSpec("q4", 64, True, 256), "ffn_gate": TensorSpec("q4", 64, True, 256)}
+    packed, deq = {}, {}
+    for name, t in m.tensors.items():
+        t = np.asarray(t, np.float32)
+        if t.ndim != 2 or (name == "output.weight" and m.config.tie_embeddings):
+            packed[name] = deq[name] = t
+            continue
+        spec = next((v for k, v in specs.items() if k in name), TensorSpec("q3", 64, True, 256))
+        packed[name] = quantize_tensor(name, t, spec, "rtn")
+        deq[name] = packed[name].dequantize()
+    assert packed["blk.0.attn_v.weight"].int_subscales and not packed["blk.0.attn_q.weight"].int_subscales
+    path = write_model_file(tmp_path / "mixed.elut", m.config, m.tokenizer, packed)
+    prompt = np.asarray([1, 150, 9, 199, 64, 7, 128, 3], np.int32)
+    got = _core.Engine.from_file(str(path), n_ctx=32, n_threads=2).eval(prompt, 0, all_logits=True)
+    ref = forward(SimpleNamespace(config=m.config, tensors=deq), prompt.astype(np.int64))
+    # Only the int8 tables separate the two; tables of the wrong scale are far off.
+    assert np.max(np.abs(got - ref)) < 0.05 * np.max(np.abs(ref))
+
+
 def test_model_file_with_bad_super_block_is_refused(tmp_path) -> None:
     from edgelut.models.modelfile import ModelFileError, read_model_file, write_model_file
 
