@@ -381,10 +381,13 @@ def test_engine_mixes_integer_and_float_paths_on_one_input(tmp_path) -> None:
     assert packed["blk.0.attn_v.weight"].int_subscales and not packed["blk.0.attn_q.weight"].int_subscales
     path = write_model_file(tmp_path / "mixed.elut", m.config, m.tokenizer, packed)
     prompt = np.asarray([1, 150, 9, 199, 64, 7, 128, 3], np.int32)
-    got = _core.Engine.from_file(str(path), n_ctx=32, n_threads=2).eval(prompt, 0, all_logits=True)
+    engine = _core.Engine.from_file(str(path), n_ctx=32, n_threads=2)
+    # One token at a time: decode takes the LUT kernels (a prompt this long takes int8).
+    got = np.stack([engine.eval(prompt[i : i + 1], i, all_logits=True)[-1] for i in range(prompt.size)])
     ref = forward(SimpleNamespace(config=m.config, tensors=deq), prompt.astype(np.int64))
-    # Only the int8 tables separate the two; tables of the wrong scale are far off.
-    assert np.max(np.abs(got - ref)) < 0.05 * np.max(np.abs(ref))
+    # Only the int8 tables separate the two (2.7% of the largest logit); with the float
+    # path's tables shared into k, v and up it measured 29-34%.
+    assert np.max(np.abs(got - ref)) < 0.08 * np.max(np.abs(ref))
 
 
 def test_model_file_with_bad_super_block_is_refused(tmp_path) -> None:
