@@ -118,17 +118,31 @@ inline void add_group_int(const int32x4_t comb[16], const uint8_t* sub, int32_t 
 }
 
 // One group's comb into out: the float epilogue, or on the integer sub-scale
-// path the super-block sums (flushed after its last group).
-inline void finish_group(const PackedShape& s, const int32x4_t comb[16], const GroupMeta& e, int64_t g, float center,
-                         int32_t csum, float tscale, float asum, SuperAcc& sa, float* out) {
-  if (!s.int_subscales()) {
-    apply_group(comb, e, center, tscale, asum, out);
-    return;
+// path the super-block sums (flushed after its last group). Built once per
+// call so the per-group step does not re-derive the path from the shape.
+struct GroupFinish {
+  explicit GroupFinish(const PackedShape& s)
+      : int_path(s.int_subscales()),
+        gps(s.groups_per_super()),
+        ng(s.groups()),
+        center(qtype_traits(s.qtype).center),
+        csum(icoef_sum(qtype_traits(s.qtype))) {}
+
+  void operator()(const int32x4_t comb[16], const GroupMeta& e, int64_t g, float tscale, float asum, SuperAcc& sa,
+                  float* out) const {
+    if (!int_path) {
+      apply_group(comb, e, center, tscale, asum, out);
+      return;
+    }
+    add_group_int(comb, e.sub, csum, asum_steps(asum, tscale), sa);
+    sa.end_group(g, gps, ng, e, tscale, out);
   }
-  add_group_int(comb, e.sub, csum, asum_steps(asum, tscale), sa);
-  const int64_t gps = s.groups_per_super();
-  if (g % gps == gps - 1 || g == s.groups() - 1) sa.flush(e, tscale, out);
-}
+
+  bool int_path;
+  int64_t gps, ng;
+  float center;
+  int32_t csum;
+};
 
 inline void zero(int16x8_t acc[8]) {
   const int16x8_t z = vdupq_n_s16(0);
@@ -143,7 +157,7 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
                    int64_t t1) {
   const QTypeTraits& tr = qtype_traits(w.shape.qtype);
   const TileWalk tw(w.shape);
-  const int32_t csum = icoef_sum(tr);
+  const GroupFinish finish(w.shape);
   for (int64_t tok = 0; tok < m; ++tok) {
     const ActTables& a = acts[tok];
     for (int64_t t = t0; t < t1; ++t) {
@@ -161,7 +175,7 @@ void lut_gemv_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
             lookup_add(vld1q_s8(tab + c * kTableSize), split_run(codes + (c * tw.planes + p) * 32), acc);
           combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
         }
-        finish_group(w.shape, comb, group_meta(w, t, g), g, tr.center, csum, a.tscale[g], a.asum[g], sa, out);
+        finish(comb, group_meta(w, t, g), g, a.tscale[g], a.asum[g], sa, out);
       }
       store_tile(w.shape, t, out, y + tok * ldy);
     }
@@ -177,7 +191,7 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
   RunIdx idx[kMaxRunsPerGroup];  // (cpg, planes) split runs of the current group
   alignas(16) float out[kTokenBlock][kTileRows];
   SuperAcc sa[kTokenBlock];  // flushed (zeroed) after each super-block's last group
-  const int32_t csum = icoef_sum(tr);
+  const GroupFinish finish(w.shape);
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t b0 = 0; b0 < m; b0 += kTokenBlock) {
       const int64_t nb = std::min<int64_t>(kTokenBlock, m - b0);
@@ -198,7 +212,7 @@ void lut_gemm_neon(const PackedView& w, const ActTables* acts, int64_t m, float*
               lookup_add(vld1q_s8(tab + c * kTableSize), idx[c * tw.planes + p], acc);
             combine_plane(acc, static_cast<int16_t>(tr.icoef[p]), comb);
           }
-          finish_group(w.shape, comb, e, g, tr.center, csum, a.tscale[g], a.asum[g], sa[b], out[b]);
+          finish(comb, e, g, a.tscale[g], a.asum[g], sa[b], out[b]);
         }
       }
       for (int64_t b = 0; b < nb; ++b) store_tile(w.shape, t, out[b], y + (b0 + b) * ldy);

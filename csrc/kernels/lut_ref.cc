@@ -85,7 +85,7 @@ void lut_gemm_ref(const PackedView& w, const ActTables* acts, int64_t m, float* 
         const GroupMeta meta = group_meta(w, t, g);
         if (int_path) {
           sa.add_group(meta, comb, csum, asum_steps(a.asum[g], a.tscale[g]));
-          if (g % gps == gps - 1 || g == tw.ng - 1) sa.flush(meta, a.tscale[g], out);
+          sa.end_group(g, gps, tw.ng, meta, a.tscale[g], out);
           continue;
         }
         float v[kTileRows];

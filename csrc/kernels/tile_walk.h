@@ -71,6 +71,12 @@ struct SuperAcc {
     }
   }
 
+  // After group g of a row of ng groups, gps per super-block: flushes when g
+  // ends a super-block (the last one may be partial).
+  void end_group(int64_t g, int64_t gps, int64_t ng, const GroupMeta& meta, float tscale, float* out) {
+    if (g % gps == gps - 1 || g == ng - 1) flush(meta, tscale, out);
+  }
+
   // Adds the super-block to out and starts the next one.
   void flush(const GroupMeta& meta, float tscale, float* out) {
     const float half_ts = 0.5f * tscale;
