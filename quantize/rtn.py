@@ -7,7 +7,10 @@ squared error, which is what makes low-bit RTN usable. Given calibration
 statistics (``importance`` = the diagonal of X^T X, one value per input
 feature), the error is weighted by it, so the search minimises the expected
 *output* error ||X W^T - X W_q^T||^2 (up to the cross terms) instead of the
-weight error. After the grid, a few rounds of alternating least squares refit
+weight error. With an importance, each weight's term is also scaled by
+``sqrt(sigma2 + w^2)`` (sigma2 = twice the mean square of its row's block of 256
+weights), as llama.cpp's K-quants do: the larger weights of a group get the
+finer fit. After the grid, a few rounds of alternating least squares refit
 each group's scale (and min) to its codes and requantise, kept only while the
 error drops.
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from edgelut.kernels import CENTER, CODE_RANGE, GROUP_SIZES, QTYPES
 
-__all__ = ["quantize_rtn", "quantize_rtn_ref"]
+__all__ = ["block_sigma2", "magnitude_weights", "quantize_rtn", "quantize_rtn_ref"]
 
 DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
@@ -36,6 +39,13 @@ DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 # better than 0 on SmolLM2 RTN at q4 g64, q3 g32 and q2 g32 (docs/benchmarks-history.md, "Quantiser
 # speed and the asymmetric clip search").
 DEFAULT_REFINE = 3
+
+# The magnitude term of the importance weighting (module docstring): sigma2 is this times the
+# mean square of the block; 0 turns the term off. 2 measured best of 0/1/2/4 on
+# Qwen2.5-Coder-0.5B q3, and took its q2 file from 92.5 to 84.2 (docs/benchmarks-history.md,
+# "Magnitude-weighted importance").
+DEFAULT_MAGNITUDE = 2.0
+MAGNITUDE_BLOCK = 256
 
 
 def _refine_rounds(refine: int | None) -> int:
@@ -46,6 +56,37 @@ def _refine_rounds(refine: int | None) -> int:
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     return int(refine)
+
+
+def _magnitude(magnitude: float | None) -> float:
+    """The magnitude factor to use: the argument, else $EDGELUT_RTN_MAGNITUDE (for A/B runs)."""
+    if magnitude is None:
+        env = os.environ.get("EDGELUT_RTN_MAGNITUDE", "")
+        magnitude = float(env) if env.strip() else DEFAULT_MAGNITUDE
+    if not magnitude >= 0:
+        raise ValueError(f"magnitude must be >= 0, got {magnitude}")
+    return float(magnitude)
+
+
+def block_sigma2(g: np.ndarray, per: int, magnitude: float) -> np.ndarray:
+    """magnitude * mean(w^2) per row and block of ``per`` groups of g (N, G, S): (N, blocks) float32.
+
+    Padding in a partial last group counts as zeros; a partial last block averages its own groups.
+    """
+    n, ng, size = g.shape
+    nb = -(-ng // per)
+    out = np.empty((n, nb), dtype=np.float32)
+    for b in range(nb):
+        blk = g[:, b * per : (b + 1) * per]
+        sq = np.square(blk, dtype=np.float64).sum(axis=(1, 2))
+        out[:, b] = (magnitude * sq / (blk.shape[1] * size)).astype(np.float32)
+    return out
+
+
+def magnitude_weights(weight: np.ndarray, g: np.ndarray, sigma2: np.ndarray, per: int) -> np.ndarray:
+    """The per-element error weights weight * sqrt(sigma2 + w^2), float32 as the kernels form them."""
+    s2 = np.repeat(sigma2, per, axis=1)[:, : g.shape[1], None]
+    return (weight * np.sqrt(s2 + g * g)).astype(np.float32)
 
 
 # Kernel mode ids (numba takes plain ints better than strings).
@@ -123,6 +164,7 @@ def quantize_rtn_ref(
     asym: bool = False,
     clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
     importance: np.ndarray | None = None,
+    magnitude: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """numpy version of :func:`quantize_rtn` (same contract, same result; slow)."""
     w = _check(w, qtype, group_size)
@@ -131,6 +173,9 @@ def quantize_rtn_ref(
     weight = _weights(importance, k, group_size)
     if weight is None:
         weight = np.float32(1.0)
+    elif (mag := _magnitude(magnitude)) > 0:
+        per = max(1, MAGNITUDE_BLOCK // group_size)
+        weight = magnitude_weights(weight, g, block_sigma2(g, per, mag), per)
     grid = [np.float32(1.0)] if clip_grid is None else list(clip_grid)
     best_err = np.full((n, ng), np.inf, dtype=np.float64)
     best_codes = np.zeros(g.shape, dtype=np.int8)
@@ -213,6 +258,9 @@ def _search_kernel(
     scales: np.ndarray,
     mins: np.ndarray,
     refine: int,
+    sigma2: np.ndarray,
+    per: int,
+    use_mag: bool,
 ) -> None:
     """Per group: score every clip in ``grid``, write the best codes/scale/min.
 
@@ -223,7 +271,9 @@ def _search_kernel(
     g (N, G, S) float32 padded groups; weight (G, S) float32 error weights; stats
     (N, G, 5) = min, max, max|w|, mean, mean|w - mean or 0| per group (computed by
     numpy so the means round exactly as in the reference). ``center`` is the code
-    offset of the reconstruction (0 for asymmetric groups).
+    offset of the reconstruction (0 for asymmetric groups). With ``use_mag`` each
+    weight's error weight is weight * sqrt(sigma2 + w^2), sigma2 (N, blocks) per
+    block of ``per`` groups (:func:`magnitude_weights`).
     """
     n, ng, size = g.shape
     one = np.float32(1.0)
@@ -234,7 +284,13 @@ def _search_kernel(
     asym = mode % 2 == 1  # _ASYM and _TQ_ASYM are the odd ids
     for row in numba.prange(n):
         trial = np.empty(size, dtype=np.int8)
+        wl = np.empty(size, dtype=np.float32)
         for j in range(ng):
+            for i in range(size):
+                wl[i] = weight[j, i]
+                if use_mag:
+                    xm = g[row, j, i]
+                    wl[i] = weight[j, i] * np.sqrt(sigma2[row, j // per] + xm * xm)
             gmin = stats[row, j, 0]
             gmax = stats[row, j, 1]
             amax = stats[row, j, 2]
@@ -252,7 +308,7 @@ def _search_kernel(
                     x = g[row, j, i]
                     q = min(max(np.rint((x - mn) / safe + add), lo_code), hi_code)
                     d = (s16 * (q - center) + m16) - x
-                    err += np.float64(weight[j, i] * (d * d))
+                    err += np.float64(wl[i] * (d * d))
                 if err < best:
                     best = err
                     best_c = c
@@ -267,7 +323,7 @@ def _search_kernel(
                 # Weighted least squares for w ~ s * (q - center) + m over the current codes.
                 sw = sq = sx = sqq = sqx = 0.0
                 for i in range(size):
-                    wi = np.float64(weight[j, i])
+                    wi = np.float64(wl[i])
                     q = np.float64(codes[row, j, i]) - np.float64(center)
                     x = np.float64(g[row, j, i])
                     sw += wi
@@ -296,7 +352,7 @@ def _search_kernel(
                     q = min(max(np.rint((x - m16) / s16 + add), lo_code), hi_code)
                     trial[i] = np.int8(q)
                     d = (s16 * (q - center) + m16) - x
-                    err += np.float64(weight[j, i] * (d * d))
+                    err += np.float64(wl[i] * (d * d))
                 if not err < best:
                     break
                 best = err
@@ -314,6 +370,7 @@ def quantize_rtn(
     clip_grid: np.ndarray | None = DEFAULT_CLIP_GRID,
     importance: np.ndarray | None = None,
     refine: int | None = None,
+    magnitude: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Quantise w (N, K) -> codes int8 (N, K), scales (N, G), mins (N, G) or None.
 
@@ -322,6 +379,9 @@ def quantize_rtn(
     weighted per input feature by ``importance`` (K,) when given. ``refine`` > 0
     adds that many rounds of least-squares refitting of scale and min to the
     chosen codes (default: :data:`DEFAULT_REFINE`, or ``EDGELUT_RTN_REFINE``).
+    ``magnitude`` scales the importance weighting's magnitude term (module
+    docstring; default :data:`DEFAULT_MAGNITUDE`, or ``EDGELUT_RTN_MAGNITUDE``;
+    0 = the importance alone); it has no effect without an importance.
     Scales come back already rounded to fp16; mins are float32 (fp16 values when
     a refit was kept).
     """
@@ -330,7 +390,10 @@ def quantize_rtn(
     n, k = w.shape
     g, ng = _groups(w, group_size)
     weight = _weights(importance, k, group_size)
+    mag = 0.0 if weight is None else _magnitude(magnitude)
     weight = np.ones((ng, group_size), np.float32) if weight is None else weight[0]
+    per = max(1, MAGNITUDE_BLOCK // group_size)
+    sigma2 = block_sigma2(g, per, mag) if mag > 0 else np.zeros((n, 1), np.float32)
     grid = np.array([1.0] if clip_grid is None else clip_grid, dtype=np.float32).reshape(-1)
     lo, hi = CODE_RANGE[qtype]
     tq = qtype == "tq"
@@ -366,6 +429,9 @@ def quantize_rtn(
         scales,
         mins,
         refine,
+        sigma2,
+        per,
+        mag > 0,
     )
     codes = codes.reshape(n, ng * group_size)[:, :k]
     return np.ascontiguousarray(codes), scales, (mins if asym else None)

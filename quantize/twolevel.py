@@ -11,7 +11,7 @@ super-block of a row may be partial, so any K works (SmolLM2's 576 = 2 x 256 + 6
 The search, per super-block (numba, parallel over rows):
 
 1. each group's float (scale, min) comes from :func:`quantize_rtn`'s clip
-   search (weighted by the importance when calibrated);
+   search (weighted by the importance, with its magnitude term, when calibrated);
 2. ``d = max scale / 15`` and ``dmin = (largest |min|, signed) / 15``;
    each group then tries its rounded sub-scale and sub-min and their
    neighbours (+-1, 9 pairs), requantising its codes for each, and keeps the
@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from edgelut.kernels import CODE_RANGE, pack_two_level, two_level_group_scales
-from edgelut.quantize.rtn import _check, _fp16, _groups, _weights, quantize_rtn
+from edgelut.quantize.rtn import _check, _fp16, _groups, _magnitude, _weights, block_sigma2, quantize_rtn
 
 __all__ = ["DEFAULT_SUPER_BLOCK", "TwoLevel", "quantize_two_level", "two_level_from_groups"]
 
@@ -98,21 +98,34 @@ def _two_level_kernel(
     per: int,
     hi: np.float32,
     rounds: int,
+    sigma2: np.ndarray,
+    use_mag: bool,
     codes: np.ndarray,
     ls_out: np.ndarray,
     lm_out: np.ndarray,
     d_out: np.ndarray,
     dmin_out: np.ndarray,
 ) -> None:
-    """g (N, G, S) groups, weight (G, S), gs/gm (N, G) float group scales/mins -> the outputs."""
+    """g (N, G, S) groups, weight (G, S), gs/gm (N, G) float group scales/mins -> the outputs.
+
+    With ``use_mag`` the error weights are weight * sqrt(sigma2 + w^2), sigma2 (N, super-blocks)
+    (quantize/rtn.py, :func:`magnitude_weights`).
+    """
     n, ng, size = g.shape
     nsb = d_out.shape[1]
     top = np.float32(SUB_MAX)
     for row in numba.prange(n):
         trial = np.empty(size, dtype=np.int8)
+        wrow = np.empty((per, size), dtype=np.float32)
         for b in range(nsb):
             g0 = b * per
             g1 = min(ng, g0 + per)
+            for j in range(g0, g1):
+                for i in range(size):
+                    wrow[j - g0, i] = weight[j, i]
+                    if use_mag:
+                        xm = g[row, j, i]
+                        wrow[j - g0, i] = weight[j, i] * np.sqrt(sigma2[row, b] + xm * xm)
             smax = np.float32(0.0)
             mbig = np.float32(0.0)
             for j in range(g0, g1):
@@ -136,7 +149,7 @@ def _two_level_kernel(
                         for c in range(-1, 2):
                             cm = min(max(r_m + c, 0.0), SUB_MAX)
                             err = _group_err(
-                                g[row, j], weight[j], d * np.float32(cs), dm * np.float32(cm), hi, trial
+                                g[row, j], wrow[j - g0], d * np.float32(cs), dm * np.float32(cm), hi, trial
                             )
                             if err < best:
                                 best = err
@@ -145,7 +158,7 @@ def _two_level_kernel(
                     ls_out[row, j] = bs
                     lm_out[row, j] = bm
                     total += _group_err(
-                        g[row, j], weight[j], d * np.float32(bs), dm * np.float32(bm), hi, codes[row, j]
+                        g[row, j], wrow[j - g0], d * np.float32(bs), dm * np.float32(bm), hi, codes[row, j]
                     )
                 if not total < best_total:
                     break
@@ -157,7 +170,7 @@ def _two_level_kernel(
                 saa = sab = sbb = sax = sbx = 0.0
                 for j in range(g0, g1):
                     for i in range(size):
-                        wi = np.float64(weight[j, i])
+                        wi = np.float64(wrow[j - g0, i])
                         a = np.float64(ls_out[row, j]) * np.float64(codes[row, j, i])
                         c = np.float64(lm_out[row, j])
                         x = np.float64(g[row, j, i])
@@ -185,7 +198,7 @@ def _two_level_kernel(
                     for c in range(-1, 2):
                         cm = min(max(r_m + c, 0.0), SUB_MAX)
                         err = _group_err(
-                            g[row, j], weight[j], d * np.float32(cs), dm * np.float32(cm), hi, trial
+                            g[row, j], wrow[j - g0], d * np.float32(cs), dm * np.float32(cm), hi, trial
                         )
                         if err < best:
                             best = err
@@ -193,7 +206,8 @@ def _two_level_kernel(
                             bm = int(cm)
                 ls_out[row, j] = bs
                 lm_out[row, j] = bm
-                _group_err(g[row, j], weight[j], d * np.float32(bs), dm * np.float32(bm), hi, codes[row, j])
+                wj = wrow[j - g0]
+                _group_err(g[row, j], wj, d * np.float32(bs), dm * np.float32(bm), hi, codes[row, j])
 
 
 def two_level_from_groups(
@@ -206,6 +220,7 @@ def two_level_from_groups(
     *,
     importance: np.ndarray | None = None,
     rounds: int = REFIT_ROUNDS,
+    magnitude: float | None = None,
 ) -> TwoLevel:
     """Two-level scales for w (N, K) starting from float per-group (scales, mins) (N, G)."""
     w = _check(w, qtype, group_size)
@@ -216,6 +231,7 @@ def two_level_from_groups(
     n, k = w.shape
     g, ng = _groups(w, group_size)
     weight = _weights(importance, k, group_size)
+    mag = 0.0 if weight is None else _magnitude(magnitude)
     weight = np.ones((ng, group_size), np.float32) if weight is None else weight[0]
     per = super_block // group_size
     nsb = -(-ng // per)
@@ -232,6 +248,8 @@ def two_level_from_groups(
         per,
         np.float32(CODE_RANGE[qtype][1]),
         int(rounds),
+        block_sigma2(g, per, mag) if mag > 0 else np.zeros((n, 1), np.float32),
+        mag > 0,
         codes,
         ls,
         lm,
@@ -250,8 +268,13 @@ def quantize_two_level(
     *,
     importance: np.ndarray | None = None,
     refine: int | None = None,
+    magnitude: float | None = None,
 ) -> TwoLevel:
     """RTN with clip search, then two-level scales (module docstring)."""
-    _, scales, mins = quantize_rtn(w, qtype, group_size, asym=True, importance=importance, refine=refine)
+    _, scales, mins = quantize_rtn(
+        w, qtype, group_size, asym=True, importance=importance, refine=refine, magnitude=magnitude
+    )
     assert mins is not None
-    return two_level_from_groups(w, scales, mins, qtype, group_size, super_block, importance=importance)
+    return two_level_from_groups(
+        w, scales, mins, qtype, group_size, super_block, importance=importance, magnitude=magnitude
+    )

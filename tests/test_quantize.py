@@ -17,7 +17,7 @@ from edgelut.quantize.calibrate import DEFAULT_CALIBRATION_TEXT, run_calibrated
 from edgelut.quantize.convert import convert, quantize_model, quantize_tensor
 from edgelut.quantize.gptq import hessian, quantize_gptq
 from edgelut.quantize.recipe import Recipe, TensorSpec, parse_overrides, qtype_for_bits
-from edgelut.quantize.rtn import quantize_rtn, quantize_rtn_ref
+from edgelut.quantize.rtn import block_sigma2, magnitude_weights, quantize_rtn, quantize_rtn_ref
 from edgelut.quantize.ternary import quantize_ternary
 
 TOLERANCE = {"q4": 0.12, "q3": 0.25, "q2": 0.5, "tq": 0.65, "q1": 0.85}
@@ -108,7 +108,56 @@ def test_rtn_numba_search_matches_numpy_reference(qtype, asym, group):
     _assert_same_search(w, qtype, group, asym, clip_grid=None)
     imp = rng.uniform(0.0, 4.0, 200).astype(np.float32)
     imp[:40] = 0.0  # inputs never active: the floor keeps the weights positive
-    _assert_same_search(w, qtype, group, asym, importance=imp)
+    _assert_same_search(w, qtype, group, asym, importance=imp)  # with the default magnitude term
+    _assert_same_search(w, qtype, group, asym, importance=imp, magnitude=0.0)
+    _assert_same_search(w, qtype, group, asym, importance=imp, magnitude=0.5)
+
+
+def test_magnitude_weights_formula():
+    rng = np.random.default_rng(4)
+    # 200 columns in groups of 32: 7 groups, the last padded; blocks of 8 groups -> one
+    # partial block. Blocks of 2 groups -> 4 blocks, the last holding one group.
+    w = rng.standard_normal((5, 200)).astype(np.float32)
+    g = np.zeros((5, 7, 32), np.float32)
+    g.reshape(5, -1)[:, :200] = w
+    imp = rng.uniform(0.5, 2.0, (1, 7, 32)).astype(np.float32)
+    for per in (8, 2):
+        s2 = block_sigma2(g, per, 2.0)
+        assert s2.shape == (5, -(-7 // per))
+        for b in range(s2.shape[1]):
+            blk = g[:, b * per : (b + 1) * per].reshape(5, -1).astype(np.float64)
+            assert np.allclose(s2[:, b], 2.0 * (blk**2).mean(axis=1), rtol=1e-6)
+        got = magnitude_weights(imp, g, s2, per)
+        want = imp * np.sqrt(np.repeat(s2, per, axis=1)[:, :7, None] + g * g)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_magnitude_term_only_with_an_importance():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 256)).astype(np.float32)
+    plain = quantize_rtn(w, "q3", 32, asym=True, magnitude=0.0)
+    also = quantize_rtn(w, "q3", 32, asym=True, magnitude=2.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, also, strict=True))
+    imp = rng.uniform(0.1, 4.0, 256).astype(np.float32)
+    off = quantize_rtn(w, "q3", 32, asym=True, importance=imp, magnitude=0.0)
+    on = quantize_rtn(w, "q3", 32, asym=True, importance=imp, magnitude=2.0)
+    assert not np.array_equal(off[0], on[0])
+    with pytest.raises(ValueError, match="magnitude"):
+        quantize_rtn(w, "q3", 32, importance=imp, magnitude=-1.0)
+
+
+def test_magnitude_term_lowers_the_error_of_the_large_weights():
+    # The term's purpose: groups fit their large weights more closely, at some cost to the small.
+    rng = np.random.default_rng(6)
+    w = (rng.laplace(size=(256, 256)) * 0.02).astype(np.float32)
+    imp = np.ones(256, np.float32)
+    big = np.abs(w) > np.quantile(np.abs(w), 0.9)
+
+    def big_err(mag: float) -> float:
+        c, s, m = quantize_rtn(w, "q2", 32, asym=True, importance=imp, magnitude=mag)
+        return float(np.mean((dequantize_reference(c, s, m, "q2", 32) - w)[big] ** 2))
+
+    assert big_err(2.0) < 0.95 * big_err(0.0)
 
 
 SEARCH_CASES = [("q4", True), ("q3", True), ("q2", False), ("tq", False), ("tq", True)]
@@ -129,10 +178,12 @@ def test_rtn_least_squares_refit_never_raises_the_error(qtype, asym):
     rng = np.random.default_rng(10)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     imp = rng.uniform(0.1, 4.0, 256).astype(np.float32)
-    w0 = np.repeat(imp[None, :], 64, axis=0)
+    # The error the search minimises: the importance with its magnitude term.
+    g = w.reshape(64, 8, 32)
+    w0 = magnitude_weights(imp.reshape(1, 8, 32), g, block_sigma2(g, 8, 2.0), 8).reshape(64, 256)
 
     def err(refine: int) -> np.ndarray:
-        c, s, m = quantize_rtn(w, qtype, 32, asym=asym, importance=imp, refine=refine)
+        c, s, m = quantize_rtn(w, qtype, 32, asym=asym, importance=imp, refine=refine, magnitude=2.0)
         assert np.array_equal(s, s.astype(np.float16).astype(np.float32))
         m = None if m is None else m.astype(np.float16).astype(np.float32)  # what the file stores
         d = dequantize_reference(c, s, m, qtype, 32) - w
