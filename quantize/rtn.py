@@ -41,9 +41,9 @@ DEFAULT_CLIP_GRID = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 DEFAULT_REFINE = 3
 
 # The magnitude term of the importance weighting (module docstring): sigma2 is this times the
-# mean square of the block; 0 turns the term off. 2 measured best of 0/1/2/4 on
-# Qwen2.5-Coder-0.5B q3, and took its q2 file from 92.5 to 84.2 (docs/benchmarks-history.md,
-# "Magnitude-weighted importance").
+# mean square of the block; 0 turns the term off. 2, the K-quants' factor, was best of 0/1/2/4
+# on Qwen2.5-Coder-0.5B q3 (within about 2%), took its q2 file from 92.5 to 84.2 and the 1.5B
+# q3 default from 21.10 to 20.80 (docs/benchmarks-history.md, "Magnitude-weighted importance").
 DEFAULT_MAGNITUDE = 2.0
 MAGNITUDE_BLOCK = 256
 
