@@ -89,6 +89,30 @@ def magnitude_weights(weight: np.ndarray, g: np.ndarray, sigma2: np.ndarray, per
     return (weight * np.sqrt(s2 + g * g)).astype(np.float32)
 
 
+def _error_weights(
+    importance: np.ndarray | None, g: np.ndarray, k: int, per: int, magnitude: float | None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """What the numba kernels take for the error weights of g (N, G, S): the column weights
+    (G, S) (ones without an importance), sigma2 (N, blocks of ``per`` groups) and whether the
+    magnitude term applies (only with an importance)."""
+    n, ng, size = g.shape
+    weight = _weights(importance, k, size)
+    mag = 0.0 if weight is None else _magnitude(magnitude)
+    weight = np.ones((ng, size), np.float32) if weight is None else weight[0]
+    sigma2 = block_sigma2(g, per, mag) if mag > 0 else np.zeros((n, 1), np.float32)
+    return np.ascontiguousarray(weight, dtype=np.float32), sigma2, mag > 0
+
+
+@numba.njit(cache=True, inline="always")
+def _group_weights(wj: np.ndarray, gj: np.ndarray, s2: np.float32, use_mag: bool, out: np.ndarray) -> None:
+    """One group's error weights into out: wj, times sqrt(s2 + w^2) with the magnitude term."""
+    for i in range(gj.shape[0]):
+        if use_mag:
+            out[i] = wj[i] * np.sqrt(s2 + gj[i] * gj[i])
+        else:
+            out[i] = wj[i]
+
+
 # Kernel mode ids (numba takes plain ints better than strings).
 _SYM, _ASYM, _TQ_SYM, _TQ_ASYM = 0, 1, 2, 3
 
@@ -286,11 +310,7 @@ def _search_kernel(
         trial = np.empty(size, dtype=np.int8)
         wl = np.empty(size, dtype=np.float32)
         for j in range(ng):
-            for i in range(size):
-                wl[i] = weight[j, i]
-                if use_mag:
-                    xm = g[row, j, i]
-                    wl[i] = weight[j, i] * np.sqrt(sigma2[row, j // per] + xm * xm)
+            _group_weights(weight[j], g[row, j], sigma2[row, j // per], use_mag, wl)
             gmin = stats[row, j, 0]
             gmax = stats[row, j, 1]
             amax = stats[row, j, 2]
@@ -389,11 +409,8 @@ def quantize_rtn(
     w = _check(w, qtype, group_size)
     n, k = w.shape
     g, ng = _groups(w, group_size)
-    weight = _weights(importance, k, group_size)
-    mag = 0.0 if weight is None else _magnitude(magnitude)
-    weight = np.ones((ng, group_size), np.float32) if weight is None else weight[0]
     per = max(1, MAGNITUDE_BLOCK // group_size)
-    sigma2 = block_sigma2(g, per, mag) if mag > 0 else np.zeros((n, 1), np.float32)
+    weight, sigma2, use_mag = _error_weights(importance, g, k, per, magnitude)
     grid = np.array([1.0] if clip_grid is None else clip_grid, dtype=np.float32).reshape(-1)
     lo, hi = CODE_RANGE[qtype]
     tq = qtype == "tq"
@@ -418,7 +435,7 @@ def quantize_rtn(
     mins = np.empty((n, ng), dtype=np.float32)
     _search_kernel(
         g,
-        np.ascontiguousarray(weight, dtype=np.float32),
+        weight,
         grid,
         stats,
         mode,
@@ -431,7 +448,7 @@ def quantize_rtn(
         refine,
         sigma2,
         per,
-        mag > 0,
+        use_mag,
     )
     codes = codes.reshape(n, ng * group_size)[:, :k]
     return np.ascontiguousarray(codes), scales, (mins if asym else None)

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from edgelut.kernels import CODE_RANGE, pack_two_level, two_level_group_scales
-from edgelut.quantize.rtn import _check, _fp16, _groups, _magnitude, _weights, block_sigma2, quantize_rtn
+from edgelut.quantize.rtn import _check, _error_weights, _fp16, _group_weights, _groups, quantize_rtn
 
 __all__ = ["DEFAULT_SUPER_BLOCK", "TwoLevel", "quantize_two_level", "two_level_from_groups"]
 
@@ -121,11 +121,7 @@ def _two_level_kernel(
             g0 = b * per
             g1 = min(ng, g0 + per)
             for j in range(g0, g1):
-                for i in range(size):
-                    wrow[j - g0, i] = weight[j, i]
-                    if use_mag:
-                        xm = g[row, j, i]
-                        wrow[j - g0, i] = weight[j, i] * np.sqrt(sigma2[row, b] + xm * xm)
+                _group_weights(weight[j], g[row, j], sigma2[row, b], use_mag, wrow[j - g0])
             smax = np.float32(0.0)
             mbig = np.float32(0.0)
             for j in range(g0, g1):
@@ -230,10 +226,8 @@ def two_level_from_groups(
         raise ValueError(f"super_block must be a multiple of the group size up to 4096, got {super_block}")
     n, k = w.shape
     g, ng = _groups(w, group_size)
-    weight = _weights(importance, k, group_size)
-    mag = 0.0 if weight is None else _magnitude(magnitude)
-    weight = np.ones((ng, group_size), np.float32) if weight is None else weight[0]
     per = super_block // group_size
+    weight, sigma2, use_mag = _error_weights(importance, g, k, per, magnitude)
     nsb = -(-ng // per)
     codes = np.zeros(g.shape, dtype=np.int8)
     ls = np.zeros((n, ng), dtype=np.uint8)
@@ -242,14 +236,14 @@ def two_level_from_groups(
     dmin = np.zeros((n, nsb), dtype=np.float32)
     _two_level_kernel(
         g,
-        np.ascontiguousarray(weight, dtype=np.float32),
+        weight,
         np.ascontiguousarray(scales, dtype=np.float32),
         np.ascontiguousarray(mins, dtype=np.float32),
         per,
         np.float32(CODE_RANGE[qtype][1]),
         int(rounds),
-        block_sigma2(g, per, mag) if mag > 0 else np.zeros((n, 1), np.float32),
-        mag > 0,
+        sigma2,
+        use_mag,
         codes,
         ls,
         lm,
