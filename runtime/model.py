@@ -1172,6 +1172,7 @@ def load(
     context_overflow: str = "error",
     n_keep: int = 32,
     distributed: DistributedOptions | None = None,
+    mmap: bool = False,
 ) -> Model:
     """Load a model.
 
@@ -1190,6 +1191,9 @@ def load(
     ``direct_io`` keep paged reads out of the page cache. ``page_output``
     (with paging) also streams the lm_head through the pager and reads each
     token's embedding row on demand, instead of keeping both resident.
+    A resident model file is read into memory backed by transparent huge
+    pages where the kernel offers them (decode streams the weights faster);
+    ``mmap`` maps the file instead, sharing its pages with the page cache.
 
     ``kv_type`` is the KV cache storage: "f16" (default), "f32", or "q8"
     (int8 with a scale per 32 values, 0.56x the memory of f16).
@@ -1216,6 +1220,7 @@ def load(
             n_threads=n_threads,
             kv_type=kv_type,
             distributed=distributed,
+            mmap=mmap,
         )
         model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
         return model
@@ -1232,6 +1237,7 @@ def load(
         drop_cache,
         direct_io,
         page_output,
+        mmap,
     )
     model.set_context_overflow(context_overflow, min(n_keep, model.n_ctx // 2 - 1))
     return model
@@ -1250,6 +1256,7 @@ def _load(
     drop_cache: bool,
     direct_io: bool,
     page_output: bool = False,
+    mmap: bool = False,
 ) -> Model:
     if isinstance(source, (str, os.PathLike)):
         # One way in: a registry name or a source path becomes a cached model file first.
@@ -1267,6 +1274,7 @@ def _load(
             drop_cache=drop_cache,
             direct_io=direct_io,
             page_output=page_output,
+            mmap=mmap,
         )
     if window or memory_budget or page_output:
         raise ValueError(
@@ -1329,7 +1337,7 @@ def _file_header(
 
 
 def _load_file(path: str, tokenizer: TokenizerLike | None, **engine_kw: Any) -> Model:
-    """A Model over a model file: the C++ engine maps (or pages) the weights itself."""
+    """A Model over a model file: the C++ engine reads, maps or pages the weights itself."""
     budget = int(engine_kw.get("budget_bytes", 0))
     # The tokenizer comes first, so that a memory budget counts it (see edgelut.budget).
     config, tokenizer, early = _file_header(path, tokenizer, engine_kw)

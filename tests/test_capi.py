@@ -420,6 +420,28 @@ def test_paging_keeps_logits(ffi: Any, lib: Any, model_path: Path, pm: edgelut.M
         paged.close()
 
 
+def test_use_mmap_and_the_shorter_struct_keep_logits(
+    ffi: Any, lib: Any, model_path: Path, pm: edgelut.Model
+) -> None:
+    """use_mmap maps the file instead of reading it into huge pages; a caller built before the
+    field existed passes a struct_size that ends before it, and gets the default."""
+    ids = pm.tokenize("Where the weights live must not change a single logit.")
+    mapped = C(ffi, lib, model_path, use_mmap=1)
+    try:
+        assert mapped.status == lib.EDGELUT_OK, mapped.error
+        np.testing.assert_array_equal(mapped.eval(ids), pm.eval(ids))
+    finally:
+        mapped.close()
+    old = C(ffi, lib, model_path, struct_size=ffi.offsetof("edgelut_load_params", "use_mmap"), use_mmap=1)
+    try:
+        assert old.status == lib.EDGELUT_OK, old.error
+        np.testing.assert_array_equal(old.eval(ids), pm.eval(ids))
+    finally:
+        old.close()
+    short = C(ffi, lib, model_path, struct_size=ffi.offsetof("edgelut_load_params", "use_mmap") - 1)
+    assert short.status == lib.EDGELUT_ERR_INVALID_ARGUMENT and "edgelut_load_params_init" in short.error
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 

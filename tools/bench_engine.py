@@ -73,11 +73,11 @@ def run_child(cmd: list[str]) -> tuple[str, float]:
 
 
 def llama_bench(
-    build: Path, gguf: str, threads: int, prompts: list[int], n_gen: int
+    build: Path, gguf: str, threads: int, prompts: list[int], n_gen: int, extra: list[str]
 ) -> tuple[dict[str, float], float, float]:
     cmd = [str(build / "bin" / "llama-bench"), "-m", gguf, "-p", ",".join(map(str, prompts or [0]))]
     cmd += ["-n", str(n_gen)]
-    cmd += ["-t", str(threads), "-r", "1", "-o", "json"]
+    cmd += ["-t", str(threads), "-r", "1", "-o", "json", *extra]
     out, rss = run_child(cmd)
     rows = json.loads(out)
     res: dict[str, float] = {}
@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppl-file", default=None, help="text for perplexity (ctx 512)")
     ap.add_argument("--ppl-chunks", type=int, default=0, help="windows of 512 tokens (0 = no perplexity)")
     ap.add_argument("--json-out", default=None, help="also write all samples here")
+    ap.add_argument("--edgelut-args", default="", help="more arguments for `edgelut bench` (e.g. --mmap)")
+    ap.add_argument("--llama-args", default="", help="more arguments for llama-bench (e.g. '-mmp 0')")
     args = ap.parse_args(argv)
+    ours_extra, peer_extra = shlex.split(args.edgelut_args), shlex.split(args.llama_args)
 
     pairs = []
     for spec in args.pair:
@@ -171,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                 ps, po = peer.setdefault(key, Sample()), ours.setdefault(key, Sample())
                 prompts = [int(x[2:]) for x in args.tests if x.startswith("pp")]
                 n_gen = args.gen_tokens if "tg" in args.tests else 0
-                res, rss, lbpw = llama_bench(args.llama_cpp_build, gguf, t, prompts, n_gen)
+                res, rss, lbpw = llama_bench(args.llama_cpp_build, gguf, t, prompts, n_gen, peer_extra)
                 for name, v in res.items():
                     ps.add(name, v)
                 ps.add("rss_mib", rss)
                 rss_max = 0.0
                 for name in args.tests:
                     p, n = (1, args.gen_tokens) if name == "tg" else (int(name[2:]), 1)
-                    js, rss = edgelut_bench(elut, t, p, n, ["--matmul-path", path])
+                    js, rss = edgelut_bench(elut, t, p, n, ["--matmul-path", path, *ours_extra])
                     po.add(name, js["decode_tokens_per_s"] if name == "tg" else js["prefill_tokens_per_s"])
                     rss_max = max(rss_max, rss)
                 po.add("rss_mib", rss_max)

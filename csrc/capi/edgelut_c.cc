@@ -5,6 +5,7 @@
 #include "../include/edgelut.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -270,7 +271,8 @@ edgelut_status edgelut_model_load(const char* path, const edgelut_load_params* p
     edgelut_load_params defaults;
     edgelut_load_params_init(&defaults);
     const edgelut_load_params& p = params ? *params : defaults;
-    require_arg(p.struct_size >= sizeof(edgelut_load_params),
+    // A caller built against the header before use_mmap passes the shorter struct.
+    require_arg(p.struct_size >= offsetof(edgelut_load_params, use_mmap),
                 "edgelut_load_params: struct_size is not set (call edgelut_load_params_init)");
     require_arg(p.n_ctx >= 1, "n_ctx must be >= 1, got " + std::to_string(p.n_ctx));
     require_arg(p.n_threads >= 0, "n_threads must be >= 0, got " + std::to_string(p.n_threads));
@@ -289,6 +291,7 @@ edgelut_status edgelut_model_load(const char* path, const edgelut_load_params* p
     po.drop_cache = p.drop_cache != 0;
     po.direct_io = p.direct_io != 0;
     po.verify_crc = p.verify_crc != 0;
+    po.mmap = p.struct_size >= offsetof(edgelut_load_params, use_mmap) + sizeof p.use_mmap && p.use_mmap != 0;
 
     auto m = std::make_unique<edgelut_model>();
     // The file's content problems are edgelut::ModelFileError (EDGELUT_ERR_INVALID_MODEL),

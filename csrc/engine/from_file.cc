@@ -29,20 +29,12 @@ void require_file(bool ok, const std::string& msg) {
   if (!ok) throw ModelFileError(msg);
 }
 
-// Bytes in a page-aligned allocation (packed tensors copied out of the mapping).
-struct AlignedBytes {
-  std::unique_ptr<uint8_t, void (*)(void*)> p{nullptr, std::free};
-  explicit AlignedBytes(uint64_t n) : p(static_cast<uint8_t*>(std::aligned_alloc(4096, (n + 4095) & ~uint64_t{4095})), std::free) {
-    if (!p) throw std::runtime_error("cannot allocate " + std::to_string(n) + " bytes for a pinned tensor");
-  }
-};
-
 // Owns the mapping, the float32 copies of f16 tensors and, when paging, the
 // copies of the pinned tensors, as long as the engine.
 struct FileStore {
   std::shared_ptr<ModelFile> file;
   std::unordered_map<std::string, std::vector<float>> converted;
-  std::unordered_map<std::string, AlignedBytes> pinned;
+  std::unordered_map<std::string, HugeMemory> pinned;
   // When paging, the tensors outside the layers are copied out of the mapping
   // at open, so that nothing touches the mapping afterwards: a file that
   // shrinks under a mapping raises SIGBUS on access, while the pager's reads
@@ -259,7 +251,12 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
                                          const std::optional<ShardSpec>& shard, std::shared_ptr<Communicator> comm) {
   auto store = std::make_shared<FileStore>();
   const bool paging = p.window > 0 || p.budget_bytes > 0;
-  store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging);
+  // A resident model is read into huge pages where the kernel has them; a
+  // paged one stays mapped (the pager reads its layers), and so does a whole
+  // file sliced to a shard (the slice needs only part of it).
+  const FileMemory memory =
+      !paging && !shard && !p.mmap && huge_pages_available() ? FileMemory::kRead : FileMemory::kMap;
+  store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging, memory);
   const ModelFile& mf = *store->file;
   require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
   if (p.verify_crc && paging) verify_crcs_bounded(mf);
@@ -289,17 +286,17 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     if (copy) {
       auto it = store->pinned.find(name);  // a tied lm_head asks for token_embd twice
       if (it == store->pinned.end()) {
-        it = store->pinned.emplace(name, AlignedBytes(t->nbytes)).first;
+        it = store->pinned.emplace(name, HugeMemory(t->nbytes, "the pinned tensor " + name)).first;
         // In 8 MiB chunks, each unmapped once copied, so the peak is the copy
         // plus one chunk rather than twice the tensor.
         constexpr uint64_t kChunk = uint64_t{8} << 20;
         for (uint64_t at = 0; at < t->nbytes; at += kChunk) {
           const uint64_t n = std::min(kChunk, t->nbytes - at);
-          std::memcpy(it->second.p.get() + at, bytes + at, n);
+          std::memcpy(it->second.data() + at, bytes + at, n);
           drop_mapped(mapping_base(*store->file), t->offset + at, t->offset + at + n);
         }
       }
-      bytes = it->second.p.get();
+      bytes = it->second.data();
     }
     out->packed = t->packed;
     if (t->packed) {
@@ -341,7 +338,11 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
     throw ModelFileError(path + ": " + e.what());
   }
 
-  if (!paging) return engine;
+  if (!paging) {
+    engine->set_weight_memory(memory == FileMemory::kRead ? "read" : "mmap",
+                              [store] { return store->file->huge_bytes(); });
+    return engine;
+  }
 
   // The pager's layers: the model layers in file order, then (page_output)
   // the lm_head chunks.
@@ -373,8 +374,13 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   PagerOptions po;
   po.drop_cache = p.drop_cache;
   po.direct_io = p.direct_io;
-  engine->attach_pager(std::make_shared<Pager>(path, std::move(pieces), window, po), std::move(bases),
-                       std::move(output));
+  auto pager = std::make_shared<Pager>(path, std::move(pieces), window, po);
+  engine->attach_pager(pager, std::move(bases), std::move(output));
+  engine->set_weight_memory("paged", [store, pager] {
+    uint64_t n = pager->huge_bytes();
+    for (const auto& [name, mem] : store->pinned) n += mem.huge_bytes();
+    return n;
+  });
   return engine;
 }
 

@@ -1,7 +1,10 @@
 // An Engine over a model file (csrc/io/model_file.h), with optional paging.
 //
-// The file is memory-mapped and the weights are bound against the mapping
-// (no copy). Unless paging is on: then a Pager with window W reads the layer
+// A resident model is read once into memory advised for huge pages
+// (huge_memory.h) and the weights are bound against it; with
+// PagingOptions::mmap, or where the kernel has no transparent huge pages, the
+// file is memory-mapped instead (no copy, shared with the page cache).
+// Unless paging is on: then a Pager with window W reads the layer
 // weights into slots, only W layers are resident at a time, and the pinned
 // tensors (token embeddings, final norm, lm_head) are copied out of the
 // mapping at open, so that a file that shrinks or vanishes later can only
@@ -28,6 +31,9 @@ struct PagingOptions {
   bool drop_cache = false;
   bool direct_io = false;
   bool verify_crc = true;  // CRC32 of every tensor at open (reads the whole file once)
+  // Map a resident model's file instead of reading it into huge pages: slower
+  // decode, but its pages stay shared with the page cache (and other processes).
+  bool mmap = false;
   // Page the token embeddings and the lm_head too, instead of pinning them:
   // the lm_head is read through the pager as chunks after the last layer,
   // and each token's embedding row is read from the file. Needs paging.

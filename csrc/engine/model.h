@@ -307,6 +307,17 @@ class Engine {
                     std::optional<PagedOutput> output = std::nullopt);
   Pager* pager() const { return pager_.get(); }  // null when not paging
 
+  // How a model file's weights are held (from_file.h), for reports: "read"
+  // (into huge-page memory), "mmap" or "paged"; "" for caller-owned tensors.
+  // huge_page_bytes() is how many of their bytes the kernel backs with huge
+  // pages now.
+  void set_weight_memory(std::string kind, std::function<uint64_t()> huge_bytes) {
+    weight_memory_ = std::move(kind);
+    huge_bytes_ = std::move(huge_bytes);
+  }
+  const std::string& weight_memory() const { return weight_memory_; }
+  uint64_t huge_page_bytes() const { return huge_bytes_ ? huge_bytes_() : 0; }
+
   const Profile& profile() const { return prof_; }
   void set_profiling(bool on) { profiling_ = on; }
   void reset_profile() { prof_ = Profile{}; }
@@ -335,6 +346,8 @@ class Engine {
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<void> keepalive_;
   std::shared_ptr<Pager> pager_;             // null: every layer is resident
+  std::string weight_memory_;
+  std::function<uint64_t()> huge_bytes_;
   std::vector<const uint8_t*> layer_base_;  // (n_layers) start of layer l's bytes as bound
   std::optional<PagedOutput> out_paged_;     // set: embeddings and lm_head are paged
   std::vector<uint8_t> embd_tile_;           // one row tile of token_embd, read for a token

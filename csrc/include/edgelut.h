@@ -106,6 +106,10 @@ typedef struct edgelut_load_params {
   /* Path of libonnxruntime-genai.so; NULL: $EDGELUT_TOKENIZER_LIB, else the
    * dynamic linker's search for "libonnxruntime-genai.so". "" loads no backend. */
   const char* tokenizer_lib;
+  /* 1: map the file instead of reading a resident model into huge-page
+   * memory (slower decode; the pages stay shared with the page cache). Added
+   * after ABI 1's first release: a struct_size that ends before it means 0. */
+  int32_t use_mmap;
 } edgelut_load_params;
 
 EDGELUT_API void edgelut_load_params_init(edgelut_load_params* params);

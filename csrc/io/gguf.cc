@@ -321,7 +321,7 @@ void require_regular_file(const std::string& path) {
   if (!S_ISREG(st.st_mode)) throw FileAccessError(path + " is " + kind_of(st.st_mode) + ", not a model file");
 }
 
-MappedFile::MappedFile(const std::string& path) {
+MappedFile::MappedFile(const std::string& path, FileMemory memory) {
   require_regular_file(path);
   // O_NONBLOCK: if the path was swapped for a FIFO after the stat, open does not wait for a writer.
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -341,6 +341,20 @@ MappedFile::MappedFile(const std::string& path) {
     ::close(fd_);
     throw ModelFileError(path + ": empty file (0 bytes), not a model file");
   }
+  if (memory == FileMemory::kRead) {
+    try {
+      copy_ = HugeMemory(size_, path);
+      read_whole(fd_, path, copy_.data(), size_);
+    } catch (...) {
+      ::close(fd_);
+      throw;
+    }
+    copy_.protect_read_only();
+    map_ = copy_.data();
+    ::close(fd_);  // everything is read: nothing later depends on the file
+    fd_ = -1;
+    return;
+  }
   void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
   if (m == MAP_FAILED) {
     const int err = errno;
@@ -351,7 +365,7 @@ MappedFile::MappedFile(const std::string& path) {
 }
 
 MappedFile::~MappedFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
+  if (map_ && !copy_.data()) ::munmap(const_cast<uint8_t*>(map_), size_);
   if (fd_ >= 0) ::close(fd_);
 }
 

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "huge_memory.h"
+
 namespace edgelut {
 
 class ModelFileError : public std::invalid_argument {
@@ -89,23 +91,33 @@ struct GgufContents {
 // Parses the GGUF container in p[0, size); `path` names the file in messages.
 GgufContents parse_gguf(const uint8_t* p, uint64_t size, const std::string& path);
 
-// A read-only private mapping of a regular file. The path is stat'ed before it
-// is opened (a directory, FIFO, socket or device is refused without opening it,
-// so a FIFO never blocks), opened with O_NONBLOCK and checked again with fstat.
+// How a file's bytes are held in memory: a private mapping of the file (shared
+// with the page cache, nothing copied), or the file read once into anonymous
+// memory advised for huge pages (huge_memory.h: faster to stream).
+enum class FileMemory { kMap, kRead };
+
+// A read-only view of a regular file's bytes, mapped or read (FileMemory). The
+// path is stat'ed before it is opened (a directory, FIFO, socket or device is
+// refused without opening it, so a FIFO never blocks), opened with O_NONBLOCK
+// and checked again with fstat.
 class MappedFile {
  public:
-  explicit MappedFile(const std::string& path);
+  explicit MappedFile(const std::string& path, FileMemory memory = FileMemory::kMap);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
 
   const uint8_t* data() const { return map_; }
   uint64_t size() const { return size_; }
+  FileMemory memory() const { return copy_.data() ? FileMemory::kRead : FileMemory::kMap; }
+  // Bytes of the read copy the kernel backs with huge pages (0 for a mapping).
+  uint64_t huge_bytes() const { return copy_.huge_bytes(); }
 
  private:
   int fd_ = -1;
   const uint8_t* map_ = nullptr;
   uint64_t size_ = 0;
+  HugeMemory copy_;  // FileMemory::kRead: the bytes map_ points into
 };
 
 // Throws FileAccessError unless `path` is an existing regular file (stat only).

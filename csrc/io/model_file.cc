@@ -25,8 +25,8 @@ bool is_float(GgufType t) { return t == GgufType::F32 || t == GgufType::F64; }
 
 }  // namespace
 
-ModelFile::ModelFile(const std::string& path, bool verify_crc)
-    : path_(path), file_(std::make_unique<MappedFile>(path)) {
+ModelFile::ModelFile(const std::string& path, bool verify_crc, FileMemory memory)
+    : path_(path), file_(std::make_unique<MappedFile>(path, memory)) {
   parse();
   if (verify_crc) verify_crcs();
 }

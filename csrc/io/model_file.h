@@ -58,13 +58,16 @@ struct ModelHParams {
 
 class ModelFile {
  public:
-  // Maps and parses `path`; verifies every tensor's CRC32 unless verify_crc is false.
-  explicit ModelFile(const std::string& path, bool verify_crc = true);
+  // Maps (or reads, FileMemory::kRead) and parses `path`; verifies every
+  // tensor's CRC32 unless verify_crc is false.
+  explicit ModelFile(const std::string& path, bool verify_crc = true, FileMemory memory = FileMemory::kMap);
   ModelFile(const ModelFile&) = delete;
   ModelFile& operator=(const ModelFile&) = delete;
 
   const std::string& path() const { return path_; }
   uint64_t file_size() const { return file_->size(); }
+  FileMemory memory() const { return file_->memory(); }
+  uint64_t huge_bytes() const { return file_->huge_bytes(); }
   uint64_t data_offset() const { return data_offset_; }
   uint64_t alignment() const { return alignment_; }
   uint32_t format_version() const { return format_version_; }

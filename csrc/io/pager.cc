@@ -165,13 +165,11 @@ void Pager::allocate_slots() {
   uint64_t total = 0;
   for (uint64_t s : slot_span) total += s;
   // Untouched pages cost no memory: RSS grows only as slots are filled.
-  void* p = std::aligned_alloc(kAlign, total);
-  if (!p) throw std::runtime_error("pager: cannot allocate " + mib(total) + " for " + std::to_string(n_slots) + " slots");
-  arena_ = std::unique_ptr<uint8_t, void (*)(void*)>(static_cast<uint8_t*>(p), std::free);
+  arena_ = HugeMemory(total, "pager: " + std::to_string(n_slots) + " slots of " + mib(total));
   slots_.resize(n_slots);
   uint64_t at = 0;
   for (int i = 0; i < n_slots; ++i) {
-    slots_[i].buf = arena_.get() + at;
+    slots_[i].buf = arena_.data() + at;
     at += slot_span[i];
   }
   slot_bytes_ = total;

@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "huge_memory.h"
+
 namespace edgelut {
 
 // One layer's bytes in the file.
@@ -74,6 +76,7 @@ class Pager {
   Pager& operator=(const Pager&) = delete;
 
   int n_layers() const { return static_cast<int>(pieces_.size()); }
+  uint64_t huge_bytes() const { return arena_.huge_bytes(); }  // of the slots, backed by huge pages now
   int window() const { return window_; }
   bool resident() const { return window_ == n_layers(); }
   const std::string& path() const { return path_; }
@@ -143,7 +146,7 @@ class Pager {
   std::string io_note_;
   uint64_t slot_bytes_ = 0;
   std::vector<Slot> slots_;
-  std::unique_ptr<uint8_t, void (*)(void*)> arena_{nullptr, nullptr};
+  HugeMemory arena_;  // every slot; huge pages stream faster (huge_memory.h)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;  // slot state changes, errors, stop

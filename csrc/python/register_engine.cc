@@ -84,8 +84,8 @@ Engine* make_engine(const Config& c, const py::dict& tensors, int64_t n_ctx, int
 std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx, int n_threads,
                                          const std::string& kv_type, int64_t prefill_chunk, const std::string& isa,
                                          int window, uint64_t budget_bytes, bool drop_cache, bool direct_io,
-                                         bool verify_crc, bool page_output, std::optional<ShardSpec> shard,
-                                         std::shared_ptr<Communicator> comm) {
+                                         bool verify_crc, bool page_output, bool mmap,
+                                         std::optional<ShardSpec> shard, std::shared_ptr<Communicator> comm) {
   EngineOptions o;
   o.n_ctx = n_ctx;
   o.n_threads = n_threads;
@@ -99,6 +99,7 @@ std::unique_ptr<Engine> engine_from_path(const std::string& path, int64_t n_ctx,
   p.direct_io = direct_io;
   p.verify_crc = verify_crc;
   p.page_output = page_output;
+  p.mmap = mmap;
   py::gil_scoped_release release;
   return engine_from_file(path, o, p, shard, std::move(comm));
 }
@@ -331,10 +332,17 @@ void register_engine(py::module_& m) {
                   py::arg("n_threads") = 0, py::arg("kv_type") = "f16", py::arg("prefill_chunk") = 64,
                   py::arg("isa") = "", py::arg("window") = 0, py::arg("budget_bytes") = 0,
                   py::arg("drop_cache") = false, py::arg("direct_io") = false, py::arg("verify_crc") = true,
-                  py::arg("page_output") = false, py::arg("shard") = py::none(), py::arg("communicator") = nullptr,
-                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers. A shard file "
-                  "(edgelut shard) holds its spec and needs the communicator joining it to its other shards; "
-                  "shard slices a whole model file at load.")
+                  py::arg("page_output") = false, py::arg("mmap") = false, py::arg("shard") = py::none(),
+                  py::arg("communicator") = nullptr,
+                  "An engine over a model file; window > 0 (or budget_bytes) pages the layers. Resident weights "
+                  "are read into huge-page memory where the kernel has it, unless mmap maps the file. A shard "
+                  "file (edgelut shard) holds its spec and needs the communicator joining it to its other "
+                  "shards; shard slices a whole model file at load.")
+      .def_property_readonly("weight_memory", &Engine::weight_memory,
+                             "How a model file's weights are held: 'read' (into huge-page memory), 'mmap', "
+                             "'paged', or '' for tensors given in memory.")
+      .def_property_readonly("huge_page_bytes", &Engine::huge_page_bytes,
+                             "Bytes of the weights the kernel backs with huge pages now.")
       .def_property_readonly("shard", &Engine::shard)
       .def_property_readonly("window",
                              [](const Engine& e) { return e.pager() ? e.pager()->window() : 0; })

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         "decode_tokens_per_s": statistics.median(decode),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "matmul_path": args.matmul_path,
+        "weight_memory": engine.weight_memory,
+        "huge_page_mb": round(engine.huge_page_bytes / 2**20, 1),
     }
     if args.profile:
         result["profile"] = {
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"pp{args.prompt_tokens}: {result['prefill_tokens_per_s']:.1f} tokens/s")
         print(f"tg{args.gen_tokens}: {result['decode_tokens_per_s']:.1f} tokens/s")
         print(f"peak RSS: {result['peak_rss_mb']} MiB")
+        where = WEIGHT_MEMORY.get(engine.weight_memory, "in memory")
+        print(f"weights: {where}, {result['huge_page_mb']} MiB in huge pages")
         if args.profile:
             print(format_profile(result["profile"]))
         if paging.tokens:
@@ -115,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{b / 1024:.1f}" for b in tp["bytes_sent_per_token"])
             )
     return 0
+
+
+# How the engine holds a model file's weights (Engine.weight_memory).
+WEIGHT_MEMORY = {
+    "read": "read into huge-page memory",
+    "mmap": "mapped from the file (--mmap, or no transparent huge pages)",
+    "paged": "paged",
+}
 
 
 def transport_json(stats: dict, tokens: int, tokens_per_s: float) -> dict:

@@ -45,6 +45,12 @@ def add_model_args(p: argparse.ArgumentParser, *, optional: bool = True) -> None
         help="on a full context: stop (error), or keep the first --keep tokens and the recent half (slide)",
     )
     p.add_argument("--keep", type=int, default=32, help="tokens kept at the start when sliding (default 32)")
+    p.add_argument(
+        "--mmap",
+        action="store_true",
+        help="map the model file instead of reading it into huge-page memory (slower decode; "
+        "the pages stay shared with the page cache)",
+    )
     add_coordinator_args(p)
     paging = p.add_argument_group("paging (models larger than memory)")
     paging.add_argument(
@@ -120,4 +126,5 @@ def load_model(args: argparse.Namespace):
         context_overflow=args.context_overflow,
         n_keep=args.keep,
         distributed=coordinator_options(args),
+        mmap=args.mmap,
     )
