@@ -78,15 +78,17 @@ def test_markdown_has_the_int8_kernel_columns(bench) -> None:
     assert "| 4096x4096 | 128 | 1 | 1.25 | 2.50 | 2.00 |" in md
 
 
-def test_dram_copies_compute_the_same_product_at_other_addresses(bench) -> None:
+@pytest.mark.parametrize("pages", ["huge", "small"])
+def test_dram_copies_compute_the_same_product_at_other_addresses(bench, pages: str) -> None:
     """--dram: each copy is the same matrix in its own buffer, and the rotation visits all."""
     rng = np.random.default_rng(3)
     pm = bench.random_packed(96, 256, "q3", 32, rng, "k")
     count = bench.copies_for(pm.nbytes, 3 * pm.nbytes / 1e6)
     assert count == 3
-    pms = bench.packed_copies(pm, count)
+    pms = bench.packed_copies(pm, count, pages)
     addrs = {c.data.ctypes.data for c in pms}
     assert len(addrs) == 3 and all(a % 64 == 0 for a in addrs)
+    assert min(addrs) % (2 << 20) == 0  # the arena starts on a huge-page boundary
     x = rng.standard_normal(256).astype(np.float32)
     want = kernels.gemv(pm, x)
     seen: list[int] = []
@@ -100,3 +102,4 @@ def test_dram_copies_compute_the_same_product_at_other_addresses(bench) -> None:
 def test_dram_flag_parses(bench) -> None:
     assert bench.parse_args(["--dram", "256"]).dram == 256.0
     assert bench.parse_args([]).dram == 0.0
+    assert bench.parse_args([]).pages == "huge" and bench.parse_args(["--pages", "small"]).pages == "small"

@@ -39,6 +39,7 @@ import datetime
 import functools
 import glob
 import itertools
+import mmap
 import os
 import platform
 import re
@@ -192,16 +193,32 @@ def random_packed(
     return kernels.pack(codes, scales, -scales if form == "a" else None, qtype, group)
 
 
-def packed_copies(pm: kernels.PackedMatrix, count: int) -> list[kernels.PackedMatrix]:
-    """pm and count - 1 byte copies of it at other addresses (for --dram)."""
-    out = [pm]
-    for _ in range(count - 1):
-        raw = np.empty(pm.nbytes + 64, np.uint8)
-        off = -raw.ctypes.data % 64  # from_buffer wants the packed sections 64-byte aligned
-        buf = raw[off : off + pm.nbytes]
+def packed_copies(pm: kernels.PackedMatrix, count: int, pages: str = "huge") -> list[kernels.PackedMatrix]:
+    """count byte copies of pm at other addresses (for --dram), in one anonymous mapping
+    advised for ``pages``: "huge" (2 MiB, as the engine holds a resident model,
+    csrc/io/huge_memory.h) or "small" (4 KiB, as a file mapping gets)."""
+    stride = -(-pm.nbytes // 64) * 64  # from_buffer wants the packed sections 64-byte aligned
+    arena = mmap.mmap(-1, stride * count + (2 << 20))
+    arena.madvise(mmap.MADV_HUGEPAGE if pages == "huge" else mmap.MADV_NOHUGEPAGE)
+    raw = np.frombuffer(arena, np.uint8)
+    base = -raw.ctypes.data % (2 << 20)
+    out = []
+    for i in range(count):
+        buf = raw[base + i * stride : base + i * stride + pm.nbytes]
         buf[:] = pm.data
         out.append(kernels.from_buffer(buf, pm.n, pm.k, pm.qtype, pm.group_size, pm.asym, pm.super_block))
     return out
+
+
+def advise_pages(addr: int, size: int, pages: str) -> None:
+    """madvise the whole 2 MiB pages of [addr, addr + size) for huge or small pages, before
+    anything touches them (ggml's weight buffers: llama.cpp advises none itself, so a fresh
+    buffer gets whatever the system default is; numpy advises its own large arrays huge)."""
+    lo, hi = -(-addr // (2 << 20)) * (2 << 20), (addr + size) // (2 << 20) * (2 << 20)
+    if hi > lo:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.madvise(lo, hi - lo, mmap.MADV_HUGEPAGE if pages == "huge" else mmap.MADV_NOHUGEPAGE)
 
 
 def rotating(fns: list[Callable[[], object]]) -> Callable[[], object]:
@@ -305,7 +322,8 @@ def _parse_enum(text: str, enum: str) -> dict[str, int]:
 class Ggml:
     """llama.cpp's CPU MUL_MAT through its shared libraries (a build with BUILD_SHARED_LIBS=ON)."""
 
-    def __init__(self, build: Path) -> None:
+    def __init__(self, build: Path, pages: str = "huge") -> None:
+        self.pages = pages  # as packed_copies: the weight buffers get the same pages as edgelut's
         libs = {}
         for name in ("ggml-base", "ggml-cpu"):
             found = sorted(glob.glob(str(build / "**" / f"lib{name}.so"), recursive=True))
@@ -340,6 +358,8 @@ class Ggml:
             (self.base, "ggml_backend_tensor_get"): (None, [P, P, S, S]),
             (self.base, "ggml_backend_graph_compute"): (ctypes.c_int, [P, P]),
             (self.base, "ggml_backend_buffer_free"): (None, [P]),
+            (self.base, "ggml_backend_buffer_get_base"): (P, [P]),
+            (self.base, "ggml_backend_buffer_get_size"): (S, [P]),
             (self.cpu, "ggml_backend_cpu_init"): (P, []),
             (self.cpu, "ggml_backend_cpu_set_n_threads"): (None, [P, ctypes.c_int]),
             (self.cpu, "ggml_cpu_has_amx_int8"): (ctypes.c_int, []),
@@ -377,6 +397,8 @@ class Ggml:
         gf = self.ggml_new_graph(ctx)
         self.ggml_build_forward_expand(gf, c)
         buf = self.ggml_backend_alloc_ctx_tensors(ctx, self.backend)
+        base, size = self.ggml_backend_buffer_get_base(buf), self.ggml_backend_buffer_get_size(buf)
+        advise_pages(base, size, self.pages)
         x = rng.standard_normal((m, k), dtype=np.float32)
         self.ggml_backend_tensor_set(a, q.ctypes.data, 0, q.nbytes)
         self.ggml_backend_tensor_set(b, x.ctypes.data, 0, x.nbytes)
@@ -478,7 +500,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     blas = set_blas_threads(1)
     ggml = None
     if args.llama_cpp_build:
-        ggml = Ggml(Path(args.llama_cpp_build))
+        ggml = Ggml(Path(args.llama_cpp_build), args.pages)
         amx = bool(ggml.ggml_cpu_has_amx_int8())
         print(f"# llama.cpp: {args.llama_cpp_build} (AMX int8 in build: {amx})")
     isa = args.isa or kernels.cpu_isa()
@@ -486,6 +508,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     print(f"# edgelut isa={isa} group={args.group}; numpy BLAS={blas}")
     if args.dram:
         print(f"# edgelut and llama.cpp weights rotated over copies filling {args.dram:g} MB (from DRAM)")
+    print(f"# edgelut's and llama.cpp's weights advised for {args.pages} pages")
     results: list[Result] = []
     bo_cases: list[tuple[str, int, int, int]] = []
 
@@ -527,7 +550,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                 closers: list[Callable[[], None]] = []
                 for q, pm in packed.items():
                     if q not in copies:  # made once per shape, reused across m and threads
-                        copies[q] = packed_copies(pm, copies_for(pm.nbytes, args.dram))
+                        copies[q] = packed_copies(pm, copies_for(pm.nbytes, args.dram), args.pages)
                     pms = copies[q]
                     # Decode is always the LUT GEMV; prefill takes each requested path.
                     for path in args.paths if m > 1 else ["lut"]:
@@ -765,6 +788,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MB",
         help="rotate each implementation through copies of its weights filling MB (above the last level "
         "cache: every call streams from DRAM, as decode does); default: one copy",
+    )
+    ap.add_argument(
+        "--pages",
+        choices=("huge", "small"),
+        default="huge",
+        help="pages of edgelut's and llama.cpp's weights: huge (2 MiB, as the engine reads a resident "
+        "model) or small (4 KiB, as a file mapping gets); llama.cpp advises none itself",
     )
     ap.add_argument("--no-stream", action="store_true", help="skip the memory bandwidth reference")
     ap.add_argument("--no-deq", action="store_true", help="skip numpy dequantise+matmul (slow)")

@@ -4,10 +4,10 @@
 // Decode streams every weight from DRAM once per token. With 4 KiB pages that
 // is a TLB miss every 4 KiB and the hardware prefetchers stop at every page
 // boundary; in 2 MiB pages neither happens. Measured on the Zen 4 VM
-// (docs/BENCHMARKS.md, "Weights in huge pages"): the q3 GEMV streamed from
-// DRAM ran 1.3-1.5x faster, a whole 1.5B decode 1.1-1.2x. A file mapping
-// cannot get huge pages on ext4 and most other filesystems, so the engine
-// reads a resident model into this memory instead of mapping it.
+// (docs/BENCHMARKS.md, "Weights in huge pages"): a whole Qwen2.5-Coder-1.5B
+// decode at two threads ran 1.10-1.13x faster, at one thread within noise.
+// A file mapping cannot get huge pages on ext4 and most other filesystems, so
+// the engine reads a resident model into this memory instead of mapping it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
