@@ -344,6 +344,12 @@ MappedFile::MappedFile(const std::string& path, FileMemory memory) {
   if (memory == FileMemory::kRead) {
     try {
       copy_ = HugeMemory(size_, path);
+    } catch (const std::runtime_error&) {
+      memory = FileMemory::kMap;  // refused (overcommit limits): a mapping may still work
+    }
+  }
+  if (memory == FileMemory::kRead) {
+    try {
       read_whole(fd_, path, copy_.data(), size_);
     } catch (...) {
       ::close(fd_);

@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <stdexcept>
 
 #include "gguf.h"
@@ -26,6 +25,16 @@ bool huge_pages_available() {
   std::string line;
   if (!f || !std::getline(f, line)) return false;
   return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+}
+
+uint64_t memory_available() {
+  std::ifstream f("/proc/meminfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    unsigned long long kb = 0;
+    if (std::sscanf(line.c_str(), "MemAvailable: %llu kB", &kb) == 1) return kb * 1024;
+  }
+  return 0;
 }
 
 HugeMemory::HugeMemory(uint64_t bytes, const std::string& what) {

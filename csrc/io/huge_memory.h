@@ -19,6 +19,9 @@ namespace edgelut {
 // (/sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise").
 bool huge_pages_available();
 
+// MemAvailable of /proc/meminfo in bytes (0 where it cannot be read).
+uint64_t memory_available();
+
 // A private anonymous mapping of at least `bytes`. From 2 MiB up it starts on
 // a 2 MiB boundary and is advised MADV_HUGEPAGE; below, it is plain pages.
 // Untouched pages cost no memory.
