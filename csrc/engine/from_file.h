@@ -2,8 +2,9 @@
 //
 // A resident model is read once into memory advised for huge pages
 // (huge_memory.h) and the weights are bound against it; with
-// PagingOptions::mmap, or where the kernel has no transparent huge pages, the
-// file is memory-mapped instead (no copy, shared with the page cache).
+// PagingOptions::mmap, where the kernel has no transparent huge pages, or for
+// a file larger than the memory available, the file is memory-mapped instead
+// (no copy, shared with the page cache).
 // Unless paging is on: then a Pager with window W reads the layer
 // weights into slots, only W layers are resident at a time, and the pinned
 // tensors (token embeddings, final norm, lm_head) are copied out of the
