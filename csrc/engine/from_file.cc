@@ -1,7 +1,6 @@
 #include "from_file.h"
 
 #include <sys/mman.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -73,12 +72,6 @@ void verify_crcs_bounded(const ModelFile& mf) {
       throw ModelFileError(mf.path() + " is corrupt: tensor " + printable(t.name) + " " + buf);
     }
   }
-}
-
-// 0 when the path cannot be stat'ed (ModelFile then reports why).
-uint64_t file_size_of(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
 }
 
 bool is_output_tensor(const std::string& name) { return name == "token_embd.weight" || name == "output.weight"; }
@@ -258,15 +251,11 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
                                          const std::optional<ShardSpec>& shard, std::shared_ptr<Communicator> comm) {
   auto store = std::make_shared<FileStore>();
   const bool paging = p.window > 0 || p.budget_bytes > 0;
-  // A resident model is read into huge pages where the kernel has them; a
-  // paged one stays mapped (the pager reads its layers), and so does a whole
-  // file sliced to a shard (the slice needs only part of it), and a file
-  // larger than the memory available: the kernel can drop a mapping's clean
-  // pages under pressure and read them again, but not anonymous memory.
-  const uint64_t available = memory_available();
-  const bool fits = available == 0 || file_size_of(path) <= available;
-  const FileMemory memory =
-      !paging && !shard && !p.mmap && fits && huge_pages_available() ? FileMemory::kRead : FileMemory::kMap;
+  // A resident model asks to be read into huge pages (MappedFile maps it
+  // where that would not pay or fit); a paged one stays mapped (the pager
+  // reads its layers), and so does a whole file sliced to a shard (the slice
+  // needs only part of it).
+  const FileMemory memory = !paging && !shard && !p.mmap ? FileMemory::kRead : FileMemory::kMap;
   store->file = std::make_shared<ModelFile>(path, p.verify_crc && !paging, memory);
   const ModelFile& mf = *store->file;
   require_file(!mf.tensors().empty(), path + ": the model file holds no tensors");
@@ -350,7 +339,7 @@ std::unique_ptr<Engine> engine_from_file(const std::string& path, const EngineOp
   }
 
   if (!paging) {
-    // As it happened: a refused allocation falls back to the mapping.
+    // As it happened: MappedFile may have mapped the file instead.
     engine->set_weight_memory(mf.memory() == FileMemory::kRead ? "read" : "mmap",
                               [store] { return store->file->huge_bytes(); });
     return engine;

@@ -341,14 +341,18 @@ MappedFile::MappedFile(const std::string& path, FileMemory memory) {
     ::close(fd_);
     throw ModelFileError(path + ": empty file (0 bytes), not a model file");
   }
-  if (memory == FileMemory::kRead) {
+  // A copy pays only in huge pages, and only fits in memory the kernel can
+  // spare: it can drop a mapping's clean pages under pressure and read them
+  // again, but not anonymous ones. Otherwise, or when the allocation is
+  // refused (overcommit limits), the file is mapped.
+  const uint64_t available = memory_available();
+  if (memory == FileMemory::kRead && huge_pages_available() && (available == 0 || size_ <= available)) {
     try {
       copy_ = HugeMemory(size_, path);
     } catch (const std::runtime_error&) {
-      memory = FileMemory::kMap;  // refused (overcommit limits): a mapping may still work
     }
   }
-  if (memory == FileMemory::kRead) {
+  if (copy_.data()) {
     try {
       read_whole(fd_, path, copy_.data(), size_);
     } catch (...) {

@@ -93,7 +93,10 @@ GgufContents parse_gguf(const uint8_t* p, uint64_t size, const std::string& path
 
 // How a file's bytes are held in memory: a private mapping of the file (shared
 // with the page cache, nothing copied), or the file read once into anonymous
-// memory advised for huge pages (huge_memory.h: faster to stream).
+// memory advised for huge pages (huge_memory.h: faster to stream). kRead asks
+// for the copy; MappedFile maps instead where the kernel has no transparent
+// huge pages, the file is larger than MemAvailable, or the memory is refused
+// (memory() says which happened).
 enum class FileMemory { kMap, kRead };
 
 // A read-only view of a regular file's bytes, mapped or read (FileMemory). The
